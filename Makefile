@@ -1,0 +1,27 @@
+# podbgp — see README.md. Every target installs what it needs first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: deps demo test unit lint bench clean
+deps:
+	@VENV=$(VENV) scripts/install-deps.sh
+
+demo: deps
+	$(PY) -m lab.demo $(if $(KEEP),--keep,)
+
+test: deps lint
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+unit: deps
+	$(PY) -m pytest -q tests/unit tests/fuzz
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+bench: deps
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .hypothesis build *.egg-info

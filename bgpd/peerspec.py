@@ -1,0 +1,57 @@
+"""`PeerSpec`: one BGP session this node wants, as planned from config.
+
+Produced by peer planning (bgpd/peers.py, pure) from a config Snapshot and this
+node's name; consumed by the speaker (renders ExaBGP config, diffs sessions on
+reload) and by the daemon (peer types for /status, rib PeerRefs). Every field
+is already validated; the renderer still quotes/rejects anything odd.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class PeerType(enum.StrEnum):
+    MESH = "node-to-node mesh"
+    GLOBAL = "global"
+    NODE = "node specific"
+
+
+class NextHopMode(enum.StrEnum):
+    AUTO = "Auto"
+    SELF = "Self"
+    KEEP = "Keep"
+
+
+@dataclass(frozen=True, slots=True)
+class PeerSpec:
+    address: str  # peer IP (v4 or v6), no port
+    peer_as: int
+    local_address: str  # our source address for this session
+    local_as: int
+    router_id: str
+    peer_type: PeerType
+    port: int = 179
+    passive: bool = False  # True: wait for the peer to dial (mesh: the higher IP)
+    password: str | None = None  # never logged / shown
+    hold_time: int = 90
+    keepalive_time: int | None = None  # None: hold_time / 3
+    graceful_restart_time: int = 120  # our restart time advertised (maxRestartTime)
+    ttl_security: int = 0  # GTSM hops, 0 = off
+    rr_client: bool = False  # we reflect routes for this peer
+    next_hop_mode: NextHopMode = NextHopMode.AUTO
+    num_allowed_local_as: int = 0
+    max_prefixes: int | None = None
+    max_prefix_action: str = "stop"  # "stop" accepting, or "teardown"
+    filters: tuple[str, ...] = ()  # BGPFilter names, in order
+    name: str = ""  # BGPPeer name, or "node-to-node mesh <node>"
+    peer_node: str | None = None  # the podbgp node on the other side (mesh / peerSelector)
+
+    @property
+    def ipv6(self) -> bool:
+        return ":" in self.address
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.address, self.port)

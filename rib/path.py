@@ -1,0 +1,68 @@
+"""`Path`: one route to one prefix as learned from (or originated for) one peer.
+
+Owned by rib/. The speaker (bgpd/) builds Paths from ExaBGP's JSON events; the
+RIB stores them in Adj-RIB-In and Loc-RIB and never mutates one: policy makes a
+new record with ``dataclasses.replace``. A withdraw is a fact about a prefix
+from a peer (``Withdraw``), not a change to a Path.
+
+Memory matters (100k+ paths): prefixes and next hops are canonical strings
+(interned by the producer), attribute tuples are shared between paths of one
+UPDATE, and ``PeerRef`` is one object per session.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class PeerKind(enum.IntEnum):
+    LOCAL = 0  # originated by this node
+    IBGP = 1
+    EBGP = 2
+
+
+class Origin(enum.IntEnum):
+    """ORIGIN attribute (RFC 4271 §5.1.1); lower is preferred."""
+
+    IGP = 0
+    EGP = 1
+    INCOMPLETE = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRef:
+    """The session a path came from. One instance per session, shared by its paths."""
+
+    address: str  # peer IP ("" for LOCAL)
+    asn: int  # the peer's AS
+    router_id: str  # the peer's BGP identifier (dotted quad)
+    kind: PeerKind
+    rr_client: bool = False  # we reflect for this peer (RFC 4456)
+    local_asn: int = 0  # our AS on this session (0: the node's AS)
+
+
+LOCAL_PEER = PeerRef(address="", asn=0, router_id="0.0.0.0", kind=PeerKind.LOCAL)
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    prefix: str  # canonical CIDR, e.g. "10.244.1.0/26", "fd00::/122"
+    next_hop: str  # IP address
+    peer: PeerRef
+    origin: Origin = Origin.IGP
+    as_path: tuple[int, ...] = ()  # AS_SEQUENCE flattened (AS_SET counts as 1 for length)
+    local_pref: int | None = None  # None: not sent (eBGP); treated as 100
+    med: int | None = None  # None: not sent; treated as 0
+    communities: tuple[tuple[int, int], ...] = ()
+    large_communities: tuple[tuple[int, int, int], ...] = ()
+    originator_id: str | None = None
+    cluster_list: tuple[str, ...] = ()
+    stale: bool = False  # kept under graceful restart, not yet re-announced
+    as_set_len: int = 0  # number of AS_SET segments (each counts 1 in path length)
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    prefix: str
+    peer: PeerRef

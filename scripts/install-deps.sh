@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what podbgp's demo, tests and benchmarks need on a fresh Debian
+# machine (run as root): Debian packages, BIRD 1.6 unpacked beside BIRD 2, and
+# a virtualenv with podbgp installed in editable mode. Idempotent and quick
+# when everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iproute2 curl procps psmisc python3-venv)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to install: ${missing[*]}" >&2; exit 1
+  fi
+  echo "install-deps: apt-get install ${missing[*]}"
+  apt-get update -qq
+  # policy-rc.d keeps package scripts from starting etcd/frr services on a
+  # machine that has an init system: tests start their own on free ports.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  rm -f /usr/sbin/policy-rc.d
+fi
+
+# BIRD 1.6 (what Calico ships) conflicts with bird2 in apt: unpack it beside.
+BIRD1_DIR=${BIRD1_DIR:-.cache/bird1}
+if [[ ! -x $BIRD1_DIR/usr/sbin/bird ]]; then
+  mkdir -p "$BIRD1_DIR"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq bird >/dev/null 2>&1) || { apt-get update -qq && (cd "$tmp" && apt-get download -qq bird); }
+  dpkg -x "$tmp"/bird_*.deb "$BIRD1_DIR"
+  rm -rf "$tmp"
+fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x $VENV/bin/python ]]; then
+  "$PY" -m venv "$VENV"
+fi
+stamp=$VENV/.podbgp-installed
+if [[ ! -f $stamp || setup.cfg -nt $stamp || pyproject.toml -nt $stamp ]]; then
+  "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+  "$VENV/bin/pip" install -q -e '.[test,bench]'
+  touch "$stamp"
+fi
