@@ -1,0 +1,455 @@
+"""The multi-node lab: N podbgp nodes in network namespaces on one L2 segment.
+
+Used by `make demo`, the end-to-end tests and the benchmarks. Layout (names
+carry a per-run prefix, e.g. ``pl3f2a``):
+
+    <p>sw    : the "switch" namespace holding bridge ``br0`` (the L2 segment)
+    <p>etcd  : etcd, 10.99.0.2/24 on the segment
+    <p>n1..  : one namespace per node, eth0 = 10.99.0.1X/24, ip_forward on,
+               one real ``bgpd`` process inside, pods behind a CNI ``cni0`` bridge
+    <p>n1p1..: pods, created with the real CNI ``bridge`` plugin + ``podbgp-ipam``
+    <p>x1..  : optional external peers (e.g. a BIRD top-of-rack router)
+
+Everything the lab creates is recorded in a state file under
+``/run/podbgp-lab/`` (namespaces, PIDs, temp dir) so that ``down()``, Ctrl-C,
+a failure, or the NEXT run (when this one was killed) removes it all.
+Processes are ended by PID, never by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+STATE_DIR = Path(os.environ.get("PODBGP_LAB_STATE", "/run/podbgp-lab"))
+SEGMENT = "10.99.0"
+ETCD_IP = f"{SEGMENT}.2"
+ETCD_PORT = 2379
+CNI_BIN_DIR = "/usr/lib/cni"
+
+
+def _bin(name: str) -> str:
+    """A console script of this install (the venv's bin), else PATH."""
+    cand = Path(sys.executable).parent / name
+    if cand.exists():
+        return str(cand)
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} not found: run `make deps`")
+    return found
+
+
+def run(*cmd: str, ns: str | None = None, check: bool = True, input: str | None = None,
+        env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
+    r = subprocess.run(full, capture_output=True, text=True, input=input, env=env,
+                       timeout=timeout)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(full)} failed ({r.returncode}): {r.stderr.strip() or r.stdout.strip()}")
+    return r
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kill_pid(pid: int, sig: int = signal.SIGTERM, wait: float = 5.0) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and _pid_alive(pid):
+        with contextlib.suppress(ChildProcessError):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return
+        time.sleep(0.02)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _ns_pids(ns: str) -> list[int]:
+    r = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    return [int(p) for p in r.stdout.split() if p.isdigit()]
+
+
+def _del_ns(ns: str) -> None:
+    for pid in _ns_pids(ns):
+        _kill_pid(pid, signal.SIGKILL, wait=2)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def cleanup_leftovers() -> list[str]:
+    """Remove what crashed earlier runs left behind (their owner PID is gone)."""
+    removed: list[str] = []
+    if not STATE_DIR.is_dir():
+        return removed
+    for f in STATE_DIR.glob("*.json"):
+        try:
+            st = json.loads(f.read_text())
+        except (OSError, ValueError):
+            f.unlink(missing_ok=True)
+            continue
+        if _pid_alive(int(st.get("owner", 0))):
+            continue
+        for pid in st.get("pids", []):
+            _kill_pid(int(pid), signal.SIGKILL, wait=1)
+        for ns in st.get("namespaces", []):
+            _del_ns(ns)
+            removed.append(ns)
+        if st.get("workdir"):
+            shutil.rmtree(st["workdir"], ignore_errors=True)
+        f.unlink(missing_ok=True)
+    return removed
+
+
+@dataclass
+class Pod:
+    name: str
+    node: str
+    ns: str
+    ip: str
+    container_id: str
+
+
+@dataclass
+class Node:
+    name: str
+    index: int
+    ns: str
+    ip: str
+    http: str = "127.0.0.1:9179"
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    pods: dict[str, Pod] = field(default_factory=dict)
+
+
+class Lab:
+    """A throwaway multi-node lab. Use as a context manager, or up()/down()."""
+
+    def __init__(self, nodes: int = 3, workdir: Path | None = None, prefix: str | None = None,
+                 asn: int = 64512, log_level: str = "info") -> None:
+        self.prefix = prefix or ("pl" + uuid.uuid4().hex[:4])
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="podbgp-lab-"))
+        self.n_nodes = nodes
+        self.asn = asn
+        self.log_level = log_level
+        self.sw = f"{self.prefix}sw"
+        self.etcd_ns = f"{self.prefix}etcd"
+        self.nodes: dict[str, Node] = {}
+        self.namespaces: list[str] = []
+        self.pids: list[int] = []
+        self.etcd_proc: subprocess.Popen | None = None
+        self._state_file = STATE_DIR / f"{self.prefix}.json"
+        self._next_link = 0
+
+    # ------------------------------------------------------------ bookkeeping
+    def _save_state(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"owner": os.getpid(), "namespaces": self.namespaces,
+                                   "pids": self.pids, "workdir": str(self.workdir)}))
+        tmp.rename(self._state_file)
+
+    def _add_ns(self, name: str) -> str:
+        self.namespaces.append(name)
+        self._save_state()
+        run("ip", "netns", "add", name)
+        run("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def _spawn(self, cmd: list[str], ns: str, log_path: Path, env: dict | None = None) -> subprocess.Popen:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, *cmd], stdout=log, stderr=log,
+                                    env=env, start_new_session=True)
+        self.pids.append(proc.pid)
+        self._save_state()
+        return proc
+
+    def _veth_to_switch(self, ns: str, ifname: str, addr: str | None) -> None:
+        self._next_link += 1
+        outer = f"{self.prefix}v{self._next_link}"
+        run("ip", "link", "add", outer, "type", "veth", "peer", "name", ifname, "netns", ns)
+        run("ip", "link", "set", outer, "netns", self.sw)
+        run("ip", "-n", self.sw, "link", "set", outer, "master", "br0", "up")
+        if addr:
+            run("ip", "-n", ns, "addr", "add", addr, "dev", ifname)
+        run("ip", "-n", ns, "link", "set", ifname, "up")
+
+    # ------------------------------------------------------------------- up
+    def __enter__(self) -> Lab:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> None:
+        cleanup_leftovers()
+        self._save_state()
+        self._add_ns(self.sw)
+        run("ip", "-n", self.sw, "link", "add", "br0", "type", "bridge")
+        run("ip", "-n", self.sw, "link", "set", "br0", "up")
+        self._add_ns(self.etcd_ns)
+        self._veth_to_switch(self.etcd_ns, "eth0", f"{ETCD_IP}/24")
+        self._start_etcd()
+        for i in range(1, self.n_nodes + 1):
+            self.add_node(f"node{i}")
+
+    def _start_etcd(self) -> None:
+        data = self.workdir / "etcd"
+        url = f"http://{ETCD_IP}:{ETCD_PORT}"
+        peer = f"http://{ETCD_IP}:2380"
+        self.etcd_proc = self._spawn(
+            [shutil.which("etcd") or "etcd", "--name", "lab", "--data-dir", str(data),
+             "--listen-client-urls", f"{url},http://127.0.0.1:{ETCD_PORT}",
+             "--advertise-client-urls", url, "--listen-peer-urls", peer,
+             "--initial-advertise-peer-urls", peer, "--initial-cluster", f"lab={peer}",
+             "--initial-cluster-state", "new", "--heartbeat-interval", "10",
+             "--election-timeout", "100", "--log-level", "error"],
+            self.etcd_ns, self.workdir / "etcd.log")
+        self.wait_for(lambda: self._etcd_healthy(), 15, "etcd to become healthy")
+
+    def _etcd_healthy(self) -> bool:
+        r = run("curl", "-s", "-m", "1", f"http://127.0.0.1:{ETCD_PORT}/health", ns=self.etcd_ns,
+                check=False)
+        return '"health":"true"' in r.stdout
+
+    def stop_etcd(self) -> None:
+        if self.etcd_proc:
+            _kill_pid(self.etcd_proc.pid, signal.SIGTERM)
+            self.etcd_proc = None
+
+    def start_etcd(self) -> None:
+        if not self.etcd_proc:
+            self._start_etcd()
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"http://{ETCD_IP}:{ETCD_PORT}"
+
+    def add_node(self, name: str) -> Node:
+        idx = len(self.nodes) + 1
+        ns = self._add_ns(f"{self.prefix}n{idx}")
+        ip = f"{SEGMENT}.{10 + idx}"
+        self._veth_to_switch(ns, "eth0", f"{ip}/24")
+        run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=ns)
+        node = Node(name=name, index=idx, ns=ns, ip=ip)
+        self.nodes[name] = node
+        return node
+
+    # --------------------------------------------------------------- podbgp
+    def env(self, node: Node | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "NODENAME"))}
+        env.update({"DATASTORE_TYPE": "etcdv3", "ETCD_ENDPOINTS": self.etcd_endpoint})
+        if node:
+            env["NODENAME"] = node.name
+        return env
+
+    def bgpctl(self, *args: str, node: str | None = None, input: str | None = None,
+               check: bool = True) -> subprocess.CompletedProcess:
+        ns = self.nodes[node].ns if node else self.etcd_ns
+        return run(_bin("bgpctl"), "--etcd-endpoints", self.etcd_endpoint, *args, ns=ns,
+                   input=input, check=check, env=self.env())
+
+    def apply(self, yaml_text: str) -> None:
+        self.bgpctl("apply", "-f", "-", input=yaml_text)
+
+    def register_node(self, node: Node, asn: int | None = None, labels: dict | None = None,
+                      rr_cluster_id: str | None = None) -> None:
+        """Write the Node resource (Calico's calico-node does this at start)."""
+        bgp = {"ipv4Address": f"{node.ip}/24"}
+        if asn:
+            bgp["asNumber"] = asn
+        if rr_cluster_id:
+            bgp["routeReflectorClusterID"] = rr_cluster_id
+        doc = {"apiVersion": "projectcalico.org/v3", "kind": "Node",
+               "metadata": {"name": node.name, "labels": labels or {}},
+               "spec": {"bgp": bgp}}
+        self.apply(json.dumps(doc))
+
+    def start_daemon(self, name: str, *extra: str) -> Node:
+        node = self.nodes[name]
+        assert node.proc is None or node.proc.poll() is not None, f"{name} already running"
+        node.log_path = self.workdir / f"{name}.log"
+        node.proc = self._spawn(
+            [_bin("bgpd"), "--node", name, "--etcd-endpoints", self.etcd_endpoint,
+             "--http-listen", node.http, "--log-format", "json", "--log-level", self.log_level,
+             *extra],
+            node.ns, node.log_path, env=self.env(node))
+        return node
+
+    def stop_daemon(self, name: str, sig: int = signal.SIGTERM) -> None:
+        node = self.nodes[name]
+        if node.proc is not None:
+            _kill_pid(node.proc.pid, sig, wait=10)
+            node.proc = None
+
+    def http_get(self, name: str, path: str) -> tuple[int, str]:
+        node = self.nodes[name]
+        code = ("import sys,urllib.request,urllib.error\n"
+                "try:\n r=urllib.request.urlopen(sys.argv[1],timeout=2); print(r.status); print(r.read().decode())\n"
+                "except urllib.error.HTTPError as e: print(e.code); print(e.read().decode())\n"
+                "except Exception as e: print(0); print(e)\n")
+        r = run(sys.executable, "-c", code, f"http://{node.http}{path}", ns=node.ns, check=False)
+        status, _, body = r.stdout.partition("\n")
+        return int(status or 0), body
+
+    def ready(self, name: str) -> bool:
+        return self.http_get(name, "/readyz")[0] == 200
+
+    def status(self, name: str) -> dict:
+        code, body = self.http_get(name, "/status")
+        if code != 200:
+            raise RuntimeError(f"/status on {name}: {code} {body[:200]}")
+        return json.loads(body)
+
+    def routes(self, name: str, proto: str | None = None) -> list[dict]:
+        """The node's IPv4 routes (ip -j), optionally only one protocol."""
+        args = ["ip", "-j", "route", "show"]
+        if proto:
+            args += ["proto", proto]
+        out = run(*args, ns=self.nodes[name].ns).stdout
+        return json.loads(out or "[]")
+
+    def route_prefixes(self, name: str, proto: str | None = None) -> set[str]:
+        return {r["dst"] for r in self.routes(name, proto) if r.get("dst") != "default"}
+
+    # ----------------------------------------------------------------- pods
+    def _cni_conf(self, node: Node) -> str:
+        return json.dumps({
+            "cniVersion": "1.0.0", "name": "podnet", "type": "bridge", "bridge": "cni0",
+            "isGateway": True, "ipMasq": False, "hairpinMode": True,
+            "etcd_endpoints": self.etcd_endpoint, "nodename": node.name,
+            "ipam": {"type": "podbgp-ipam", "assign_ipv4": "true"},
+        })
+
+    def _cni_path(self) -> str:
+        d = self.workdir / "cni-bin"
+        if not d.exists():
+            d.mkdir()
+            (d / "podbgp-ipam").symlink_to(_bin("podbgp-ipam"))
+        return f"{d}:{CNI_BIN_DIR}"
+
+    def _cni(self, node: Node, command: str, pod_ns: str, container_id: str) -> dict:
+        env = {**self.env(node), "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
+               "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
+               "CNI_PATH": self._cni_path(),
+               "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_ns}"}
+        r = run(f"{CNI_BIN_DIR}/bridge", ns=node.ns, input=self._cni_conf(node), env=env,
+                check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"CNI {command} on {node.name}: {r.stdout.strip()} {r.stderr.strip()}")
+        return json.loads(r.stdout) if r.stdout.strip() else {}
+
+    def add_pod(self, node_name: str, pod: str | None = None) -> Pod:
+        node = self.nodes[node_name]
+        pod = pod or f"p{len(node.pods) + 1}"
+        pod_ns = self._add_ns(f"{node.ns}{pod}")
+        cid = uuid.uuid4().hex
+        result = self._cni(node, "ADD", pod_ns, cid)
+        ip = result["ips"][0]["address"].split("/")[0]
+        p = Pod(name=pod, node=node_name, ns=pod_ns, ip=ip, container_id=cid)
+        node.pods[pod] = p
+        return p
+
+    def del_pod(self, node_name: str, pod: str) -> None:
+        node = self.nodes[node_name]
+        p = node.pods.pop(pod)
+        self._cni(node, "DEL", p.ns, p.container_id)
+        _del_ns(p.ns)
+        self.namespaces.remove(p.ns)
+        self._save_state()
+
+    def tcp_exchange(self, src: Pod, dst: Pod, port: int = 7777, timeout: float = 5.0) -> str:
+        """Echo a token from src to dst by pod IP over TCP; returns what came back."""
+        token = f"hello-from-{src.ip}-to-{dst.ip}"
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", dst.ns, sys.executable, "-c",
+             "import socket,sys\n"
+             "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+             f"s.bind(('{dst.ip}',{port}));s.listen(1);s.settimeout({timeout})\n"
+             "print('ready',flush=True)\n"
+             "c,a=s.accept();d=c.recv(200);c.sendall(b'echo:'+d+b' peer='+a[0].encode());c.close()\n"],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            server.stdout.readline()
+            r = run(sys.executable, "-c",
+                    "import socket,sys\n"
+                    f"c=socket.create_connection(('{dst.ip}',{port}),timeout={timeout})\n"
+                    f"c.sendall(b'{token}');print(c.recv(300).decode())\n",
+                    ns=src.ns, check=False, timeout=timeout + 2)
+            if r.returncode != 0:
+                raise RuntimeError(f"TCP {src.ip} -> {dst.ip}: {r.stderr.strip().splitlines()[-1:]}")
+            return r.stdout.strip()
+        finally:
+            _kill_pid(server.pid, signal.SIGKILL, wait=1)
+
+    # ------------------------------------------------------------- waiting
+    @staticmethod
+    def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
+        deadline = time.monotonic() + timeout
+        last_exc: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                v = pred()
+                if v:
+                    return v
+            except Exception as e:  # keep polling, report the last
+                last_exc = e
+            time.sleep(interval)
+        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
+                           + (f" (last error: {last_exc})" if last_exc else ""))
+
+    def daemon_log(self, name: str, tail: int = 40) -> str:
+        node = self.nodes[name]
+        if not node.log_path or not node.log_path.exists():
+            return ""
+        return "\n".join(node.log_path.read_text(errors="replace").splitlines()[-tail:])
+
+    # ----------------------------------------------------------------- down
+    def down(self) -> None:
+        for node in self.nodes.values():
+            if node.proc is not None:
+                _kill_pid(node.proc.pid, signal.SIGTERM, wait=5)
+                node.proc = None
+        for pid in self.pids:
+            _kill_pid(pid, signal.SIGKILL, wait=1)
+        for ns in reversed(self.namespaces):
+            _del_ns(ns)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        self._state_file.unlink(missing_ok=True)
+        self.namespaces.clear()
+        self.pids.clear()
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
