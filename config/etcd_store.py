@@ -1,0 +1,575 @@
+"""The etcd datastore: Calico's etcd layout, read and watched, written by bgpctl.
+
+Owned by config/. One `EtcdDatastore` per process; its watcher task (started
+by `start()`) is the only writer of the resource state, `revision`,
+`connected`, `stats` and the snapshot channel. CRUD calls (bgpctl) use their
+own short-lived requests and never touch the watcher's state.
+
+Why the raw gRPC stubs rather than aetcd's high-level watch: aetcd hands out
+one event at a time, but a Calico transaction is one watch *response*; taking
+whole responses lets one snapshot reflect one revision, and lets us see the
+`compact_revision` of a resumed watch directly.
+
+One range watch covers both prefixes we read (`/calico/ipam/v2/host/` sorts
+before `/calico/resources/v3/projectcalico.org/`), so there is a single
+revision to resume from; keys between them are ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import aetcd
+import grpc
+import structlog
+from aetcd import rpc
+from aetcd.utils import prefix_range_end
+
+from config import keys as ckeys
+from config import parse as cparse
+from config.datastore import (
+    SNAPSHOT_FIELDS,
+    DatastoreStats,
+    DatastoreUnavailable,
+    ResourceConflict,
+    ResourceExists,
+    ResourceNotFound,
+    SnapshotChannel,
+    build_snapshot,
+)
+from config.errors import ConfigError
+
+log = structlog.get_logger(__name__)
+
+BACKOFF_MIN = 0.1
+BACKOFF_MAX = 5.0
+RPC_TIMEOUT = 5.0
+PROBE_TIMEOUT = 2.0
+
+# Keepalive so a silently dead etcd (no RST) is noticed in ~15 s; etcd's
+# default --grpc-keepalive-min-time is 5 s, so 10 s pings are accepted.
+_CHANNEL_OPTIONS = {
+    "grpc.keepalive_time_ms": 10_000,
+    "grpc.keepalive_timeout_ms": 5_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.max_pings_without_data": 0,
+    "grpc.max_receive_message_length": 256 * 1024 * 1024,
+    # We do our own capped backoff; do not let gRPC wait up to 120 s.
+    "grpc.initial_reconnect_backoff_ms": 100,
+    "grpc.max_reconnect_backoff_ms": 5_000,
+}
+
+
+class _Compacted(Exception):
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted below {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+class _Client(aetcd.Client):
+    """aetcd.Client with TLS: aetcd 1.0.0 only opens insecure channels."""
+
+    def __init__(self, host: str, port: int, credentials: grpc.ChannelCredentials | None,
+                 **kw: Any) -> None:
+        super().__init__(host=host, port=port, **kw)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        target = f"{self._host}:{self._port}"
+        opts = list(self._options.items())
+        if self._credentials is not None:
+            self.channel = rpc.secure_channel(target, self._credentials, options=opts)
+        else:
+            self.channel = rpc.insecure_channel(target, options=opts)
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self.watchstub = rpc.WatchStub(self.channel)
+        from aetcd import watcher as _watcher
+
+        self._watcher = _watcher.Watcher(self.watchstub, timeout=self._timeout)
+        self._connected.set()
+
+
+def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int, bool]]:
+    """``"http://a:2379,https://b:2379"`` -> [(host, port, tls)]; raises ValueError."""
+    if isinstance(endpoints, str):
+        endpoints = [e for e in endpoints.split(",")]
+    out = []
+    for raw in endpoints:
+        ep = raw.strip()
+        if not ep:
+            continue
+        if "://" not in ep:
+            ep = "http://" + ep
+        parts = urlsplit(ep)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"etcd endpoint {raw!r}: expected http(s)://HOST:PORT")
+        try:
+            port = parts.port or 2379
+        except ValueError:
+            raise ValueError(f"etcd endpoint {raw!r}: bad port") from None
+        out.append((parts.hostname, port, parts.scheme == "https"))
+    if not out:
+        raise ValueError("no etcd endpoints given")
+    return out
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _kind_of_key(key: str) -> str:
+    if key.startswith(ckeys.IPAM_HOST_PREFIX):
+        return "BlockAffinity"
+    parsed = ckeys.parse_resource_key(key)
+    return parsed[0] if parsed else "?"
+
+
+class EtcdDatastore:
+    """Calico's etcd datastore: snapshots for the daemon, CRUD for bgpctl.
+
+    ``endpoints`` are tried in turn (starting from the last one that worked);
+    ``ca``/``cert``/``key`` are PEM file paths for TLS (``https://`` endpoints,
+    or any endpoint when ``ca`` is given).
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] = "http://127.0.0.1:2379",
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        *,
+        backoff_min: float = BACKOFF_MIN,
+        backoff_max: float = BACKOFF_MAX,
+        rpc_timeout: float = RPC_TIMEOUT,
+    ) -> None:
+        self._endpoints = parse_endpoints(endpoints)
+        self._ca, self._cert, self._key = ca, cert, key
+        if (cert is None) != (key is None):
+            raise ValueError("etcd TLS: give both a client certificate and its key, or neither")
+        self._credentials: grpc.ChannelCredentials | None = None
+        self._backoff_min, self._backoff_max = backoff_min, backoff_max
+        self._rpc_timeout = rpc_timeout
+        self._ep_index = 0
+        self._crud_client: _Client | None = None
+
+        self.connected = False
+        self.revision = 0
+        self.stats = DatastoreStats()
+        #: monotonic time of the next reconnect attempt while disconnected (else None)
+        self.next_retry_at: float | None = None
+        self.endpoint: str | None = None
+
+        # Watcher state: key -> last good parsed value; key -> why its current
+        # value is rejected (the last good one, if any, stays above).
+        self._resources: dict[str, Any] = {}
+        self._affinities: dict[str, Any] = {}
+        self._rejected: dict[str, str] = {}
+        self._channel = SnapshotChannel()
+        self._task: asyncio.Task | None = None
+        self._backoff = backoff_min
+        self._loaded = asyncio.Event()
+
+    # ------------------------------------------------------------ connection
+
+    def _creds(self) -> grpc.ChannelCredentials:
+        if self._credentials is None:
+            def read(p: str | None) -> bytes | None:
+                if p is None:
+                    return None
+                try:
+                    with open(p, "rb") as f:
+                        return f.read()
+                except OSError as e:
+                    raise DatastoreUnavailable(f"etcd TLS file {p}: {e.strerror}") from e
+
+            self._credentials = grpc.ssl_channel_credentials(
+                root_certificates=read(self._ca),
+                private_key=read(self._key),
+                certificate_chain=read(self._cert),
+            )
+        return self._credentials
+
+    def _make_client(self, host: str, port: int, tls: bool) -> _Client:
+        creds = self._creds() if (tls or self._ca) else None
+        return _Client(host, port, creds, timeout=self._rpc_timeout, options=_CHANNEL_OPTIONS)
+
+    async def _connect(self) -> _Client:
+        """A client to the first endpoint that answers, starting at the last good one."""
+        errors = []
+        n = len(self._endpoints)
+        for i in range(n):
+            idx = (self._ep_index + i) % n
+            host, port, tls = self._endpoints[idx]
+            client = self._make_client(host, port, tls)
+            try:
+                await client.connect()
+                await client.maintenancestub.Status(rpc.StatusRequest(), timeout=PROBE_TIMEOUT)
+            except (TimeoutError, grpc.RpcError, aetcd.ClientError, OSError) as e:
+                errors.append(f"{host}:{port}: {_rpc_text(e)}")
+                with contextlib.suppress(Exception):
+                    await client.close()
+                continue
+            self._ep_index = idx
+            self.endpoint = f"{'https' if tls else 'http'}://{host}:{port}"
+            return client
+        raise DatastoreUnavailable("cannot reach etcd: " + "; ".join(errors))
+
+    # --------------------------------------------------------------- watcher
+
+    async def start(self) -> None:
+        """Start the watcher task (returns at once; see `wait_loaded`)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="etcd-watcher")
+
+    async def wait_loaded(self, timeout: float | None = None) -> bool:
+        """True once the first full load produced a snapshot."""
+        try:
+            await asyncio.wait_for(self._loaded.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._crud_client is not None:
+            with contextlib.suppress(Exception):
+                await self._crud_client.close()
+            self._crud_client = None
+        self.connected = False
+        self._channel.close()
+
+    def snapshots(self) -> AsyncIterator[Any]:
+        return self._channel.subscribe()
+
+    @property
+    def snapshot(self) -> Any:
+        """The latest snapshot (None before the first load)."""
+        return self._channel.latest
+
+    async def _run(self) -> None:
+        self._backoff = self._backoff_min
+        need_reload = True
+        while True:
+            client: _Client | None = None
+            try:
+                client = await self._connect()
+                if need_reload:
+                    await self._load(client)
+                    need_reload = False
+                await self._watch(client, on_established=self._established)
+                raise DatastoreUnavailable("watch stream ended")
+            except _Compacted as e:
+                log.warning("etcd_watch_compacted", resume_from=self.revision + 1,
+                            compact_revision=e.compact_revision)
+                need_reload = True
+                continue  # reload at once: etcd is up, only our history is gone
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # any failure: keep the last snapshot, retry
+                was = self.connected
+                self.connected = False
+                self.stats.reconnects_total += 1
+                backoff = self._backoff
+                self.next_retry_at = time.monotonic() + backoff
+                log.warning("etcd_disconnected" if was else "etcd_unreachable",
+                            error=_rpc_text(e), retry_in=round(backoff, 2),
+                            revision=self.revision)
+                await asyncio.sleep(backoff)
+                self._backoff = min(backoff * 2, self._backoff_max)
+            finally:
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await client.close()
+
+    def _established(self) -> None:
+        if not self.connected:
+            log.info("etcd_connected", endpoint=self.endpoint, revision=self.revision)
+        self.connected = True
+        self.next_retry_at = None
+        self._backoff = self._backoff_min  # a working watch resets the backoff
+
+    async def _range(self, client: _Client, prefix: str, revision: int = 0) -> Any:
+        req = rpc.RangeRequest(key=prefix.encode(),
+                               range_end=prefix_range_end(prefix.encode()),
+                               revision=revision)
+        try:
+            return await client.kvstub.Range(req, timeout=self._rpc_timeout)
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.OUT_OF_RANGE:
+                raise _Compacted(revision) from e
+            raise
+
+    async def _load(self, client: _Client) -> None:
+        """Full load of both prefixes at one revision; replaces the state."""
+        t0 = time.perf_counter()
+        res_resp = await self._range(client, ckeys.RESOURCES_PREFIX)
+        rev = res_resp.header.revision
+        aff_resp = await self._range(client, ckeys.IPAM_HOST_PREFIX, revision=rev)
+        old_res, old_aff = self._resources, self._affinities
+        self._resources, self._affinities = {}, {}
+        old_rejected, self._rejected = self._rejected, {}
+        for kv in (*res_resp.kvs, *aff_resp.kvs):
+            key = kv.key.decode("utf-8", "replace")
+            self._apply_put(key, kv.value, old_res, old_aff, old_rejected)
+        reload = self.revision != 0
+        self.revision = rev
+        if reload:
+            self.stats.reloads_total += 1
+        self._publish()
+        self._loaded.set()
+        log.info("etcd_loaded", revision=rev, resources=len(self._resources),
+                 affinities=len(self._affinities), rejected=len(self._rejected),
+                 seconds=round(time.perf_counter() - t0, 3), reload=reload)
+
+    def _apply_put(self, key: str, raw: bytes, old_res: dict | None = None,
+                   old_aff: dict | None = None, old_rejected: dict | None = None) -> bool:
+        """Parse one value into the state; False if the key is not ours."""
+        old_res = self._resources if old_res is None else old_res
+        old_aff = self._affinities if old_aff is None else old_aff
+        old_rejected = self._rejected if old_rejected is None else old_rejected
+        if key.startswith(ckeys.IPAM_HOST_PREFIX):
+            target, previous, parse = self._affinities, old_aff, cparse.parse_affinity
+        else:
+            parsed_key = ckeys.parse_resource_key(key)
+            if parsed_key is None or parsed_key[0] not in SNAPSHOT_FIELDS:
+                return False  # another Calico kind (felixconfigurations, ...): not ours
+            target, previous, parse = self._resources, old_res, cparse.parse_json
+        try:
+            value = parse(key, raw)
+        except Exception as e:  # ConfigError, or anything a hostile value provokes
+            reason = e.reason if isinstance(e, ConfigError) and e.reason else str(e)
+            text = str(e)
+            kind = e.kind if isinstance(e, ConfigError) and e.kind != "?" else _kind_of_key(key)
+            if old_rejected.get(key) != text:  # log once per distinct problem
+                log.warning("config_rejected", key=key, kind=kind, reason=text,
+                            kept_last_good=key in previous)
+                self.stats.reject(kind, reason)
+            self._rejected[key] = text
+            if key in previous:
+                target[key] = previous[key]
+            return True
+        target[key] = value
+        self._rejected.pop(key, None)
+        return True
+
+    def _apply_delete(self, key: str) -> bool:
+        hit = False
+        for d in (self._resources, self._affinities, self._rejected):
+            hit = d.pop(key, None) is not None or hit
+        return hit
+
+    def _publish(self) -> None:
+        snap = build_snapshot(self.revision, self._resources.values(),
+                              self._affinities.values(), self._rejected)
+        self.stats.snapshots_total += 1
+        self._channel.publish(snap)
+
+    async def _watch(self, client: _Client, on_established: Any = None) -> None:
+        start = ckeys.IPAM_HOST_PREFIX.encode()
+        end = prefix_range_end(ckeys.RESOURCES_PREFIX.encode())
+        create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
+            key=start, range_end=end, start_revision=self.revision + 1,
+            progress_notify=True))
+        stop = asyncio.Event()
+
+        async def requests() -> AsyncIterator[Any]:
+            yield create
+            # Keep the request side open for the life of the stream.
+            await stop.wait()
+
+        call = client.watchstub.Watch(requests())
+        try:
+            async for resp in call:
+                if resp.compact_revision:
+                    raise _Compacted(resp.compact_revision)
+                if resp.canceled:
+                    raise DatastoreUnavailable(f"watch canceled: {resp.cancel_reason}")
+                if resp.created:
+                    if on_established:
+                        on_established()
+                    continue
+                if not resp.events:
+                    # Progress notification: every event up to this revision has
+                    # been sent, so a resume may start after it (fewer reloads).
+                    self.revision = max(self.revision, resp.header.revision)
+                    continue
+                changed = False
+                last = self.revision
+                for ev in resp.events:
+                    self.stats.events_total += 1
+                    key = ev.kv.key.decode("utf-8", "replace")
+                    if ev.type == rpc.Event.EventType.PUT:
+                        changed = self._apply_put(key, ev.kv.value) or changed
+                    else:
+                        changed = self._apply_delete(key) or changed
+                    last = max(last, ev.kv.mod_revision)
+                if resp.events:
+                    self.revision = last
+                if changed:
+                    self._publish()
+        finally:
+            stop.set()
+            call.cancel()
+
+    # ------------------------------------------------------------------ CRUD
+
+    async def _crud(self) -> _Client:
+        if self._crud_client is None:
+            self._crud_client = await self._connect()
+        return self._crud_client
+
+    async def _get_raw(self, key: str) -> Any | None:
+        client = await self._crud()
+        resp = await client.kvstub.Range(rpc.RangeRequest(key=key.encode()),
+                                         timeout=self._rpc_timeout)
+        return resp.kvs[0] if resp.kvs else None
+
+    @staticmethod
+    def _decorate(res: Any, kv: Any) -> Any:
+        """The parsed resource with resourceVersion = the key's mod revision."""
+        md = res.metadata.model_copy(update={"resource_version": str(kv.mod_revision)})
+        return res.model_copy(update={"metadata": md})
+
+    def _parse_stored(self, key: str, kv: Any) -> Any:
+        return self._decorate(cparse.parse_json(key, kv.value), kv)
+
+    async def get(self, kind: str, name: str) -> Any:
+        kind = ckeys.normalize_kind(kind)
+        key = ckeys.resource_key(kind, name)
+        kv = await self._guard(self._get_raw(key))
+        if kv is None:
+            raise ResourceNotFound(kind, name)
+        return self._parse_stored(key, kv)
+
+    async def list(self, kind: str) -> list[Any]:
+        kind = ckeys.normalize_kind(kind)
+        prefix = ckeys.resource_prefix(kind)
+        client = await self._guard(self._crud())
+        resp = await self._guard(client.kvstub.Range(
+            rpc.RangeRequest(key=prefix.encode(), range_end=prefix_range_end(prefix.encode())),
+            timeout=self._rpc_timeout))
+        out = []
+        for kv in resp.kvs:
+            key = kv.key.decode()
+            if "/" in key[len(prefix):]:
+                continue  # a namespaced kind's deeper key; not a cluster resource
+            out.append(self._parse_stored(key, kv))
+        return sorted(out, key=lambda r: r.metadata.name)
+
+    def _value(self, res: Any, existing: dict | None) -> tuple[str, bytes]:
+        """The key and the JSON Calico would store (uid/creationTimestamp filled)."""
+        doc = cparse.to_calico_dict(res)
+        md = doc.setdefault("metadata", {})
+        # etcd's mod revision is the resourceVersion; Calico does not store it.
+        md.pop("resourceVersion", None)
+        prev_md = (existing or {}).get("metadata", {})
+        for field, make in (("uid", lambda: str(uuid.uuid4())),
+                            ("creationTimestamp", _now_rfc3339)):
+            if not md.get(field):
+                md[field] = prev_md.get(field) or make()
+        key = ckeys.resource_key(res.kind, res.metadata.name)
+        return key, json.dumps(doc, separators=(",", ":")).encode()
+
+    async def _txn(self, compare: Any, key: str, value: bytes) -> tuple[bool, int]:
+        client = await self._crud()
+        req = rpc.TxnRequest(
+            compare=[compare],
+            success=[rpc.RequestOp(request_put=rpc.PutRequest(key=key.encode(), value=value))],
+            failure=[],
+        )
+        resp = await client.kvstub.Txn(req, timeout=self._rpc_timeout)
+        return resp.succeeded, resp.header.revision
+
+    @staticmethod
+    def _cmp(key: str, target: str, value: int) -> Any:
+        c = rpc.Compare(key=key.encode(), result=rpc.Compare.EQUAL)
+        if target == "version":
+            c.target = rpc.Compare.VERSION
+            c.version = value
+        else:
+            c.target = rpc.Compare.MOD
+            c.mod_revision = value
+        return c
+
+    async def _guard(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except grpc.aio.AioRpcError as e:
+            self._crud_client = None
+            raise DatastoreUnavailable(f"etcd request failed: {_rpc_text(e)}") from e
+
+    async def create(self, res: Any) -> Any:
+        key, value = self._value(res, None)
+        ok, _ = await self._guard(self._txn(self._cmp(key, "version", 0), key, value))
+        if not ok:
+            raise ResourceExists(res.kind, res.metadata.name)
+        return await self.get(res.kind, res.metadata.name)
+
+    async def replace(self, res: Any) -> Any:
+        return await self._update(res, must_exist=True)
+
+    async def apply(self, res: Any) -> Any:
+        return await self._update(res, must_exist=False)
+
+    async def _update(self, res: Any, must_exist: bool) -> Any:
+        key = ckeys.resource_key(res.kind, res.metadata.name)
+        wanted_rv = res.metadata.resource_version
+        for _ in range(5):  # retry only a lost race with another writer
+            kv = await self._guard(self._get_raw(key))
+            if kv is None:
+                if must_exist:
+                    raise ResourceNotFound(res.kind, res.metadata.name)
+                _, value = self._value(res, None)
+                ok, _ = await self._guard(self._txn(self._cmp(key, "version", 0), key, value))
+            else:
+                if must_exist and wanted_rv and str(kv.mod_revision) != str(wanted_rv):
+                    raise ResourceConflict(res.kind, res.metadata.name,
+                                           f"resourceVersion {wanted_rv} is not the current "
+                                           f"{kv.mod_revision}")
+                try:
+                    existing = json.loads(kv.value)
+                except ValueError:
+                    existing = None  # overwrite a malformed value with a good one
+                _, value = self._value(res, existing if isinstance(existing, dict) else None)
+                ok, _ = await self._guard(
+                    self._txn(self._cmp(key, "mod", kv.mod_revision), key, value))
+            if ok:
+                return await self.get(res.kind, res.metadata.name)
+        raise ResourceConflict(res.kind, res.metadata.name, "changed concurrently; retry")
+
+    async def delete(self, kind: str, name: str) -> Any:
+        kind = ckeys.normalize_kind(kind)
+        key = ckeys.resource_key(kind, name)
+        client = await self._guard(self._crud())
+        resp = await self._guard(client.kvstub.DeleteRange(
+            rpc.DeleteRangeRequest(key=key.encode(), prev_kv=True), timeout=self._rpc_timeout))
+        if not resp.deleted:
+            raise ResourceNotFound(kind, name)
+        try:
+            return self._parse_stored(key, resp.prev_kvs[0])
+        except ConfigError:
+            return None  # it was malformed; it is gone all the same
+
+
+def _rpc_text(e: BaseException) -> str:
+    if isinstance(e, grpc.aio.AioRpcError):
+        return f"{e.code().name}: {e.details()}"
+    return str(e) or type(e).__name__
