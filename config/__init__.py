@@ -1,1 +1,7 @@
-"""config."""
+"""config: Calico-compatible resource model, parsing, key layout and datastores.
+
+Modules (see docs/interfaces.md): `config.model` (pydantic models),
+`config.errors` (`ConfigError`), `config.parse` (the one parser),
+`config.keys` (etcd key layout), `config.selector` (label selectors),
+`config.snapshot` (`Snapshot`), `config.etcd_store` / `config.file_store`.
+"""

@@ -1,0 +1,323 @@
+"""The one pure parser: dicts, etcd values and YAML text -> validated resources.
+
+Owned by config/. Used alike by the etcd datastore, the file datastore and
+bgpctl, so a resource is accepted or rejected the same way everywhere. Every
+failure is a `ConfigError` naming kind, resource name, field, value and
+reason; no other exception escapes these functions for any input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from config import keys
+from config.errors import ConfigError, FieldProblem
+from config.model import (
+    API_VERSION,
+    MODELS,
+    Affinity,
+    BlockAffinity,
+    Resource,
+    _loose_bool,
+)
+
+__all__ = [
+    "parse_affinity",
+    "parse_json",
+    "parse_resource",
+    "parse_yaml_documents",
+    "to_calico_dict",
+    "to_json",
+]
+
+_AFFINITY_STATES = ("confirmed", "pending", "pendingDeletion", "")
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _reason(err: Mapping[str, Any]) -> str:
+    kind = err.get("type", "")
+    msg = str(err.get("msg", ""))
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "model_type" or kind == "dict_type":
+        return "must be a mapping"
+    if kind in ("tuple_type", "list_type"):
+        return "must be a list"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
+
+
+def _problems(exc: ValidationError) -> list[FieldProblem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err.get("loc", ()))
+        # pydantic puts the function name of a BeforeValidator-wrapped Literal etc. in loc
+        loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+        value = err.get("input")
+        ctx = err.get("ctx") or {}
+        if err.get("type") == "podbgp_field":
+            loc = loc + tuple(_split_field(ctx["field"]))
+            value = ctx.get("value")
+        elif err.get("type") == "missing":
+            value = None
+        problems.append(FieldProblem(_path(loc), value, _reason(err)))
+    return problems
+
+
+def _split_field(field: str) -> list[Any]:
+    parts: list[Any] = []
+    for piece in field.split("."):
+        name, _, rest = piece.partition("[")
+        if name:
+            parts.append(name)
+        while rest:
+            idx, _, rest = rest.partition("]")
+            parts.append(int(idx) if idx.isdigit() else idx)
+            rest = rest.lstrip("[")
+    return parts
+
+
+def _name_of(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata")
+    if isinstance(meta, Mapping):
+        name = meta.get("name")
+        if isinstance(name, str):
+            return name
+    return ""
+
+
+def parse_resource(obj: Mapping[str, Any]) -> Resource:
+    """Validate one ``projectcalico.org/v3`` resource (a decoded YAML/JSON mapping)."""
+    if not isinstance(obj, Mapping):
+        raise ConfigError(
+            "?", "", "", type(obj).__name__, "a resource must be a mapping with kind/metadata/spec"
+        )
+    name = _name_of(obj)
+    kind = obj.get("kind")
+    if kind is None:
+        raise ConfigError("?", name, "kind", reason="required field is missing")
+    model = MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ConfigError(
+            "?", name, "kind", kind, f"unknown kind (expected one of {', '.join(MODELS)})"
+        )
+    api = obj.get("apiVersion", API_VERSION)
+    if api != API_VERSION:
+        raise ConfigError(kind, name, "apiVersion", api, f"must be {API_VERSION}")
+    try:
+        return model.model_validate(dict(obj))  # type: ignore[return-value]
+    except ValidationError as exc:
+        problems = _problems(exc)
+        first = problems[0]
+        raise ConfigError(
+            kind, name, first.field, first.value, first.reason, problems=problems
+        ) from None
+    except RecursionError:
+        raise ConfigError(kind, name, "", reason="document nested too deeply") from None
+
+
+def _decode(raw: bytes | str) -> str:
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        return bytes(raw).decode("utf-8")
+    return raw
+
+
+def parse_json(key: str, raw: bytes | str) -> Resource:
+    """Parse an etcd value stored under resource ``key``; checks key against kind/name."""
+    where = keys.parse_resource_key(key)
+    if where is None:
+        raise ConfigError("?", "", "", key, "not a Calico v3 resource key", key=key)
+    kind, name = where
+    try:
+        obj = json.loads(_decode(raw))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError(kind, name, "", reason=f"value is not valid JSON: {exc}", key=key) from None
+    if not isinstance(obj, dict):
+        raise ConfigError(kind, name, "", type(obj).__name__, "value is not a JSON object", key=key)
+    try:
+        res = parse_resource(obj)
+    except ConfigError as exc:
+        raise ConfigError(
+            exc.kind if exc.kind != "?" else kind,
+            exc.name or name,
+            exc.field,
+            exc.value if exc.has_value else None,
+            exc.reason,
+            key=key,
+            problems=exc.problems,
+        ) from None
+    if res.kind != kind:
+        raise ConfigError(
+            res.kind, res.metadata.name, "kind", res.kind,
+            f"stored under the key for {kind}", key=key,
+        )
+    if res.metadata.name != name:
+        raise ConfigError(
+            kind, name, "metadata.name", res.metadata.name,
+            "does not match the name in the key", key=key,
+        )
+    return res
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without YAML 1.1's base-60 numbers, floats and timestamps.
+
+    Calico reads YAML with Go's yaml library, which has no base-60: a community
+    ``5663:12`` must stay a string, not become the integer 339792. No podbgp
+    field is a float, so an unquoted dotted AS number ``1.10`` stays the string
+    "1.10" (= 65546) instead of the float 1.1.
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, regexp)
+        for tag, regexp in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                       "tag:yaml.org,2002:timestamp")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(
+        r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""",
+        re.X,
+    ),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml_documents(text: str | bytes) -> list[Resource]:
+    """Every resource in a (multi-document) YAML text; ``kind: List`` items are expanded.
+
+    All-or-nothing: the first bad document raises `ConfigError` (naming the
+    document number when it has no usable kind/name) and nothing is returned.
+    """
+    try:
+        docs = list(yaml.load_all(_decode(text), Loader=_Loader))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("YAML", "", "", reason=f"invalid YAML{where}: {problem}") from None
+    except (UnicodeDecodeError, RecursionError) as exc:
+        raise ConfigError("YAML", "", "", reason=f"unreadable YAML: {exc}") from None
+    out: list[Resource] = []
+    for number, doc in enumerate(docs, start=1):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise ConfigError(
+                "YAML", f"document {number}", "", type(doc).__name__, "a document must be a mapping"
+            )
+        if doc.get("kind") in ("List", "BGPPeerList", "IPPoolList", "NodeList",
+                               "BGPConfigurationList", "BGPFilterList", "BlockAffinityList"):
+            items = doc.get("items") or []
+            if not isinstance(items, list):
+                raise ConfigError("List", f"document {number}", "items", items, "must be a list")
+            out.extend(parse_resource(item) for item in items)
+        else:
+            out.append(parse_resource(doc))
+    return out
+
+
+# Calico's Go structs mark these booleans omitempty: false is not stored.
+_OMIT_FALSE = {"IPPool": ("natOutgoing", "disabled", "disableBGPExport")}
+
+
+def to_calico_dict(res: Resource) -> dict[str, Any]:
+    """The JSON object Calico stores for ``res`` (camelCase, unset fields omitted)."""
+    dumped = res.model_dump(mode="json", by_alias=True, exclude_none=True)
+    spec = dumped.get("spec", {})
+    for field in _OMIT_FALSE.get(res.kind, ()):
+        if spec.get(field) is False:
+            del spec[field]
+    if isinstance(res, BlockAffinity):
+        # Calico's v3 BlockAffinitySpec.Deleted is a string.
+        spec["deleted"] = "true" if res.spec.deleted else "false"
+    out: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "kind": res.kind,
+        "metadata": dumped["metadata"],
+        "spec": spec,
+    }
+    if "status" in dumped:
+        out["status"] = dumped["status"]
+    return out
+
+
+def to_json(res: Resource) -> bytes:
+    """The etcd value bytes for ``res`` (compact JSON, as Calico writes)."""
+    return json.dumps(to_calico_dict(res), separators=(",", ":")).encode()
+
+
+def parse_affinity(key: str, raw: bytes | str) -> Affinity:
+    """Parse a host-affinity etcd entry (``/calico/ipam/v2/host/<node>/ipv4/block/<cidr->``).
+
+    The value is ``{"state": ..., "deleted": ...}``; very old Calico wrote an
+    empty value, which is a state-less (hence advertised) affinity.
+    """
+    where = keys.parse_affinity_key(key)
+    if where is None:
+        raise ConfigError("BlockAffinity", "", "", key, "not a Calico block affinity key", key=key)
+    node, cidr = where
+    name = f"{node}/{cidr}"
+    try:
+        text = _decode(raw).strip()
+    except UnicodeDecodeError as exc:
+        raise ConfigError("BlockAffinity", name, "", reason=f"value is not UTF-8: {exc}",
+                          key=key) from None
+    if not text:
+        return Affinity(node, cidr)
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError("BlockAffinity", name, "", reason=f"value is not valid JSON: {exc}",
+                          key=key) from None
+    if not isinstance(obj, dict):
+        raise ConfigError("BlockAffinity", name, "", type(obj).__name__,
+                          "value is not a JSON object", key=key)
+    unknown = sorted(set(obj) - {"state", "deleted"})
+    if unknown:
+        raise ConfigError("BlockAffinity", name, unknown[0], obj[unknown[0]], "unknown field",
+                          key=key)
+    state = obj.get("state", "")
+    if state is None:
+        state = ""
+    if state not in _AFFINITY_STATES:
+        raise ConfigError("BlockAffinity", name, "state", state,
+                          "must be confirmed, pending, pendingDeletion or empty", key=key)
+    deleted = obj.get("deleted", False)
+    try:
+        deleted = False if deleted is None else _loose_bool(deleted)
+    except ValueError as exc:
+        raise ConfigError("BlockAffinity", name, "deleted", deleted, str(exc), key=key) from None
+    return Affinity(node, cidr, state, deleted)
+
+
+def affinity_value(affinity: Affinity) -> bytes:
+    """The etcd value Calico writes for a host affinity."""
+    return json.dumps(
+        {"state": affinity.state, "deleted": affinity.deleted}, separators=(",", ":")
+    ).encode()
+

@@ -1,0 +1,151 @@
+"""`Snapshot`: one whole, validated view of the configuration at a revision.
+
+Owned by config/. Built by a datastore (etcd watcher or file datastore) from
+parsed resources and handed, frozen, to the daemon; consumers never mutate it,
+a change produces a new Snapshot. ``rejected`` lists keys whose *current*
+value is invalid, while the maps keep the last good version of that resource.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from config.model import (
+    DEFAULT_AS_NUMBER,
+    DEFAULT_LISTEN_PORT,
+    Affinity,
+    BGPConfiguration,
+    BGPConfigurationSpec,
+    BGPFilter,
+    BGPPeer,
+    BlockAffinity,
+    IPPool,
+    Node,
+    Resource,
+)
+
+_EMPTY: Mapping = MappingProxyType({})
+
+# Where a per-node BGPConfiguration does not say, Calico takes the global one;
+# where neither says, Calico's defaults apply.
+_DEFAULTS = {
+    "log_severity_screen": "Info",
+    "node_to_node_mesh_enabled": True,
+    "as_number": DEFAULT_AS_NUMBER,
+    "listen_port": DEFAULT_LISTEN_PORT,
+    "bind_mode": "None",
+}
+
+
+def _frozen(mapping: Mapping | None) -> Mapping:
+    return MappingProxyType(dict(mapping)) if mapping else _EMPTY
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Frozen configuration at etcd ``revision`` (file datastore: a reload counter)."""
+
+    revision: int = 0
+    ippools: Mapping[str, IPPool] = field(default=_EMPTY)
+    bgp_configurations: Mapping[str, BGPConfiguration] = field(default=_EMPTY)
+    bgp_peers: Mapping[str, BGPPeer] = field(default=_EMPTY)
+    bgp_filters: Mapping[str, BGPFilter] = field(default=_EMPTY)
+    nodes: Mapping[str, Node] = field(default=_EMPTY)
+    affinities: tuple[Affinity, ...] = ()
+    rejected: Mapping[str, str] = field(default=_EMPTY)
+
+    def __post_init__(self) -> None:
+        # Read-only views, so a consumer cannot change a shared snapshot by accident.
+        for name in ("ippools", "bgp_configurations", "bgp_peers", "bgp_filters", "nodes",
+                     "rejected"):
+            value = getattr(self, name)
+            if not isinstance(value, MappingProxyType):
+                object.__setattr__(self, name, _frozen(value))
+        if not isinstance(self.affinities, tuple):
+            object.__setattr__(self, "affinities", tuple(self.affinities))
+
+    @classmethod
+    def from_resources(
+        cls,
+        resources: Iterable[Resource],
+        affinities: Iterable[Affinity] = (),
+        *,
+        revision: int = 0,
+        rejected: Mapping[str, str] | None = None,
+    ) -> Snapshot:
+        """Sort resources into their maps (later duplicates win); BlockAffinities become
+        `Affinity` records alongside ``affinities``."""
+        maps: dict[type, dict[str, Resource]] = {
+            IPPool: {}, BGPConfiguration: {}, BGPPeer: {}, BGPFilter: {}, Node: {},
+        }
+        affs = list(affinities)
+        for res in resources:
+            if isinstance(res, BlockAffinity):
+                affs.append(res.to_affinity())
+            else:
+                maps[type(res)][res.metadata.name] = res
+        return cls(
+            revision=revision,
+            ippools=maps[IPPool],
+            bgp_configurations=maps[BGPConfiguration],
+            bgp_peers=maps[BGPPeer],
+            bgp_filters=maps[BGPFilter],
+            nodes=maps[Node],
+            affinities=tuple(affs),
+            rejected=rejected or {},
+        )
+
+    # ------------------------------------------------------------ helpers
+
+    def effective_bgp_config(self, node: str) -> BGPConfigurationSpec:
+        """The BGP configuration in force on ``node``.
+
+        Global ``default`` overlaid by ``node.<node>`` field by field (only
+        fields the per-node resource sets), then Calico's defaults for whatever
+        neither sets: AS 64512, mesh on, port 179, log Info, bindMode None.
+        The result has no None in those defaulted fields.
+        """
+        values: dict[str, object] = {}
+        for name in ("default", f"node.{node}"):
+            conf = self.bgp_configurations.get(name)
+            if conf is None:
+                continue
+            for attr in BGPConfigurationSpec.model_fields:
+                value = getattr(conf.spec, attr)
+                if value is not None:
+                    values[attr] = value
+        for attr, default in _DEFAULTS.items():
+            values.setdefault(attr, default)
+        # Built with model_construct: every value came from a validated spec or a default.
+        return BGPConfigurationSpec.model_construct(**values)
+
+    def node_blocks(self, node: str) -> tuple[str, ...]:
+        """CIDRs of the blocks ``node`` owns and advertises (confirmed or state-less)."""
+        seen: dict[str, None] = {}
+        for aff in self.affinities:
+            if aff.node == node and aff.advertised:
+                seen.setdefault(aff.cidr, None)
+        return tuple(sorted(seen, key=lambda c: ipaddress.ip_network(c).compressed))
+
+    def node_bgp_addresses(self, node: str) -> tuple[str | None, str | None]:
+        """(IPv4, IPv6) BGP addresses of ``node`` without prefix lengths (None if unset)."""
+        res = self.nodes.get(node)
+        bgp = res.spec.bgp if res is not None else None
+        if bgp is None:
+            return (None, None)
+        return (bgp.ipv4, bgp.ipv6)
+
+    def node_asn(self, node: str) -> int:
+        """The node's own ``spec.bgp.asNumber``, else the effective global AS number."""
+        res = self.nodes.get(node)
+        if res is not None and res.spec.bgp is not None and res.spec.bgp.as_number is not None:
+            return res.spec.bgp.as_number
+        asn = self.effective_bgp_config(node).as_number
+        return asn if asn is not None else DEFAULT_AS_NUMBER
+
+    def enabled_pools(self) -> tuple[IPPool, ...]:
+        """IPPools not ``disabled``, in name order."""
+        return tuple(p for _, p in sorted(self.ippools.items()) if not p.spec.disabled)
