@@ -49,13 +49,13 @@ class Snapshot:
     """Frozen configuration at etcd ``revision`` (file datastore: a reload counter)."""
 
     revision: int = 0
-    ippools: Mapping[str, IPPool] = field(default=_EMPTY)
-    bgp_configurations: Mapping[str, BGPConfiguration] = field(default=_EMPTY)
-    bgp_peers: Mapping[str, BGPPeer] = field(default=_EMPTY)
-    bgp_filters: Mapping[str, BGPFilter] = field(default=_EMPTY)
-    nodes: Mapping[str, Node] = field(default=_EMPTY)
+    ippools: Mapping[str, IPPool] = field(default_factory=lambda: _EMPTY)
+    bgp_configurations: Mapping[str, BGPConfiguration] = field(default_factory=lambda: _EMPTY)
+    bgp_peers: Mapping[str, BGPPeer] = field(default_factory=lambda: _EMPTY)
+    bgp_filters: Mapping[str, BGPFilter] = field(default_factory=lambda: _EMPTY)
+    nodes: Mapping[str, Node] = field(default_factory=lambda: _EMPTY)
     affinities: tuple[Affinity, ...] = ()
-    rejected: Mapping[str, str] = field(default=_EMPTY)
+    rejected: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
         # Read-only views, so a consumer cannot change a shared snapshot by accident.
