@@ -1,0 +1,520 @@
+"""``Rib``: Adj-RIB-In per peer, Loc-RIB, Adj-RIB-Out per peer, kernel intent.
+
+Owned by rib/; one instance lives in the daemon and only the daemon's RIB task
+calls it. Every operation returns a ``Changes`` value and calls no one.
+
+Storage is chosen for 100k+ paths: Adj-RIB-In keeps the received ``Path``
+objects once (post-policy = pre-policy minus a per-peer ``rejected`` map,
+because import policy only accepts or rejects), the Loc-RIB keeps per prefix a
+tuple of the accepted candidates and the selected ECMP tuple, Adj-RIB-Out maps
+prefix -> interned ``ExportAttrs`` (shared by every prefix with the same
+attributes), and kernel intent maps prefix -> ``KernelRoute``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Iterable, Mapping
+
+import structlog
+
+from rib.bestpath import BestReason, select_best
+from rib.changes import BestChange, Changes, ExportDelta, Rejection
+from rib.inputs import (
+    MaxPrefixAction,
+    PeerPolicy,
+    RibConfig,
+    communities_for,
+    parse_prefix,
+)
+from rib.kernel import KernelContext, KernelRoute, kernel_route
+from rib.path import LOCAL_PEER, Origin, Path, Withdraw
+from rib.policy import (
+    ExportAttrs,
+    ExportContext,
+    ImportContext,
+    RejectReason,
+    export_key,
+    import_reason,
+)
+
+log = structlog.get_logger(__name__)
+
+_INTERN_LIMIT = 200_000  # distinct export attribute sets kept for sharing
+
+
+class _Peer:
+    """Per-session state (Adj-RIB-In pre/post policy, Adj-RIB-Out). Owned by ``Rib``."""
+
+    __slots__ = ("accepted", "adj_in", "adj_out", "end_of_rib", "policy", "rejected", "up")
+
+    def __init__(self, policy: PeerPolicy) -> None:
+        self.policy = policy
+        self.up = True
+        self.adj_in: dict[str, Path] = {}  # everything received (pre-policy)
+        self.rejected: dict[str, RejectReason] = {}  # prefixes import policy dropped
+        self.adj_out: dict[str, ExportAttrs] = {}  # what the peer has been told
+        self.accepted = 0  # len(adj_in) - len(rejected), kept for max-prefix
+        self.end_of_rib = False
+
+
+class _Dest:
+    """One Loc-RIB entry: accepted candidates and the selected ECMP set (best first)."""
+
+    __slots__ = ("members", "paths", "reason")
+
+    def __init__(self) -> None:
+        self.paths: tuple[Path, ...] = ()
+        self.members: tuple[Path, ...] = ()
+        self.reason = BestReason.ONLY_PATH
+
+
+class Rib:
+    def __init__(self, config: RibConfig) -> None:
+        self._peers: dict[Hashable, _Peer] = {}
+        self._dest: dict[str, _Dest] = {}
+        self._kernel: dict[str, KernelRoute] = {}
+        self._local: dict[str, Path] = {}
+        self._intern: dict[tuple, ExportAttrs] = {}
+        self._apply_config(config)
+        touched = dict.fromkeys(self._local)
+        for prefix, path in self._local.items():
+            self._replace_candidate(prefix, None, path)
+        self._settle(touched, Changes())
+
+    # ---- views --------------------------------------------------------------------
+
+    @property
+    def config(self) -> RibConfig:
+        return self._config
+
+    def peer_keys(self) -> tuple[Hashable, ...]:
+        return tuple(self._peers)
+
+    def is_up(self, key: Hashable) -> bool:
+        peer = self._peers.get(key)
+        return peer is not None and peer.up
+
+    def adj_rib_in(self, key: Hashable, post_policy: bool = False) -> dict[str, Path]:
+        """A copy of what ``key`` sent (``post_policy``: only what import accepted)."""
+        peer = self._peer(key)
+        if not post_policy:
+            return dict(peer.adj_in)
+        rej = peer.rejected
+        return {p: path for p, path in peer.adj_in.items() if p not in rej}
+
+    def rejected(self, key: Hashable) -> dict[str, RejectReason]:
+        return dict(self._peer(key).rejected)
+
+    def adj_rib_out(self, key: Hashable) -> dict[str, ExportAttrs]:
+        return dict(self._peer(key).adj_out)
+
+    def loc_rib(self) -> dict[str, tuple[Path, ...]]:
+        """prefix -> ECMP set, best path first."""
+        return {p: d.members for p, d in self._dest.items() if d.members}
+
+    def best(self, prefix: str) -> Path | None:
+        d = self._dest.get(prefix)
+        return d.members[0] if d and d.members else None
+
+    def best_reason(self, prefix: str) -> BestReason | None:
+        d = self._dest.get(prefix)
+        return d.reason if d and d.members else None
+
+    def desired_routes(self) -> dict[str, KernelRoute]:
+        """The whole kernel intent (what fib_sync.set_desired wants)."""
+        return dict(self._kernel)
+
+    def all_end_of_rib(self) -> bool:
+        """Every up peer has sent End-of-RIB (the daemon's cue to sweep the FIB)."""
+        return all(p.end_of_rib for p in self._peers.values() if p.up)
+
+    def __len__(self) -> int:
+        """Number of paths held in all Adj-RIBs-In."""
+        return sum(len(p.adj_in) for p in self._peers.values())
+
+    # ---- sessions -----------------------------------------------------------------
+
+    def peer_up(self, policy: PeerPolicy) -> Changes:
+        """Session established: returns the full export set for it (``full=True``).
+
+        Paths kept stale from a graceful restart stay until re-announced or swept.
+        """
+        peer = self._peers.get(policy.key)
+        changes = Changes()
+        if peer is None:
+            peer = self._peers[policy.key] = _Peer(policy)
+        else:
+            peer.up = True
+            peer.end_of_rib = False
+            if policy != peer.policy:
+                peer.policy = policy
+                self._reimport(peer, changes)
+        peer.adj_out = {}
+        delta = changes.export_for(policy.key)
+        delta.full = True
+        self._reexport(peer, delta)
+        log.debug("rib.peer_up", peer=policy.key, exported=len(peer.adj_out))
+        return changes
+
+    def set_peer_policy(self, policy: PeerPolicy) -> Changes:
+        """A peer's policy changed: re-run import on its Adj-RIB-In, diff its exports."""
+        peer = self._peer(policy.key)
+        changes = Changes()
+        peer.policy = policy
+        self._reimport(peer, changes)
+        if peer.up:
+            self._reexport(peer, changes.export_for(policy.key))
+        return changes
+
+    def peer_down(self, key: Hashable) -> Changes:
+        """Session gone without graceful restart: forget everything it sent."""
+        peer = self._peers.pop(key, None)
+        changes = Changes()
+        if peer is None:
+            return changes
+        touched: dict[str, None] = {}
+        rej = peer.rejected
+        for prefix, path in peer.adj_in.items():
+            if prefix not in rej:
+                self._replace_candidate(prefix, path, None)
+                touched[prefix] = None
+        self._settle(touched, changes)
+        log.debug("rib.peer_down", peer=key, withdrawn=len(touched))
+        return changes
+
+    def mark_stale(self, key: Hashable) -> Changes:
+        """Graceful restart: the session dropped; keep its paths, flagged stale.
+
+        Forwarding carries on over them (RFC 4724 §4.2); nothing is exported to the
+        peer until ``peer_up``.
+        """
+        peer = self._peer(key)
+        changes = Changes()
+        peer.up = False
+        peer.end_of_rib = False
+        peer.adj_out = {}
+        touched: dict[str, None] = {}
+        rej = peer.rejected
+        adj_in = peer.adj_in
+        for prefix, path in adj_in.items():
+            if path.stale:
+                continue
+            stale = dataclasses.replace(path, stale=True)
+            adj_in[prefix] = stale
+            if prefix not in rej:
+                self._replace_candidate(prefix, path, stale)
+                touched[prefix] = None
+        self._settle(touched, changes)
+        return changes
+
+    def end_of_rib(self, key: Hashable) -> Changes:
+        """The peer finished its initial update: drop what it did not re-announce."""
+        self._peer(key).end_of_rib = True
+        return self.sweep_stale(key)
+
+    def sweep_stale(self, key: Hashable | None = None) -> Changes:
+        """Remove stale paths of ``key`` (all peers if None): restart timer expired."""
+        changes = Changes()
+        touched: dict[str, None] = {}
+        keys = list(self._peers) if key is None else [key]
+        for k in keys:
+            peer = self._peer(k)
+            stale = [p for p, path in peer.adj_in.items() if path.stale]
+            for prefix in stale:
+                self._remove(peer, prefix, touched)
+            if not peer.up and not peer.adj_in:
+                del self._peers[k]
+        self._settle(touched, changes)
+        return changes
+
+    # ---- updates ------------------------------------------------------------------
+
+    def update(
+        self,
+        key: Hashable,
+        announced: Iterable[Path] = (),
+        withdrawn: Iterable[str | Withdraw] = (),
+    ) -> Changes:
+        """One UPDATE from peer ``key``: withdrawals first, then announcements."""
+        peer = self._peer(key)
+        if not peer.up:
+            raise ValueError(f"update from peer {key!r}: session is not up (call peer_up)")
+        changes = Changes()
+        touched: dict[str, None] = {}
+        for w in withdrawn:
+            self._remove(peer, w if isinstance(w, str) else w.prefix, touched)
+        if announced:
+            self._announce(peer, announced, touched, changes)
+        self._settle(touched, changes)
+        return changes
+
+    def announce(self, key: Hashable, paths: Iterable[Path]) -> Changes:
+        return self.update(key, announced=paths)
+
+    def withdraw(self, key: Hashable, prefixes: Iterable[str | Withdraw]) -> Changes:
+        return self.update(key, withdrawn=prefixes)
+
+    # ---- configuration ------------------------------------------------------------
+
+    def set_config(self, config: RibConfig) -> Changes:
+        """Node config changed (pools, blocks, cluster id, ...): re-run import over every
+        Adj-RIB-In, re-originate, re-select and re-export; return the differences."""
+        changes = Changes()
+        if config == self._config:
+            return changes
+        old_local = self._local
+        self._apply_config(config)
+        touched: dict[str, None] = {}
+        for prefix in old_local.keys() | self._local.keys():
+            old, new = old_local.get(prefix), self._local.get(prefix)
+            if old is not None and old == new:
+                self._local[prefix] = old  # the object the Loc-RIB already holds
+                continue
+            self._replace_candidate(prefix, old, new)
+            touched[prefix] = None
+        for peer in self._peers.values():
+            self._reimport(peer, changes, settle=False, touched=touched)
+        touched.update(dict.fromkeys(self._dest))
+        touched.update(dict.fromkeys(self._kernel))
+        self._settle(touched, changes, force=True, export=False)
+        for key, peer in self._peers.items():
+            if peer.up:
+                delta = ExportDelta()
+                self._reexport(peer, delta)
+                if delta.announce or delta.withdraw:
+                    changes.exports[key] = delta
+        return changes
+
+    # ---- internals ----------------------------------------------------------------
+
+    def _peer(self, key: Hashable) -> _Peer:
+        peer = self._peers.get(key)
+        if peer is None:
+            raise KeyError(f"unknown peer {key!r} (call peer_up first)")
+        return peer
+
+    def _apply_config(self, config: RibConfig) -> None:
+        self._config = config
+        self._ictx = ImportContext(config)
+        self._ectx = ExportContext(config)
+        self._kctx = KernelContext(config)
+        self._intern.clear()
+        local: dict[str, Path] = {}
+        for prefix in (*config.own_blocks, *config.service_prefixes):
+            std, large = communities_for(config.prefix_advertisements, parse_prefix(prefix))
+            local[prefix] = Path(
+                prefix=prefix,
+                next_hop="",
+                peer=LOCAL_PEER,
+                origin=Origin.IGP,
+                communities=std,
+                large_communities=large,
+            )
+        self._local = local
+
+    def _replace_candidate(self, prefix: str, old: Path | None, new: Path | None) -> None:
+        dest = self._dest.get(prefix)
+        if dest is None:
+            dest = self._dest[prefix] = _Dest()
+        paths = dest.paths
+        if old is not None:
+            paths = tuple([p for p in paths if p is not old])
+        if new is not None:
+            paths = (*paths, new)
+        dest.paths = paths
+
+    def _remove(self, peer: _Peer, prefix: str, touched: dict[str, None]) -> None:
+        path = peer.adj_in.pop(prefix, None)
+        if path is None:
+            return
+        if peer.rejected.pop(prefix, None) is None:
+            peer.accepted -= 1
+            self._replace_candidate(prefix, path, None)
+            touched[prefix] = None
+
+    def _announce(
+        self, peer: _Peer, paths: Iterable[Path], touched: dict[str, None], changes: Changes
+    ) -> None:
+        policy = peer.policy
+        ictx = self._ictx
+        adj_in = peer.adj_in
+        rejected = peer.rejected
+        limit = policy.max_prefixes
+        key = policy.key
+        for path in paths:
+            prefix = path.prefix
+            old = adj_in.get(prefix)
+            was_accepted = old is not None and prefix not in rejected
+            adj_in[prefix] = path
+            reason = import_reason(path, policy, ictx)
+            if reason is None and not was_accepted and limit is not None and (
+                peer.accepted >= limit
+            ):
+                reason = RejectReason.MAX_PREFIX
+                if policy.max_prefix_action is MaxPrefixAction.TEARDOWN and (
+                    key not in changes.teardown
+                ):
+                    changes.teardown.append(key)
+            if reason is None:
+                if not was_accepted:
+                    peer.accepted += 1
+                    if old is not None:
+                        del rejected[prefix]
+                    old = None
+                self._replace_candidate(prefix, old, path)
+                touched[prefix] = None
+            else:
+                rejected[prefix] = reason
+                changes.rejected.append(Rejection(key, prefix, reason))
+                if was_accepted:
+                    peer.accepted -= 1
+                    self._replace_candidate(prefix, old, None)
+                    touched[prefix] = None
+
+    def _reimport(
+        self,
+        peer: _Peer,
+        changes: Changes,
+        settle: bool = True,
+        touched: dict[str, None] | None = None,
+    ) -> None:
+        """Re-run import policy over the peer's whole Adj-RIB-In (pre-policy)."""
+        if touched is None:
+            touched = {}
+        old_rejected = peer.rejected
+        old_in = peer.adj_in
+        peer.rejected = {}
+        peer.adj_in = {}
+        peer.accepted = 0
+        for prefix, path in old_in.items():
+            if prefix not in old_rejected:
+                self._replace_candidate(prefix, path, None)
+                touched[prefix] = None
+        sub = Changes()
+        self._announce(peer, old_in.values(), touched, sub)
+        # Report only rejections that are new or whose reason changed.
+        changes.rejected.extend(
+            r for r in sub.rejected if old_rejected.get(r.prefix) is not r.reason
+        )
+        for k in sub.teardown:
+            if k not in changes.teardown:
+                changes.teardown.append(k)
+        if settle:
+            self._settle(touched, changes)
+
+    def _attrs_for(self, peer: _Peer, best: Path) -> ExportAttrs | None:
+        key = export_key(best, peer.policy, self._ectx)
+        if key is None:
+            return None
+        attrs = self._intern.get(key)
+        if attrs is None:
+            if len(self._intern) >= _INTERN_LIMIT:
+                self._intern.clear()
+            attrs = self._intern[key] = ExportAttrs(*key)
+        return attrs
+
+    def _export_one(self, peer: _Peer, prefix: str, best: Path | None, delta_get) -> None:
+        attrs = self._attrs_for(peer, best) if best is not None else None
+        adj_out = peer.adj_out
+        old = adj_out.get(prefix)
+        if attrs is None:
+            if old is not None:
+                del adj_out[prefix]
+                delta_get(peer.policy.key).withdraw.append(prefix)
+            return
+        if old is not None and (old is attrs or old == attrs):
+            return
+        adj_out[prefix] = attrs
+        announce = delta_get(peer.policy.key).announce
+        group = announce.get(attrs)
+        if group is None:
+            announce[attrs] = [prefix]
+        else:
+            group.append(prefix)
+
+    def _reexport(self, peer: _Peer, delta: ExportDelta) -> None:
+        """Recompute the peer's whole Adj-RIB-Out; put the difference (or, for a
+        ``full`` delta, everything) in ``delta``."""
+        old_out = {} if delta.full else peer.adj_out
+        new_out: dict[str, ExportAttrs] = {}
+        announce = delta.announce
+        for prefix, dest in self._dest.items():
+            if not dest.members:
+                continue
+            attrs = self._attrs_for(peer, dest.members[0])
+            if attrs is None:
+                continue
+            new_out[prefix] = attrs
+            old = old_out.get(prefix)
+            if old is not None and (old is attrs or old == attrs):
+                continue
+            group = announce.get(attrs)
+            if group is None:
+                announce[attrs] = [prefix]
+            else:
+                group.append(prefix)
+        delta.withdraw.extend(p for p in old_out if p not in new_out)
+        peer.adj_out = new_out
+
+    def _settle(
+        self,
+        touched: Iterable[str],
+        changes: Changes,
+        force: bool = False,
+        export: bool = True,
+    ) -> None:
+        """Re-select best paths of ``touched`` prefixes and derive exports and kernel intent."""
+        max_paths = self._config.max_paths
+        kctx = self._kctx
+        kernel = self._kernel
+        dests = self._dest
+        up_peers = [p for p in self._peers.values() if p.up] if export else []
+        delta_get = changes.export_for
+        for prefix in touched:
+            dest = dests.get(prefix)
+            old_members = dest.members if dest is not None else ()
+            paths = dest.paths if dest is not None else ()
+            if len(paths) == 1:
+                members, reason = paths, BestReason.ONLY_PATH
+            elif paths:
+                members, reason = select_best(paths, max_paths)
+            else:
+                members, reason = (), BestReason.ONLY_PATH
+            if dest is not None:
+                if members:
+                    dest.members = members
+                    dest.reason = reason
+                else:
+                    del dests[prefix]
+            same = len(members) == len(old_members) and all(
+                a is b for a, b in zip(members, old_members, strict=True)
+            )
+            if same and not force:
+                continue
+            old_best = old_members[0] if old_members else None
+            new_best = members[0] if members else None
+            if not same:
+                changes.best.append(BestChange(prefix, old_best, new_best, members, reason))
+            if new_best is not old_best:
+                for peer in up_peers:
+                    self._export_one(peer, prefix, new_best, delta_get)
+            route = kernel_route(prefix, members, kctx) if members else None
+            old_route = kernel.get(prefix)
+            if route is None:
+                if old_route is not None:
+                    del kernel[prefix]
+                    changes.kernel_remove.append(old_route)
+            elif old_route is None or old_route != route:
+                kernel[prefix] = route
+                changes.kernel_add.append(route)
+
+
+def rib_from(config: RibConfig, peers: Mapping[PeerPolicy, Iterable[Path]]) -> Rib:
+    """A RIB built from scratch: every peer up, then its paths announced (tests, resync)."""
+    rib = Rib(config)
+    for policy in peers:
+        rib.peer_up(policy)
+    for policy, paths in peers.items():
+        rib.announce(policy.key, list(paths))
+    return rib
