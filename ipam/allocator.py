@@ -213,6 +213,10 @@ class Allocator:
         # Jittered backoff so writers that collided do not collide again in step.
         await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * attempt)))
 
+    async def pools(self) -> list[PoolInfo]:
+        """Every valid IPPool, as allocation sees them."""
+        return await self._pool_loader(self.client)
+
     async def config(self) -> IPAMConfig:
         got = await self._get(CONFIG_KEY)
         if got.value is None:

@@ -1,0 +1,459 @@
+"""``podbgp-ipam``: the CNI IPAM plugin (ADD, DEL, CHECK, VERSION).
+
+Owned by ipam/. One process per CNI call: reads the network configuration on
+stdin and the CNI_* environment, talks to etcd through ``ipam.allocator``,
+prints a result (or a CNI error object) on stdout.
+
+Network configuration, read the way Calico's plugins read it::
+
+    {"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "bridge",
+     "etcd_endpoints": "http://127.0.0.1:2379",      # or ETCD_ENDPOINTS
+     "etcd_ca_cert_file": "...", "etcd_cert_file": "...", "etcd_key_file": "...",
+     "datastore_type": "etcdv3", "nodename": "node1", # or NODENAME, or host name
+     "log_level": "warning",
+     "ipam": {"type": "podbgp-ipam", "assign_ipv4": "true", "assign_ipv6": "false",
+              "ipv4_pools": ["default-ipv4-ippool"], "ipv6_pools": [],
+              "address_mode": "block", "routes": [{"dst": "0.0.0.0/0"}],
+              "empty_block_release_seconds": 300,
+              "lock_file": "/var/run/podbgp/ipam.lock"}}
+
+``address_mode`` (podbgp's own field) chooses the shape of the result:
+
+* ``block`` (default): the address with the block's prefix length
+  (``10.0.0.5/26``) and the block's gateway (``10.0.0.1``). This is what
+  the ``bridge`` plugin needs: it puts the gateway on the bridge and the pod
+  reaches it on-link. The block's network address, gateway and (IPv4)
+  broadcast address are never given to pods. Default routes: one per pool
+  used (``dst`` = pool CIDR) via that gateway, so pods reach pods on other
+  nodes through the node; add ``{"dst": "0.0.0.0/0"}`` in ``routes`` or set
+  the bridge's ``isDefaultGateway`` for more.
+* ``host``: Calico's shape, ``10.0.0.5/32`` without gateway, for plugins
+  that route each pod itself (``ptp``-style); every ordinal may be used.
+
+All plugins on one node must use the same mode (a ``host``-mode plugin would
+hand out a bridge's gateway address).
+
+The handle is ``<network name>.<CNI_CONTAINERID>`` (Calico's
+``k8s-pod-network.<id>``); the attributes are the node and, from CNI_ARGS,
+``K8S_POD_NAMESPACE``/``K8S_POD_NAME``. ADD of a container that already
+holds addresses returns them. DEL of an unknown container succeeds.
+
+Errors: a CNI error object ``{"cniVersion", "code", "msg", "details"}`` on
+stdout, one line on stderr, exit status 1 (2 when the CNI environment itself
+is unusable). Codes: 1 incompatible CNI version, 3 unknown container (CHECK),
+4 invalid environment variables, 6 undecodable configuration, 7 invalid
+network configuration, 11 try again later (etcd unreachable, too many
+concurrent updates), 100 no free address, 101 an address in prevResult is not
+held by this container (CHECK).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import socket
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import structlog
+
+from ipam.allocator import (
+    Allocator,
+    Assignment,
+    IPAMConflictError,
+    IPAMError,
+    NoFreeAddressError,
+    block_gateway,
+    bridge_reserved,
+)
+from ipam.etcd import EtcdSettings, connect
+
+log = structlog.get_logger(__name__)
+
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
+LATEST = "1.0.0"
+
+E_INCOMPATIBLE = 1
+E_UNKNOWN_CONTAINER = 3
+E_BAD_ENV = 4
+E_DECODE = 6
+E_BAD_CONFIG = 7
+E_TRY_AGAIN = 11
+E_NO_ADDRESS = 100
+E_CHECK_MISMATCH = 101
+
+DEFAULT_LOCK_FILE = "/var/run/podbgp/ipam.lock"
+
+
+class CNIError(Exception):
+    """A failure reported to the runtime as a CNI error object."""
+
+    def __init__(self, code: int, msg: str, details: str = "", exit_status: int = 1) -> None:
+        super().__init__(msg)
+        self.code, self.msg, self.details, self.exit_status = code, msg, details, exit_status
+
+
+@dataclass
+class PluginConfig:
+    """The parts of the network configuration this plugin uses (validated)."""
+
+    cni_version: str
+    name: str
+    nodename: str
+    etcd: EtcdSettings
+    assign_ipv4: bool = True
+    assign_ipv6: bool = False
+    ipv4_pools: list[str] = field(default_factory=list)
+    ipv6_pools: list[str] = field(default_factory=list)
+    address_mode: str = "block"
+    routes: list[dict[str, Any]] | None = None
+    release_grace: float = 300.0
+    lock_file: str = DEFAULT_LOCK_FILE
+    log_level: str = "warning"
+    prev_result: dict[str, Any] | None = None
+
+
+def _flag(obj: Mapping[str, Any], name: str, default: bool) -> bool:
+    # Calico's plugins take these as strings ("true"/"false"); accept JSON booleans too.
+    value = obj.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise CNIError(E_BAD_CONFIG, f"ipam.{name}: {value!r} is not \"true\" or \"false\"")
+
+
+def _str_list(obj: Mapping[str, Any], name: str) -> list[str]:
+    value = obj.get(name) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise CNIError(E_BAD_CONFIG, f"ipam.{name}: {value!r} is not a list of pool names/CIDRs")
+    return value
+
+
+def _opt_str(conf: Mapping[str, Any], name: str) -> str | None:
+    value = conf.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise CNIError(E_BAD_CONFIG, f"{name}: {value!r} is not a string")
+    return value
+
+
+def parse_config(text: str, env: Mapping[str, str]) -> PluginConfig:
+    """Validate the network configuration; CNIError names the field that is wrong."""
+    try:
+        conf = json.loads(text)
+    except ValueError as exc:
+        raise CNIError(E_DECODE, f"network configuration is not JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise CNIError(E_DECODE, "network configuration is not a JSON object")
+    version = conf.get("cniVersion")
+    if not isinstance(version, str) or not version:
+        raise CNIError(E_BAD_CONFIG, "cniVersion: missing")
+    if version not in SUPPORTED_VERSIONS:
+        raise CNIError(E_INCOMPATIBLE, f"cniVersion: {version!r} is not supported",
+                       "supported: " + ", ".join(SUPPORTED_VERSIONS))
+    name = conf.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise CNIError(E_BAD_CONFIG, f"name: {name!r} is not a network name")
+    ipam = conf.get("ipam")
+    if not isinstance(ipam, dict):
+        raise CNIError(E_BAD_CONFIG, "ipam: missing or not an object")
+    datastore = _opt_str(conf, "datastore_type") or env.get("DATASTORE_TYPE") or "etcdv3"
+    if datastore != "etcdv3":
+        raise CNIError(E_BAD_CONFIG, f"datastore_type: {datastore!r} is not supported "
+                       "(podbgp-ipam uses etcdv3)")
+    nodename = _opt_str(conf, "nodename") or env.get("NODENAME") or socket.gethostname()
+    cfg = PluginConfig(
+        cni_version=version,
+        name=name,
+        nodename=nodename,
+        etcd=EtcdSettings(_opt_str(conf, "etcd_endpoints"), _opt_str(conf, "etcd_ca_cert_file"),
+                          _opt_str(conf, "etcd_cert_file"), _opt_str(conf, "etcd_key_file")),
+        assign_ipv4=_flag(ipam, "assign_ipv4", True),
+        assign_ipv6=_flag(ipam, "assign_ipv6", False),
+        ipv4_pools=_str_list(ipam, "ipv4_pools"),
+        ipv6_pools=_str_list(ipam, "ipv6_pools"),
+        log_level=_opt_str(conf, "log_level") or "warning",
+    )
+    if not (cfg.assign_ipv4 or cfg.assign_ipv6):
+        raise CNIError(E_BAD_CONFIG, "ipam: assign_ipv4 and assign_ipv6 are both false")
+    mode = ipam.get("address_mode", "block")
+    if mode not in ("block", "host"):
+        raise CNIError(E_BAD_CONFIG, f"ipam.address_mode: {mode!r} is not \"block\" or \"host\"")
+    cfg.address_mode = mode
+    routes = ipam.get("routes")
+    if routes is not None:
+        if not isinstance(routes, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("dst"), str) for r in routes
+        ):
+            raise CNIError(E_BAD_CONFIG, f"ipam.routes: {routes!r} is not a list of {{dst, gw}}")
+        for r in routes:
+            try:
+                ipaddress.ip_network(r["dst"], strict=False)
+                if r.get("gw") is not None:
+                    ipaddress.ip_address(r["gw"])
+            except ValueError as exc:
+                raise CNIError(E_BAD_CONFIG, f"ipam.routes: {r!r}: {exc}") from None
+        cfg.routes = routes
+    grace = ipam.get("empty_block_release_seconds", 300)
+    if not isinstance(grace, int | float) or isinstance(grace, bool) or grace < 0:
+        raise CNIError(E_BAD_CONFIG,
+                       f"ipam.empty_block_release_seconds: {grace!r} is not a number >= 0")
+    cfg.release_grace = float(grace)
+    cfg.lock_file = ipam.get("lock_file") or DEFAULT_LOCK_FILE
+    prev = conf.get("prevResult")
+    cfg.prev_result = prev if isinstance(prev, dict) else None
+    return cfg
+
+
+def parse_cni_args(text: str) -> dict[str, str]:
+    """``IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p`` -> dict."""
+    out = {}
+    for part in (text or "").split(";"):
+        if not part:
+            continue
+        k, sep, v = part.partition("=")
+        if not sep:
+            raise CNIError(E_BAD_ENV, f"CNI_ARGS: {part!r} is not KEY=VALUE")
+        out[k] = v
+    return out
+
+
+# ------------------------------------------------------------------ results
+
+
+def render_result(cfg: PluginConfig, v4: list[Assignment], v6: list[Assignment],
+                  pools: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> dict[str, Any]:
+    """The IPAM result in the requested CNI version's shape."""
+    ips = []
+    for a in (*v4, *v6):
+        entry: dict[str, Any] = {}
+        if cfg.cni_version != "1.0.0":
+            entry["version"] = str(a.address.version)
+        if cfg.address_mode == "block":
+            entry["address"] = str(a.interface)
+            entry["gateway"] = str(block_gateway(a.block))
+        else:
+            entry["address"] = f"{a.address}/{a.address.max_prefixlen}"
+        ips.append(entry)
+    if cfg.routes is not None:
+        routes = cfg.routes
+    elif cfg.address_mode == "block":
+        routes = [{"dst": str(p)} for p in pools]
+    else:
+        routes = []
+    return {"cniVersion": cfg.cni_version, "ips": ips, "routes": routes, "dns": {}}
+
+
+def _error_object(version: str, err: CNIError) -> dict[str, Any]:
+    out: dict[str, Any] = {"cniVersion": version, "code": err.code, "msg": err.msg}
+    if err.details:
+        out["details"] = err.details
+    return out
+
+
+# ------------------------------------------------------------------ commands
+
+
+@contextlib.contextmanager
+def host_lock(path: str) -> Iterator[None]:
+    """One IPAM writer per host at a time (as Calico's ipam.lock does).
+
+    Not needed for correctness (the CAS transactions are), but concurrent pod
+    starts on one node otherwise race for the same block and each claim a
+    new one. Without a writable lock path this degrades to no lock.
+    """
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        log.warning("ipam_lock_unavailable", path=path, error=exc.strerror)
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
+async def _with_allocator(cfg: PluginConfig, fn):
+    try:
+        client = await connect(cfg.etcd)
+    except ValueError as exc:
+        raise CNIError(E_BAD_CONFIG, str(exc)) from None
+    except ConnectionError as exc:
+        raise CNIError(E_TRY_AGAIN, "etcd is unreachable", str(exc)) from None
+    try:
+        reserve = bridge_reserved if cfg.address_mode == "block" else None
+        alloc = Allocator(client, release_grace=cfg.release_grace, reserve=reserve)
+        return await fn(alloc)
+    except IPAMConflictError as exc:
+        raise CNIError(E_TRY_AGAIN, str(exc)) from None
+    except NoFreeAddressError as exc:
+        raise CNIError(E_NO_ADDRESS, str(exc)) from None
+    except ValueError as exc:  # bad pools requested, bad handle id
+        raise CNIError(E_BAD_CONFIG, str(exc)) from None
+    except IPAMError as exc:
+        raise CNIError(E_NO_ADDRESS, str(exc)) from None
+    except Exception as exc:
+        # aetcd raises its ClientError family (and grpc errors) for a lost etcd.
+        if type(exc).__module__.startswith(("aetcd", "grpc")):
+            raise CNIError(E_TRY_AGAIN, "etcd request failed", str(exc)) from None
+        raise
+    finally:
+        await client.close()
+
+
+def _handle_id(cfg: PluginConfig, env: Mapping[str, str]) -> str:
+    cid = env.get("CNI_CONTAINERID", "")
+    if not cid or "/" in cid:
+        raise CNIError(E_BAD_ENV, f"CNI_CONTAINERID: {cid!r} is missing or invalid",
+                       exit_status=2)
+    return f"{cfg.name}.{cid}"
+
+
+async def cmd_add(cfg: PluginConfig, env: Mapping[str, str]) -> dict[str, Any]:
+    handle = _handle_id(cfg, env)
+    args = parse_cni_args(env.get("CNI_ARGS", ""))
+    attrs = {}
+    if args.get("K8S_POD_NAMESPACE"):
+        attrs["namespace"] = args["K8S_POD_NAMESPACE"]
+    if args.get("K8S_POD_NAME"):
+        attrs["pod"] = args["K8S_POD_NAME"]
+
+    async def run(alloc: Allocator):
+        v4, v6 = await alloc.auto_assign(
+            handle, cfg.nodename,
+            num_v4=1 if cfg.assign_ipv4 else 0, num_v6=1 if cfg.assign_ipv6 else 0,
+            attrs=attrs, v4_pools=cfg.ipv4_pools or None, v6_pools=cfg.ipv6_pools or None)
+        pools = await alloc.pools()
+        used = [p.cidr for p in pools
+                if any(a.block.subnet_of(p.cidr) for a in (*v4, *v6)
+                       if a.block.version == p.cidr.version)]
+        if cfg.release_grace > 0:
+            # Opportunistic: give back blocks that have been empty long enough.
+            await alloc.release_empty_blocks()
+        return v4, v6, used
+
+    v4, v6, used = await _with_allocator(cfg, run)
+    log.info("cni_add", handle=handle, node=cfg.nodename,
+             ips=[str(a.address) for a in (*v4, *v6)])
+    return render_result(cfg, v4, v6, used)
+
+
+async def cmd_del(cfg: PluginConfig, env: Mapping[str, str]) -> None:
+    handle = _handle_id(cfg, env)
+
+    async def run(alloc: Allocator):
+        ips = await alloc.release_by_handle(handle)
+        if cfg.release_grace > 0:
+            await alloc.release_empty_blocks()
+        return ips
+
+    ips = await _with_allocator(cfg, run)
+    log.info("cni_del", handle=handle, ips=[str(i) for i in ips])
+
+
+async def cmd_check(cfg: PluginConfig, env: Mapping[str, str]) -> None:
+    if cfg.cni_version.startswith("0.3."):
+        raise CNIError(E_INCOMPATIBLE, f"CHECK is not defined for cniVersion {cfg.cni_version}")
+    handle = _handle_id(cfg, env)
+
+    async def run(alloc: Allocator):
+        h, _ = await alloc.read_handle(handle)
+        if h is None or h.empty:
+            raise CNIError(E_UNKNOWN_CONTAINER, f"container {handle!r} holds no addresses")
+        held = set()
+        for cidr in h.block:
+            block, _ = await alloc.read_block(ipaddress.ip_network(cidr))
+            if block is not None:
+                held.update(block.ips_of(handle))
+        return held
+
+    held = await _with_allocator(cfg, run)
+    for ip in (cfg.prev_result or {}).get("ips", []):
+        try:
+            addr = ipaddress.ip_interface(ip.get("address", "")).ip
+        except (ValueError, AttributeError):
+            raise CNIError(E_DECODE, f"prevResult.ips: {ip!r} has no valid address") from None
+        if addr not in held:
+            raise CNIError(E_CHECK_MISMATCH,
+                           f"prevResult address {addr} is not held by container {handle!r}")
+
+
+def _configure_logging(level: str) -> None:
+    lvl = logging.getLevelName(level.upper())
+    if not isinstance(lvl, int):
+        lvl = logging.WARNING
+    # stdout carries the CNI result only; logs go to stderr.
+    structlog.configure(
+        processors=[structlog.processors.add_log_level,
+                    structlog.processors.TimeStamper(fmt="iso"),
+                    structlog.processors.JSONRenderer()],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> int:
+    """The whole plugin as a function (main() wires the real process to it)."""
+    command = env.get("CNI_COMMAND", "")
+    version = LATEST
+    try:
+        try:
+            version = str(json.loads(stdin).get("cniVersion") or LATEST)
+        except (ValueError, AttributeError):
+            pass
+        if command == "VERSION":
+            json.dump({"cniVersion": version if version in SUPPORTED_VERSIONS else LATEST,
+                       "supportedVersions": list(SUPPORTED_VERSIONS)}, stdout)
+            return 0
+        if command not in ("ADD", "DEL", "CHECK"):
+            raise CNIError(E_BAD_ENV, f"CNI_COMMAND: {command!r} is not ADD, DEL, CHECK "
+                           "or VERSION", exit_status=2)
+        cfg = parse_config(stdin, env)
+        _configure_logging(cfg.log_level)
+        if command == "ADD":
+            with host_lock(cfg.lock_file):
+                result = asyncio.run(cmd_add(cfg, env))
+            json.dump(result, stdout)
+        elif command == "DEL":
+            with host_lock(cfg.lock_file):
+                asyncio.run(cmd_del(cfg, env))
+        else:
+            asyncio.run(cmd_check(cfg, env))
+        return 0
+    except CNIError as err:
+        if version not in SUPPORTED_VERSIONS:
+            version = LATEST
+        json.dump(_error_object(version, err), stdout)
+        extra = f" ({err.details})" if err.details else ""
+        print(f"podbgp-ipam: {command or '?'}: {err.msg}{extra}", file=stderr)
+        return err.exit_status
+    except Exception as exc:  # never a traceback to the runtime
+        json.dump(_error_object(version, CNIError(999, f"internal error: {exc!r}")), stdout)
+        print(f"podbgp-ipam: {command or '?'}: internal error: {exc!r}", file=stderr)
+        return 1
+
+
+def main() -> int:
+    stdin = sys.stdin.read() if not sys.stdin.isatty() else ""
+    rc = run(os.environ, stdin, sys.stdout, sys.stderr)
+    sys.stdout.flush()
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
