@@ -274,6 +274,7 @@ class EtcdDatastore:
                 if need_reload:
                     await self._load(client)
                     need_reload = False
+                    self._established()
                 await self._watch(client, on_established=self._established)
                 raise DatastoreUnavailable("watch stream ended")
             except _Compacted as e:
@@ -333,6 +334,7 @@ class EtcdDatastore:
         self.revision = rev
         if reload:
             self.stats.reloads_total += 1
+        self.connected = True  # before publishing: a subscriber may look at it
         self._publish()
         self._loaded.set()
         log.info("etcd_loaded", revision=rev, resources=len(self._resources),
