@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import sys
 import time
 import tracemalloc
+
+import structlog
 
 from rib import PeerKind, PeerPolicy, PeerRef, Pool, Rib, RibConfig
 from rib.path import Path
@@ -33,11 +36,7 @@ def prefixes(n: int) -> list[str]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--prefixes", type=int, default=40_000)
-    args = ap.parse_args(argv)
-    n = args.prefixes
+def run(n: int, trace: bool) -> dict:
     config = RibConfig(
         local_asn=64512,
         router_id="192.0.2.1",
@@ -58,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     spans = [(0, n), (0, 3 * third), (third, n)]  # overlapping: 100k paths for n=40k
     as_paths = [(), (), (65001, 65010)]
     gc.collect()
-    tracemalloc.start()
-    base = tracemalloc.get_traced_memory()[0]
+    if trace:
+        tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0] if trace else 0
     rib = Rib(config)
     for pol in policies:
         rib.peer_up(pol)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             kernel += len(ch.kernel_add)
     t_ann = time.perf_counter() - t0
     held = len(rib)
-    mem = tracemalloc.get_traced_memory()[0] - base
+    mem = tracemalloc.get_traced_memory()[0] - base if trace else 0
     loc = len(rib.loc_rib())
     routes = len(rib.desired_routes())
     t1 = time.perf_counter()
@@ -92,10 +92,34 @@ def main(argv: list[str] | None = None) -> int:
             rib.withdraw(policies[i].key, pfx[s : min(s + BATCH, hi)])
             updates += min(s + BATCH, hi) - s
     t_wd = time.perf_counter() - t1
-    tracemalloc.stop()
+    if trace:
+        tracemalloc.stop()
     assert len(rib) == 0 and len(rib.desired_routes()) == 1, "withdraw left routes behind"
-    total_t = t_ann + t_wd
-    rate = updates / total_t
+    return dict(held=held, t_ann=t_ann, t_wd=t_wd, updates=updates, mem=mem, loc=loc,
+                routes=routes, exports=exports, kernel=kernel)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prefixes", type=int, default=40_000)
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of the timed run")
+    args = ap.parse_args(argv)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    # Timed without tracemalloc (it slows every allocation several times);
+    # memory from a second, identical run under tracemalloc.
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(run, args.prefixes, False)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+    r = run(args.prefixes, trace=False)
+    m = run(args.prefixes, trace=True)
+    held, t_ann, t_wd = r["held"], r["t_ann"], r["t_wd"]
+    rate = r["updates"] / (t_ann + t_wd)
+    mem = m["mem"]
+    loc, routes, exports, kernel = r["loc"], r["routes"], r["exports"], r["kernel"]
     print(f"{'phase':<10} {'paths':>8} {'seconds':>8} {'paths/s':>10}")
     print(f"{'announce':<10} {held:>8} {t_ann:>8.2f} {held / t_ann:>10.0f}")
     print(f"{'withdraw':<10} {held:>8} {t_wd:>8.2f} {held / t_wd:>10.0f}")
