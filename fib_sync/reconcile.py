@@ -1,0 +1,225 @@
+"""One reconcile pass: (re-)read the kernel when needed, diff, apply, account.
+
+Owned by fib_sync/. `Reconciler` holds the syncer's view of our routes in the
+kernel (`view`), the routes that currently fail and the prefixes held by
+someone else. It is synchronous and knows nothing of asyncio: `FibSyncer` runs
+`run_pass` in its executor thread, one pass at a time, and tests drive it
+directly against `fib_sync.fake.FakeKernel`.
+
+The kernel backend protocol (NetlinkKernel, FakeKernel):
+  dump(tables) -> dict[RouteKey, Route]      our tagged routes
+  apply([(op, route), ...]) -> [OpError]      may raise StateUnknown
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from .netlink import ADD, DELETE, REPLACE, OpError, StateUnknown
+from .route import Route, RouteKey, diff
+
+log = structlog.get_logger(__name__)
+
+
+class KernelBackend(Protocol):
+    def dump(self, tables: Iterable[int]) -> dict[RouteKey, Route]: ...
+
+    def apply(self, ops: list[tuple[str, Route]]) -> list[OpError]: ...
+
+
+@dataclass
+class FibStats:
+    """Plain counters for metrics; written by the syncer only, read by anyone."""
+
+    installed: int = 0
+    replaced: int = 0
+    deleted: int = 0
+    failed: int = 0  # routes that started failing (one per route and reason)
+    failing: int = 0  # routes failing right now
+    conflicts: int = 0  # prefixes found held by another protocol (once each)
+    repairs: int = 0  # routes re-installed after someone else removed them
+    adopted: int = 0  # tagged routes found at start
+    swept: int = 0  # stale routes deleted after convergence
+    passes: int = 0
+    full_resyncs: int = 0
+    state_unknown: int = 0  # ENOBUFS: replies lost, table re-read
+    last_sync_seconds: float = 0.0
+    sync_seconds_total: float = 0.0
+    max_sync_seconds: float = 0.0
+
+
+@dataclass
+class PassReport:
+    """What one pass did; the syncer logs it and wakes waiters."""
+
+    applied: int = 0
+    failures: int = 0
+    conflicts: int = 0
+    state_unknown: bool = False
+    seconds: float = 0.0
+    dumped: bool = False
+    need_full: bool = False  # the next pass must re-read the kernel
+    swept: list[Route] = field(default_factory=list)
+
+
+class Reconciler:
+    """Owns the view of our kernel routes and the failure/conflict books."""
+
+    def __init__(self, kernel: KernelBackend, stats: FibStats | None = None) -> None:
+        self.kernel = kernel
+        self.stats = stats or FibStats()
+        self.view: dict[RouteKey, Route] | None = None  # None: never read
+        self.failing: dict[RouteKey, tuple[int, str]] = {}
+        self.conflicts: dict[tuple[int, str], str] = {}  # (table, dst) -> holder
+
+    def adopt(self, tables: Iterable[int]) -> dict[RouteKey, Route]:
+        """Read our tagged routes (start-up): they become the view, nothing changes."""
+        self.view = self.kernel.dump(tables)
+        self.stats.adopted += len(self.view)
+        return dict(self.view)
+
+    def note_conflict(self, key: RouteKey | tuple[int, str], holder: str) -> None:
+        """A route of another protocol holds a prefix we want (same table):
+        log once, count once, leave it alone. If it holds our exact key the
+        kernel refuses ours (EEXIST) until it goes; at another metric both
+        exist and the kernel prefers the lower metric."""
+        prefix = (key[0], key[1])
+        if prefix in self.conflicts:
+            return
+        self.conflicts[prefix] = holder
+        self.stats.conflicts += 1
+        log.warning("fib_conflict", table=prefix[0], dst=prefix[1], holder=holder)
+
+    def run_pass(
+        self,
+        target: Mapping[RouteKey, Route],
+        tables: Iterable[int],
+        full: bool = False,
+        gone: Iterable[RouteKey] = (),
+        stale_keys: Iterable[RouteKey] = (),
+    ) -> PassReport:
+        """Make the kernel hold `target` (desired plus still-stale routes).
+
+        `full`: re-read the kernel first (periodic resync, link change, lost
+        replies). `gone`: keys the monitor saw deleted by someone else.
+        `stale_keys`: adopted keys not in `target` any more — their deletes are
+        sweeps, counted apart.
+        """
+        t0 = time.monotonic()
+        report = PassReport()
+        st = self.stats
+        repairs: set[RouteKey] = set()
+        for k in [k for k in self.failing if k not in target]:
+            del self.failing[k]
+        if full or self.view is None:
+            old = self.view
+            self.view = self.kernel.dump(tables)
+            report.dumped = True
+            st.full_resyncs += 1
+            if old is not None:
+                repairs = {k for k in old if k in target and k not in self.view}
+            self._check_foreign(target, getattr(self.kernel, "foreign", {}))
+        for k in gone:
+            if k in target and self.view.pop(k, None) is not None:
+                repairs.add(k)
+        plan = diff(target, self.view)
+        ops: list[tuple[str, Route]] = [(DELETE, r) for r in plan.delete]
+        ops += [(REPLACE, r) for r in plan.replace]
+        ops += [(ADD, r) for r in plan.add]
+        if not ops:
+            self._finish(report, t0)
+            return report
+        try:
+            errors = self.kernel.apply(ops)
+        except StateUnknown as e:
+            st.state_unknown += 1
+            report.state_unknown = True
+            log.warning("fib_state_unknown", reason=str(e), ops=len(ops))
+            self.view = None  # next pass re-reads
+            self._finish(report, t0)
+            return report
+        refused = {(e.op, e.route.key): e for e in errors}
+        stale = set(stale_keys)
+        view = self.view
+        for op, route in ops:
+            key = route.key
+            err = refused.get((op, key))
+            if err is None:
+                if op == DELETE:
+                    view.pop(key, None)
+                    if key in stale:
+                        st.swept += 1
+                        report.swept.append(route)
+                    else:
+                        st.deleted += 1
+                else:
+                    view[key] = route
+                    if op == ADD:
+                        st.installed += 1
+                        if key in repairs:
+                            st.repairs += 1
+                    else:
+                        st.replaced += 1
+                    self._recovered(key)
+                report.applied += 1
+            elif op == DELETE and err.errno == errno.ESRCH:
+                view.pop(key, None)  # already gone: that is what we wanted
+            elif op == ADD and err.errno == errno.EEXIST:
+                # Not in our view, yet taken: another protocol holds the key, or
+                # our view is behind. A full read tells which (and notes the
+                # conflict); a full read that already happened did.
+                report.conflicts += 1
+                if not report.dumped:
+                    report.need_full = True
+                elif (key[0], key[1]) not in self.conflicts:
+                    self.note_conflict(key, "another protocol (EEXIST)")
+            else:
+                report.failures += 1
+                self._failed(key, err)
+        st.failing = len(self.failing)
+        self._finish(report, t0)
+        return report
+
+    def _failed(self, key: RouteKey, err: OpError) -> None:
+        prev = self.failing.get(key)
+        if prev is not None and prev[0] == err.errno:
+            return  # logged and counted already; retried silently
+        self.failing[key] = (err.errno, err.reason)
+        self.stats.failed += 1
+        log.warning(
+            "fib_route_failed",
+            op=err.op,
+            table=key[0],
+            dst=key[1],
+            metric=key[2],
+            errno=errno.errorcode.get(err.errno, err.errno),
+            reason=err.reason,
+        )
+
+    def _recovered(self, key: RouteKey) -> None:
+        if self.failing.pop(key, None) is not None:
+            log.info("fib_route_recovered", table=key[0], dst=key[1], metric=key[2])
+
+    def _check_foreign(self, target: Mapping[RouteKey, Route], foreign: Mapping) -> None:
+        """After a full read: note new conflicts, drop those that went away."""
+        wanted = {(k[0], k[1]) for k in target} if (foreign or self.conflicts) else set()
+        for prefix, proto in foreign.items():
+            if prefix in wanted:
+                self.note_conflict(prefix, f"protocol {proto}")
+        for prefix in [p for p in self.conflicts if p not in foreign or p not in wanted]:
+            del self.conflicts[prefix]
+            log.info("fib_conflict_resolved", table=prefix[0], dst=prefix[1])
+
+    def _finish(self, report: PassReport, t0: float) -> None:
+        report.seconds = time.monotonic() - t0
+        st = self.stats
+        st.passes += 1
+        st.last_sync_seconds = report.seconds
+        st.sync_seconds_total += report.seconds
+        st.max_sync_seconds = max(st.max_sync_seconds, report.seconds)

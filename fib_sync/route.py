@@ -1,0 +1,263 @@
+"""Kernel route records and the pure diff between desired and actual routes.
+
+Owned by fib_sync/. The daemon builds `Route`s (desired routes, from rib's
+FIB intent) and hands whole sets to `FibSyncer.set_desired`; the syncer builds
+`Route`s from kernel dumps. Both are frozen: a change is a new record.
+
+A route is identified in the kernel by (table, dst, metric) — the same key the
+kernel uses to decide "exists" (EEXIST) and what NLM_F_REPLACE replaces — so
+`RouteKey` is that triple. Everything else (kind, next hops) is what `diff`
+compares to decide between "leave", "replace" and "add".
+
+Construction validates cheaply (inet_pton, no `ipaddress` objects): building
+100k routes must not cost more than installing them.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+RT_TABLE_MAIN = 254
+IPV6_DEFAULT_METRIC = 1024  # the kernel stores IPv6 metric 0 as 1024
+
+RouteKey = tuple[int, str, int]  # (table, dst, metric)
+
+
+class RouteKind(enum.Enum):
+    UNICAST = "unicast"
+    BLACKHOLE = "blackhole"
+
+
+def _parse_addr(text: str, what: str) -> tuple[int, bytes]:
+    """(family, packed) of an IP address; ValueError naming `what` if invalid."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what}: {text!r}: not a string")
+    fam = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        return fam, socket.inet_pton(fam, text)
+    except OSError:
+        raise ValueError(f"{what}: {text!r}: not an IP address") from None
+
+
+def canonical_cidr(text: str) -> tuple[str, int, int, bytes]:
+    """(canonical text, family, prefix length, packed network) of a CIDR.
+
+    Raises ValueError naming the value when it is not a CIDR or has host bits set.
+    """
+    if not isinstance(text, str) or "/" not in text:
+        raise ValueError(f"dst: {text!r}: not a CIDR (expected address/length)")
+    addr, _, plen_s = text.partition("/")
+    fam, packed = _parse_addr(addr, "dst")
+    bits = len(packed) * 8
+    if not plen_s.isdigit() or not 0 <= int(plen_s) <= bits:
+        raise ValueError(f"dst: {text!r}: prefix length must be 0..{bits}")
+    plen = int(plen_s)
+    value = int.from_bytes(packed, "big")
+    if value & ((1 << (bits - plen)) - 1):
+        raise ValueError(f"dst: {text!r}: host bits set")
+    return f"{socket.inet_ntop(fam, packed)}/{plen}", fam, plen, packed
+
+
+@dataclass(frozen=True, slots=True)
+class NextHop:
+    """One next hop: a gateway (or None for a directly connected route on `dev`),
+    an optional device name, the onlink flag (gateway reachable on `dev` without
+    a connected route, as Calico's IPIP `via X dev tunl0 onlink`), and an ECMP
+    weight (1..256; only meaningful in a multipath route)."""
+
+    gateway: str | None
+    dev: str | None = None
+    onlink: bool = False
+    weight: int = 1
+
+    def __post_init__(self) -> None:
+        if self.gateway is not None:
+            fam, packed = _parse_addr(self.gateway, "gateway")
+            object.__setattr__(self, "gateway", socket.inet_ntop(fam, packed))
+        elif self.dev is None:
+            raise ValueError("next hop: needs a gateway or a dev")
+        if self.dev is not None and (not isinstance(self.dev, str) or not 0 < len(self.dev) < 16):
+            raise ValueError(f"dev: {self.dev!r}: not an interface name (1..15 characters)")
+        if self.onlink and self.dev is None:
+            raise ValueError(f"next hop {self.gateway}: onlink needs a dev")
+        if not isinstance(self.weight, int) or not 1 <= self.weight <= 256:
+            raise ValueError(f"weight: {self.weight!r}: must be an integer 1..256")
+
+    def _sort_key(self) -> tuple[str, str]:
+        return (self.gateway or "", self.dev or "")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One kernel route podbgp wants (or found tagged with its protocol).
+
+    `table`/`metric` None means "the syncer's default"; `FibSyncer` fills them
+    in (`with_defaults`) before diffing. Next hops are kept sorted (ECMP order
+    does not matter) and a lone next hop has weight 1 (the kernel stores no
+    weight without multipath), so equal routes compare equal.
+    """
+
+    dst: str
+    kind: RouteKind = RouteKind.UNICAST
+    nexthops: tuple[NextHop, ...] = ()
+    table: int | None = None
+    metric: int | None = None
+    family: int = field(default=0, compare=False, repr=False)
+    dst_len: int = field(default=0, compare=False, repr=False)
+    packed: bytes = field(default=b"", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        dst, fam, plen, packed = canonical_cidr(self.dst)
+        set_ = object.__setattr__
+        set_(self, "dst", dst)
+        set_(self, "family", fam)
+        set_(self, "dst_len", plen)
+        set_(self, "packed", packed)
+        if isinstance(self.kind, str):
+            try:
+                set_(self, "kind", RouteKind(self.kind))
+            except ValueError:
+                raise ValueError(
+                    f"route {dst}: kind {self.kind!r}: not unicast/blackhole"
+                ) from None
+        nhs = tuple(self.nexthops)
+        for nh in nhs:
+            if not isinstance(nh, NextHop):
+                raise ValueError(f"route {dst}: next hop {nh!r}: not a NextHop")
+            if nh.gateway is not None and (":" in nh.gateway) != (fam == socket.AF_INET6):
+                raise ValueError(f"route {dst}: gateway {nh.gateway}: address family differs")
+        if self.kind is RouteKind.BLACKHOLE and nhs:
+            raise ValueError(f"route {dst}: a blackhole route has no next hops")
+        if self.kind is RouteKind.UNICAST and not nhs:
+            raise ValueError(f"route {dst}: a unicast route needs at least one next hop")
+        if len(nhs) == 1 and nhs[0].weight != 1:
+            n = nhs[0]
+            nhs = (NextHop(n.gateway, n.dev, n.onlink, 1),)
+        elif len(nhs) > 1:
+            nhs = tuple(sorted(nhs, key=NextHop._sort_key))
+        set_(self, "nexthops", nhs)
+        if self.table is not None and (
+            not isinstance(self.table, int) or not 1 <= self.table < 2**32
+        ):
+            raise ValueError(f"route {dst}: table {self.table!r}: must be 1..2^32-1")
+        metric = self.metric
+        if metric is not None:
+            if not isinstance(metric, int) or not 0 <= metric < 2**32:
+                raise ValueError(f"route {dst}: metric {metric!r}: must be 0..2^32-1")
+            if metric == 0 and fam == socket.AF_INET6:
+                set_(self, "metric", IPV6_DEFAULT_METRIC)
+
+    @property
+    def key(self) -> RouteKey:
+        return (self.table or RT_TABLE_MAIN, self.dst, self.metric or 0)
+
+    def with_defaults(self, table: int, metric: int) -> Route:
+        if self.table is not None and self.metric is not None:
+            return self
+        m = self.metric if self.metric is not None else metric
+        if m == 0 and self.family == socket.AF_INET6:
+            m = IPV6_DEFAULT_METRIC
+        return trusted_route(
+            self.dst,
+            self.kind,
+            self.nexthops,
+            self.table if self.table is not None else table,
+            m,
+            self.family,
+            self.dst_len,
+            self.packed,
+        )
+
+
+_new = object.__new__
+_set = object.__setattr__
+
+
+def trusted_route(
+    dst: str,
+    kind: RouteKind,
+    nexthops: tuple[NextHop, ...],
+    table: int,
+    metric: int,
+    family: int,
+    dst_len: int,
+    packed: bytes,
+) -> Route:
+    """A Route from fields already canonical (a kernel dump), without the
+    validation of `Route()`: a 100k-route dump must not pay for it."""
+    r = _new(Route)
+    _set(r, "dst", dst)
+    _set(r, "kind", kind)
+    _set(r, "nexthops", nexthops)
+    _set(r, "table", table)
+    _set(r, "metric", metric)
+    _set(r, "family", family)
+    _set(r, "dst_len", dst_len)
+    _set(r, "packed", packed)
+    return r
+
+
+def same_route(want: Route, have: Route) -> bool:
+    """Does the kernel's `have` already implement `want`?
+
+    A wanted next hop without a dev matches any dev: the kernel reports the
+    device it resolved the gateway to.
+    """
+    if want.kind is not have.kind or len(want.nexthops) != len(have.nexthops):
+        return False
+    for w, h in zip(want.nexthops, have.nexthops, strict=True):
+        if w.gateway != h.gateway or w.onlink != h.onlink or w.weight != h.weight:
+            return False
+        if w.dev is not None and w.dev != h.dev:
+            return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What to change in the kernel: add (key absent), replace (key present,
+    route differs), delete (ours, not desired). Produced by `diff`, consumed by
+    one apply step; nobody mutates it."""
+
+    add: tuple[Route, ...] = ()
+    replace: tuple[Route, ...] = ()
+    delete: tuple[Route, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.replace or self.delete)
+
+    def __len__(self) -> int:
+        return len(self.add) + len(self.replace) + len(self.delete)
+
+
+def _by_key(routes: Mapping[RouteKey, Route] | Iterable[Route]) -> Mapping[RouteKey, Route]:
+    if isinstance(routes, Mapping):
+        return routes
+    out: dict[RouteKey, Route] = {}
+    for r in routes:
+        out[r.key] = r
+    return out
+
+
+def diff(
+    desired: Mapping[RouteKey, Route] | Iterable[Route],
+    actual: Mapping[RouteKey, Route] | Iterable[Route],
+) -> Plan:
+    """The changes that turn `actual` (our tagged routes in the kernel) into
+    `desired`. Pure: no I/O, inputs untouched. Routes must already carry
+    their table and metric (`Route.with_defaults`)."""
+    want = _by_key(desired)
+    have = _by_key(actual)
+    add: list[Route] = []
+    replace: list[Route] = []
+    for key, route in want.items():
+        cur = have.get(key)
+        if cur is None:
+            add.append(route)
+        elif cur is not route and not same_route(route, cur):
+            replace.append(route)
+    delete = [r for k, r in have.items() if k not in want]
+    return Plan(tuple(add), tuple(replace), tuple(delete))

@@ -1,0 +1,420 @@
+"""`FibSyncer`: keeps the kernel FIB equal to the desired routes.
+
+Owned by fib_sync/. The daemon owns one FibSyncer and is the only caller of
+`set_desired`/`converged`. Inside, one asyncio task (the sync loop) runs
+reconcile passes one at a time in a dedicated executor thread, so the
+daemon's event loop stays responsive while 100k routes are programmed. Every
+trigger only marks state and wakes the loop, so a burst of triggers (many
+`set_desired` calls, a storm of netlink notifications) costs one pass:
+
+- `set_desired`: a new whole desired set (diffed against our view);
+- the monitor: a tagged route deleted by someone else (repaired with the next
+  pass), a foreign route appearing on a prefix we want (a conflict: logged,
+  counted, left alone), any link or address change (a link going down drops
+  routes with no route notification: full re-read);
+- the periodic resync (full re-read), and a retry timer while routes fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+
+import structlog
+
+from .netlink import (
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_LINK,
+    NetlinkKernel,
+    attach_monitor_filter,
+    iter_messages,
+    open_netlink,
+    parse_route,
+)
+from .reconcile import FibStats, KernelBackend, PassReport, Reconciler
+from .route import RT_TABLE_MAIN, Route, RouteKey
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_PROTOCOL = 201
+DEFAULT_METRIC = 20
+_RESERVED_PROTOCOLS = {0, 1, 2, 3, 4}
+
+
+class FibSyncer:
+    """Programs podbgp's routes into one network namespace's FIB.
+
+    Only routes carrying `protocol` are listed, changed or deleted; start-up
+    adopts them as stale (never flushes), `converged()` or `stale_timeout`
+    sweeps those not re-confirmed, `stop()` leaves the kernel as it is.
+    """
+
+    def __init__(
+        self,
+        netns: str | None = None,
+        protocol: int = DEFAULT_PROTOCOL,
+        table: int = RT_TABLE_MAIN,
+        metric: int = DEFAULT_METRIC,
+        resync_interval: float = 30.0,
+        stale_timeout: float | None = 300.0,
+        retry_interval: float = 1.0,
+        repair_delay: float = 0.005,
+        *,
+        _kernel: KernelBackend | None = None,
+    ) -> None:
+        if not isinstance(protocol, int) or not 0 <= protocol <= 255:
+            raise ValueError(f"protocol: {protocol!r}: must be 5..255 (a u8 route protocol)")
+        if protocol in _RESERVED_PROTOCOLS:
+            raise ValueError(f"protocol: {protocol}: 0-4 are the kernel's (unspec..static)")
+        if not isinstance(table, int) or not 1 <= table < 2**32 or table in (0, 253, 255):
+            raise ValueError(f"table: {table!r}: must be 1..2^32-1 and not default/local")
+        if not isinstance(metric, int) or not 0 <= metric < 2**32:
+            raise ValueError(f"metric: {metric!r}: must be 0..2^32-1")
+        for name, value in (
+            ("resync_interval", resync_interval),
+            ("retry_interval", retry_interval),
+        ):
+            if not value > 0:
+                raise ValueError(f"{name}: {value!r}: must be > 0 seconds")
+        if stale_timeout is not None and not stale_timeout > 0:
+            raise ValueError(f"stale_timeout: {stale_timeout!r}: must be > 0 seconds or None")
+        self.netns = netns
+        self.protocol = protocol
+        self.table = table
+        self.metric = metric
+        self.resync_interval = resync_interval
+        self.stale_timeout = stale_timeout
+        self.retry_interval = retry_interval
+        self.repair_delay = repair_delay
+        self.stats = FibStats()
+        self._kernel = _kernel
+        self._reconciler: Reconciler | None = None
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fib_sync")
+        self._desired: dict[RouteKey, Route] = {}
+        self._desired_prefixes: set[tuple[int, str]] = set()
+        self._stale: dict[RouteKey, Route] = {}
+        self._gen = 0  # bumped by every request that must be reflected in a pass
+        self._done_gen = 0
+        self._waiters: list[tuple[int, asyncio.Future]] = []
+        self._wake = asyncio.Event()
+        self._need_full = False
+        self._repair_only = False
+        self._gone: set[RouteKey] = set()
+        self._sweep: set[RouteKey] = set()  # stale keys released by converged()
+        self._tasks: list[asyncio.Task] = []
+        self._monitor: socket.socket | None = None
+        self._retry_handle: asyncio.TimerHandle | None = None
+        self._stale_handle: asyncio.TimerHandle | None = None
+        self._started = False
+        self._error: BaseException | None = None
+
+    # ------------------------------------------------------------ public API
+
+    async def start(self) -> None:
+        """Open netlink in the namespace, adopt our tagged routes as stale,
+        start the monitor, the sync loop and the resync timer."""
+        if self._started:
+            raise RuntimeError("FibSyncer already started")
+        loop = asyncio.get_running_loop()
+        if self._kernel is None:
+            self._kernel = await loop.run_in_executor(
+                self._executor, NetlinkKernel, self.netns, self.protocol
+            )
+            mon = await loop.run_in_executor(
+                self._executor,
+                open_netlink,
+                self.netns,
+                RTMGRP_LINK
+                | RTMGRP_IPV4_IFADDR
+                | RTMGRP_IPV6_IFADDR
+                | RTMGRP_IPV4_ROUTE
+                | RTMGRP_IPV6_ROUTE,
+            )
+            attach_monitor_filter(mon, self.protocol, self._kernel.portid)
+            mon.setblocking(False)
+            self._monitor = mon
+            loop.add_reader(mon.fileno(), self._on_monitor)
+        self._reconciler = Reconciler(self._kernel, self.stats)
+        adopted = await loop.run_in_executor(self._executor, self._reconciler.adopt, self._tables())
+        # Routes desired before start() are re-confirmed, not stale.
+        self._stale = {k: r for k, r in adopted.items() if k not in self._desired}
+        self._started = True
+        log.info(
+            "fib_sync_started",
+            netns=self.netns,
+            protocol=self.protocol,
+            table=self.table,
+            adopted=len(adopted),
+            stale=len(self._stale),
+        )
+        self._tasks.append(asyncio.create_task(self._sync_loop(), name="fib_sync_loop"))
+        self._tasks.append(asyncio.create_task(self._resync_timer(), name="fib_resync_timer"))
+        if self._stale and self.stale_timeout is not None:
+            self._stale_handle = loop.call_later(self.stale_timeout, self._stale_expired)
+        if self._desired:
+            await self._request()
+
+    async def set_desired(self, routes: Iterable[Route], *, wait: bool = True) -> None:
+        """Replace the whole desired set. With `wait`, return once a pass that
+        started after this call has finished (the kernel holds the routes, or
+        they are counted as failed/conflicting and will be retried)."""
+        desired: dict[RouteKey, Route] = {}
+        table, metric = self.table, self.metric
+        for r in routes:
+            if not isinstance(r, Route):
+                raise TypeError(f"desired route {r!r}: not a fib_sync.Route")
+            r = r.with_defaults(table, metric)
+            k = r.key
+            other = desired.get(k)
+            if other is not None and other != r:
+                raise ValueError(
+                    f"desired routes: two different routes for {k[1]} "
+                    f"table {k[0]} metric {k[2]}: {other} and {r}"
+                )
+            desired[k] = r
+        self._desired = desired
+        self._desired_prefixes = {(k[0], k[1]) for k in desired}
+        if self._stale:
+            for k in [k for k in self._stale if k in desired]:
+                del self._stale[k]  # re-confirmed: live now
+        if self._started:
+            await self._request(wait=wait)
+
+    async def converged(self) -> None:
+        """The owner says routing has converged: delete routes still stale."""
+        if self._stale_handle is not None:
+            self._stale_handle.cancel()
+            self._stale_handle = None
+        n = len(self._stale)
+        self._sweep.update(self._stale)
+        self._stale.clear()
+        log.info("fib_converged", stale_to_sweep=n)
+        if self._started:
+            await self._request()
+
+    async def resync(self) -> None:
+        """Re-read the kernel and repair now (what the periodic timer does)."""
+        self._need_full = True
+        await self._request()
+
+    async def stop(self) -> None:
+        """Stop monitoring and syncing. The kernel keeps every route."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        for h in (self._retry_handle, self._stale_handle):
+            if h is not None:
+                h.cancel()
+        if self._monitor is not None:
+            asyncio.get_running_loop().remove_reader(self._monitor.fileno())
+            self._monitor.close()
+            self._monitor = None
+        # Waits for an in-flight pass: the thread cannot be interrupted.
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_kernel)
+        self._executor.shutdown(wait=True)
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(RuntimeError("FibSyncer stopped"))
+        self._waiters.clear()
+        self._started = False
+        log.info("fib_sync_stopped", netns=self.netns)
+
+    async def kernel_routes(self) -> dict[RouteKey, Route]:
+        """A fresh dump of our tagged routes in the tables we manage."""
+        if self._kernel is None:
+            raise RuntimeError("FibSyncer not started")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._kernel.dump, self._tables())
+
+    @property
+    def desired_routes(self) -> dict[RouteKey, Route]:
+        return dict(self._desired)
+
+    @property
+    def stale_routes(self) -> dict[RouteKey, Route]:
+        return dict(self._stale)
+
+    @property
+    def failing_routes(self) -> dict[RouteKey, tuple[int, str]]:
+        """key -> (errno, kernel reason) of routes that currently fail."""
+        return dict(self._reconciler.failing) if self._reconciler else {}
+
+    @property
+    def conflicting_prefixes(self) -> dict[tuple[int, str], str]:
+        """(table, dst) -> who holds it, for prefixes we want held by another protocol."""
+        return dict(self._reconciler.conflicts) if self._reconciler else {}
+
+    # ------------------------------------------------------------ internals
+
+    def _tables(self) -> set[int]:
+        return {self.table} | {k[0] for k in self._desired}
+
+    def _close_kernel(self) -> None:
+        close = getattr(self._kernel, "close", None)
+        if close is not None:
+            close()
+
+    async def _request(self, wait: bool = True) -> None:
+        if self._error is not None:
+            raise RuntimeError("FibSyncer sync loop died") from self._error
+        self._gen += 1
+        self._repair_only = False
+        self._wake.set()
+        if not wait:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._gen, fut))
+        await fut
+
+    def _stale_expired(self) -> None:
+        self._stale_handle = None
+        log.warning("fib_stale_timeout", stale=len(self._stale), timeout=self.stale_timeout)
+        self._sweep.update(self._stale)
+        self._stale.clear()
+        self._wake.set()
+
+    async def _resync_timer(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_interval)
+            self._need_full = True
+            self._wake.set()
+
+    def _on_monitor(self) -> None:
+        """Read every pending notification; mark what needs doing; wake once."""
+        mon = self._monitor
+        if mon is None:
+            return
+        wake = False
+        desired = self._desired
+        proto = self.protocol
+        while True:
+            try:
+                data = mon.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    # Lost notifications: only a full read tells what changed.
+                    log.debug("fib_monitor_overflow")
+                    self._need_full = True
+                    wake = True
+                    continue
+                raise
+            for off, ln, typ, _flags, _seq in iter_messages(data, len(data)):
+                if typ in (RTM_NEWROUTE, RTM_DELROUTE):
+                    m = parse_route(data, off, ln)
+                    key = m.key
+                    if m.protocol == proto:
+                        if typ == RTM_DELROUTE and (key in desired or key in self._stale):
+                            self._gone.add(key)
+                            wake = True
+                        continue
+                    # Another protocol: only prefixes we want matter; the full
+                    # read notes or clears the conflict.
+                    if (key[0], key[1]) in self._desired_prefixes:
+                        self._need_full = True
+                        wake = True
+                elif typ in (RTM_NEWLINK, RTM_DELLINK, RTM_DELADDR):
+                    # A link going down or an address going away removes routes
+                    # without any route notification: only a full read tells.
+                    self._need_full = True
+                    wake = True
+                elif typ == RTM_NEWADDR and self._reconciler and self._reconciler.failing:
+                    wake = True  # a new connected subnet may make a gateway reachable
+        if wake:
+            self._repair_only = True if self._gen == self._done_gen else self._repair_only
+            self._wake.set()
+
+    def _target(self) -> dict[RouteKey, Route]:
+        """Desired routes plus adopted routes not yet re-confirmed or swept."""
+        if not self._stale:
+            return self._desired
+        target = dict(self._stale)
+        target.update(self._desired)
+        return target
+
+    async def _sync_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        rec = self._reconciler
+        assert rec is not None
+        try:
+            while True:
+                await self._wake.wait()
+                if self._repair_only and self.repair_delay:
+                    # Let a burst of notifications land: one pass repairs all.
+                    await asyncio.sleep(self.repair_delay)
+                self._wake.clear()
+                gen = self._gen
+                full, self._need_full = self._need_full, False
+                gone, self._gone = self._gone, set()
+                self._repair_only = False
+                target = self._target()
+                stale_keys, self._sweep = self._sweep, set()
+                report: PassReport = await loop.run_in_executor(
+                    self._executor, rec.run_pass, target, self._tables(), full, gone, stale_keys
+                )
+                self._after_pass(report, gen)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # a bug: fail loudly and release waiters
+            self._error = e
+            log.exception("fib_sync_loop_died")
+            for _, fut in self._waiters:
+                if not fut.done():
+                    fut.set_exception(RuntimeError("FibSyncer sync loop died"))
+            self._waiters.clear()
+            raise
+
+    def _after_pass(self, report: PassReport, gen: int) -> None:
+        rec = self._reconciler
+        if report.applied or report.failures or report.dumped:
+            log.debug(
+                "fib_sync_pass",
+                applied=report.applied,
+                failures=report.failures,
+                conflicts=report.conflicts,
+                dumped=report.dumped,
+                seconds=round(report.seconds, 4),
+            )
+        if report.swept:
+            log.info("fib_stale_swept", routes=len(report.swept))
+        if report.need_full:
+            self._need_full = True
+            self._wake.set()
+        if report.state_unknown:
+            self._need_full = True
+            self._wake.set()
+            return  # waiters wait for a pass that knows the state
+        self._done_gen = gen
+        keep = []
+        for g, fut in self._waiters:
+            if g <= gen:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((g, fut))
+        self._waiters = keep
+        if rec is not None and rec.failing and self._retry_handle is None:
+            self._retry_handle = asyncio.get_running_loop().call_later(
+                self.retry_interval, self._retry
+            )
+
+    def _retry(self) -> None:
+        self._retry_handle = None
+        self._wake.set()
