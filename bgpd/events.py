@@ -24,6 +24,8 @@ from rib.path import Origin, Path, PeerRef, Withdraw
 MAX_U32 = 4294967295
 MAX_U16 = 65535
 FAMILIES = {"ipv4 unicast": ("ipv4", "unicast"), "ipv6 unicast": ("ipv6", "unicast")}
+# Plain-text lines ExaBGP writes on the API stream besides done/error.
+_INFO_LINES = {"reload in progress": "reload"}
 _ORIGINS = {"igp": Origin.IGP, "egp": Origin.EGP, "incomplete": Origin.INCOMPLETE}
 
 
@@ -359,6 +361,8 @@ def _parse(line: str, lookup: PeerLookup) -> Event:
         return CommandAck(True)
     if stripped == "error":
         return CommandAck(False)
+    if stripped in _INFO_LINES:
+        return Ignored(_INFO_LINES[stripped])
     if not stripped.startswith("{"):
         return Garbage(line, "not JSON")
     try:

@@ -137,6 +137,11 @@ def test_command_acks_in_order() -> None:
     assert acks == [True, False, True, True]
 
 
+def test_reload_notice_is_not_garbage() -> None:
+    # Seen live: ExaBGP writes this line before the `done` answering `reload`.
+    assert parse_line("reload in progress\n", PEERS.get) == ev.Ignored("reload")
+
+
 def test_handmade_notification_refresh_and_mixed_update() -> None:
     note, refresh, update = parsed(HANDMADE)
     assert note == ev.Notification("10.99.0.2", "receive", 6, 2, "bye bye ")

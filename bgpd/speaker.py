@@ -1,0 +1,671 @@
+"""The BGP speaker: ExaBGP 5.0.15 as a supervised child process.
+
+Owned by the daemon (one ``Speaker`` per node). The speaker owns:
+
+- the ExaBGP child (spawned from the venv's ``bin/exabgp``; restarted with a
+  capped exponential backoff when it dies; never outlives the daemon:
+  ``PR_SET_PDEATHSIG`` plus a pid file checked on start);
+- the config file (rendered by ``bgpd.exabgp_conf``; rewritten atomically and
+  ``reload``-ed when the peer set changes: unchanged sessions keep running);
+- the command channel: a unix socket served here, reached by ExaBGP through
+  ``bgpd.relay``; commands are answered ``done``/``error`` in order, matched
+  by a FIFO of futures;
+- per peer, the desired export set (prefix -> attributes, whole sets from the
+  daemon) and what ExaBGP has acknowledged; only the difference is sent,
+  batched by shared attributes, and everything is re-sent after ExaBGP restarts.
+
+Events (``bgpd.events``) come out of ``events()``. The speaker never touches
+the kernel. Passwords are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+
+import structlog
+
+from bgpd import events as ev
+from bgpd.exabgp_conf import ExaBGPConfigError, render_config, render_env
+from bgpd.peerspec import PeerSpec
+from rib.path import Origin, PeerKind, PeerRef
+
+log = structlog.get_logger(__name__)
+
+PR_SET_PDEATHSIG = 1
+BATCH_SIZE = 500  # NLRI per `announce attributes` command (EXABGP.md: throughput)
+WINDOW = 8  # commands in flight before waiting for acks
+READ_LIMIT = 64 << 20  # one UPDATE with many NLRI is one JSON line far beyond 64 KiB
+_ORIGIN_TEXT = {Origin.IGP: "igp", Origin.EGP: "egp", Origin.INCOMPLETE: "incomplete"}
+
+PeerKey = tuple[str, int]
+
+
+class SpeakerError(RuntimeError):
+    pass
+
+
+class CommandFailed(SpeakerError):
+    """ExaBGP answered ``error`` (or never answered) to a command."""
+
+
+@dataclass
+class SpeakerStats:
+    """Plain counters, read by the daemon's metrics."""
+
+    restarts: int = 0
+    commands_sent: int = 0
+    commands_failed: int = 0
+    updates_received: int = 0
+    garbage_lines: int = 0
+    reloads: int = 0
+    connections: int = 0
+    prefixes_announced: int = 0
+    prefixes_withdrawn: int = 0
+
+
+@dataclass
+class _PeerExports:
+    """Per peer: what the daemon wants sent, and what ExaBGP has acknowledged."""
+
+    desired: dict[str, Hashable] = field(default_factory=dict)
+    sent: dict[str, Hashable] = field(default_factory=dict)
+
+
+def _set_pdeathsig() -> None:  # runs in the child between fork and exec
+    # SIGKILL, not SIGTERM: a dying daemon should not make ExaBGP send a Cease
+    # NOTIFICATION; a dropped TCP session lets graceful-restart peers keep our
+    # routes while the daemon comes back.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def attributes_text(attrs: object) -> str:
+    """``next-hop ... as-path [ ... ] ...`` for an ExportAttrs-like object (validated)."""
+    import ipaddress
+
+    def ip(v: object, what: str) -> str:
+        try:
+            return str(ipaddress.ip_address(v))  # type: ignore[arg-type]
+        except ValueError:
+            raise ValueError(f"{what}: {v!r} is not an address") from None
+
+    def u(v: object, what: str, hi: int = 4294967295) -> int:
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= hi:
+            raise ValueError(f"{what}: {v!r} out of range")
+        return v
+
+    parts = [f"next-hop {ip(attrs.next_hop, 'next_hop')}"]  # type: ignore[attr-defined]
+    origin = getattr(attrs, "origin", Origin.IGP)
+    parts.append(f"origin {_ORIGIN_TEXT[Origin(origin)]}")
+    as_path = " ".join(str(u(a, "as_path")) for a in getattr(attrs, "as_path", ()))
+    parts.append(f"as-path [ {as_path} ]" if as_path else "as-path [ ]")
+    if getattr(attrs, "local_pref", None) is not None:
+        parts.append(f"local-preference {u(attrs.local_pref, 'local_pref')}")  # type: ignore[attr-defined]
+    if getattr(attrs, "med", None) is not None:
+        parts.append(f"med {u(attrs.med, 'med')}")  # type: ignore[attr-defined]
+    comms = getattr(attrs, "communities", ())
+    if comms:
+        parts.append("community [ " + " ".join(
+            f"{u(a, 'community', 65535)}:{u(b, 'community', 65535)}" for a, b in comms) + " ]")
+    large = getattr(attrs, "large_communities", ())
+    if large:
+        parts.append("large-community [ " + " ".join(
+            f"{u(a, 'large')}:{u(b, 'large')}:{u(c, 'large')}" for a, b, c in large) + " ]")
+    if getattr(attrs, "originator_id", None):
+        parts.append(f"originator-id {ip(attrs.originator_id, 'originator_id')}")  # type: ignore[attr-defined]
+    clusters = getattr(attrs, "cluster_list", ())
+    if clusters:
+        parts.append("cluster-list [ " + " ".join(ip(c, "cluster_list") for c in clusters) + " ]")
+    return " ".join(parts)
+
+
+def _check_prefix(prefix: object, ipv6: bool) -> str:
+    import ipaddress
+
+    net = ipaddress.ip_network(prefix)  # type: ignore[arg-type]
+    if (net.version == 6) != ipv6:
+        raise ValueError(f"{prefix}: wrong address family for this session")
+    return str(net)
+
+
+class Speaker:
+    """One ExaBGP child and its sessions. See the module docstring."""
+
+    def __init__(
+        self,
+        node_name: str,
+        router_id: str,
+        bind_addresses: Iterable[str],
+        workdir: str | os.PathLike[str],
+        *,
+        netns: str | None = None,
+        listen_port: int = 179,
+        exabgp: str | None = None,
+        command_timeout: float = 60.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        peer_ref_factory: Callable[[PeerSpec, ev.Open | None], PeerRef] | None = None,
+    ) -> None:
+        self.node_name = node_name
+        self.router_id = router_id
+        self.bind_addresses = tuple(bind_addresses)
+        self.workdir = FsPath(workdir)
+        self.netns = netns
+        self.listen_port = listen_port
+        self.exabgp = exabgp or str(FsPath(sys.executable).parent / "exabgp")
+        self.command_timeout = command_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._peer_ref_factory = peer_ref_factory or default_peer_ref
+        self.stats = SpeakerStats()
+
+        self.conf_path = self.workdir / "exabgp.conf"
+        self.sock_path = self.workdir / "exabgp.sock"
+        self.pid_path = self.workdir / "exabgp.pid"
+        self._env = render_env(self.bind_addresses, listen_port)  # validates addresses
+        self._relay = [sys.executable, "-m", "bgpd.relay", str(self.sock_path)]
+
+        self._peers: dict[PeerKey, PeerSpec] = {}
+        self._by_address: dict[str, PeerSpec] = {}
+        self._refs: dict[str, PeerRef] = {}
+        self._up: set[str] = set()
+        self._exports: dict[PeerKey, _PeerExports] = {}
+        self._events: asyncio.Queue[ev.Event] = asyncio.Queue()
+
+        self._proc: asyncio.subprocess.Process | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._acks: deque[asyncio.Future[bool]] = deque()
+        self._connected = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._stopping = False
+        self._config_generation = 0  # bumped on every config write
+        self._loaded_generation = 0  # what the running ExaBGP has read
+        self._tasks: set[asyncio.Task] = set()
+        self._supervisor: asyncio.Task | None = None
+        self.started_at: float | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc and self._proc.returncode is None else None
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None
+
+    async def start(self) -> None:
+        """Kill a stale ExaBGP from a previous run, serve the socket, spawn ExaBGP."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        await self._kill_stale()
+        with contextlib.suppress(FileNotFoundError):
+            self.sock_path.unlink()
+        self._server = await asyncio.start_unix_server(
+            self._on_connection, path=str(self.sock_path), limit=READ_LIMIT)
+        os.chmod(self.sock_path, 0o600)
+        self._write_config()
+        await self._spawn()
+        self._supervisor = asyncio.create_task(self._supervise(), name="exabgp-supervisor")
+
+    async def stop(self, graceful_restart: bool = False) -> None:
+        """Stop ExaBGP: SIGTERM (it sends Cease), or SIGKILL with ``graceful_restart``
+        so peers keep our routes as stale while the daemon restarts. No kernel change."""
+        self._stopping = True
+        if self._supervisor:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
+        proc = self._proc
+        if proc and proc.returncode is None:
+            proc.send_signal(signal.SIGKILL if graceful_restart else signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        self._drop_connection(SpeakerError("speaker stopped"))
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self.sock_path.unlink()
+        log.info("speaker_stopped", node=self.node_name)
+
+    async def _kill_stale(self) -> None:
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        try:
+            cmdline = FsPath(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return  # gone already
+        # Only an ExaBGP running our own config file: a recycled PID is someone else.
+        if not any(b"exabgp" in part for part in cmdline) or \
+                str(self.conf_path).encode() not in cmdline:
+            return
+        log.warning("stale_exabgp_killed", pid=pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while FsPath(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            # No child relationship, so no waitpid: the PID disappears when it is reaped.
+            await asyncio.sleep(0.05)
+
+    async def _spawn(self) -> None:
+        cmd = [self.exabgp, "server", str(self.conf_path)]
+        if self.netns:
+            cmd = ["ip", "netns", "exec", self.netns, *cmd]  # `ip` execs: same PID
+        env = {**os.environ, **self._env}
+        self._proc = await asyncio.create_subprocess_exec(
+            *cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_set_pdeathsig, cwd=str(self.workdir),
+        )
+        self.started_at = time.monotonic()
+        self._loaded_generation = self._config_generation  # a fresh start reads the file
+        tmp = self.pid_path.with_suffix(".tmp")
+        tmp.write_text(f"{self._proc.pid}\n")
+        os.replace(tmp, self.pid_path)
+        self._spawn_task(self._log_output(self._proc), "exabgp-log")
+        log.info("exabgp_started", pid=self._proc.pid, conf=str(self.conf_path))
+
+    async def _log_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        async for raw in proc.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                log.warning("exabgp_output", pid=proc.pid, line=line[:1000])
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while not self._stopping:
+            proc = self._proc
+            if proc is not None:
+                code = await proc.wait()
+                if self._stopping:
+                    return
+                lived = time.monotonic() - (self.started_at or 0)
+                # A child that ran a while restarts fast again; a crash loop backs off.
+                failures = 1 if lived > 60 else failures + 1
+                self.stats.restarts += 1
+                log.warning("exabgp_exited", pid=proc.pid, code=code)
+                self._proc = None
+                self._exabgp_gone()
+            else:
+                failures += 1
+            delay = min(self.backoff_max, self.backoff_initial * 2 ** (failures - 1))
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            try:
+                await self._spawn()
+            except OSError as exc:
+                log.error("exabgp_spawn_failed", error=str(exc), retry_in=delay)
+
+    def _exabgp_gone(self) -> None:
+        """ExaBGP died: its sessions and announcements are gone with it."""
+        self._drop_connection(SpeakerError("exabgp exited"))
+        for exports in self._exports.values():
+            exports.sent.clear()
+        for neighbor in sorted(self._up):
+            self._events.put_nowait(ev.SessionDown(neighbor, "exabgp exited"))
+        self._up.clear()
+
+    def _spawn_task(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -------------------------------------------------------------- channel
+
+    async def _on_connection(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        # A new relay (ExaBGP restarted, or respawned its relay) replaces the old one;
+        # answers owed on the old stream will never come.
+        self._drop_connection(SpeakerError("command channel replaced"))
+        self._writer = writer
+        self._connected.set()
+        self.stats.connections += 1
+        log.info("exabgp_channel_connected")
+        self._spawn_task(self._resync(), "exabgp-resync")
+        try:
+            await self._read(reader)
+        finally:
+            if self._writer is writer:
+                self._drop_connection(SpeakerError("command channel closed"))
+            writer.close()
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        while True:
+            try:
+                line = await reader.readline()
+            except (asyncio.LimitOverrunError, ValueError) as exc:
+                self.stats.garbage_lines += 1
+                log.error("exabgp_line_too_long", error=str(exc))
+                return  # the stream position is lost; the relay reconnects
+            except ConnectionError:
+                return
+            if not line:
+                return
+            self._dispatch(ev.parse_line(line, self._lookup))
+
+    def _dispatch(self, event: ev.Event) -> None:
+        if isinstance(event, ev.CommandAck):
+            if self._acks:
+                fut = self._acks.popleft()
+                if not fut.done():
+                    fut.set_result(event.ok)
+            else:
+                self.stats.garbage_lines += 1
+                log.warning("exabgp_unexpected_ack", ok=event.ok)
+            return
+        if isinstance(event, ev.Garbage):
+            self.stats.garbage_lines += 1
+            log.warning("exabgp_garbage", reason=event.reason, line=event.line[:200])
+        elif isinstance(event, ev.Open) and event.direction == "receive":
+            spec = self._by_address.get(event.neighbor)
+            if spec is not None:
+                self._refs[event.neighbor] = self._peer_ref_factory(spec, event)
+        elif isinstance(event, ev.SessionUp):
+            self._up.add(event.neighbor)
+            log.info("bgp_session_up", neighbor=event.neighbor)
+        elif isinstance(event, ev.SessionDown):
+            self._up.discard(event.neighbor)
+            log.info("bgp_session_down", neighbor=event.neighbor, reason=event.reason)
+        elif isinstance(event, ev.Update):
+            self.stats.updates_received += 1
+        self._events.put_nowait(event)
+
+    def _lookup(self, address: str) -> PeerRef | None:
+        ref = self._refs.get(address)
+        if ref is None:
+            spec = self._by_address.get(address)
+            if spec is None:
+                return None
+            # No OPEN seen on this channel (relay respawned mid-session): router id unknown.
+            ref = self._refs[address] = self._peer_ref_factory(spec, None)
+        return ref
+
+    def peer_ref(self, address: str) -> PeerRef | None:
+        """The ``PeerRef`` Paths from this neighbor carry (None if not configured)."""
+        return self._lookup(address)
+
+    def _drop_connection(self, exc: Exception) -> None:
+        writer, self._writer = self._writer, None
+        self._connected.clear()
+        if writer is not None:
+            writer.close()
+        while self._acks:
+            fut = self._acks.popleft()
+            if not fut.done():
+                fut.set_exception(exc)
+
+    def _send(self, command: str) -> asyncio.Future[bool]:
+        if self._writer is None:
+            raise SpeakerError("exabgp command channel is not connected")
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._acks.append(fut)
+        self._writer.write(command.encode() + b"\n")
+        self.stats.commands_sent += 1
+        return fut
+
+    async def _wait_ack(self, fut: asyncio.Future[bool], what: str) -> bool:
+        try:
+            ok = await asyncio.wait_for(asyncio.shield(fut), self.command_timeout)
+        except TimeoutError:
+            # A lost answer would shift every later answer: reset the channel.
+            self.stats.commands_failed += 1
+            log.error("exabgp_command_timeout", command=what)
+            self._drop_connection(CommandFailed(f"{what}: no answer"))
+            raise CommandFailed(f"{what}: no answer in {self.command_timeout}s") from None
+        if not ok:
+            self.stats.commands_failed += 1
+            log.warning("exabgp_command_error", command=what)
+        return ok
+
+    async def command(self, command: str) -> bool:
+        """Send one raw API command and wait for its answer (True: ``done``)."""
+        if "\n" in command or "\r" in command:
+            raise ValueError("command: must be one line")
+        await self._drain()
+        return await self._wait_ack(self._send(command), command.split(" nlri ")[0][:200])
+
+    async def _drain(self) -> None:
+        if self._writer is not None:
+            try:
+                await self._writer.drain()
+            except ConnectionError as exc:
+                self._drop_connection(SpeakerError(str(exc)))
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    # ---------------------------------------------------------------- peers
+
+    def _write_config(self) -> None:
+        text = render_config(self.router_id, self.bind_addresses, self._peers.values(),
+                             self._relay)
+        tmp = self.conf_path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds md5 keys
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.conf_path)
+        self._config_generation += 1
+
+    async def _reload_if_needed(self) -> bool:
+        """``reload`` unless the running ExaBGP already has the current file."""
+        generation = self._config_generation
+        if self._loaded_generation >= generation:
+            return True
+        self.stats.reloads += 1
+        try:
+            ok = await self.command("reload")
+        except SpeakerError as exc:
+            log.warning("exabgp_reload_failed", error=str(exc))
+            return False  # the next channel (or ExaBGP start) retries
+        if not ok:
+            log.error("exabgp_reload_error")
+            return False
+        self._loaded_generation = generation
+        return True
+
+    async def set_peers(self, specs: Iterable[PeerSpec]) -> None:
+        """Make the configured sessions exactly ``specs``. Unchanged ones keep running.
+
+        Raises ``ExaBGPConfigError`` (nothing changed) if any spec cannot be rendered.
+        """
+        new = {s.key: s for s in specs}
+        if len(new) != len({k[0] for k in new}):
+            raise ExaBGPConfigError("sessions: two sessions to one peer address")
+        render_config(self.router_id, self.bind_addresses, new.values(), self._relay)
+        old = self._peers
+        added = [k for k in new if k not in old]
+        removed = [k for k in old if k not in new]
+        changed = [k for k in new if k in old and new[k] != old[k]]
+        if not (added or removed or changed):
+            return
+        self._peers = new
+        self._by_address = {s.address: s for s in new.values()}
+        for key in removed:
+            self._exports.pop(key, None)
+            self._refs.pop(key[0], None)
+        for key in changed:
+            self._refs.pop(key[0], None)
+            if key in self._exports:
+                # ExaBGP re-creates a changed neighbor; what it held is gone.
+                self._exports[key].sent.clear()
+        self._write_config()
+        log.info("peers_changed", added=[k[0] for k in added], removed=[k[0] for k in removed],
+                 changed=[k[0] for k in changed])
+        async with self._flush_lock:
+            if self._writer is None or not await self._reload_if_needed():
+                return  # a new channel reloads and flushes everything
+            for key in (*added, *changed):
+                await self._flush_peer(key)
+
+    # -------------------------------------------------------------- exports
+
+    async def set_exports(self, peer_key: PeerKey, routes: Mapping[str, Hashable]) -> None:
+        """The WHOLE set of routes to advertise to one peer: prefix -> attributes
+        (``rib.policy.ExportAttrs`` or anything with the same fields). Sends only
+        the difference from what ExaBGP has acknowledged."""
+        exports = self._exports.setdefault(peer_key, _PeerExports())
+        exports.desired = dict(routes)
+        await self._flush(peer_key)
+
+    async def update_exports(self, peer_key: PeerKey, announce: Mapping[Hashable, Iterable[str]],
+                             withdraw: Iterable[str] = (), full: bool = False) -> None:
+        """Apply a delta (``rib.changes.ExportDelta`` shape) to a peer's desired set."""
+        exports = self._exports.setdefault(peer_key, _PeerExports())
+        if full:
+            exports.desired = {}
+        for prefix in withdraw:
+            exports.desired.pop(prefix, None)
+        for attrs, prefixes in announce.items():
+            for prefix in prefixes:
+                exports.desired[prefix] = attrs
+        await self._flush(peer_key)
+
+    def exports(self, peer_key: PeerKey) -> dict[str, Hashable]:
+        e = self._exports.get(peer_key)
+        return dict(e.desired) if e else {}
+
+    async def _flush(self, peer_key: PeerKey) -> None:
+        async with self._flush_lock:
+            await self._flush_peer(peer_key)
+
+    async def _resync(self) -> None:
+        """A new channel: reload a config written meanwhile, then send every peer
+        what ExaBGP has not acknowledged."""
+        async with self._flush_lock:
+            if self._writer is None or not await self._reload_if_needed():
+                return
+            for key in list(self._exports):
+                try:
+                    await self._flush_peer(key)
+                except SpeakerError as exc:
+                    log.warning("exabgp_resync_interrupted", error=str(exc))
+                    return
+
+    async def _flush_peer(self, key: PeerKey) -> None:
+        spec = self._peers.get(key)
+        exports = self._exports.get(key)
+        if spec is None or exports is None or self._writer is None:
+            return  # sent when the peer is configured / the channel is up
+        desired, sent = exports.desired, exports.sent
+        withdraw: dict[Hashable, list[str]] = {}
+        for prefix, attrs in sent.items():
+            if prefix not in desired:
+                withdraw.setdefault(getattr(attrs, "next_hop", None), []).append(prefix)
+        announce: dict[Hashable, list[str]] = {}
+        for prefix, attrs in desired.items():
+            if sent.get(prefix) != attrs:
+                announce.setdefault(attrs, []).append(prefix)
+        if not withdraw and not announce:
+            return
+        who = f"neighbor {spec.address}"
+        batches: list[tuple[str, list[str], Hashable | None]] = []
+        for nh, prefixes in withdraw.items():
+            head = f"{who} withdraw attributes next-hop {nh} nlri" if nh else \
+                f"{who} withdraw attributes nlri"
+            for i in range(0, len(prefixes), BATCH_SIZE):
+                batches.append((head, prefixes[i:i + BATCH_SIZE], None))
+        for attrs, prefixes in announce.items():
+            try:
+                head = f"{who} announce attributes {attributes_text(attrs)} nlri"
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                # One bad attribute set must not block the rest; it stays unsent.
+                log.error("export_rejected", neighbor=spec.address, error=str(exc),
+                          prefixes=len(prefixes))
+                continue
+            good = self._good_prefixes(prefixes, spec.ipv6)
+            if len(good) != len(prefixes):
+                log.error("export_prefixes_rejected", neighbor=spec.address,
+                          count=len(prefixes) - len(good))
+            for i in range(0, len(good), BATCH_SIZE):
+                batches.append((head, good[i:i + BATCH_SIZE], attrs))
+        await self._send_batches(key, batches)
+
+    @staticmethod
+    def _good_prefixes(prefixes: list[str], ipv6: bool) -> list[str]:
+        good = []
+        for p in prefixes:
+            with contextlib.suppress(ValueError, TypeError):
+                _check_prefix(p, ipv6)
+                good.append(p)
+        return good
+
+    async def _send_batches(self, key: PeerKey,
+                            batches: list[tuple[str, list[str], Hashable | None]]) -> None:
+        exports = self._exports[key]
+        inflight: deque[tuple[asyncio.Future[bool], list[str], Hashable | None, str]] = deque()
+
+        async def settle_one() -> None:
+            fut, prefixes, attrs, head = inflight.popleft()
+            ok = await self._wait_ack(fut, head)
+            if not ok:
+                return
+            if attrs is None:
+                for p in prefixes:
+                    exports.sent.pop(p, None)
+                self.stats.prefixes_withdrawn += len(prefixes)
+            else:
+                for p in prefixes:
+                    exports.sent[p] = attrs
+                self.stats.prefixes_announced += len(prefixes)
+
+        for head, prefixes, attrs in batches:
+            inflight.append((self._send(head + " " + " ".join(prefixes)), prefixes, attrs, head))
+            await self._drain()
+            while len(inflight) >= WINDOW:
+                await settle_one()
+        while inflight:
+            await settle_one()
+
+    # --------------------------------------------------------------- events
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        """Parsed events, in ExaBGP's order (command answers are consumed here)."""
+        while True:
+            yield await self._events.get()
+
+    async def next_event(self, timeout: float | None = None) -> ev.Event:
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    @property
+    def sessions_up(self) -> frozenset[str]:
+        return frozenset(self._up)
+
+
+def default_peer_ref(spec: PeerSpec, open_msg: ev.Open | None) -> PeerRef:
+    """One PeerRef per session, with the peer's BGP identifier once its OPEN is seen."""
+    return PeerRef(
+        address=spec.address,
+        asn=spec.peer_as,
+        router_id=open_msg.router_id if open_msg else "0.0.0.0",
+        kind=PeerKind.IBGP if spec.peer_as == spec.local_as else PeerKind.EBGP,
+        rr_client=spec.rr_client,
+        local_asn=spec.local_as,
+    )
