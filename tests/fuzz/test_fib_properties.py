@@ -1,0 +1,62 @@
+"""Property: for any desired and actual sets, one diff + apply on the fake
+kernel reaches desired exactly, a second diff is empty, and routes of other
+protocols survive untouched."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fib_sync import NextHop, Route, RouteKind, diff
+from fib_sync.fake import FakeKernel
+from fib_sync.reconcile import Reconciler
+
+P = 201
+
+gateways = st.sampled_from(["10.1.0.2", "10.1.0.3", "10.1.0.4"])
+nexthop = st.builds(
+    NextHop,
+    gateway=gateways,
+    dev=st.sampled_from([None, "tunl0"]),
+    onlink=st.just(False),
+    weight=st.integers(1, 4),
+)
+prefix = st.integers(0, 40).map(lambda i: f"10.{i // 4}.{(i % 4) * 64}.0/26")
+
+
+@st.composite
+def routes(draw):
+    dst = draw(prefix)
+    metric = draw(st.sampled_from([20, 30]))
+    if draw(st.booleans()) and draw(st.booleans()):
+        return Route(dst, kind=RouteKind.BLACKHOLE, table=254, metric=metric)
+    nhs = draw(st.lists(nexthop, min_size=1, max_size=3, unique_by=lambda n: n.gateway))
+    return Route(dst, nexthops=tuple(nhs), table=254, metric=metric)
+
+
+route_sets = st.lists(routes(), max_size=30).map(lambda rs: {r.key: r for r in rs})
+
+
+@settings(max_examples=200, deadline=None)
+@given(desired=route_sets, actual=route_sets, foreign=route_sets)
+def test_one_diff_and_apply_reaches_desired(desired, actual, foreign):
+    k = FakeKernel(P)
+    for rt in foreign.values():
+        k.put(rt, 12)
+    for rt in actual.values():
+        k.put(rt, P)  # ours wins the key where both drew it
+    foreign_left = {key: v for key, v in k.routes.items() if v[1] != P}
+    rec = Reconciler(k)
+    rec.run_pass(desired, [254], full=True)
+    reachable = {key: rt for key, rt in desired.items() if key not in foreign_left}
+    assert k.ours() == reachable
+    assert not diff(reachable, k.ours())
+    assert not diff(desired, rec.view).replace and not diff(desired, rec.view).delete
+    # Foreign routes are never touched.
+    assert {key: v for key, v in k.routes.items() if v[1] != P} == foreign_left
+    # Every desired key held by a foreign route is reported as a conflict.
+    assert {(key[0], key[1]) for key in desired if key in foreign_left} <= set(rec.conflicts)
+    ops = k.applied_ops
+    rec.run_pass(desired, [254])
+    adds_blocked = len(desired) - len(reachable)
+    assert k.applied_ops - ops == adds_blocked  # only the blocked adds are retried

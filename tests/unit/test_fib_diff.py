@@ -1,0 +1,260 @@
+"""Pure tests of fib_sync: Route validation, diff, and the reconcile/retry
+logic against the fake kernel (no sockets, no root)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+import pytest
+
+from fib_sync import FibSyncer, NextHop, Route, RouteKind, diff
+from fib_sync.fake import FakeKernel
+from fib_sync.reconcile import Reconciler
+
+P = 201
+GW = (NextHop("10.1.0.2"),)
+
+
+def r(dst: str, gw: str = "10.1.0.2", metric: int = 20, **kw) -> Route:
+    return Route(dst, nexthops=(NextHop(gw),), table=254, metric=metric, **kw)
+
+
+# ------------------------------------------------------------------ Route
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"dst": "10.0.0.1/24", "nexthops": GW}, "host bits set"),
+        ({"dst": "10.0.0.0", "nexthops": GW}, "not a CIDR"),
+        ({"dst": "10.0.0.0/33", "nexthops": GW}, "prefix length"),
+        ({"dst": "10.0.0.x/24", "nexthops": GW}, "not an IP address"),
+        ({"dst": "10.0.0.0/24"}, "needs at least one next hop"),
+        ({"dst": "10.0.0.0/24", "kind": "blackhole", "nexthops": GW}, "no next hops"),
+        ({"dst": "10.0.0.0/24", "kind": "anycast", "nexthops": GW}, "not unicast/blackhole"),
+        ({"dst": "fd00::/64", "nexthops": GW}, "address family differs"),
+        ({"dst": "10.0.0.0/24", "nexthops": GW, "metric": -1}, "metric"),
+    ],
+)
+def test_route_rejects_bad_input_naming_it(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Route(**kwargs)
+
+
+def test_nexthop_rejects_bad_input():
+    with pytest.raises(ValueError, match="onlink needs a dev"):
+        NextHop("10.0.0.1", onlink=True)
+    with pytest.raises(ValueError, match="weight"):
+        NextHop("10.0.0.1", weight=0)
+    with pytest.raises(ValueError, match="gateway or a dev"):
+        NextHop(None)
+
+
+def test_route_canonical_forms_compare_equal():
+    a = Route("fd00:0:0::/64", nexthops=(NextHop("fd01:0::2"),), table=254, metric=0)
+    b = Route("fd00::/64", nexthops=(NextHop("fd01::2"),), table=254, metric=1024)
+    assert a == b and a.key == b.key  # v6 metric 0 is stored as 1024 by the kernel
+    m1 = Route("10.0.0.0/24", nexthops=(NextHop("10.1.0.3"), NextHop("10.1.0.2")))
+    m2 = Route("10.0.0.0/24", nexthops=(NextHop("10.1.0.2"), NextHop("10.1.0.3")))
+    assert m1 == m2  # ECMP order does not matter
+    # A lone next hop carries no weight in the kernel.
+    assert Route("10.0.0.0/24", nexthops=(NextHop("10.1.0.2", weight=5),)).nexthops[0].weight == 1
+    assert Route("10.0.0.0/24", nexthops=GW).with_defaults(100, 7).key == (100, "10.0.0.0/24", 7)
+
+
+# ------------------------------------------------------------------ diff
+
+
+def test_diff_sorts_into_add_replace_delete_and_leaves_equal_alone():
+    same = r("10.0.0.0/26")
+    changed_old, changed_new = r("10.0.0.64/26"), r("10.0.0.64/26", gw="10.1.0.3")
+    gone, new = r("10.0.0.128/26"), r("10.0.0.192/26")
+    plan = diff([same, changed_new, new], [same, changed_old, gone])
+    assert plan.add == (new,)
+    assert plan.replace == (changed_new,)
+    assert plan.delete == (gone,)
+    assert not diff([same], [same])
+
+
+def test_diff_kind_and_weight_changes_are_replacements():
+    bh = Route("10.0.0.0/26", kind=RouteKind.BLACKHOLE, table=254, metric=20)
+    assert diff([bh], [r("10.0.0.0/26")]).replace == (bh,)
+    w1 = Route(
+        "10.0.0.0/26", nexthops=(NextHop("10.1.0.2"), NextHop("10.1.0.3")), table=254, metric=20
+    )
+    w2 = Route(
+        "10.0.0.0/26",
+        nexthops=(NextHop("10.1.0.2", weight=3), NextHop("10.1.0.3")),
+        table=254,
+        metric=20,
+    )
+    assert diff([w2], [w1]).replace == (w2,)
+
+
+def test_diff_wanted_nexthop_without_dev_matches_kernel_resolved_dev():
+    want = r("10.0.0.0/26")
+    have = Route("10.0.0.0/26", nexthops=(NextHop("10.1.0.2", dev="eth0"),), table=254, metric=20)
+    assert not diff([want], [have])
+    pinned = Route("10.0.0.0/26", nexthops=(NextHop("10.1.0.2", dev="eth1"),), table=254, metric=20)
+    assert diff([pinned], [have]).replace == (pinned,)
+
+
+def test_diff_metric_is_part_of_identity():
+    plan = diff([r("10.0.0.0/26", metric=30)], [r("10.0.0.0/26", metric=20)])
+    assert len(plan.add) == 1 and len(plan.delete) == 1 and not plan.replace
+
+
+# --------------------------------------------------- reconciler on a fake kernel
+
+
+def target(*routes: Route) -> dict:
+    return {x.key: x for x in routes}
+
+
+def test_failed_route_is_counted_once_others_apply_and_retry_succeeds():
+    k = FakeKernel(P)
+    rec = Reconciler(k)
+    good, bad = r("10.0.0.0/26"), r("10.0.0.64/26")
+    k.fail[bad.dst] = errno.ENETUNREACH
+    rep = rec.run_pass(target(good, bad), [254])
+    assert rep.failures == 1
+    assert set(k.ours()) == {good.key}
+    assert rec.stats.failed == 1 and rec.stats.failing == 1
+    assert rec.failing[bad.key][0] == errno.ENETUNREACH
+    rec.run_pass(target(good, bad), [254])  # still failing: retried, not recounted
+    assert rec.stats.failed == 1
+    del k.fail[bad.dst]
+    rec.run_pass(target(good, bad), [254])
+    assert set(k.ours()) == {good.key, bad.key}
+    assert rec.stats.failing == 0 and not rec.failing
+    assert rec.stats.installed == 2
+
+
+def test_foreign_route_on_same_key_is_a_conflict_left_alone():
+    k = FakeKernel(P)
+    foreign = r("10.0.0.0/26", gw="10.1.0.9")
+    k.put(foreign, 4)  # static
+    rec = Reconciler(k)
+    mine = r("10.0.0.0/26")
+    for _ in range(3):
+        rec.run_pass(target(mine), [254], full=True)
+    assert k.routes[mine.key] == (foreign, 4)  # untouched
+    assert rec.stats.conflicts == 1  # logged and counted once
+    assert (254, "10.0.0.0/26") in rec.conflicts
+    del k.routes[mine.key]  # the static route goes away: ours goes in
+    rec.run_pass(target(mine), [254], full=True)
+    assert k.routes[mine.key] == (mine, P)
+    assert not rec.conflicts
+
+
+def test_routes_of_other_protocols_are_never_deleted():
+    k = FakeKernel(P)
+    other = r("10.9.0.0/26")
+    k.put(other, 12)  # BIRD's
+    rec = Reconciler(k)
+    rec.run_pass({}, [254], full=True)
+    assert k.routes[other.key] == (other, 12)
+    assert rec.stats.deleted == 0
+
+
+def test_lost_replies_force_a_full_read_then_converge():
+    k = FakeKernel(P)
+    rec = Reconciler(k)
+    routes = target(*(r(f"10.0.{i}.0/26") for i in range(10)))
+    k.lose_replies = 1
+    rep = rec.run_pass(routes, [254])
+    assert rep.state_unknown and rec.view is None
+    dumps = k.dumps
+    rec.run_pass(routes, [254])
+    assert k.dumps == dumps + 1  # re-read, not guessed
+    assert set(k.ours()) == set(routes)
+    assert not diff(routes, k.ours())
+
+
+def test_external_delete_reported_by_monitor_is_repaired_and_counted():
+    k = FakeKernel(P)
+    rec = Reconciler(k)
+    a, b = r("10.0.0.0/26"), r("10.0.0.64/26")
+    rec.run_pass(target(a, b), [254])
+    del k.routes[a.key]
+    rec.run_pass(target(a, b), [254], gone=[a.key])
+    assert a.key in k.routes and rec.stats.repairs == 1
+
+
+# ------------------------------------------------------ FibSyncer on a fake kernel
+
+
+async def test_syncer_adopts_stale_keeps_reconfirmed_and_sweeps_on_converged():
+    k = FakeKernel(P)
+    keep, drop = r("10.0.0.0/26"), r("10.0.0.64/26")
+    k.put(keep, P)
+    k.put(drop, P)
+    s = FibSyncer(protocol=P, _kernel=k)
+    await s.start()
+    try:
+        assert set(s.stale_routes) == {keep.key, drop.key}
+        await s.set_desired([Route("10.0.0.0/26", nexthops=GW)])
+        assert set(k.ours()) == {keep.key, drop.key}  # stale ones stay until converged
+        assert set(s.stale_routes) == {drop.key}
+        await s.converged()
+        assert set(k.ours()) == {keep.key}
+        assert s.stats.swept == 1 and s.stats.deleted == 0 and s.stats.adopted == 2
+    finally:
+        await s.stop()
+    assert set(k.ours()) == {keep.key}  # stop leaves the kernel as it is
+
+
+async def test_syncer_stale_timeout_sweeps_without_converged():
+    k = FakeKernel(P)
+    k.put(r("10.0.0.64/26"), P)
+    s = FibSyncer(protocol=P, stale_timeout=0.05, _kernel=k)
+    await s.start()
+    try:
+        await s.set_desired([])
+        assert k.ours()  # still there: stale
+        for _ in range(100):
+            if not k.ours():
+                break
+            await asyncio.sleep(0.01)
+        assert not k.ours()
+        assert s.stats.swept == 1
+    finally:
+        await s.stop()
+
+
+async def test_syncer_coalesces_desired_sets_and_retries_failures():
+    k = FakeKernel(P)
+    s = FibSyncer(protocol=P, retry_interval=0.05, _kernel=k)
+    await s.start()
+    try:
+        k.fail["10.0.1.0/26"] = errno.ENETUNREACH
+        sets = [[Route(f"10.0.{i}.0/26", nexthops=GW)] for i in range(20)]
+        await asyncio.gather(*(s.set_desired(x) for x in sets))
+        assert s.stats.passes < 20  # a burst of sets costs fewer passes than sets
+        assert set(k.ours()) == {(254, "10.0.19.0/26", 20)}
+        await s.set_desired([Route("10.0.1.0/26", nexthops=GW)])
+        assert s.failing_routes and not k.ours()
+        del k.fail["10.0.1.0/26"]
+        for _ in range(100):  # the retry timer re-applies it
+            if k.ours():
+                break
+            await asyncio.sleep(0.01)
+        assert set(k.ours()) == {(254, "10.0.1.0/26", 20)}
+        assert not s.failing_routes
+    finally:
+        await s.stop()
+
+
+async def test_syncer_rejects_duplicate_keys_and_bad_options():
+    s = FibSyncer(protocol=P, _kernel=FakeKernel(P))
+    with pytest.raises(ValueError, match=r"two different routes for 10\.0\.0\.0/26"):
+        await s.set_desired([r("10.0.0.0/26"), r("10.0.0.0/26", gw="10.1.0.3")])
+    with pytest.raises(ValueError, match="protocol"):
+        FibSyncer(protocol=2)
+    with pytest.raises(ValueError, match="protocol"):
+        FibSyncer(protocol=300)
+    with pytest.raises(ValueError, match="table"):
+        FibSyncer(table=0)
+    with pytest.raises(TypeError, match=r"not a fib_sync\.Route"):
+        await s.set_desired(["10.0.0.0/26"])
