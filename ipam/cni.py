@@ -178,7 +178,7 @@ def parse_config(text: str, env: Mapping[str, str]) -> PluginConfig:
         name=name,
         nodename=nodename,
         etcd=EtcdSettings(_opt_str(conf, "etcd_endpoints"), _opt_str(conf, "etcd_ca_cert_file"),
-                          _opt_str(conf, "etcd_cert_file"), _opt_str(conf, "etcd_key_file")),
+                          _opt_str(conf, "etcd_cert_file"), _opt_str(conf, "etcd_key_file"), env),
         assign_ipv4=_flag(ipam, "assign_ipv4", True),
         assign_ipv6=_flag(ipam, "assign_ipv6", False),
         ipv4_pools=_str_list(ipam, "ipv4_pools"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import aetcd
@@ -23,11 +24,12 @@ class EtcdSettings:
     """Endpoints and TLS files, with Calico's environment variables as fallback."""
 
     def __init__(self, endpoints: str | None = None, ca: str | None = None,
-                 cert: str | None = None, key: str | None = None) -> None:
-        self.endpoints = endpoints or os.environ.get("ETCD_ENDPOINTS") or DEFAULT_ENDPOINTS
-        self.ca = ca or os.environ.get("ETCD_CA_CERT_FILE") or None
-        self.cert = cert or os.environ.get("ETCD_CERT_FILE") or None
-        self.key = key or os.environ.get("ETCD_KEY_FILE") or None
+                 cert: str | None = None, key: str | None = None,
+                 env: Mapping[str, str] = os.environ) -> None:
+        self.endpoints = endpoints or env.get("ETCD_ENDPOINTS") or DEFAULT_ENDPOINTS
+        self.ca = ca or env.get("ETCD_CA_CERT_FILE") or None
+        self.cert = cert or env.get("ETCD_CERT_FILE") or None
+        self.key = key or env.get("ETCD_KEY_FILE") or None
 
 
 def parse_endpoints(text: str) -> list[tuple[str, str, int]]:
