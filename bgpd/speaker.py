@@ -89,6 +89,14 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
+def _alive(pid: int) -> bool:
+    """Running (a zombie has released its sockets and port 179 already)."""
+    try:
+        return FsPath(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def attributes_text(attrs: object) -> str:
     """``next-hop ... as-path [ ... ] ...`` for an ExportAttrs-like object (validated)."""
     import ipaddress
@@ -266,7 +274,7 @@ class Speaker:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while FsPath(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        while _alive(pid) and time.monotonic() < deadline:
             # No child relationship, so no waitpid: the PID disappears when it is reaped.
             await asyncio.sleep(0.05)
 

@@ -1,0 +1,312 @@
+"""bgpd.speaker.Speaker against a fake ExaBGP (no network, no root).
+
+The fake is a small script standing in for ``exabgp server CONF``: it starts
+the relay named in the config's ``process`` block exactly as ExaBGP does,
+records every command it receives, answers ``done`` (``error`` for neighbor
+6.6.6.6), and reports each configured neighbor ``up``. This exercises the
+speaker's own logic: diffing, batching, acks, reload, restart, resend, pid file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path as FsPath
+
+import pytest
+
+from bgpd import events as ev
+from bgpd.exabgp_conf import ExaBGPConfigError
+from bgpd.peerspec import PeerSpec, PeerType
+from bgpd.speaker import Speaker, attributes_text
+from rib.path import Origin
+from rib.policy import ExportAttrs
+
+FAKE = textwrap.dedent(
+    """\
+    #!{python}
+    import json, os, re, signal, subprocess, sys
+    conf = sys.argv[2]
+    text = open(conf).read()
+    run = re.search(r"run (.*);", text).group(1).split()
+    log = open(os.path.join(os.path.dirname(conf), "fake_commands.log"), "a", buffering=1)
+    log.write(f"START {{os.getpid()}}\\n")
+    child = subprocess.Popen(run, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    signal.signal(signal.SIGTERM, lambda *a: (child.kill(), os._exit(0)))
+
+    def say(line):
+        child.stdin.write(line.encode() + b"\\n")
+        child.stdin.flush()
+
+    for peer in re.findall(r"^neighbor (\\S+) {{", text, re.M):
+        say(json.dumps({{"type": "state", "neighbor": {{"address": {{"local": "10.0.0.1",
+            "peer": peer}}, "asn": {{"local": 65000, "peer": 65001}}, "state": "up"}}}}))
+    for raw in child.stdout:
+        cmd = raw.decode().rstrip("\\n")
+        log.write(cmd + "\\n")
+        if cmd == "reload":
+            say("reload in progress")
+        say("error" if "6.6.6.6" in cmd else "done")
+    """
+)
+
+
+@pytest.fixture
+def fake_exabgp(tmp_path: FsPath) -> FsPath:
+    path = tmp_path / "fake-exabgp"
+    path.write_text(FAKE.format(python=sys.executable))
+    path.chmod(0o755)
+    return path
+
+
+def spec(address: str = "10.0.0.2", **kw) -> PeerSpec:
+    base = dict(address=address, peer_as=65001, local_address="10.0.0.1", local_as=65000,
+                router_id="10.0.0.1", peer_type=PeerType.GLOBAL)
+    base.update(kw)
+    return PeerSpec(**base)
+
+
+KEY = ("10.0.0.2", 179)
+A1 = ExportAttrs(next_hop="10.0.0.1", as_path=(65000,), local_pref=None)
+A2 = ExportAttrs(next_hop="10.0.0.1", as_path=(65000, 65000), med=5)
+
+
+@pytest.fixture
+async def speaker(tmp_path, fake_exabgp):
+    sp = Speaker("n1", "10.0.0.1", ["10.0.0.1"], tmp_path / "sp", exabgp=str(fake_exabgp),
+                 backoff_initial=0.05, command_timeout=10)
+    try:
+        yield sp
+    finally:
+        await sp.stop()
+
+
+def commands(sp: Speaker) -> list[str]:
+    path = sp.workdir / "fake_commands.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def nlri(cmd: str) -> list[str]:
+    return cmd.split(" nlri ", 1)[1].split()
+
+
+async def started(sp: Speaker, peers=None) -> None:
+    await sp.start()
+    await sp.set_peers(peers if peers is not None else [spec()])
+    await sp.wait_connected(10)
+
+
+async def test_exports_are_batched_and_diffed(speaker) -> None:
+    await started(speaker)
+    routes = {f"10.{i // 256}.{i % 256}.0/24": A1 for i in range(1200)}
+    routes["10.200.0.0/24"] = A2
+    await speaker.set_exports(KEY, routes)
+    sent = [c for c in commands(speaker) if "announce" in c]
+    assert all(c.startswith("neighbor 10.0.0.2 announce attributes next-hop 10.0.0.1 ")
+               for c in sent)
+    assert sorted(len(nlri(c)) for c in sent) == [1, 200, 500, 500]
+    assert {p for c in sent for p in nlri(c)} == set(routes)
+    assert sum("as-path [ 65000 65000 ] med 5" in c for c in sent) == 1
+
+    # The whole set again, minus two, one with new attributes: only the difference goes.
+    before = len(commands(speaker))
+    routes2 = dict(routes)
+    del routes2["10.0.0.0/24"], routes2["10.0.1.0/24"]
+    routes2["10.0.2.0/24"] = A2
+    await speaker.set_exports(KEY, routes2)
+    new = commands(speaker)[before:]
+    assert new == [
+        "neighbor 10.0.0.2 withdraw attributes next-hop 10.0.0.1 nlri 10.0.0.0/24 10.0.1.0/24",
+        "neighbor 10.0.0.2 announce attributes " + attributes_text(A2) + " nlri 10.0.2.0/24",
+    ]
+    # Nothing changed: nothing sent.
+    await speaker.set_exports(KEY, routes2)
+    assert len(commands(speaker)) == before + 2
+    assert speaker.stats.commands_failed == 0
+
+
+async def test_update_exports_delta(speaker) -> None:
+    await started(speaker)
+    await speaker.update_exports(KEY, {A1: ["10.1.0.0/24", "10.1.1.0/24"]})
+    await speaker.update_exports(KEY, {}, withdraw=["10.1.0.0/24"])
+    assert speaker.exports(KEY) == {"10.1.1.0/24": A1}
+    assert commands(speaker)[-1].endswith("withdraw attributes next-hop 10.0.0.1 nlri 10.1.0.0/24")
+
+
+async def test_exports_for_unconfigured_peer_wait_for_set_peers(speaker) -> None:
+    await started(speaker, peers=[])
+    await speaker.set_exports(KEY, {"10.9.0.0/24": A1})
+    assert not [c for c in commands(speaker) if "announce" in c]
+    await speaker.set_peers([spec()])
+    cmds = commands(speaker)
+    assert cmds[-2] == "reload"
+    assert cmds[-1].endswith("nlri 10.9.0.0/24")
+
+
+async def test_bad_routes_are_skipped_not_fatal(speaker) -> None:
+    await started(speaker)
+    bad_nh = ExportAttrs(next_hop="10.0.0.1; neighbor 6.6.6.6")
+    await speaker.set_exports(KEY, {"10.1.0.0/24": bad_nh, "fd00::/64": A1, "nonsense": A1,
+                                    "10.2.0.0/24": A1})
+    sent = [c for c in commands(speaker) if "announce" in c]
+    assert [nlri(c) for c in sent] == [["10.2.0.0/24"]]
+    assert not any("6.6.6.6" in c for c in commands(speaker))
+
+
+async def test_error_answer_is_counted_and_retried(speaker) -> None:
+    await started(speaker, peers=[spec(), spec(address="6.6.6.6")])
+    await speaker.set_exports(("6.6.6.6", 179), {"10.3.0.0/24": A1})
+    failed = speaker.stats.commands_failed
+    assert failed >= 1
+    await speaker.set_exports(("6.6.6.6", 179), {"10.3.0.0/24": A1})
+    # Not marked as sent, so the same set is tried again.
+    assert speaker.stats.commands_failed == failed + 1
+    tried = [c for c in commands(speaker) if c.startswith("neighbor 6.6.6.6 announce")]
+    assert len(tried) == speaker.stats.commands_failed
+
+
+async def test_set_peers_reload_only_on_change(speaker) -> None:
+    await started(speaker)
+    reloads = speaker.stats.reloads
+    await speaker.set_peers([spec()])
+    assert speaker.stats.reloads == reloads
+    await speaker.set_peers([spec(hold_time=30)])
+    assert speaker.stats.reloads == reloads + 1
+    assert "hold-time 30;" in speaker.conf_path.read_text()
+    with pytest.raises(ExaBGPConfigError):
+        await speaker.set_peers([spec(peer_as=0)])
+    assert "hold-time 30;" in speaker.conf_path.read_text()  # the last good config stays
+
+
+async def test_restart_resends_everything_and_reports_down(speaker) -> None:
+    await started(speaker)
+    up, _ = await _next(speaker, ev.SessionUp)
+    assert up.neighbor == "10.0.0.2"
+    await speaker.set_exports(KEY, {"10.4.0.0/24": A1, "10.4.1.0/24": A2})
+    old = speaker.pid
+    os.kill(old, signal.SIGKILL)
+    down, _ = await _next(speaker, ev.SessionDown)
+    assert (down.neighbor, down.reason) == ("10.0.0.2", "exabgp exited")
+    await _next(speaker, ev.SessionUp)
+    await _until(lambda: len([c for c in commands(speaker) if "announce" in c]) >= 4)
+    log = commands(speaker)
+    second = log[max(i for i, c in enumerate(log) if c.startswith("START")):]
+    assert {p for c in second if "announce" in c for p in nlri(c)} == {
+        "10.4.0.0/24", "10.4.1.0/24"}
+    assert speaker.stats.restarts == 1
+    assert speaker.pid != old
+    assert int(speaker.pid_path.read_text()) == speaker.pid
+
+
+async def test_stale_exabgp_from_pid_file_is_killed(tmp_path, fake_exabgp) -> None:
+    workdir = tmp_path / "sp"
+    workdir.mkdir()
+    conf = workdir / "exabgp.conf"
+    # A leftover "exabgp" running our config (as after a SIGKILLed daemon).
+    stale = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                              "exabgp", "server", str(conf)])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (workdir / "exabgp.pid").write_text(f"{stale.pid}\n")
+        sp = Speaker("n1", "10.0.0.1", ["10.0.0.1"], workdir, exabgp=str(fake_exabgp))
+        await sp.start()
+        try:
+            assert stale.wait(5) == -signal.SIGKILL
+            assert sp.pid != stale.pid
+        finally:
+            await sp.stop()
+        # A pid file naming an unrelated process (PID reuse) leaves it alone.
+        (workdir / "exabgp.pid").write_text(f"{other.pid}\n")
+        sp = Speaker("n1", "10.0.0.1", ["10.0.0.1"], workdir, exabgp=str(fake_exabgp))
+        await sp.start()
+        await sp.stop()
+        assert other.poll() is None
+    finally:
+        for p in (stale, other):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_child_dies_with_the_daemon(tmp_path, fake_exabgp) -> None:
+    """SIGKILL the process that owns the Speaker: its ExaBGP must not survive."""
+    script = tmp_path / "daemon.py"
+    script.write_text(textwrap.dedent(f"""
+        import asyncio, sys
+        from bgpd.speaker import Speaker
+        async def main():
+            sp = Speaker("n1", "10.0.0.1", ["10.0.0.1"], {str(tmp_path / 'sp')!r},
+                         exabgp={str(fake_exabgp)!r})
+            await sp.start()
+            print("CHILD", sp.pid, flush=True)
+            await asyncio.sleep(60)
+        asyncio.run(main())
+    """))
+    daemon = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = None
+    try:
+        for line in daemon.stdout:
+            if line.startswith("CHILD "):
+                child = int(line.split()[1])
+                break
+        assert child
+        assert FsPath(f"/proc/{child}").exists()
+        daemon.kill()
+        daemon.wait(5)
+        deadline = time.monotonic() + 5
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(child), "ExaBGP outlived the daemon"
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+        if child and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = FsPath(f"/proc/{pid}/stat").read_text().split()[2]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_attributes_text() -> None:
+    attrs = ExportAttrs(next_hop="fd00::1", origin=Origin.INCOMPLETE, as_path=(1, 2),
+                        local_pref=200, med=0, communities=((65000, 1),),
+                        large_communities=((1, 2, 3),), originator_id="1.1.1.1",
+                        cluster_list=("2.2.2.2",))
+    assert attributes_text(attrs) == (
+        "next-hop fd00::1 origin incomplete as-path [ 1 2 ] local-preference 200 med 0 "
+        "community [ 65000:1 ] large-community [ 1:2:3 ] originator-id 1.1.1.1 "
+        "cluster-list [ 2.2.2.2 ]")
+    with pytest.raises(ValueError, match="community"):
+        attributes_text(ExportAttrs(next_hop="10.0.0.1", communities=((70000, 1),)))
+    with pytest.raises(ValueError, match="next_hop"):
+        attributes_text(ExportAttrs(next_hop="10.0.0.1 nlri 0.0.0.0/0"))
+
+
+async def _next(sp: Speaker, kind, timeout: float = 10):
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        e = await sp.next_event(deadline - time.monotonic())
+        seen.append(e)
+        if isinstance(e, kind):
+            return e, seen
+    raise AssertionError(f"no {kind.__name__}: {seen}")
+
+
+async def _until(cond, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
