@@ -103,6 +103,10 @@ class FileDatastore:
             self._check()
             self._task = asyncio.create_task(self._poll(), name="file-datastore")
 
+    async def wait_loaded(self, timeout: float | None = None) -> bool:
+        """Same as EtcdDatastore's: `start()` already loaded the file."""
+        return self._channel.latest is not None
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
