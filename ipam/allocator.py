@@ -178,6 +178,9 @@ class Allocator:
         self._labels_loader = labels_loader
         self._clock = clock
         self._nodes: dict[str, _NodeState] = {}
+        # Releases in one process mostly hit the same few blocks: one at a
+        # time here turns CAS conflicts into waiting, as for assignments.
+        self._release_lock = asyncio.Lock()
         self.stats = AllocationStats()
 
     # ------------------------------------------------------------ etcd basics
@@ -494,6 +497,13 @@ class Allocator:
 
     async def release_by_handle(self, handle_id: str) -> list[Address]:
         """Free every address of ``handle_id``; [] when it holds none (idempotent)."""
+        async with self._release_lock:
+            released = await self._release_handle(handle_id)
+        if released:
+            await self._sweep_if_immediate()
+        return released
+
+    async def _release_handle(self, handle_id: str) -> list[Address]:
         hkey = handle_key(handle_id)
         released: list[Address] = []
         attempt = 0
@@ -532,7 +542,6 @@ class Allocator:
         self.stats.released += len(released)
         if released:
             log.debug("ipam_released", handle=handle_id, ips=[str(i) for i in released])
-            await self._sweep_if_immediate()
         return released
 
     async def release_ip(self, ip: str | Address) -> str | None:
