@@ -1,0 +1,273 @@
+"""Privileged fib_sync tests: a real kernel FIB in throwaway namespaces.
+
+Each test makes its own namespace (conftest `netns`), with veth pairs inside
+it to give the routes reachable gateways: `veth0` holds 10.1.0.1/24 and
+fd01::1/64, a veth named `tunl0` stands in for Calico's IPIP device (this
+kernel has no ipip module, LAB.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from fib_sync import FibSyncer, NextHop, Route, RouteKind, diff
+from fib_sync.netlink import NamespaceMissing
+from tests.conftest import require_root, unique_name
+
+P = 201
+
+
+def ip(ns: str, *args: str, check: bool = True) -> str:
+    return subprocess.run(
+        ["ip", "-n", ns, *args], check=check, capture_output=True, text=True
+    ).stdout
+
+
+def kernel(ns: str, *selector: str) -> list[dict]:
+    """Routes as `ip -j` sees them (IPv4 and IPv6)."""
+    out = []
+    for fam in ("-4", "-6"):
+        out += json.loads(ip(ns, "-j", fam, "route", "show", *selector) or "[]")
+    return out
+
+
+def by_dst(routes: list[dict]) -> dict[str, dict]:
+    return {r["dst"]: r for r in routes}
+
+
+def setup_links(ns: str) -> None:
+    ip(ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
+    ip(ns, "link", "add", "tunl0", "type", "veth", "peer", "name", "tunl0p")
+    for dev in ("veth0", "veth1", "tunl0", "tunl0p"):
+        ip(ns, "link", "set", dev, "up")
+    ip(ns, "addr", "add", "10.1.0.1/24", "dev", "veth0")
+    ip(ns, "addr", "add", "fd01::1/64", "dev", "veth0", "nodad")
+
+
+@pytest.fixture
+async def lab(netns: str) -> AsyncIterator[tuple[str, list[FibSyncer]]]:
+    """The namespace with links, and a list the test puts its syncers in:
+    every syncer is stopped at the end even if the test fails."""
+    setup_links(netns)
+    syncers: list[FibSyncer] = []
+    try:
+        yield netns, syncers
+    finally:
+        for s in syncers:
+            if s._started:
+                await s.stop()
+
+
+async def started(ns: str, syncers: list[FibSyncer], **kw) -> FibSyncer:
+    kw.setdefault("retry_interval", 0.1)
+    s = FibSyncer(netns=ns, protocol=P, **kw)
+    syncers.append(s)
+    await s.start()
+    return s
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a kernel-side condition we cannot subscribe to from here."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+ALL_KINDS = [
+    Route("10.10.0.0/26", nexthops=(NextHop("10.1.0.2"),)),
+    Route("10.10.0.64/26", nexthops=(NextHop("10.1.0.2", weight=2), NextHop("10.1.0.3", weight=3))),
+    Route("10.10.0.128/26", nexthops=(NextHop("192.168.7.1", dev="tunl0", onlink=True),)),
+    Route("10.10.1.0/24", kind=RouteKind.BLACKHOLE),
+    Route("fd10::/122", nexthops=(NextHop("fd01::2"),)),
+    Route("fd10::40/122", nexthops=(NextHop("fd01::2", weight=4), NextHop("fd01::3"))),
+    Route("fd10::80/122", nexthops=(NextHop("fd99::1", dev="tunl0", onlink=True),)),
+    Route("fd11::/64", kind=RouteKind.BLACKHOLE),
+]
+
+
+async def test_every_route_kind_v4_and_v6_is_installed_as_asked(lab):
+    ns, syncers = lab
+    s = await started(ns, syncers)
+    await s.set_desired(ALL_KINDS)
+    got = by_dst(kernel(ns, "proto", str(P)))
+    assert set(got) == {r.dst for r in ALL_KINDS}
+    assert got["10.10.0.0/26"]["gateway"] == "10.1.0.2"
+    assert got["10.10.0.0/26"]["metric"] == 20
+    ecmp = {h["gateway"]: h["weight"] for h in got["10.10.0.64/26"]["nexthops"]}
+    assert ecmp == {"10.1.0.2": 2, "10.1.0.3": 3}
+    onlink = got["10.10.0.128/26"]
+    assert (onlink["gateway"], onlink["dev"], "onlink" in onlink["flags"]) == (
+        "192.168.7.1",
+        "tunl0",
+        True,
+    )
+    assert got["10.10.1.0/24"]["type"] == "blackhole"
+    assert got["fd10::/122"]["gateway"] == "fd01::2"
+    ecmp6 = {h["gateway"]: h["weight"] for h in got["fd10::40/122"]["nexthops"]}
+    assert ecmp6 == {"fd01::2": 4, "fd01::3": 1}
+    assert got["fd10::80/122"]["dev"] == "tunl0" and "onlink" in got["fd10::80/122"]["flags"]
+    assert got["fd11::/64"]["type"] == "blackhole"
+    assert s.stats.installed == len(ALL_KINDS) and s.stats.failed == 0
+
+    # What the syncer reads back is what it asked for: nothing to do twice.
+    desired = [r.with_defaults(254, 20) for r in ALL_KINDS]
+    assert not diff(desired, await s.kernel_routes())
+    await s.resync()
+    assert s.stats.replaced == 0 and s.stats.installed == len(ALL_KINDS)
+
+    # A changed ECMP weight and a kind change are replacements in place.
+    changed = [
+        *ALL_KINDS[2:],
+        Route("10.10.0.0/26", kind="blackhole"),
+        Route("10.10.0.64/26", nexthops=(NextHop("10.1.0.2"), NextHop("10.1.0.3"))),
+    ]
+    await s.set_desired(changed)
+    got = by_dst(kernel(ns, "proto", str(P)))
+    assert got["10.10.0.0/26"]["type"] == "blackhole"
+    assert {h["weight"] for h in got["10.10.0.64/26"]["nexthops"]} == {1}
+    assert s.stats.replaced == 2
+
+    await s.set_desired([])
+    assert kernel(ns, "proto", str(P)) == []
+    assert s.stats.deleted == len(ALL_KINDS)
+
+
+async def test_external_delete_is_repaired(lab):
+    ns, syncers = lab
+    s = await started(ns, syncers, resync_interval=3600)
+    routes = [
+        Route("10.10.0.0/26", nexthops=(NextHop("10.1.0.2"),)),
+        Route("fd10::/122", nexthops=(NextHop("fd01::2"),)),
+    ]
+    await s.set_desired(routes)
+    ip(ns, "route", "del", "10.10.0.0/26", "proto", str(P))
+    ip(ns, "-6", "route", "del", "fd10::/122", "proto", str(P))
+    # Repaired from the netlink notification, not the (hour-long) resync timer.
+    await eventually(lambda: len(kernel(ns, "proto", str(P))) == 2, timeout=3)
+    assert s.stats.repairs == 2
+    assert s.stats.full_resyncs == 0
+
+
+async def test_foreign_route_on_our_prefix_is_left_alone_and_reported(lab):
+    ns, syncers = lab
+    # Same key as ours (metric 20): the kernel refuses ours; keep theirs.
+    ip(ns, "route", "add", "10.20.0.0/26", "via", "10.1.0.9", "metric", "20", "proto", "static")
+    # Same prefix at another metric: both may exist; still a conflict to report.
+    ip(ns, "route", "add", "10.20.0.64/26", "via", "10.1.0.9", "proto", "static")
+    s = await started(ns, syncers)
+    want = [
+        Route("10.20.0.0/26", nexthops=(NextHop("10.1.0.2"),)),
+        Route("10.20.0.64/26", nexthops=(NextHop("10.1.0.2"),)),
+        Route("10.20.0.128/26", nexthops=(NextHop("10.1.0.2"),)),
+    ]
+    await s.set_desired(want)
+    await s.resync()
+    await s.resync()
+    statics = by_dst(kernel(ns, "proto", "static"))
+    assert statics["10.20.0.0/26"]["gateway"] == "10.1.0.9"
+    assert statics["10.20.0.64/26"]["gateway"] == "10.1.0.9"
+    assert set(by_dst(kernel(ns, "proto", str(P)))) == {"10.20.0.64/26", "10.20.0.128/26"}
+    assert s.stats.conflicts == 2  # once each, however many passes
+    assert set(s.conflicting_prefixes) == {(254, "10.20.0.0/26"), (254, "10.20.0.64/26")}
+    assert s.stats.failed == 0
+
+    # Someone replaces one of ours with their own: a conflict, not a fight.
+    ip(
+        ns,
+        "route",
+        "replace",
+        "10.20.0.128/26",
+        "via",
+        "10.1.0.7",
+        "metric",
+        "20",
+        "proto",
+        "static",
+    )
+    await eventually(lambda: s.stats.conflicts == 3)
+    await s.resync()
+    assert by_dst(kernel(ns, "proto", "static"))["10.20.0.128/26"]["gateway"] == "10.1.0.7"
+
+    # Their route goes away: ours is installed.
+    ip(ns, "route", "del", "10.20.0.0/26", "proto", "static")
+    await eventually(lambda: "10.20.0.0/26" in by_dst(kernel(ns, "proto", str(P))))
+    await s.set_desired([])
+    assert len(kernel(ns, "proto", "static")) == 2
+
+
+async def test_link_down_and_up_is_recovered(lab):
+    ns, syncers = lab
+    s = await started(ns, syncers, resync_interval=3600)
+    routes = [
+        Route("10.30.0.0/26", nexthops=(NextHop("10.1.0.2"),)),
+        Route("fd30::/122", nexthops=(NextHop("fd01::2"),)),
+    ]
+    await s.set_desired(routes)
+    ip(ns, "link", "set", "veth0", "down")
+    await eventually(lambda: not kernel(ns, "proto", str(P)))  # the kernel dropped them silently
+    ip(ns, "link", "set", "veth0", "up")
+    await eventually(lambda: "10.30.0.0/26" in by_dst(kernel(ns, "proto", str(P))))
+    # IPv6 flushed veth0's address on down: the route waits, failing, until it is back.
+    assert (254, "fd30::/122", 20) in s.failing_routes
+    ip(ns, "addr", "add", "fd01::1/64", "dev", "veth0", "nodad")
+    await eventually(lambda: len(kernel(ns, "proto", str(P))) == 2)
+    assert s.stats.installed == 4 and not s.failing_routes
+
+
+async def test_adoption_keeps_routes_across_restart_and_sweeps_only_unconfirmed(lab):
+    ns, syncers = lab
+    a = Route("10.40.0.0/26", nexthops=(NextHop("10.1.0.2"),))
+    b = Route("10.40.0.64/26", nexthops=(NextHop("10.1.0.2"),))
+    c = Route("fd40::/122", nexthops=(NextHop("fd01::2"),))
+    first = await started(ns, syncers)
+    await first.set_desired([a, b, c])
+    await first.stop()
+    assert len(kernel(ns, "proto", str(P))) == 3  # stop leaves the kernel as it is
+
+    second = await started(ns, syncers)
+    assert second.stats.adopted == 3 and len(second.stale_routes) == 3
+    b2 = Route("10.40.0.64/26", nexthops=(NextHop("10.1.0.3"),))
+    await second.set_desired([a, b2])  # c not re-confirmed (yet)
+    got = by_dst(kernel(ns, "proto", str(P)))
+    assert set(got) == {"10.40.0.0/26", "10.40.0.64/26", "fd40::/122"}
+    assert got["10.40.0.64/26"]["gateway"] == "10.1.0.3"
+    assert second.stats.installed == 0 and second.stats.replaced == 1  # a kept, not re-added
+    await second.converged()
+    assert set(by_dst(kernel(ns, "proto", str(P)))) == {"10.40.0.0/26", "10.40.0.64/26"}
+    assert second.stats.swept == 1
+
+
+async def test_routes_of_other_protocols_are_never_touched(lab):
+    ns, syncers = lab
+    ip(ns, "route", "add", "10.50.0.0/26", "via", "10.1.0.2", "metric", "20", "proto", "12")
+    ip(ns, "route", "add", "10.50.0.64/26", "via", "10.1.0.2", "metric", "20", "proto", "186")
+    ip(ns, "route", "add", "blackhole", "10.50.1.0/24", "metric", "20", "proto", "static")
+    ip(ns, "-6", "route", "add", "fd50::/122", "via", "fd01::2", "metric", "20", "proto", "80")
+    before = sorted(json.dumps(r, sort_keys=True) for r in kernel(ns))
+    s = await started(ns, syncers)
+    assert s.stats.adopted == 0
+    await s.set_desired([Route("10.50.2.0/26", nexthops=(NextHop("10.1.0.2"),))])
+    await s.resync()
+    await s.set_desired([])
+    await s.converged()
+    await s.stop()
+    after = sorted(json.dumps(r, sort_keys=True) for r in kernel(ns))
+    assert after == before
+
+
+async def test_missing_namespace_is_an_error_not_created():
+    require_root()
+    name = unique_name("pbtmissing")
+    s = FibSyncer(netns=name)
+    with pytest.raises(NamespaceMissing, match=name):
+        await s.start()
+    assert not os.path.exists(f"/var/run/netns/{name}")
