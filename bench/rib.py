@@ -56,6 +56,7 @@ def run(n: int, trace: bool) -> dict:
     third = n // 4
     spans = [(0, n), (0, 3 * third), (third, n)]  # overlapping: 100k paths for n=40k
     as_paths = [(), (), (65001, 65010)]
+    long_path = (65100, 65101, 65102)
     gc.collect()
     if trace:
         tracemalloc.start()
@@ -65,10 +66,21 @@ def run(n: int, trace: bool) -> dict:
         rib.peer_up(pol)
 
     def build(i: int, lo: int, hi: int) -> list[list[Path]]:
-        peer, nh, asp = peers[i], peers[i].address, as_paths[i]
+        # A's second half carries a long AS path, so B or C wins there; where A and B
+        # tie they form a 2-way ECMP set.
+        peer, nh = peers[i], peers[i].address
         lp = 100 if peer.kind is PeerKind.IBGP else None
         return [
-            [Path(p, nh, peer, as_path=asp, local_pref=lp) for p in pfx[s : min(s + BATCH, hi)]]
+            [
+                Path(
+                    p,
+                    nh,
+                    peer,
+                    as_path=as_paths[i] if i or s < n // 2 else long_path,
+                    local_pref=lp,
+                )
+                for p in pfx[s : min(s + BATCH, hi)]
+            ]
             for s in range(lo, hi, BATCH)
         ]
 
@@ -95,8 +107,17 @@ def run(n: int, trace: bool) -> dict:
     if trace:
         tracemalloc.stop()
     assert len(rib) == 0 and len(rib.desired_routes()) == 1, "withdraw left routes behind"
-    return dict(held=held, t_ann=t_ann, t_wd=t_wd, updates=updates, mem=mem, loc=loc,
-                routes=routes, exports=exports, kernel=kernel)
+    return dict(
+        held=held,
+        t_ann=t_ann,
+        t_wd=t_wd,
+        updates=updates,
+        mem=mem,
+        loc=loc,
+        routes=routes,
+        exports=exports,
+        kernel=kernel,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'phase':<10} {'paths':>8} {'seconds':>8} {'paths/s':>10}")
     print(f"{'announce':<10} {held:>8} {t_ann:>8.2f} {held / t_ann:>10.0f}")
     print(f"{'withdraw':<10} {held:>8} {t_wd:>8.2f} {held / t_wd:>10.0f}")
-    print(f"loc-rib prefixes {loc}, kernel routes {routes}, export updates {exports}, "
-          f"kernel adds {kernel}, memory {mem / 1e6:.1f} MB (tracemalloc)")
+    print(
+        f"loc-rib prefixes {loc}, kernel routes {routes}, export updates {exports}, "
+        f"kernel adds {kernel}, memory {mem / 1e6:.1f} MB (tracemalloc)"
+    )
     print(f"rib: {rate:.0f} path updates/s, {mem / held:.0f} bytes/path")
     return 0
 

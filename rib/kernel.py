@@ -44,7 +44,14 @@ class KernelContext:
     def __init__(self, config: RibConfig) -> None:
         self.config = config
         self.own_blocks = frozenset(config.own_blocks)
-        self.pools = tuple(sorted(config.pools, key=lambda p: -p.parsed[2]))
+        # Only pools with an encapsulation change a route; skip the per-route pool
+        # lookup (a prefix parse) when there are none.
+        pools = tuple(sorted(config.pools, key=lambda p: -p.parsed[2]))
+        encap = any(
+            p.ipip_mode is not EncapMode.NEVER or p.vxlan_mode is not EncapMode.NEVER
+            for p in pools
+        )
+        self.pools = pools if encap else ()
         self.subnets = tuple(parse_prefix(s) for s in config.node_subnets)
         # Shared next-hop tuples and "is this next hop off-subnet" answers: few
         # distinct next hops (one per node), many routes.

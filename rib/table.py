@@ -151,8 +151,8 @@ class Rib:
                 peer.policy = policy
                 self._reimport(peer, changes)
         peer.adj_out = {}
-        delta = changes.export_for(policy.key)
-        delta.full = True
+        # A fresh, full delta: anything queued for the old session is superseded.
+        delta = changes.exports[policy.key] = ExportDelta(full=True)
         self._reexport(peer, delta)
         log.debug("rib.peer_up", peer=policy.key, exported=len(peer.adj_out))
         return changes
