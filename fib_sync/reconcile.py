@@ -103,13 +103,16 @@ class Reconciler:
         full: bool = False,
         gone: Iterable[RouteKey] = (),
         stale_keys: Iterable[RouteKey] = (),
+        only: set[RouteKey] | None = None,
     ) -> PassReport:
         """Make the kernel hold `target` (desired plus still-stale routes).
 
         `full`: re-read the kernel first (periodic resync, link change, lost
         replies). `gone`: keys the monitor saw deleted by someone else.
         `stale_keys`: adopted keys not in `target` any more — their deletes are
-        sweeps, counted apart.
+        sweeps, counted apart. `only`: the caller knows nothing else changed
+        since the last pass (a repair, a retry, a delta): diff these keys only,
+        not the whole 100k-route set.
         """
         t0 = time.monotonic()
         report = PassReport()
@@ -128,7 +131,14 @@ class Reconciler:
         for k in gone:
             if k in target and self.view.pop(k, None) is not None:
                 repairs.add(k)
-        plan = diff(target, self.view)
+        if only is not None and not report.dumped:
+            view = self.view
+            plan = diff(
+                {k: target[k] for k in only if k in target},
+                {k: view[k] for k in only if k in view},
+            )
+        else:
+            plan = diff(target, self.view)
         ops: list[tuple[str, Route]] = [(DELETE, r) for r in plan.delete]
         ops += [(REPLACE, r) for r in plan.replace]
         ops += [(ADD, r) for r in plan.add]

@@ -108,6 +108,7 @@ class Route:
     family: int = field(default=0, compare=False, repr=False)
     dst_len: int = field(default=0, compare=False, repr=False)
     packed: bytes = field(default=b"", compare=False, repr=False)
+    _key: RouteKey | None = field(default=None, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         dst, fam, plen, packed = canonical_cidr(self.dst)
@@ -149,10 +150,12 @@ class Route:
                 raise ValueError(f"route {dst}: metric {metric!r}: must be 0..2^32-1")
             if metric == 0 and fam == socket.AF_INET6:
                 set_(self, "metric", IPV6_DEFAULT_METRIC)
+        set_(self, "_key", (self.table or RT_TABLE_MAIN, dst, self.metric or 0))
 
     @property
     def key(self) -> RouteKey:
-        return (self.table or RT_TABLE_MAIN, self.dst, self.metric or 0)
+        """(table, dst, metric): what the kernel treats as the same route."""
+        return self._key  # type: ignore[return-value]
 
     def with_defaults(self, table: int, metric: int) -> Route:
         if self.table is not None and self.metric is not None:
@@ -197,6 +200,7 @@ def trusted_route(
     _set(r, "family", family)
     _set(r, "dst_len", dst_len)
     _set(r, "packed", packed)
+    _set(r, "_key", (table, dst, metric))
     return r
 
 
@@ -257,7 +261,7 @@ def diff(
         cur = have.get(key)
         if cur is None:
             add.append(route)
-        elif cur is not route and not same_route(route, cur):
+        elif cur is not route and cur != route and not same_route(route, cur):
             replace.append(route)
     delete = [r for k, r in have.items() if k not in want]
     return Plan(tuple(add), tuple(replace), tuple(delete))

@@ -104,7 +104,9 @@ class FibSyncer:
         self._reconciler: Reconciler | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fib_sync")
         self._desired: dict[RouteKey, Route] = {}
-        self._desired_prefixes: set[tuple[int, str]] = set()
+        self._desired_prefixes: set[tuple[int, str]] | None = None  # built on demand
+        self._whole = True  # the desired set changed as a whole: diff everything
+        self._changed: set[RouteKey] = set()  # keys changed by update()
         self._stale: dict[RouteKey, Route] = {}
         self._gen = 0  # bumped by every request that must be reflected in a pass
         self._done_gen = 0
@@ -186,10 +188,40 @@ class FibSyncer:
                 )
             desired[k] = r
         self._desired = desired
-        self._desired_prefixes = {(k[0], k[1]) for k in desired}
+        self._desired_prefixes = None
+        self._whole = True
         if self._stale:
             for k in [k for k in self._stale if k in desired]:
                 del self._stale[k]  # re-confirmed: live now
+        if self._started:
+            await self._request(wait=wait)
+
+    async def update(
+        self,
+        routes: Iterable[Route] = (),
+        withdraw: Iterable[Route | RouteKey] = (),
+        *,
+        wait: bool = True,
+    ) -> None:
+        """Change part of the desired set: add or replace `routes`, remove
+        `withdraw` (routes or keys). Only the touched keys are diffed, so a
+        small change to a 100k-route set costs what the change costs."""
+        table, metric = self.table, self.metric
+        desired = dict(self._desired)  # callers may hold the old mapping
+        for w in withdraw:
+            k = w.with_defaults(table, metric).key if isinstance(w, Route) else tuple(w)
+            desired.pop(k, None)  # type: ignore[call-overload]
+            self._changed.add(k)  # type: ignore[arg-type]
+        for r in routes:
+            if not isinstance(r, Route):
+                raise TypeError(f"desired route {r!r}: not a fib_sync.Route")
+            r = r.with_defaults(table, metric)
+            k = r.key
+            desired[k] = r
+            self._changed.add(k)
+            self._stale.pop(k, None)
+        self._desired = desired
+        self._desired_prefixes = None
         if self._started:
             await self._request(wait=wait)
 
@@ -200,6 +232,7 @@ class FibSyncer:
             self._stale_handle = None
         n = len(self._stale)
         self._sweep.update(self._stale)
+        self._changed.update(self._stale)
         self._stale.clear()
         log.info("fib_converged", stale_to_sweep=n)
         if self._started:
@@ -286,6 +319,7 @@ class FibSyncer:
         self._stale_handle = None
         log.warning("fib_stale_timeout", stale=len(self._stale), timeout=self.stale_timeout)
         self._sweep.update(self._stale)
+        self._changed.update(self._stale)
         self._stale.clear()
         self._wake.set()
 
@@ -327,6 +361,8 @@ class FibSyncer:
                         continue
                     # Another protocol: only prefixes we want matter; the full
                     # read notes or clears the conflict.
+                    if self._desired_prefixes is None:
+                        self._desired_prefixes = {(k[0], k[1]) for k in desired}
                     if (key[0], key[1]) in self._desired_prefixes:
                         self._need_full = True
                         wake = True
@@ -366,8 +402,20 @@ class FibSyncer:
                 self._repair_only = False
                 target = self._target()
                 stale_keys, self._sweep = self._sweep, set()
+                only: set[RouteKey] | None = None
+                if not self._whole:
+                    only = self._changed | gone | set(rec.failing)
+                self._whole = False
+                self._changed = set()
                 report: PassReport = await loop.run_in_executor(
-                    self._executor, rec.run_pass, target, self._tables(), full, gone, stale_keys
+                    self._executor,
+                    rec.run_pass,
+                    target,
+                    self._tables(),
+                    full,
+                    gone,
+                    stale_keys,
+                    only,
                 )
                 self._after_pass(report, gen)
         except asyncio.CancelledError:
