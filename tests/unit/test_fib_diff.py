@@ -258,3 +258,24 @@ async def test_syncer_rejects_duplicate_keys_and_bad_options():
         FibSyncer(table=0)
     with pytest.raises(TypeError, match=r"not a fib_sync\.Route"):
         await s.set_desired(["10.0.0.0/26"])
+
+
+async def test_syncer_update_applies_only_the_changes():
+    k = FakeKernel(P)
+    s = FibSyncer(protocol=P, _kernel=k)
+    await s.start()
+    try:
+        await s.set_desired([Route(f"10.0.{i}.0/26", nexthops=GW) for i in range(50)])
+        # Someone else's change the syncer has not heard of: a delta must not touch it.
+        k.routes.pop((254, "10.0.7.0/26", 20))
+        ops = k.applied_ops
+        new_gw = (NextHop("10.1.0.3"),)
+        await s.update([Route("10.0.1.0/26", nexthops=new_gw)], withdraw=[(254, "10.0.2.0/26", 20)])
+        assert k.applied_ops - ops == 2
+        assert k.routes[(254, "10.0.1.0/26", 20)][0].nexthops == new_gw
+        assert (254, "10.0.2.0/26", 20) not in k.routes
+        assert (254, "10.0.2.0/26", 20) not in s.desired_routes
+        await s.resync()  # the full read finds and repairs the missing one
+        assert (254, "10.0.7.0/26", 20) in k.routes and s.stats.repairs == 1
+    finally:
+        await s.stop()
