@@ -39,6 +39,8 @@ class Options:
     state_dir: str
     convergence_timeout: float
     resync_interval: float
+    max_paths: int = 1
+    secrets_dir: str = "/etc/podbgp/secrets"
 
 
 class UsageError(Exception):
@@ -88,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "not every peer sent End-of-RIB (default 120)")
     p.add_argument("--resync-interval", default=_env("PODBGP_RESYNC_INTERVAL", "30"),
                    help="seconds between full FIB resyncs (default 30)")
+    p.add_argument("--max-paths", default=_env("PODBGP_MAX_PATHS", "1"),
+                   help="ECMP: at most this many equal paths per prefix in the kernel (default 1)")
+    p.add_argument("--secrets-dir", default=_env("PODBGP_SECRETS_DIR", "/etc/podbgp/secrets"),
+                   help="BGP passwords: a secretKeyRef {name, key} is read from DIR/name/key, "
+                   "the layout of a mounted Kubernetes secret (default /etc/podbgp/secrets)")
     return p
 
 
@@ -151,4 +158,6 @@ def parse_options(argv: list[str] | None = None) -> Options:
         log_level=a.log_level.lower(), state_dir=a.state_dir,
         convergence_timeout=_float("--convergence-timeout", a.convergence_timeout, 0),
         resync_interval=_float("--resync-interval", a.resync_interval, 1),
+        max_paths=_int("--max-paths", a.max_paths, 1, 64),
+        secrets_dir=a.secrets_dir,
     )

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import errno
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 import structlog
@@ -73,6 +73,7 @@ class FibSyncer:
         retry_interval: float = 1.0,
         repair_delay: float = 0.005,
         *,
+        on_pass: Callable[[PassReport], None] | None = None,
         _kernel: KernelBackend | None = None,
     ) -> None:
         if not isinstance(protocol, int) or not 0 <= protocol <= 255:
@@ -100,6 +101,7 @@ class FibSyncer:
         self.retry_interval = retry_interval
         self.repair_delay = repair_delay
         self.stats = FibStats()
+        self.on_pass = on_pass  # the daemon observes pass durations for its histogram
         self._kernel = _kernel
         self._reconciler: Reconciler | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fib_sync")
@@ -431,6 +433,11 @@ class FibSyncer:
 
     def _after_pass(self, report: PassReport, gen: int) -> None:
         rec = self._reconciler
+        if self.on_pass is not None and (report.applied or report.failures or report.dumped):
+            try:
+                self.on_pass(report)
+            except Exception:
+                log.exception("fib_on_pass_failed")
         if report.applied or report.failures or report.dumped:
             log.debug(
                 "fib_sync_pass",

@@ -300,7 +300,7 @@ class Lab:
         node.proc = self._spawn(
             [_bin("bgpd"), "--node", name, "--etcd-endpoints", self.etcd_endpoint,
              "--http-listen", node.http, "--log-format", "json", "--log-level", self.log_level,
-             *extra],
+             "--state-dir", str(self.workdir / f"{name}-state"), *extra],
             node.ns, node.log_path, env=self.env(node))
         return node
 
@@ -360,7 +360,7 @@ class Lab:
         env = {**self.env(node), "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
                "CNI_PATH": self._cni_path(),
-               "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_ns}"}
+               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_ns}"}
         r = run(f"{CNI_BIN_DIR}/bridge", ns=node.ns, input=self._cni_conf(node), env=env,
                 check=False)
         if r.returncode != 0:

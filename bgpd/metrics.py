@@ -1,0 +1,149 @@
+"""Prometheus metrics (names and meanings: docs/metrics.md).
+
+Components keep plain counters (fib_sync.FibStats, config DatastoreStats,
+SpeakerStats) and the daemon keeps per-peer state; this collector reads them
+at scrape time, so nothing is counted twice and config/, rib/, fib_sync/ stay
+free of the metrics library. Only the FIB pass histogram is observed as it
+happens (fed by FibSyncer's on_pass hook). Labels are bounded: peers and fixed
+reason/kind sets, never prefixes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from bgpd import __version__
+
+if TYPE_CHECKING:
+    from bgpd.daemon import Daemon
+
+FIB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+def _exabgp_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("exabgp")
+    except Exception:
+        return "unknown"
+
+
+class DaemonCollector:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+        self._exabgp = _exabgp_version()
+
+    def collect(self):
+        d = self.d
+        now = time.time()
+        g = GaugeMetricFamily("podbgp_build_info", "Build information (always 1).",
+                              labels=["version", "exabgp_version"])
+        g.add_metric([__version__, self._exabgp], 1)
+        yield g
+
+        up = GaugeMetricFamily("podbgp_bgp_session_up", "1 when the session is Established.",
+                               labels=["peer", "peer_type"])
+        uptime = GaugeMetricFamily("podbgp_bgp_session_uptime_seconds",
+                                   "Seconds since Established (0 when down).",
+                                   labels=["peer", "peer_type"])
+        flaps = CounterMetricFamily("podbgp_bgp_session_flaps",
+                                    "Established to down transitions.", labels=["peer"])
+        rx = GaugeMetricFamily("podbgp_bgp_prefixes_received",
+                               "Prefixes in Adj-RIB-In (before import policy).", labels=["peer"])
+        acc = GaugeMetricFamily("podbgp_bgp_prefixes_accepted",
+                                "Prefixes accepted by import policy.", labels=["peer"])
+        adv = GaugeMetricFamily("podbgp_bgp_prefixes_advertised",
+                                "Prefixes in Adj-RIB-Out.", labels=["peer"])
+        for st in d.peer_states():
+            peer, ptype = st["address"], st["type"]
+            is_up = st["state"] == "up"
+            up.add_metric([peer, ptype], 1 if is_up else 0)
+            uptime.add_metric([peer, ptype], max(0.0, now - st["since_epoch"]) if is_up else 0)
+            flaps.add_metric([peer], st["flaps"])
+            rx.add_metric([peer], st["prefixes_received"])
+            acc.add_metric([peer], st["prefixes_accepted"])
+            adv.add_metric([peer], st["prefixes_advertised"])
+        yield from (up, uptime, flaps, rx, acc, adv)
+
+        rej = CounterMetricFamily("podbgp_bgp_prefixes_rejected",
+                                  "Import rejections by reason.", labels=["peer", "reason"])
+        for (peer, reason), n in sorted(d.rejections.items()):
+            rej.add_metric([peer, reason], n)
+        yield rej
+
+        sp = d.speaker.stats if d.speaker else None
+        yield CounterMetricFamily("podbgp_bgp_updates_received",
+                                  "UPDATE events from the speaker.",
+                                  value=sp.updates_received if sp else 0)
+        yield CounterMetricFamily("podbgp_speaker_restarts", "ExaBGP child restarts.",
+                                  value=sp.restarts if sp else 0)
+        yield CounterMetricFamily("podbgp_speaker_garbage_events",
+                                  "Unparseable lines from ExaBGP.",
+                                  value=sp.garbage_lines if sp else 0)
+
+        yield GaugeMetricFamily("podbgp_rib_prefixes", "Loc-RIB size.",
+                                value=d.rib_prefix_count())
+        yield GaugeMetricFamily("podbgp_rib_paths", "Paths in all Adj-RIBs-In.",
+                                value=d.rib_path_count())
+        kr = GaugeMetricFamily("podbgp_kernel_routes", "podbgp routes in the kernel by kind.",
+                               labels=["kind"])
+        for kind, n in sorted(d.kernel_route_counts().items()):
+            kr.add_metric([kind], n)
+        yield kr
+
+        fs = d.fib.stats if d.fib else None
+        yield CounterMetricFamily("podbgp_fib_routes_installed", "Routes added or replaced.",
+                                  value=(fs.installed + fs.replaced) if fs else 0)
+        yield CounterMetricFamily("podbgp_fib_routes_deleted", "Routes deleted.",
+                                  value=(fs.deleted + fs.swept) if fs else 0)
+        yield CounterMetricFamily("podbgp_fib_route_failures", "Routes the kernel refused.",
+                                  value=fs.failed if fs else 0)
+        yield GaugeMetricFamily("podbgp_fib_conflicts",
+                                "Prefixes held by another protocol (left alone).",
+                                value=len(d.fib.conflicting_prefixes) if d.fib else 0)
+        yield CounterMetricFamily("podbgp_fib_repairs",
+                                  "Routes re-installed after an external change.",
+                                  value=fs.repairs if fs else 0)
+
+        ds = d.store
+        c = GaugeMetricFamily("podbgp_datastore_connected", "1 when connected.",
+                              labels=["datastore"])
+        c.add_metric([d.opts.datastore], 1 if ds is not None and ds.connected else 0)
+        yield c
+        yield GaugeMetricFamily("podbgp_datastore_revision", "Revision of the last snapshot.",
+                                value=d.snapshot.revision if d.snapshot else 0)
+        yield CounterMetricFamily("podbgp_datastore_reconnects", "Datastore reconnects.",
+                                  value=ds.stats.reconnects_total if ds else 0)
+        cr = CounterMetricFamily("podbgp_config_rejected", "Invalid resources seen.",
+                                 labels=["kind", "reason"])
+        if ds is not None:
+            for (kind, reason), n in sorted(ds.stats.rejected_total.items()):
+                cr.add_metric([kind, reason], n)
+        yield cr
+        yield GaugeMetricFamily("podbgp_config_stale",
+                                "1 when a resource is invalid and its last good version is used.",
+                                value=1 if d.snapshot is not None and d.snapshot.rejected else 0)
+        yield GaugeMetricFamily("podbgp_convergence_seconds",
+                                "Start to initial convergence (0 until then).",
+                                value=d.convergence_seconds or 0)
+        yield GaugeMetricFamily("podbgp_ready", "1 when /readyz is 200.",
+                                value=1 if d.is_ready() else 0)
+
+
+class Metrics:
+    """The daemon's registry: the collector plus the FIB pass histogram."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(DaemonCollector(daemon))
+        self.fib_sync_seconds = Histogram(
+            "podbgp_fib_sync_duration_seconds", "One FIB reconcile pass.",
+            buckets=FIB_BUCKETS, registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

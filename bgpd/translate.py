@@ -1,0 +1,120 @@
+"""Translation between packages: config Snapshot -> rib inputs, rib intent -> fib routes.
+
+Owned by bgpd/ (the daemon is the only place that knows all three packages);
+pure functions, so what the daemon feeds rib and fib_sync is unit-tested here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+import structlog
+
+import fib_sync
+import rib
+from bgpd.peers import LocalNode
+from bgpd.peerspec import PeerSpec
+from config.model import BGPFilterRule, community_value
+from config.snapshot import Snapshot
+
+log = structlog.get_logger(__name__)
+
+
+def _communities(values) -> tuple[tuple, tuple]:
+    std, large = [], []
+    for v in values:
+        parsed = community_value(v)
+        if parsed is None:
+            continue
+        (large if len(parsed) == 3 else std).append(tuple(parsed))
+    return tuple(std), tuple(large)
+
+
+def rib_config(snap: Snapshot, me: LocalNode, *, max_paths: int = 1,
+               node_cidrs: tuple[str, ...] = ()) -> rib.RibConfig:
+    """The RibConfig for this node from a snapshot (pools, own blocks, services...)."""
+    conf = snap.effective_bgp_config(me.name)
+    pools = tuple(
+        rib.Pool(cidr=p.spec.cidr, block_size=p.spec.block_size, ipip_mode=p.spec.ipip_mode,
+                 vxlan_mode=p.spec.vxlan_mode, disabled=p.spec.disabled,
+                 disable_bgp_export=p.spec.disable_bgp_export)
+        for _, p in sorted(snap.ippools.items())
+    )
+    services: list[str] = []
+    for lst in (conf.service_cluster_ips, conf.service_external_ips,
+                conf.service_load_balancer_ips):
+        services.extend(str(ipaddress.ip_network(s.cidr)) for s in (lst or ()) if s.cidr)
+    named = {c.name: c.value for c in (conf.communities or ())}
+    advs = []
+    for pa in conf.prefix_advertisements or ():
+        std, large = _communities(named.get(c, c) for c in pa.communities)
+        advs.append(rib.PrefixAdvertisement(cidr=str(ipaddress.ip_network(pa.cidr)),
+                                            communities=std, large_communities=large))
+    node = snap.nodes.get(me.name)
+    subnets = list(node_cidrs)
+    bgp = node.spec.bgp if node is not None else None
+    for addr in (bgp.ipv4_address, bgp.ipv6_address) if bgp else ():
+        if addr:
+            subnets.append(str(ipaddress.ip_interface(addr).network))
+    return rib.RibConfig(
+        local_asn=me.asn, router_id=me.router_id, cluster_id=me.cluster_id,
+        node_addresses=frozenset(me.addresses), own_blocks=snap.node_blocks(me.name),
+        node_subnets=tuple(dict.fromkeys(subnets)), pools=pools,
+        service_prefixes=tuple(dict.fromkeys(services)), prefix_advertisements=tuple(advs),
+        max_paths=max_paths,
+    )
+
+
+def _filter_rule(rule: BGPFilterRule, version: int) -> rib.FilterRule:
+    pl = rule.prefix_length
+    return rib.FilterRule(
+        action=rule.action, cidr=str(rule.cidr) if rule.cidr else None,
+        match_operator=rule.match_operator,
+        prefix_length_min=pl.min if pl else None, prefix_length_max=pl.max if pl else None,
+        source=rule.source or "", interface=rule.interface, ip_version=version,
+    )
+
+
+def filter_rules(snap: Snapshot, names: tuple[str, ...]) -> tuple[tuple, tuple, list[str]]:
+    """(import rules, export rules, problems) of the named BGPFilters, in order.
+
+    A filter that does not exist is a problem the daemon reports; Calico would
+    also skip it. Unknown-but-named filters never widen import: the safety
+    rules and pool rule still apply.
+    """
+    imp: list[rib.FilterRule] = []
+    exp: list[rib.FilterRule] = []
+    problems: list[str] = []
+    for name in names:
+        f = snap.bgp_filters.get(name)
+        if f is None:
+            problems.append(f"BGPFilter {name!r} not found")
+            continue
+        for rules, version, out in ((f.spec.import_v4, 4, imp), (f.spec.import_v6, 6, imp),
+                                    (f.spec.export_v4, 4, exp), (f.spec.export_v6, 6, exp)):
+            for r in rules:
+                try:
+                    out.append(_filter_rule(r, version))
+                except ValueError as e:
+                    problems.append(f"BGPFilter {name!r}: {e}")
+    return tuple(imp), tuple(exp), problems
+
+
+def peer_policy(spec: PeerSpec, ref: rib.PeerRef, snap: Snapshot) -> tuple[rib.PeerPolicy,
+                                                                           list[str]]:
+    imp, exp, problems = filter_rules(snap, spec.filters)
+    return rib.PeerPolicy(
+        key=spec.key, peer=ref, local_address=spec.local_address, import_filters=imp,
+        export_filters=exp, max_prefixes=spec.max_prefixes,
+        max_prefix_action=rib.MaxPrefixAction(spec.max_prefix_action),
+        next_hop_mode=rib.NextHopMode(str(spec.next_hop_mode)),
+        num_allowed_local_as=spec.num_allowed_local_as,
+    ), problems
+
+
+def fib_route(kr: rib.KernelRoute) -> fib_sync.Route:
+    """rib's kernel intent as a fib_sync route (table/metric: the syncer's defaults)."""
+    if kr.kind == rib.RouteKind.BLACKHOLE:
+        return fib_sync.Route(kr.prefix, fib_sync.RouteKind.BLACKHOLE)
+    return fib_sync.Route(kr.prefix, nexthops=tuple(
+        fib_sync.NextHop(gw, dev=kr.device, onlink=kr.onlink) for gw in kr.next_hops))
