@@ -158,6 +158,7 @@ class Lab:
         self.sw = f"{self.prefix}sw"
         self.etcd_ns = f"{self.prefix}etcd"
         self.nodes: dict[str, Node] = {}
+        self.externals: dict[str, Node] = {}
         self.namespaces: list[str] = []
         self.pids: list[int] = []
         self.etcd_proc: subprocess.Popen | None = None
@@ -262,6 +263,25 @@ class Lab:
         node = Node(name=name, index=idx, ns=ns, ip=ip)
         self.nodes[name] = node
         return node
+
+    def add_external(self, name: str, index: int | None = None) -> Node:
+        """A namespace on the segment for a non-podbgp peer (BIRD ToR, FRR, GoBGP...).
+
+        Gets 10.99.0.(100+index); the caller runs its daemon with ``spawn_in``.
+        """
+        idx = index if index is not None else len(self.externals) + 1
+        ns = self._add_ns(f"{self.prefix}x{idx}")
+        ip = f"{SEGMENT}.{100 + idx}"
+        self._veth_to_switch(ns, "eth0", f"{ip}/24")
+        run("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=ns)
+        node = Node(name=name, index=idx, ns=ns, ip=ip)
+        self.externals[name] = node
+        return node
+
+    def spawn_in(self, ns: str, cmd: list[str], log_name: str,
+                 env: dict | None = None) -> subprocess.Popen:
+        """Run a process inside a lab namespace; it is killed (by PID) on down()."""
+        return self._spawn(cmd, ns, self.workdir / log_name, env=env)
 
     # --------------------------------------------------------------- podbgp
     def env(self, node: Node | None = None) -> dict[str, str]:
