@@ -4,12 +4,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps demo test unit lint bench clean
+.PHONY: deps demo demo-down test unit lint bench clean
 deps:
 	@VENV=$(VENV) scripts/install-deps.sh
 
 demo: deps
 	$(PY) -m lab.demo $(if $(KEEP),--keep,)
+
+demo-down: deps
+	$(PY) -m lab.demo --down
 
 test: deps lint
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
