@@ -366,6 +366,7 @@ class NetlinkKernel:
         self.ifindex: dict[str, int] = {}
         self.ifname: dict[int, str] = {}
         self.foreign: dict[tuple[int, str], int] = {}  # (table, dst) -> protocol
+        self.foreign_metric: dict[tuple[int, str], int] = {}  # (table, dst) -> its metric
         self.refresh_links()
 
     def close(self) -> None:
@@ -430,6 +431,7 @@ class NetlinkKernel:
         self.refresh_links()
         out: dict[RouteKey, Route] = {}
         foreign: dict[tuple[int, str], int] = {}
+        foreign_metric: dict[tuple[int, str], int] = {}
         nh_cache: dict[tuple, tuple[NextHop, ...]] = {}
         proto = self.protocol
         for table in sorted(set(tables)):
@@ -445,11 +447,13 @@ class NetlinkKernel:
                         if m.table == table:
                             k = m.key
                             foreign[(k[0], k[1])] = m.protocol
+                            foreign_metric[(k[0], k[1])] = k[2]
                         continue
                     route = self._fast_route(buf, off, ln, table, nh_cache)
                     if route is not None:
                         out[route.key] = route
         self.foreign = foreign
+        self.foreign_metric = foreign_metric
         return out
 
     def _fast_route(self, buf, off: int, ln: int, table: int, cache: dict) -> Route | None:

@@ -22,7 +22,7 @@ from typing import Protocol
 import structlog
 
 from .netlink import ADD, DELETE, REPLACE, OpError, StateUnknown
-from .route import Route, RouteKey, diff
+from .route import Route, RouteKey, RouteKind, diff
 
 log = structlog.get_logger(__name__)
 
@@ -219,10 +219,21 @@ class Reconciler:
     def _check_foreign(self, target: Mapping[RouteKey, Route], foreign: Mapping) -> None:
         """After a full read: note new conflicts, drop those that went away."""
         wanted = {(k[0], k[1]) for k in target} if (foreign or self.conflicts) else set()
+        metrics = getattr(self.kernel, "foreign_metric", {})
+        blackholes = (
+            {(k[0], k[1]): k[2] for k, r in target.items() if r.kind is RouteKind.BLACKHOLE}
+            if foreign else {}
+        )
         for prefix, proto in foreign.items():
-            if prefix in wanted:
-                self.note_conflict(prefix, f"protocol {proto}")
-        for prefix in [p for p in self.conflicts if p not in foreign or p not in wanted]:
+            if prefix not in wanted:
+                continue
+            # Our blackhole for an own block is the fallback behind the CNI's connected
+            # route for that block (different metric): that is by design, not a conflict.
+            if prefix in blackholes and metrics.get(prefix, blackholes[prefix]) != blackholes[prefix]:
+                continue
+            self.note_conflict(prefix, f"protocol {proto}")
+        for prefix in [p for p in self.conflicts if p not in foreign or p not in wanted
+                       or (p in blackholes and metrics.get(p, blackholes[p]) != blackholes[p])]:
             del self.conflicts[prefix]
             log.info("fib_conflict_resolved", table=prefix[0], dst=prefix[1])
 

@@ -271,3 +271,26 @@ async def test_missing_namespace_is_an_error_not_created():
     with pytest.raises(NamespaceMissing, match=name):
         await s.start()
     assert not os.path.exists(f"/var/run/netns/{name}")
+
+
+async def test_own_block_blackhole_behind_a_connected_route_is_not_a_conflict(lab):
+    """The CNI bridge holds the node's block as a connected route (metric 0); our
+    blackhole for that block sits behind it by design: both stay, no conflict."""
+    ns, syncers = lab
+    ip(ns, "link", "add", "cni0", "type", "bridge")
+    ip(ns, "link", "set", "cni0", "up")
+    ip(ns, "addr", "add", "10.244.1.1/26", "dev", "cni0")
+    s = await started(ns, syncers)
+    await s.set_desired([Route("10.244.1.0/26", RouteKind.BLACKHOLE),
+                         Route("10.244.2.0/26", RouteKind.BLACKHOLE)])
+    await s.resync()
+    ours = by_dst(kernel(ns, "proto", str(P)))
+    assert set(ours) == {"10.244.1.0/26", "10.244.2.0/26"}
+    assert by_dst(kernel(ns, "proto", "kernel"))["10.244.1.0/26"]["dev"] == "cni0"
+    assert s.stats.conflicts == 0 and not s.conflicting_prefixes
+    # A foreign route on the exact key of a blackhole still is one.
+    ip(ns, "route", "add", "10.244.3.0/26", "via", "10.1.0.9", "metric", "20", "proto", "static")
+    await s.set_desired([Route("10.244.1.0/26", RouteKind.BLACKHOLE),
+                         Route("10.244.3.0/26", RouteKind.BLACKHOLE)])
+    await s.resync()
+    assert set(s.conflicting_prefixes) == {(254, "10.244.3.0/26")}
