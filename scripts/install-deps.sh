@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iproute2 curl procps psmisc python3-venv)
+PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iproute2 curl procps psmisc python3-venv systemd)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -40,8 +40,11 @@ if [[ ! -x $VENV/bin/python ]]; then
   "$PY" -m venv "$VENV"
 fi
 stamp=$VENV/.podbgp-installed
-if [[ ! -f $stamp || setup.cfg -nt $stamp || pyproject.toml -nt $stamp ]]; then
+if [[ ! -f $stamp || setup.cfg -nt $stamp || pyproject.toml -nt $stamp \
+      || deploy/requirements.lock -nt $stamp ]]; then
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  "$VENV/bin/pip" install -q -e '.[test,bench]'
+  # The runtime dependencies are installed at exactly the versions the container
+  # image ships (deploy/requirements.lock), so tests run what users run.
+  "$VENV/bin/pip" install -q -c deploy/requirements.lock -e '.[test,bench]'
   touch "$stamp"
 fi
