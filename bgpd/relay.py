@@ -40,34 +40,57 @@ def _connect(path: str) -> socket.socket:
             time.sleep(0.05)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def relay(path: str, stdin_fd: int = 0, stdout_fd: int = 1) -> int:
-    """Copy stdin -> socket and socket -> stdout until either side closes."""
+    """Copy stdin -> socket and socket -> stdout until either side closes.
+
+    Both directions are buffered and non-blocking: ExaBGP may be blocked writing
+    an event to us while we hold a command for it, so neither copy may wait on
+    the other (a blocking write here could deadlock the two processes).
+    """
     sock = _connect(path)
+    sock.setblocking(False)
     sock_fd = sock.fileno()
+    os.set_blocking(stdin_fd, False)
+    os.set_blocking(stdout_fd, False)
+    to_sock = bytearray()  # events from ExaBGP, for the speaker
+    to_out = bytearray()  # commands from the speaker, for ExaBGP
     try:
         while True:
-            readable, _, _ = select.select([stdin_fd, sock_fd], [], [])
+            rlist = [stdin_fd, sock_fd]
+            wlist = ([sock_fd] if to_sock else []) + ([stdout_fd] if to_out else [])
+            readable, writable, _ = select.select(rlist, wlist, [])
             if stdin_fd in readable:
-                data = os.read(stdin_fd, CHUNK)
-                if not data:
+                data = _read(os.read, stdin_fd, CHUNK)
+                if data == b"":
                     return 0
-                sock.sendall(data)
+                to_sock += data or b""
             if sock_fd in readable:
-                data = sock.recv(CHUNK)
-                if not data:
+                data = _read(sock.recv, CHUNK)
+                if data == b"":
                     return 0
-                _write_all(stdout_fd, data)
+                to_out += data or b""
+            if sock_fd in writable and to_sock:
+                del to_sock[: _write(sock.send, to_sock)]
+            if stdout_fd in writable and to_out:
+                del to_out[: _write(os.write, stdout_fd, to_out)]
     except (BrokenPipeError, ConnectionError):
         return 0
     finally:
         sock.close()
+
+
+def _read(op, *args) -> bytes | None:
+    try:
+        return op(*args)
+    except BlockingIOError:
+        return None
+
+
+def _write(op, *args) -> int:
+    try:
+        return op(*args)
+    except BlockingIOError:
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:
