@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import sys
 import time
@@ -87,6 +88,14 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
     # routes while the daemon comes back.
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+_SECRET = re.compile(r"(md5-password\s*)\S+", re.IGNORECASE)
+
+
+def _redact(line: str) -> str:
+    """ExaBGP echoes a config line it cannot parse; base64 is no protection."""
+    return _SECRET.sub(r"\1<redacted>", line)
 
 
 def _alive(pid: int) -> bool:
@@ -299,7 +308,7 @@ class Speaker:
     async def _log_output(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         async for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
+            line = _redact(raw.decode("utf-8", "replace").rstrip())
             if line:
                 log.warning("exabgp_output", pid=proc.pid, line=line[:1000])
 

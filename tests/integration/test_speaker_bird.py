@@ -292,3 +292,32 @@ async def test_exabgp_killed_is_restarted_and_routes_return(speaker, bird_factor
     await until(lambda: "10.244.3.0/26" in bird.routes_from_exa(), 10, "route back in BIRD")
     # The pid file names the new child.
     assert int(speaker.pid_path.read_text()) == speaker.pid
+
+
+async def test_set_exports_10k_prefixes_reach_bird(speaker, bird_factory) -> None:
+    bird = bird_factory(statics={})
+    await speaker.start()
+    await speaker.set_peers([spec()])
+    await wait_for_event(speaker, ev.SessionUp, 15, lambda e: e.neighbor == B)
+    other = ExportAttrs(next_hop=A, as_path=(AS_A, AS_A))
+    routes = {f"10.{100 + i // 4096}.{(i // 16) % 256}.{(i % 16) * 16}/28": ATTRS
+              for i in range(10_000)}
+    for prefix in list(routes)[::10]:
+        routes[prefix] = other  # two attribute groups
+    t0 = time.monotonic()
+    await speaker.set_exports(("10.99.0.2", 179), routes)
+    acked = time.monotonic() - t0
+
+    def count() -> int:
+        out = bird.birdc("show", "route", "protocol", "exa", "count")
+        for word, nxt in zip(out.split(), out.split()[1:], strict=False):
+            if nxt == "of" and word.isdigit():
+                return int(word)
+        return -1
+
+    await until(lambda: count() == 10_000, 15, "10k routes in BIRD", interval=0.2)
+    in_bird = time.monotonic() - t0
+    print(f"set_exports 10k: acked in {acked:.2f}s ({10_000 / acked:.0f}/s), "
+          f"all in BIRD after {in_bird:.2f}s ({10_000 / in_bird:.0f}/s)")
+    assert speaker.stats.commands_sent - speaker.stats.reloads == 20  # 9000/500 + 1000/500
+    assert speaker.stats.commands_failed == 0

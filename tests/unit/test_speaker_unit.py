@@ -23,7 +23,7 @@ import pytest
 from bgpd import events as ev
 from bgpd.exabgp_conf import ExaBGPConfigError
 from bgpd.peerspec import PeerSpec, PeerType
-from bgpd.speaker import Speaker, attributes_text
+from bgpd.speaker import Speaker, _redact, attributes_text
 from rib.path import Origin
 from rib.policy import ExportAttrs
 
@@ -310,3 +310,9 @@ async def _until(cond, timeout: float = 10) -> None:
         assert time.monotonic() < deadline, "timed out"
         await asyncio.sleep(0.05)
 
+
+
+def test_exabgp_output_redacts_passwords() -> None:
+    line = "configuration   line 12: md5-password 'aHVudGVyMg==' ;"
+    assert "aHVudGVyMg" not in _redact(line)
+    assert "md5-password <redacted>" in _redact(line)
