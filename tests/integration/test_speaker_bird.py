@@ -28,6 +28,7 @@ from tests.conftest import require_binary, unique_name
 pytestmark = pytest.mark.root
 
 A, B = "10.99.0.1", "10.99.0.2"
+A6, B6 = "fd00:99::1", "fd00:99::2"
 AS_A, AS_B = 65001, 65002
 
 
@@ -44,9 +45,11 @@ def lab(netns_factory, workdir) -> Lab:
     a, b = netns_factory("pbsa"), netns_factory("pbsb")
     va, vb = unique_name("pva"), unique_name("pvb")
     subprocess.run(["ip", "link", "add", va, "type", "veth", "peer", "name", vb], check=True)
-    for ns, dev, addr in ((a, va, A), (b, vb, B)):
+    for ns, dev, addr, addr6 in ((a, va, A, A6), (b, vb, B, B6)):
         subprocess.run(["ip", "link", "set", dev, "netns", ns], check=True)
         subprocess.run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{addr6}/64", "dev", dev, "nodad"],
+                       check=True)
         subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
     return Lab(a, b, workdir)
 
@@ -89,6 +92,16 @@ protocol bgp exa {{
   connect delay time 1;
   error wait time 1, 2;
 {pw}  ipv4 {{ import all; export all; }};
+}}
+protocol static st6 {{
+  ipv6;
+  route fd00:55::/64 blackhole {{ bgp_large_community.add((65002,6,6)); }};
+}}
+protocol bgp exa6 {{
+  local {B6} as {AS_B};
+  neighbor {A6} as {AS_A};
+  connect delay time 1;
+  ipv6 {{ import all; export all; }};
 }}
 """)
 
@@ -321,3 +334,46 @@ async def test_set_exports_10k_prefixes_reach_bird(speaker, bird_factory) -> Non
           f"all in BIRD after {in_bird:.2f}s ({10_000 / in_bird:.0f}/s)")
     assert speaker.stats.commands_sent - speaker.stats.reloads == 20  # 9000/500 + 1000/500
     assert speaker.stats.commands_failed == 0
+
+
+async def test_peer_flap_notification_and_routes_resent(speaker, bird_factory) -> None:
+    bird = bird_factory()
+    await speaker.start()
+    await speaker.set_peers([spec()])
+    await wait_for_event(speaker, ev.SessionUp, 15, lambda e: e.neighbor == B)
+    await speaker.set_exports(("10.99.0.2", 179), {"10.244.4.0/26": ATTRS})
+    await until(lambda: "10.244.4.0/26" in bird.routes_from_exa(), 10, "route in BIRD")
+    sent = speaker.stats.commands_sent
+
+    assert "disabled" in bird.birdc("disable", "exa")
+    note, seen = await wait_for_event(speaker, ev.Notification, 10)
+    assert (note.neighbor, note.direction, note.code) == (B, "receive", 6)  # Cease
+    await wait_for_event(speaker, ev.SessionDown, 10, lambda e: e.neighbor == B)
+    assert "enabled" in bird.birdc("enable", "exa")
+    await wait_for_event(speaker, ev.SessionUp, 15, lambda e: e.neighbor == B)
+    # ExaBGP itself re-announces to a peer that comes back; the speaker sends nothing.
+    await until(lambda: "10.244.4.0/26" in bird.routes_from_exa(), 10, "route re-sent")
+    assert speaker.stats.commands_sent == sent
+
+
+async def test_ipv6_session(lab, bird_factory) -> None:
+    bird = bird_factory()
+    sp = Speaker("node-a", A, [A, A6], lab.workdir / "speaker6", netns=lab.a)
+    try:
+        await sp.start()
+        v6 = PeerSpec(address=B6, peer_as=AS_B, local_address=A6, local_as=AS_A, router_id=A,
+                      peer_type=PeerType.GLOBAL, passive=False)
+        await sp.set_peers([v6])
+        open_msg, _ = await wait_for_event(sp, ev.Open, 15, lambda e: e.neighbor == B6)
+        assert open_msg.families == (("ipv6", "unicast"),)
+        await wait_for_event(sp, ev.SessionUp, 15, lambda e: e.neighbor == B6)
+        upd, _ = await wait_for_event(sp, ev.Update, 10, lambda e: bool(e.announced))
+        p = upd.announced[0]
+        assert (p.prefix, p.large_communities, p.peer.address) == (
+            "fd00:55::/64", ((65002, 6, 6),), B6)
+        await sp.set_exports((B6, 179), {"fd00:244::/122": ExportAttrs(next_hop=A6)})
+        await until(lambda: "fd00:244::/122" in bird.birdc("show", "route", "protocol", "exa6"),
+                    10, "v6 route in BIRD")
+        assert sp.stats.commands_failed == 0
+    finally:
+        await sp.stop()
