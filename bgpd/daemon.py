@@ -278,7 +278,7 @@ class Daemon:
         self.rib = rib.Rib(self._rib_config(snap, me))
         # Originated routes (own blocks as blackholes...) come from set_config on a
         # fresh table; hand all of them to the fib pump.
-        self._queue_kernel(self.rib.desired_routes(), ())
+        self._queue_kernel(self.rib.desired_routes().values(), ())
         self.speaker = Speaker(self.opts.node, me.router_id, me.addresses,
                                self.state_dir / "exabgp",
                                listen_port=snap.effective_bgp_config(me.name).listen_port or 179)
@@ -330,7 +330,9 @@ class Daemon:
     async def _first_fib_sync(self) -> None:
         """The first reconcile: desired = what rib wants now; adopted stale routes stay
         until convergence. Readiness waits for it."""
-        desired = [fib_route(r) for r in self.rib.desired_routes()] if self.rib else []
+        # `is not None`: a Rib's len() is its path count, 0 before any peer sent routes.
+        desired = ([fib_route(r) for r in self.rib.desired_routes().values()]
+                   if self.rib is not None else [])
         self._fib_pending.clear()
         self._fib_routes = {r.dst: r for r in desired}
         await self.fib.set_desired(desired, wait=True)
