@@ -346,7 +346,7 @@ async def test_peer_flap_notification_and_routes_resent(speaker, bird_factory) -
     sent = speaker.stats.commands_sent
 
     assert "disabled" in bird.birdc("disable", "exa")
-    note, seen = await wait_for_event(speaker, ev.Notification, 10)
+    note, _ = await wait_for_event(speaker, ev.Notification, 10)
     assert (note.neighbor, note.direction, note.code) == (B, "receive", 6)  # Cease
     await wait_for_event(speaker, ev.SessionDown, 10, lambda e: e.neighbor == B)
     assert "enabled" in bird.birdc("enable", "exa")
