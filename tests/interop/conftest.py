@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from lab.harness import Lab, Node, run
@@ -106,12 +107,26 @@ def ns_prefixes(ns: str, proto: str | None = None) -> set[str]:
 
 
 def wait(lab: Lab, pred, what: str, timeout: float = 30.0, node: str | None = None):
-    """lab.wait_for with the daemon's log tail in the failure message."""
-    try:
-        return lab.wait_for(pred, timeout, what)
-    except TimeoutError as e:
-        tail = lab.daemon_log(node, 30) if node else ""
-        raise AssertionError(f"{e}\n--- {node} log tail ---\n{tail}") from None
+    """Poll ``pred`` every 50 ms until truthy; fail with the daemon's log tail.
+
+    An AssertionError from ``pred`` (e.g. "the peer process exited") fails at
+    once; other exceptions are retried (a CLI not answering yet) and reported.
+    """
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            v = pred()
+            if v:
+                return v
+        except AssertionError:
+            raise
+        except Exception as e:
+            last = e
+        time.sleep(0.05)
+    tail = f"\n--- {node} log tail ---\n{lab.daemon_log(node, 30)}" if node else ""
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                         + (f" (last error: {last})" if last else "") + tail)
 
 
 def start_lab(lab: Lab, nodes: list[str], *extra: str, mesh: bool = True,
@@ -206,8 +221,12 @@ class Bird(Peer):
         self.proc = lab.spawn_in(ext.ns, [self.bird, "-f", "-c", str(self.conf), "-s",
                                           str(self.sock), "-P", str(self.dir / "bird.pid")],
                                  f"{self.kind}-{ext.name}.log")
-        wait(lab, lambda: self.sock.exists() and "BIRD" in self.birdc("show", "status"),
-             f"{self.kind} control socket")
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.kind} exited: {self.log_tail()}")
+            return self.sock.exists() and "BIRD" in self.birdc("show", "status")
+
+        wait(lab, up, f"{self.kind} control socket", 15)
 
     @staticmethod
     def proto_name(addr: str) -> str:
@@ -227,15 +246,14 @@ class Bird(Peer):
             opts += ["graceful restart on;", "graceful restart time 120;"]
         protos = []
         for addr, asn in self.neighbors:
-            ibgp = asn == self.asn
-            if self.version == 2:
-                gw = " gateway direct;" if ibgp else ""
-                chan = f"ipv4 {{ import all; export all;{gw} }};"
-            else:
-                chan = "import all; export all;" + (" gateway direct;" if ibgp else "")
+            # iBGP is multihop in BIRD unless told otherwise; the lab is one segment,
+            # so `direct` (next hops resolve on the link, no IGP needed).
+            direct = ["direct;"] if asn == self.asn else []
+            chan = ("ipv4 { import all; export all; };" if self.version == 2
+                    else "import all; export all;")
             protos.append(f"protocol bgp {self.proto_name(addr)} {{\n"
                           f"  local {self.ip} as {self.asn};\n  neighbor {addr} as {asn};\n"
-                          + "".join(f"  {o}\n" for o in opts) + f"  {chan}\n}}\n")
+                          + "".join(f"  {o}\n" for o in opts + direct) + f"  {chan}\n}}\n")
         if self.version == 2:
             static = f"protocol static st {{\n  ipv4;\n{statics}\n}}\n"
             kern = f"protocol kernel {{\n  ipv4 {{ import none; {kexp} }};\n}}\n"
