@@ -540,14 +540,23 @@ class Speaker:
             if self._writer is None or not await self._reload_if_needed():
                 return  # a new channel reloads and flushes everything
             for key in (*added, *changed):
-                await self._flush_peer(key)
+                try:
+                    await self._flush_peer(key)
+                except SpeakerError as exc:
+                    log.warning("exports_deferred", neighbor=key[0], error=str(exc))
+                    return
 
     # -------------------------------------------------------------- exports
 
     async def set_exports(self, peer_key: PeerKey, routes: Mapping[str, Hashable]) -> None:
         """The WHOLE set of routes to advertise to one peer: prefix -> attributes
         (``rib.policy.ExportAttrs`` or anything with the same fields). Sends only
-        the difference from what ExaBGP has acknowledged."""
+        the difference from what ExaBGP has acknowledged, batched by attributes.
+
+        Returns once ExaBGP has answered every command, or at once when there is no
+        channel (the set is sent when ExaBGP is back). A peer not (yet) in
+        ``set_peers`` keeps its set until it is; removing a peer forgets its set.
+        """
         exports = self._exports.setdefault(peer_key, _PeerExports())
         exports.desired = dict(routes)
         await self._flush(peer_key)
@@ -571,7 +580,12 @@ class Speaker:
 
     async def _flush(self, peer_key: PeerKey) -> None:
         async with self._flush_lock:
-            await self._flush_peer(peer_key)
+            try:
+                await self._flush_peer(peer_key)
+            except SpeakerError as exc:
+                # The channel went away mid-flush: what was not acknowledged is sent
+                # again on the next channel (or to the restarted ExaBGP).
+                log.warning("exports_deferred", neighbor=peer_key[0], error=str(exc))
 
     async def _resync(self) -> None:
         """A new channel: reload a config written meanwhile, then send every peer

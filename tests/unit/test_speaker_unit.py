@@ -316,3 +316,23 @@ def test_exabgp_output_redacts_passwords() -> None:
     line = "configuration   line 12: md5-password 'aHVudGVyMg==' ;"
     assert "aHVudGVyMg" not in _redact(line)
     assert "md5-password <redacted>" in _redact(line)
+
+
+async def test_set_exports_while_exabgp_dies_does_not_raise(speaker) -> None:
+    await started(speaker)
+    await speaker.set_exports(KEY, {"10.5.0.0/24": A1})
+    os.kill(speaker.pid, signal.SIGKILL)
+    # Whether the channel is still open, half-closed or gone, the call must not fail.
+    for i in range(5):
+        await speaker.set_exports(KEY, {"10.5.0.0/24": A1, f"10.6.{i}.0/24": A1})
+    want = {"10.5.0.0/24", "10.6.4.0/24"}
+
+    def second_instance_prefixes() -> set[str]:
+        log = commands(speaker)
+        starts = [i for i, c in enumerate(log) if c.startswith("START")]
+        if len(starts) < 2:
+            return set()
+        return {p for c in log[starts[-1]:] if "announce" in c for p in nlri(c)}
+
+    await _until(lambda: want <= second_instance_prefixes())
+    assert speaker.exports(KEY) == {"10.5.0.0/24": A1, "10.6.4.0/24": A1}
