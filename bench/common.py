@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -186,7 +187,9 @@ class Netns:
 
     def anchor(self, ns: str) -> int:
         """A sleeping process in `ns`: its /proc/<pid>/net shows that namespace."""
-        return self.spawn(ns, ["sleep", "100000"], "anchor.log").pid
+        pid = self.spawn(ns, ["sleep", "100000"], "anchor.log").pid
+        wait_in_ns(pid, ns)
+        return pid
 
     def kill(self, pid: int, sig: int = signal.SIGTERM, wait: float = 5.0) -> None:
         harness._kill_pid(pid, sig, wait=wait)
@@ -214,6 +217,14 @@ class Netns:
         self.procs.clear()
 
 
+def wait_in_ns(pid: int, ns: str, timeout: float = 10.0) -> None:
+    """Wait until `pid` (spawned by `ip netns exec ns`) has entered `ns`: until
+    then its /proc/<pid>/net is the ROOT namespace's view."""
+    want = os.stat(f"/var/run/netns/{ns}").st_ino
+    wait_until(lambda: os.stat(f"/proc/{pid}/ns/net").st_ino == want, timeout,
+               f"pid {pid} to enter namespace {ns}", interval=0.002)
+
+
 def wait_until(pred, timeout: float, what: str, interval: float = 0.01):
     deadline = time.monotonic() + timeout
     while True:
@@ -235,7 +246,7 @@ def percentile(xs: list[float], p: float) -> float:
     if not xs:
         return float("nan")
     s = sorted(xs)
-    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    k = max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))
     return s[k]
 
 
