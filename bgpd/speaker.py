@@ -309,7 +309,12 @@ class Speaker:
         assert proc.stdout is not None
         async for raw in proc.stdout:
             line = _redact(raw.decode("utf-8", "replace").rstrip())
-            if line:
+            if not line:
+                continue
+            # ExaBGP's start-up "advice" (no env file: we pass the environment) is noise.
+            if line.startswith("advice "):
+                log.debug("exabgp_output", pid=proc.pid, line=line[:1000])
+            else:
                 log.warning("exabgp_output", pid=proc.pid, line=line[:1000])
 
     async def _supervise(self) -> None:
