@@ -397,7 +397,10 @@ class Daemon:
             policy, problems = peer_policy(st.spec, ref, self.snapshot)
             for p in problems:
                 self._problem(p, peer=e.neighbor)
-            self._apply(r.peer_up(policy))
+            changes = r.peer_up(policy)
+            if key not in changes.exports:  # nothing to send: still a full set (and EoR)
+                changes.exports[key] = rib.ExportDelta(full=True)
+            self._apply(changes)
         elif isinstance(e, ev.SessionDown) and st is not None:
             was_up = st.state == "up"
             st.state, st.since_epoch, st.info = "start", time.time(), e.reason or "down"
@@ -510,6 +513,11 @@ class Daemon:
                         announce.setdefault(attrs, []).append(prefix)
                 try:
                     await speaker.update_exports(key, announce, withdraw, full=full)
+                    if full:
+                        # manual-eor: End-of-RIB only once the whole initial set is out,
+                        # so a restarting peer's GR helper never sweeps what we still send.
+                        afi = "ipv6" if ":" in key[0] else "ipv4"
+                        await speaker.command(f"neighbor {key[0]} announce eor {afi} unicast")
                 except Exception as e:
                     # The speaker re-sends the whole desired set on reconnect/restart.
                     log.warning("export_failed", peer=key[0], error=str(e))

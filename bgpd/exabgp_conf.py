@@ -150,6 +150,10 @@ def _neighbor(spec: PeerSpec, node_router_id: str) -> list[str]:
     # podbgp's rib keeps Adj-RIB-In; ExaBGP need not keep a second copy.
     lines.append("    adj-rib-in false;")
     lines.append("    group-updates true;")
+    # The daemon sends End-of-RIB itself once the session's first full export is
+    # acknowledged: ExaBGP's own EoR would go out before any API announcement and
+    # make a graceful-restart helper sweep our routes too early.
+    lines.append("    manual-eor true;")
     family = "ipv6 unicast" if peer.version == 6 else "ipv4 unicast"
     lines.append(f"    family {{ {family}; }}")
     capability = "route-refresh;"
