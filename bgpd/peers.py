@@ -112,11 +112,16 @@ def plan_peers(snap: Snapshot, node_name: str,
     by_key: dict[tuple[str, int], PeerSpec] = {}
     rank = {PeerType.MESH: 0, PeerType.GLOBAL: 1, PeerType.NODE: 2}
 
-    def add(spec: PeerSpec) -> None:
+    def add(spec: PeerSpec, reverse: bool = False) -> None:
         if spec.address in me.addresses:
             return  # never peer with ourselves
         old = by_key.get(spec.key)
-        if old is None or rank[spec.peer_type] > rank[old.peer_type]:
+        if reverse:
+            # A reverse peering fills a gap; any explicit definition stays (confd emits
+            # reverse peerings last and never over an existing one).
+            if old is None or old.peer_type == PeerType.MESH:
+                by_key[spec.key] = spec
+        elif old is None or rank[spec.peer_type] > rank[old.peer_type]:
             by_key[spec.key] = spec
 
     def password(ref, what: str) -> str | None:
@@ -158,24 +163,9 @@ def plan_peers(snap: Snapshot, node_name: str,
                     graceful_restart_time=restart, name=f"Mesh_{other}", peer_node=other,
                 ))
 
-    # ---- BGPPeer resources
-    for name in sorted(snap.bgp_peers):
-        res: BGPPeer = snap.bgp_peers[name]
+    def peer_fields(name: str, res: BGPPeer, ptype: PeerType) -> dict:
+        """The session settings a BGPPeer gives, whichever side of it we are on."""
         spec = res.spec
-        try:
-            if spec.node:
-                if spec.node != node_name:
-                    continue
-                ptype = PeerType.NODE
-            elif spec.node_selector:
-                if not parse_selector(spec.node_selector).matches(me.labels):
-                    continue
-                ptype = PeerType.NODE
-            else:
-                ptype = PeerType.GLOBAL
-        except SelectorError as e:  # validated on parse; kept for safety
-            problems.append(f"BGPPeer {name!r}: {e}")
-            continue
         pw = password(spec.password, f"BGPPeer {name!r}")
         common = dict(
             router_id=me.router_id, peer_type=ptype, password=pw,
@@ -205,6 +195,27 @@ def plan_peers(snap: Snapshot, node_name: str,
                             f"{action!r} is not stop or teardown; using stop")
             action = "stop"
         common["max_prefix_action"] = action
+        return common
+
+    # ---- BGPPeer resources
+    for name in sorted(snap.bgp_peers):
+        res: BGPPeer = snap.bgp_peers[name]
+        spec = res.spec
+        try:
+            if spec.node:
+                if spec.node != node_name:
+                    continue
+                ptype = PeerType.NODE
+            elif spec.node_selector:
+                if not parse_selector(spec.node_selector).matches(me.labels):
+                    continue
+                ptype = PeerType.NODE
+            else:
+                ptype = PeerType.GLOBAL
+        except SelectorError as e:  # validated on parse; kept for safety
+            problems.append(f"BGPPeer {name!r}: {e}")
+            continue
+        common = peer_fields(name, res, ptype)
         local_as = spec.local_as_number or me.asn
 
         if spec.peer_ip:
@@ -239,6 +250,49 @@ def plan_peers(snap: Snapshot, node_name: str,
                                      local_as=local_as, passive=_lower_dials(mine, theirs),
                                      rr_client=rr_client(peer_as, cid), peer_node=other,
                                      **common))
+    # ---- reverse peerings (Calico confd's second pass): a BGPPeer whose peerSelector
+    # selects this node, or whose peerIP/asNumber is this node, makes this node peer
+    # back with the nodes it applies to (node / nodeSelector / all for a global one).
+    # Without it `nodeSelector: all(), peerSelector: route-reflector == 'true'` (the
+    # documented RR setup) leaves the reflector with no sessions to its clients.
+    for name in sorted(snap.bgp_peers):
+        res = snap.bgp_peers[name]
+        spec = res.spec
+        try:
+            if spec.peer_selector:
+                if not parse_selector(spec.peer_selector).matches(me.labels):
+                    continue
+                families = (4, 6)
+            elif spec.peer_ip:
+                ip, _port = split_peer_ip(spec.peer_ip)
+                if ip not in me.addresses or (spec.as_number or me.asn) != me.asn:
+                    continue
+                families = (6,) if ":" in ip else (4,)
+            else:
+                continue
+            if spec.node:
+                sources = [spec.node]
+            elif spec.node_selector:
+                sel = parse_selector(spec.node_selector)
+                sources = [n for n in sorted(snap.nodes)
+                           if sel.matches(snap.nodes[n].metadata.labels or {})]
+            else:
+                sources = sorted(snap.nodes)
+        except SelectorError as e:  # validated on parse; kept for safety
+            problems.append(f"BGPPeer {name!r}: {e}")
+            continue
+        sources = [n for n in sources if n != node_name and n in snap.nodes]
+        if not sources:
+            continue
+        common = peer_fields(name, res, PeerType.NODE)
+        for other in sources:
+            v4, v6, cid, asn = other_node_info(other)
+            for fam, mine, theirs in ((4, me.ipv4, v4), (6, me.ipv6, v6)):
+                if fam in families and mine and theirs:
+                    add(PeerSpec(address=theirs, peer_as=asn, local_address=mine,
+                                 local_as=me.asn, passive=_lower_dials(mine, theirs),
+                                 rr_client=rr_client(asn, cid), peer_node=other, **common),
+                        reverse=True)
     peers = tuple(sorted(by_key.values(), key=lambda s: (ipaddress.ip_address(s.address).version,
                                                           ipaddress.ip_address(s.address), s.port)))
     return PeerPlan(me, peers, tuple(problems))

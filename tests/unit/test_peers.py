@@ -95,7 +95,11 @@ def test_peer_selector_peers_with_selected_nodes_using_their_as() -> None:
     n2 = plan_peers(s, "n2").peers
     assert [(p.address, p.peer_as, p.local_as, p.passive) for p in n2] == [
         ("10.0.0.1", 64512, 65010, True), ("10.0.0.3", 64512, 65010, False)]
-    assert plan_peers(s, "n1").peers == ()  # nodeSelector excludes the reflectors themselves
+    # The selected side peers back (Calico confd's reverse peerings), with the
+    # nodeSelector's nodes only: n1 dials n2 (lower address), never n3.
+    n1 = plan_peers(s, "n1").peers
+    assert [(p.address, p.peer_as, p.local_as, p.passive, p.peer_type) for p in n1] == [
+        ("10.0.0.2", 65010, 64512, False, PeerType.NODE)]
 
 
 def test_route_reflector_skips_mesh_and_marks_clients() -> None:
@@ -151,3 +155,26 @@ def test_router_id(v4, v6, expect_v4) -> None:
     rid = router_id_for(v4, v6, "x")
     assert (rid == v4) is expect_v4
     assert rid.count(".") == 3 and rid == router_id_for(v4, v6, "x")
+
+
+def test_documented_rr_peer_gives_reflector_sessions_to_every_node() -> None:
+    # Calico's docs: one BGPPeer, nodeSelector all(), peerSelector the reflectors.
+    # The reflector matches the peerSelector, so it peers back with every node.
+    s = snap(node("rr", "10.0.0.1", rr="244.0.0.1", labels={"route-reflector": "true"}),
+             node("c1", "10.0.0.2"), node("c2", "10.0.0.3"),
+             bgpconf(nodeToNodeMeshEnabled=False),
+             peer("peer-with-route-reflectors", nodeSelector="all()",
+                  peerSelector="route-reflector == 'true'", maxRestartTime="10s"))
+    rr = plan_peers(s, "rr").peers
+    assert [(p.address, p.passive, p.rr_client, p.graceful_restart_time) for p in rr] == [
+        ("10.0.0.2", False, True, 10), ("10.0.0.3", False, True, 10)]
+    c2 = plan_peers(s, "c2").peers
+    assert [(p.address, p.passive, p.rr_client) for p in c2] == [("10.0.0.1", True, False)]
+
+
+def test_peer_ip_naming_a_node_gives_that_node_the_reverse_session() -> None:
+    s = snap(*THREE, bgpconf(nodeToNodeMeshEnabled=False),
+             peer("n2-to-n1", node="n2", peerIP="10.0.0.1", asNumber=64512),
+             peer("other-as", node="n3", peerIP="10.0.0.1", asNumber=65000))
+    n1 = plan_peers(s, "n1").peers
+    assert [(p.address, p.name) for p in n1] == [("10.0.0.2", "n2-to-n1")]
