@@ -11,17 +11,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from rib.inputs import NextHopMode  # one enum for planning and policy
+
+__all__ = ["NextHopMode", "PeerSpec", "PeerType"]
+
 
 class PeerType(enum.StrEnum):
     MESH = "node-to-node mesh"
     GLOBAL = "global"
     NODE = "node specific"
-
-
-class NextHopMode(enum.StrEnum):
-    AUTO = "Auto"
-    SELF = "Self"
-    KEEP = "Keep"
 
 
 @dataclass(frozen=True, slots=True)

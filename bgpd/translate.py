@@ -108,7 +108,7 @@ def peer_policy(spec: PeerSpec, ref: rib.PeerRef, snap: Snapshot) -> tuple[rib.P
         key=spec.key, peer=ref, local_address=spec.local_address, import_filters=imp,
         export_filters=exp, max_prefixes=spec.max_prefixes,
         max_prefix_action=rib.MaxPrefixAction(spec.max_prefix_action),
-        next_hop_mode=rib.NextHopMode(str(spec.next_hop_mode)),
+        next_hop_mode=spec.next_hop_mode,
         num_allowed_local_as=spec.num_allowed_local_as,
     ), problems
 

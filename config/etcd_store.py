@@ -25,7 +25,6 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aetcd
 import grpc
@@ -46,6 +45,7 @@ from config.datastore import (
     build_snapshot,
 )
 from config.errors import ConfigError
+from config.etcd_client import EtcdClient, parse_endpoints, read_credentials
 
 log = structlog.get_logger(__name__)
 
@@ -72,58 +72,6 @@ class _Compacted(Exception):
     def __init__(self, compact_revision: int) -> None:
         super().__init__(f"revision compacted below {compact_revision}")
         self.compact_revision = compact_revision
-
-
-class _Client(aetcd.Client):
-    """aetcd.Client with TLS: aetcd 1.0.0 only opens insecure channels."""
-
-    def __init__(self, host: str, port: int, credentials: grpc.ChannelCredentials | None,
-                 **kw: Any) -> None:
-        super().__init__(host=host, port=port, **kw)
-        self._credentials = credentials
-
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        target = f"{self._host}:{self._port}"
-        opts = list(self._options.items())
-        if self._credentials is not None:
-            self.channel = rpc.secure_channel(target, self._credentials, options=opts)
-        else:
-            self.channel = rpc.insecure_channel(target, options=opts)
-        self.kvstub = rpc.KVStub(self.channel)
-        self.clusterstub = rpc.ClusterStub(self.channel)
-        self.leasestub = rpc.LeaseStub(self.channel)
-        self.maintenancestub = rpc.MaintenanceStub(self.channel)
-        self.watchstub = rpc.WatchStub(self.channel)
-        from aetcd import watcher as _watcher
-
-        self._watcher = _watcher.Watcher(self.watchstub, timeout=self._timeout)
-        self._connected.set()
-
-
-def parse_endpoints(endpoints: str | Sequence[str]) -> list[tuple[str, int, bool]]:
-    """``"http://a:2379,https://b:2379"`` -> [(host, port, tls)]; raises ValueError."""
-    if isinstance(endpoints, str):
-        endpoints = [e for e in endpoints.split(",")]
-    out = []
-    for raw in endpoints:
-        ep = raw.strip()
-        if not ep:
-            continue
-        if "://" not in ep:
-            ep = "http://" + ep
-        parts = urlsplit(ep)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"etcd endpoint {raw!r}: expected http(s)://HOST:PORT")
-        try:
-            port = parts.port or 2379
-        except ValueError:
-            raise ValueError(f"etcd endpoint {raw!r}: bad port") from None
-        out.append((parts.hostname, port, parts.scheme == "https"))
-    if not out:
-        raise ValueError("no etcd endpoints given")
-    return out
 
 
 def _now_rfc3339() -> str:
@@ -164,7 +112,7 @@ class EtcdDatastore:
         self._backoff_min, self._backoff_max = backoff_min, backoff_max
         self._rpc_timeout = rpc_timeout
         self._ep_index = 0
-        self._crud_client: _Client | None = None
+        self._crud_client: EtcdClient | None = None
 
         self.connected = False
         self.revision = 0
@@ -187,27 +135,17 @@ class EtcdDatastore:
 
     def _creds(self) -> grpc.ChannelCredentials:
         if self._credentials is None:
-            def read(p: str | None) -> bytes | None:
-                if p is None:
-                    return None
-                try:
-                    with open(p, "rb") as f:
-                        return f.read()
-                except OSError as e:
-                    raise DatastoreUnavailable(f"etcd TLS file {p}: {e.strerror}") from e
-
-            self._credentials = grpc.ssl_channel_credentials(
-                root_certificates=read(self._ca),
-                private_key=read(self._key),
-                certificate_chain=read(self._cert),
-            )
+            try:
+                self._credentials = read_credentials(self._ca, self._cert, self._key)
+            except OSError as e:
+                raise DatastoreUnavailable(f"etcd TLS: {e.strerror}") from e
         return self._credentials
 
-    def _make_client(self, host: str, port: int, tls: bool) -> _Client:
+    def _make_client(self, host: str, port: int, tls: bool) -> EtcdClient:
         creds = self._creds() if (tls or self._ca) else None
-        return _Client(host, port, creds, timeout=self._rpc_timeout, options=_CHANNEL_OPTIONS)
+        return EtcdClient(host, port, creds, timeout=self._rpc_timeout, options=_CHANNEL_OPTIONS)
 
-    async def _connect(self) -> _Client:
+    async def _connect(self) -> EtcdClient:
         """A client to the first endpoint that answers, starting at the last good one."""
         errors = []
         n = len(self._endpoints)
@@ -268,7 +206,7 @@ class EtcdDatastore:
         self._backoff = self._backoff_min
         need_reload = True
         while True:
-            client: _Client | None = None
+            client: EtcdClient | None = None
             try:
                 client = await self._connect()
                 if need_reload:
@@ -307,7 +245,7 @@ class EtcdDatastore:
         self.next_retry_at = None
         self._backoff = self._backoff_min  # a working watch resets the backoff
 
-    async def _range(self, client: _Client, prefix: str, revision: int = 0) -> Any:
+    async def _range(self, client: EtcdClient, prefix: str, revision: int = 0) -> Any:
         req = rpc.RangeRequest(key=prefix.encode(),
                                range_end=prefix_range_end(prefix.encode()),
                                revision=revision)
@@ -318,7 +256,7 @@ class EtcdDatastore:
                 raise _Compacted(revision) from e
             raise
 
-    async def _load(self, client: _Client) -> None:
+    async def _load(self, client: EtcdClient) -> None:
         """Full load of both prefixes at one revision; replaces the state."""
         t0 = time.perf_counter()
         res_resp = await self._range(client, ckeys.RESOURCES_PREFIX)
@@ -384,7 +322,7 @@ class EtcdDatastore:
         self.stats.snapshots_total += 1
         self._channel.publish(snap)
 
-    async def _watch(self, client: _Client, on_established: Any = None) -> None:
+    async def _watch(self, client: EtcdClient, on_established: Any = None) -> None:
         start = ckeys.IPAM_HOST_PREFIX.encode()
         end = prefix_range_end(ckeys.RESOURCES_PREFIX.encode())
         create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
@@ -433,7 +371,7 @@ class EtcdDatastore:
 
     # ------------------------------------------------------------------ CRUD
 
-    async def _crud(self) -> _Client:
+    async def _crud(self) -> EtcdClient:
         if self._crud_client is None:
             self._crud_client = await self._connect()
         return self._crud_client
