@@ -125,7 +125,7 @@ def trial(dut: str, k: int, rep: int, timeout: float, profile_dir: str | None = 
                                            f"{env.log('dut.log', 5)}")
 
             if profile_dir and dut == "podbgp":
-                spy = start_profiler(pids[0], f"{profile_dir}/podbgp-{k}.svg")
+                spy = start_profiler(pids[0], f"{profile_dir}/podbgp-{k}.txt")
             t_est = inj.expect("established", 120)
             t_first = inj.expect("first_update", 10)
             t_in = poll_kernel(anchor, lambda n: n >= base + k, timeout, alive)
@@ -160,7 +160,7 @@ def start_profiler(pid: int, out: str) -> subprocess.Popen | None:
     except RuntimeError:
         print("(py-spy not installed: no profile)", file=sys.stderr)
         return None
-    return subprocess.Popen([spy, "record", "-p", str(pid), "-o", out, "-r", "200",
+    return subprocess.Popen([spy, "record", "-p", str(pid), "-o", out, "-r", "200", "-f", "raw",
                              "--subprocesses", "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -207,12 +207,22 @@ def report(summary: dict, trials: list[Trial], duts: list[str], ks: list[int]) -
     ref = "bird1" if "bird1" in duts else None
     if ref and "podbgp" in duts:
         mem_rows = []
+        kmin = min(ks)
         for d in duts:
-            s = summary[f"{d}/{kmax}"]
+            s, s0 = summary[f"{d}/{kmax}"], summary[f"{d}/{kmin}"]
             per = s["rss_bytes"] / kmax if s["n"] else float("nan")
-            mem_rows.append([LABELS[d], s["rss_bytes"] / 2**20 if s["n"] else float("nan"), per])
+            # what one more route costs, without the fixed cost of the runtime
+            marg = ((s["rss_bytes"] - s0["rss_bytes"]) / (kmax - kmin)
+                    if s["n"] and s0["n"] and kmax > kmin else float("nan"))
+            head[f"marginal/{d}"] = marg
+            mem_rows.append([LABELS[d], s["rss_bytes"] / 2**20 if s["n"] else float("nan"),
+                             per, marg])
         lines.append(f"\nMemory at {kmax:,} routes (resident, whole process tree)\n")
-        lines.append(table(["DUT", "RSS MiB", "bytes/route (RSS/K)"], mem_rows))
+        lines.append(table(["DUT", "RSS MiB", "bytes/route (RSS/K)",
+                            f"marginal bytes/route ({kmin // 1000}k->{kmax // 1000}k)"],
+                           mem_rows))
+        mp, mb = head.pop("marginal/podbgp"), head.get(f"marginal/{ref}", float("nan"))
+        head = {"marginal_memory": mp / mb if mb == mb and mb > 0 else float("nan")}
         for k in ks:
             p, b = summary[f"podbgp/{k}"], summary[f"{ref}/{k}"]
             head[k] = (p["established_s"] / b["established_s"]
@@ -226,7 +236,8 @@ def report(summary: dict, trials: list[Trial], duts: list[str], ks: list[int]) -
     if head:
         parts = [f"{head[k]:.2f}x at {k // 1000}k" for k in ks]
         lines.append(f"\nconvergence: podbgp/BIRD1.6 {', '.join(parts)}, "
-                     f"memory {head['memory']:.2f}x at {kmax // 1000}k")
+                     f"memory {head['memory']:.2f}x at {kmax // 1000}k "
+                     f"(marginal per route {head['marginal_memory']:.2f}x)")
     else:
         parts = [f"{LABELS[d]} {summary[f'{d}/{kmax}']['established_s']:.3f}s" for d in duts]
         lines.append(f"\nconvergence: K={kmax}: {', '.join(parts)}")

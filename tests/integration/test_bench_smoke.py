@@ -1,0 +1,58 @@
+"""Smoke test of the convergence benchmark: it runs, converges, cleans up, prints its format.
+
+Runs `python -m bench.convergence --quick --dut podbgp,bird2` as a subprocess
+(1,000 routes, one trial each) and checks the per-K table, that both DUTs
+converged with plausible numbers, the headline line, and that no benchmark
+namespace is left behind.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require_binary, require_root
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def _bench_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("bc")}
+
+
+def test_convergence_quick_podbgp_and_bird2():
+    require_root()
+    require_binary("bird")
+    before = _bench_namespaces()
+    r = subprocess.run([sys.executable, "-m", "bench.convergence", "--quick", "--dut",
+                        "podbgp,bird2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
+    out = r.stdout
+    assert "K = 1,000 routes" in out
+    assert re.search(r"\|\s+DUT \|\s+ok \|\s+Established->kernel \|\s+1st UPDATE->kernel \|"
+                     r"\s+withdraw->gone \|\s+routes/s \|\s+RSS MiB \|", out), out
+    rows = {}
+    for label in ("podbgp", "BIRD 2"):
+        m = re.search(rf"\|\s+{label} \|\s+(\d+) \|\s+([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+) \|"
+                      rf"\s+([\d,]+) \|\s+([\d.,]+) \|", out)
+        assert m, f"no result row for {label}:\n{out}"
+        rows[label] = [float(g.replace(",", "")) for g in m.groups()]
+    for label, (ok, est, first, wd, rate, rss_mib) in rows.items():
+        assert ok == 1, label
+        # Established precedes the first UPDATE: its interval is the longer one
+        assert 0 < first <= est < 30, (label, est, first)
+        assert 0 < wd < 30, (label, wd)
+        assert rate == pytest.approx(1000 / est, rel=0.05), (label, rate, est)
+        assert 0.5 < rss_mib < 2000, (label, rss_mib)
+    last = out.strip().splitlines()[-1]
+    m = re.fullmatch(r"convergence: K=1000: podbgp ([\d.]+)s, BIRD 2 ([\d.]+)s", last)
+    assert m, last
+    assert float(m.group(1)) == pytest.approx(rows["podbgp"][1], abs=0.0015)
+    assert _bench_namespaces() <= before, "benchmark namespaces left behind"
