@@ -52,8 +52,13 @@ def _env(name: str, default=None):
     return v if v not in (None, "") else default
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line naming the problem, not the whole usage
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="bgpd",
         description="podbgp: BGP for pod networks (advertises this node's blocks, "
         "learns the others', keeps the kernel FIB in step).",
