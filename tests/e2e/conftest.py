@@ -135,6 +135,8 @@ def pod_lab() -> Iterator:
             wait_routes(lab, names)
         except TimeoutError:
             for n in names:
-                print(f"--- {n} log ---\n{lab.daemon_log(n)}")
+                proc = lab.nodes[n].proc
+                print(f"--- {n} (bgpd exit status {proc.poll() if proc else None}) log ---\n"
+                      f"{lab.daemon_log(n)}")
             raise
         yield lab
