@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from bgpd import __version__
@@ -139,6 +139,9 @@ class Metrics:
     """The daemon's registry: the collector plus the FIB pass histogram."""
 
     def __init__(self, daemon: Daemon) -> None:
+        # No `_created` series: an undocumented podbgp_*_created gauge per histogram that
+        # the text format does not need (rate() works from the counters alone).
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(DaemonCollector(daemon))
         self.fib_sync_seconds = Histogram(
