@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -180,16 +179,6 @@ class Peer:
         p = self.lab.workdir / f"{self.kind}-{self.ext.name}.log"
         return p.read_text(errors="replace")[-3000:] if p.exists() else ""
 
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
-
 
 class Bird(Peer):
     """BIRD 2 (``version=2``) or BIRD 1.6 (``version=1``).
@@ -307,6 +296,15 @@ class Frr(Peer):
         # The lab workdir is 0700 root; FRR drops to user frr, so it gets its own
         # world-traversable dir, removed by the fixture that made the peer.
         self.run_dir = Path(tempfile.mkdtemp(prefix="podbgp-frr-"))
+        self.zebra: subprocess.Popen | None = None
+        try:
+            self._start(originate)
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def _start(self, originate: list[str]) -> None:
+        lab, ext, asn, neighbors = self.lab, self.ext, self.asn, self.neighbors
         os.chmod(self.run_dir, 0o755)
         shutil.chown(self.run_dir, "frr", "frr")
         self.originated = list(originate)
