@@ -1,0 +1,196 @@
+"""bgpd.translate: what the daemon feeds rib (RibConfig, PeerPolicy) and fib_sync (Route)."""
+
+from __future__ import annotations
+
+import pytest
+
+import fib_sync
+import rib
+from bgpd.peers import LocalNode
+from bgpd.peerspec import NextHopMode, PeerSpec, PeerType
+from bgpd.translate import fib_route, filter_rules, peer_policy, rib_config
+from config.model import Affinity
+from config.parse import parse_resource
+from config.snapshot import Snapshot
+
+ME = LocalNode(name="n1", asn=64512, router_id="10.0.0.1", ipv4="10.0.0.1", ipv6="fd00::1",
+               cluster_id="1.1.1.1")
+
+
+def res(kind: str, name: str, spec: dict) -> object:
+    return parse_resource({"apiVersion": "projectcalico.org/v3", "kind": kind,
+                           "metadata": {"name": name}, "spec": spec})
+
+
+def node_res(name: str, v4: str, v6: str | None = None) -> object:
+    bgp = {"ipv4Address": v4}
+    if v6:
+        bgp["ipv6Address"] = v6
+    return res("Node", name, {"bgp": bgp})
+
+
+def snapshot(*extra, affinities=()) -> Snapshot:
+    docs = [
+        node_res("n1", "10.0.0.1/24", "fd00::1/64"),
+        node_res("n2", "10.0.0.2/24"),
+        res("IPPool", "b-pool", {"cidr": "10.244.0.0/16", "blockSize": 26,
+                                 "ipipMode": "CrossSubnet", "vxlanMode": "Never"}),
+        res("IPPool", "a-pool", {"cidr": "10.250.0.0/16", "blockSize": 28, "ipipMode": "Never",
+                                 "vxlanMode": "Always", "disabled": True,
+                                 "disableBGPExport": True}),
+        *extra,
+    ]
+    return Snapshot.from_resources(docs, affinities)
+
+
+AFFS = (Affinity("n1", "10.244.1.0/26", "confirmed"), Affinity("n1", "10.244.0.0/26"),
+        Affinity("n1", "10.244.2.0/26", "pending"),  # not ours yet
+        Affinity("n1", "10.244.3.0/26", "confirmed", deleted=True),
+        Affinity("n2", "10.244.9.0/26", "confirmed"))
+
+
+def test_rib_config_identity_pools_blocks_subnets() -> None:
+    cfg = rib_config(snapshot(affinities=AFFS), ME, max_paths=4, node_cidrs=("192.168.5.0/24",))
+    assert (cfg.local_asn, cfg.router_id, cfg.cluster_id) == (64512, "10.0.0.1", "1.1.1.1")
+    assert cfg.node_addresses == frozenset({"10.0.0.1", "fd00::1"})
+    # Only this node's confirmed / state-less, not deleted blocks, in address order.
+    assert cfg.own_blocks == ("10.244.0.0/26", "10.244.1.0/26")
+    assert cfg.node_subnets == ("192.168.5.0/24", "10.0.0.0/24", "fd00::/64")
+    assert cfg.max_paths == 4
+    pools = {p.cidr: p for p in cfg.pools}
+    assert [p.cidr for p in cfg.pools] == ["10.250.0.0/16", "10.244.0.0/16"]  # by name
+    b = pools["10.244.0.0/16"]
+    assert (b.block_size, b.ipip_mode, b.vxlan_mode, b.disabled, b.disable_bgp_export) == (
+        26, rib.EncapMode.CROSS_SUBNET, rib.EncapMode.NEVER, False, False)
+    a = pools["10.250.0.0/16"]
+    assert (a.block_size, a.vxlan_mode, a.disabled, a.disable_bgp_export) == (
+        28, rib.EncapMode.ALWAYS, True, True)
+    assert cfg.service_prefixes == () and cfg.prefix_advertisements == ()
+
+
+def test_rib_config_other_node_and_no_node_resource() -> None:
+    snap = snapshot(affinities=AFFS)
+    n2 = LocalNode(name="n2", asn=64512, router_id="10.0.0.2", ipv4="10.0.0.2", ipv6=None,
+                   cluster_id=None)
+    assert rib_config(snap, n2).own_blocks == ("10.244.9.0/26",)
+    ghost = LocalNode(name="ghost", asn=65000, router_id="10.0.0.9", ipv4="10.0.0.9",
+                      ipv6=None, cluster_id=None)
+    cfg = rib_config(snap, ghost)
+    assert cfg.own_blocks == () and cfg.node_subnets == () and cfg.local_asn == 65000
+
+
+def test_rib_config_services_deduplicated_and_canonical() -> None:
+    conf = res("BGPConfiguration", "default", {
+        "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}, {}],
+        "serviceExternalIPs": [{"cidr": "192.0.2.7/32"}, {"cidr": "10.96.0.0/12"}],
+        "serviceLoadBalancerIPs": [{"cidr": "fd00:0:0:1::/64"}],
+    })
+    cfg = rib_config(snapshot(conf), ME)
+    assert cfg.service_prefixes == ("10.96.0.0/12", "192.0.2.7/32", "fd00:0:0:1::/64")
+
+
+def test_rib_config_per_node_configuration_wins() -> None:
+    glob = res("BGPConfiguration", "default", {"serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]})
+    mine = res("BGPConfiguration", "node.n1",
+               {"serviceClusterIPs": [{"cidr": "10.100.0.0/16"}]})
+    assert rib_config(snapshot(glob, mine), ME).service_prefixes == ("10.100.0.0/16",)
+
+
+def test_rib_config_prefix_advertisements_resolve_community_names() -> None:
+    conf = res("BGPConfiguration", "default", {
+        "communities": [{"name": "std", "value": "100:6532"},
+                        {"name": "big", "value": "100:555:107"}],
+        "prefixAdvertisements": [
+            {"cidr": "192.168.0.0/16", "communities": ["std", "5663:12", "big"]},
+            {"cidr": "fd00:96::/112", "communities": ["big"]},
+        ],
+    })
+    advs = rib_config(snapshot(conf), ME).prefix_advertisements
+    assert advs == (
+        rib.PrefixAdvertisement("192.168.0.0/16", communities=((100, 6532), (5663, 12)),
+                                large_communities=((100, 555, 107),)),
+        rib.PrefixAdvertisement("fd00:96::/112", large_communities=((100, 555, 107),)),
+    )
+
+
+FILTER = res("BGPFilter", "f1", {
+    "importV4": [{"action": "Accept", "matchOperator": "In", "cidr": "44.0.0.0/16",
+                  "prefixLength": {"min": 24, "max": 28}},
+                 {"action": "Reject", "source": "RemotePeers"}],
+    "exportV4": [{"action": "Reject", "matchOperator": "Equal", "cidr": "77.0.0.0/16"}],
+    "importV6": [{"action": "Accept", "matchOperator": "NotIn", "cidr": "5000::/64"}],
+    "exportV6": [{"action": "Accept", "interface": "eth*"}],
+})
+FILTER2 = res("BGPFilter", "f2", {"importV4": [{"action": "Reject"}]})
+
+
+def spec(**kw) -> PeerSpec:
+    base = dict(address="10.0.0.2", peer_as=64512, local_address="10.0.0.1", local_as=64512,
+                router_id="10.0.0.1", peer_type=PeerType.GLOBAL)
+    base.update(kw)
+    return PeerSpec(**base)
+
+
+REF = rib.PeerRef(address="10.0.0.2", asn=64512, router_id="10.0.0.2", kind=rib.PeerKind.IBGP)
+
+
+def test_filter_rules_in_order_with_versions() -> None:
+    imp, exp, problems = filter_rules(snapshot(FILTER, FILTER2), ("f1", "f2"))
+    assert problems == []
+    assert [(r.action, r.cidr, r.ip_version) for r in imp] == [
+        ("Accept", "44.0.0.0/16", 4), ("Reject", None, 4), ("Accept", "5000::/64", 6),
+        ("Reject", None, 4)]
+    assert (imp[0].match_operator, imp[0].prefix_length_min, imp[0].prefix_length_max) == (
+        "In", 24, 28)
+    assert imp[1].source == "RemotePeers"
+    assert imp[2].match_operator == "NotIn"
+    assert [(r.action, r.cidr, r.match_operator, r.ip_version) for r in exp] == [
+        ("Reject", "77.0.0.0/16", "Equal", 4), ("Accept", None, None, 6)]
+    assert exp[1].interface == "eth*"
+
+
+def test_peer_policy_from_spec_and_filters() -> None:
+    s = spec(filters=("f2", "missing", "f1"), max_prefixes=100,
+             max_prefix_action="teardown", next_hop_mode=NextHopMode.SELF,
+             num_allowed_local_as=2, port=1790)
+    policy, problems = peer_policy(s, REF, snapshot(FILTER, FILTER2))
+    assert problems == ["BGPFilter 'missing' not found"]
+    assert policy.key == ("10.0.0.2", 1790) and policy.peer is REF
+    assert policy.local_address == "10.0.0.1"
+    assert policy.max_prefixes == 100
+    assert policy.max_prefix_action == rib.MaxPrefixAction.TEARDOWN
+    assert policy.next_hop_mode == NextHopMode.SELF
+    assert policy.num_allowed_local_as == 2
+    # f2's reject-all first, then f1's rules: order is the BGPPeer's filter order.
+    assert [r.action for r in policy.import_filters] == ["Reject", "Accept", "Reject", "Accept"]
+    assert len(policy.export_filters) == 2
+
+
+def test_peer_policy_without_filters() -> None:
+    policy, problems = peer_policy(spec(), REF, snapshot())
+    assert problems == [] and policy.import_filters == () and policy.export_filters == ()
+    assert policy.max_prefixes is None and policy.max_prefix_action == rib.MaxPrefixAction.STOP
+
+
+@pytest.mark.parametrize(("kr", "want"), [
+    (rib.KernelRoute("10.244.1.0/26", rib.RouteKind.BLACKHOLE),
+     fib_sync.Route("10.244.1.0/26", fib_sync.RouteKind.BLACKHOLE)),
+    (rib.KernelRoute("10.244.2.0/26", next_hops=("10.0.0.2",)),
+     fib_sync.Route("10.244.2.0/26", nexthops=(fib_sync.NextHop("10.0.0.2"),))),
+    (rib.KernelRoute("10.244.3.0/26", next_hops=("10.0.0.3", "10.0.0.2")),
+     fib_sync.Route("10.244.3.0/26", nexthops=(fib_sync.NextHop("10.0.0.2"),
+                                              fib_sync.NextHop("10.0.0.3")))),
+    (rib.KernelRoute("10.244.4.0/26", next_hops=("10.1.0.4",), device="tunl0", onlink=True),
+     fib_sync.Route("10.244.4.0/26", nexthops=(fib_sync.NextHop("10.1.0.4", dev="tunl0",
+                                                                onlink=True),))),
+    (rib.KernelRoute("fd00:1::/122", next_hops=("fd00::2",)),
+     fib_sync.Route("fd00:1::/122", nexthops=(fib_sync.NextHop("fd00::2"),))),
+])
+def test_fib_route(kr: rib.KernelRoute, want: fib_sync.Route) -> None:
+    got = fib_route(kr)
+    assert got == want
+    assert got.table is None and got.metric is None  # the syncer's defaults apply
+    if kr.kind == rib.RouteKind.BLACKHOLE:
+        assert got.nexthops == ()
+    assert len(got.nexthops) == len(kr.next_hops)
+    assert all(nh.onlink == kr.onlink and nh.dev == kr.device for nh in got.nexthops)
