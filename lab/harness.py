@@ -61,6 +61,19 @@ def run(*cmd: str, ns: str | None = None, check: bool = True, input: str | None 
     return r
 
 
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks (/proc/PID/stat field 22), None if gone.
+
+    Recorded with every PID so a later cleanup never kills a process that merely
+    reused the number of one this lab started.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -111,10 +124,14 @@ def cleanup_leftovers() -> list[str]:
         except (OSError, ValueError):
             f.unlink(missing_ok=True)
             continue
-        if _pid_alive(int(st.get("owner", 0))):
+        owner = st.get("owner", [0, None])
+        owner_pid, owner_start = owner if isinstance(owner, list) else (owner, None)
+        if _pid_alive(int(owner_pid)) and _start_time(int(owner_pid)) == owner_start:
             continue
-        for pid in st.get("pids", []):
-            _kill_pid(int(pid), signal.SIGKILL, wait=1)
+        for entry in st.get("pids", []):
+            pid, started = entry if isinstance(entry, list) else (entry, None)
+            if started is not None and _start_time(int(pid)) == started:
+                _kill_pid(int(pid), signal.SIGKILL, wait=1)
         for ns in st.get("namespaces", []):
             _del_ns(ns)
             removed.append(ns)
@@ -149,12 +166,17 @@ class Lab:
     """A throwaway multi-node lab. Use as a context manager, or up()/down()."""
 
     def __init__(self, nodes: int = 3, workdir: Path | None = None, prefix: str | None = None,
-                 asn: int = 64512, log_level: str = "info") -> None:
+                 asn: int = 64512, log_level: str = "info",
+                 ipam_options: dict | None = None) -> None:
         self.prefix = prefix or ("pl" + uuid.uuid4().hex[:4])
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="podbgp-lab-"))
         self.n_nodes = nodes
         self.asn = asn
         self.log_level = log_level
+        # Extra keys for the `ipam` section of the pods' CNI config (podbgp-ipam's
+        # options, e.g. empty_block_release_seconds); each lab gets its own lock file
+        # so parallel labs do not serialise each other's CNI calls.
+        self.ipam_options = {"lock_file": str(self.workdir / "ipam.lock"), **(ipam_options or {})}
         self.sw = f"{self.prefix}sw"
         self.etcd_ns = f"{self.prefix}etcd"
         self.nodes: dict[str, Node] = {}
@@ -169,8 +191,10 @@ class Lab:
     def _save_state(self) -> None:
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"owner": os.getpid(), "namespaces": self.namespaces,
-                                   "pids": self.pids, "workdir": str(self.workdir)}))
+        me = os.getpid()
+        tmp.write_text(json.dumps({
+            "owner": [me, _start_time(me)], "namespaces": self.namespaces,
+            "pids": [[p, _start_time(p)] for p in self.pids], "workdir": str(self.workdir)}))
         tmp.rename(self._state_file)
 
     def _add_ns(self, name: str) -> str:
@@ -366,7 +390,7 @@ class Lab:
             "cniVersion": "1.0.0", "name": "podnet", "type": "bridge", "bridge": "cni0",
             "isGateway": True, "ipMasq": False, "hairpinMode": True,
             "etcd_endpoints": self.etcd_endpoint, "nodename": node.name,
-            "ipam": {"type": "podbgp-ipam", "assign_ipv4": "true"},
+            "ipam": {"type": "podbgp-ipam", "assign_ipv4": "true", **self.ipam_options},
         })
 
     def _cni_path(self) -> str:

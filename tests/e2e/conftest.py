@@ -58,16 +58,8 @@ def make_pod_lab(nodes: int = 3, release_seconds: float = 0):
     """A ``Lab`` whose pods' IPAM releases empty blocks after ``release_seconds``."""
     harness = _lab_module()
 
-    class PodLab(harness.Lab):
-        def _cni_conf(self, node) -> str:
-            conf = json.loads(super()._cni_conf(node))
-            conf["ipam"]["empty_block_release_seconds"] = release_seconds
-            # A per-lab host lock: the default /var/run/podbgp/ipam.lock would
-            # serialise this lab's CNI calls with every other lab's.
-            conf["ipam"]["lock_file"] = str(self.workdir / f"ipam-{node.name}.lock")
-            return json.dumps(conf)
-
-    return PodLab(nodes=nodes)
+    return harness.Lab(nodes=nodes,
+                       ipam_options={"empty_block_release_seconds": release_seconds})
 
 
 def blocks_of(lab, node: str) -> set[str]:
