@@ -138,11 +138,7 @@ class Netns:
         self._links = 0
 
     def _save(self) -> None:
-        harness.STATE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = self._state.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"owner": os.getpid(), "namespaces": self.namespaces,
-                                   "pids": self.pids, "workdir": str(self.workdir)}))
-        tmp.rename(self._state)
+        harness.write_state(self._state, self.namespaces, self.pids, self.workdir)
 
     def __enter__(self) -> Netns:
         harness.cleanup_leftovers()

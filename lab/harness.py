@@ -113,6 +113,17 @@ def _del_ns(ns: str) -> None:
     subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+def write_state(path: Path, namespaces: list[str], pids: list[int], workdir: Path) -> None:
+    """Record what a lab (or benchmark) made, for cleanup_leftovers() after a crash."""
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    me = os.getpid()
+    tmp.write_text(json.dumps({
+        "owner": [me, _start_time(me)], "namespaces": namespaces,
+        "pids": [[p, _start_time(p)] for p in pids], "workdir": str(workdir)}))
+    tmp.rename(path)
+
+
 def cleanup_leftovers() -> list[str]:
     """Remove what crashed earlier runs left behind (their owner PID is gone)."""
     removed: list[str] = []
@@ -126,8 +137,8 @@ def cleanup_leftovers() -> list[str]:
             continue
         owner = st.get("owner", [0, None])
         owner_pid, owner_start = owner if isinstance(owner, list) else (owner, None)
-        if _pid_alive(int(owner_pid)) and _start_time(int(owner_pid)) == owner_start:
-            continue
+        if _pid_alive(int(owner_pid)) and owner_start in (None, _start_time(int(owner_pid))):
+            continue  # its owner still runs (a state file without start times: trust the PID)
         for entry in st.get("pids", []):
             pid, started = entry if isinstance(entry, list) else (entry, None)
             if started is not None and _start_time(int(pid)) == started:
@@ -189,13 +200,7 @@ class Lab:
 
     # ------------------------------------------------------------ bookkeeping
     def _save_state(self) -> None:
-        STATE_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_file.with_suffix(".tmp")
-        me = os.getpid()
-        tmp.write_text(json.dumps({
-            "owner": [me, _start_time(me)], "namespaces": self.namespaces,
-            "pids": [[p, _start_time(p)] for p in self.pids], "workdir": str(self.workdir)}))
-        tmp.rename(self._state_file)
+        write_state(self._state_file, self.namespaces, self.pids, self.workdir)
 
     def _add_ns(self, name: str) -> str:
         self.namespaces.append(name)
