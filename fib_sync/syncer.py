@@ -209,7 +209,10 @@ class FibSyncer:
         `withdraw` (routes or keys). Only the touched keys are diffed, so a
         small change to a 100k-route set costs what the change costs."""
         table, metric = self.table, self.metric
-        desired = dict(self._desired)  # callers may hold the old mapping
+        # In place: a copy per call made a burst of deltas quadratic in the set size.
+        # A pass reading this dict in the executor only looks keys up (it gets a
+        # copy whenever it must iterate: full or whole passes).
+        desired = self._desired
         for w in withdraw:
             k = w.with_defaults(table, metric).key if isinstance(w, Route) else tuple(w)
             desired.pop(k, None)  # type: ignore[call-overload]
@@ -407,6 +410,10 @@ class FibSyncer:
                 only: set[RouteKey] | None = None
                 if not self._whole:
                     only = self._changed | gone | set(rec.failing)
+                if (only is None or full or rec.view is None) and target is self._desired:
+                    # This pass iterates the whole target in another thread while
+                    # update() may change the live dict: hand it a snapshot.
+                    target = dict(target)
                 self._whole = False
                 self._changed = set()
                 report: PassReport = await loop.run_in_executor(
