@@ -40,5 +40,5 @@ def test_daemon_not_running_is_a_clear_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(StatusError, match="not running.*127.0.0.1:%d/status" % port):
+    with pytest.raises(StatusError, match=f"not running.*127.0.0.1:{port}/status"):
         fetch_status(f"http://127.0.0.1:{port}")
