@@ -379,7 +379,7 @@ def test_sigterm_exits_0_leaves_routes_and_kills_exabgp(lab: Lab) -> None:
     lab.wait_for(lambda: gone(exabgp_pid), 10, f"ExaBGP pid {exabgp_pid} to be gone")
     # The stopped node's kernel is untouched; node1 keeps node2's block (graceful
     # restart: the session went away without a Cease).
-    assert kernel(lab, "node2") == before["node2"]
+    assert kernel(lab, "node2") == before["node2"], lab.daemon_log("node2", 40)
     time.sleep(1.0)  # node1 has seen the session drop by now
     assert wanted_present(lab)
     st = lab.status("node1")
