@@ -377,10 +377,36 @@ def table_columns(kind: str, wide: bool) -> list[Column]:
 # ------------------------------------------------------------------- main
 
 
+GLOBAL_OPTIONS = ("--datastore", "--etcd-endpoints", "--etcd-ca", "--etcd-cert", "--etcd-key",
+                  "--config-file")
+
+
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Datastore options may come after the command (`bgpctl get ippools --etcd-endpoints X`,
+    as calicoctl users write them): move them in front, where argparse expects them."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg.split("=", 1)[0]
+        if name in GLOBAL_OPTIONS:
+            if "=" in arg or i + 1 >= len(argv):
+                front.append(arg)
+            else:
+                front += [arg, argv[i + 1]]
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parser.parse_args(hoist_global_options(list(sys.argv[1:] if argv is None
+                                                            else argv)))
     except SystemExit as e:  # argparse: --help/--version (0) or a usage error (2)
         return e.code if isinstance(e.code, int) else 2
     try:

@@ -181,3 +181,16 @@ def test_no_traceback_on_unexpected_error(run, monkeypatch):
 def test_table_format_matches_calicoctl_padding():
     out = ctl.format_table([["NAME", "CIDR"], ["p", "10.0.0.0/8"]])
     assert out == "NAME    CIDR\np       10.0.0.0/8\n"
+
+
+def test_datastore_options_are_accepted_after_the_command() -> None:
+    from bgpd.ctl import hoist_global_options
+
+    assert hoist_global_options(["get", "ippools", "--etcd-endpoints", "http://e:1", "-o", "yaml"]
+                                ) == ["--etcd-endpoints", "http://e:1", "get", "ippools", "-o",
+                                      "yaml"]
+    assert hoist_global_options(["apply", "-f", "-", "--datastore=file", "--config-file", "c.yaml"]
+                                ) == ["--datastore=file", "--config-file", "c.yaml", "apply", "-f",
+                                      "-"]
+    # Everything else keeps its order; "-f -" is not mistaken for an option value.
+    assert hoist_global_options(["delete", "ippool", "p1"]) == ["delete", "ippool", "p1"]
