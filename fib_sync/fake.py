@@ -44,6 +44,12 @@ class FakeKernel:
         }
         return {k: r for k, r in self.ours().items() if k[0] in tables}
 
+    def apply_plan(
+        self, delete: list[Route], replace: list[Route], add: list[Route]
+    ) -> list[OpError]:
+        ops = [(DELETE, r) for r in delete] + [(REPLACE, r) for r in replace]
+        return self.apply(ops + [(ADD, r) for r in add])
+
     def apply(self, ops: list[tuple[str, Route]]) -> list[OpError]:
         errors = []
         for op, route in ops:

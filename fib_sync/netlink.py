@@ -22,13 +22,15 @@ import errno
 import os
 import socket
 import struct
+from array import array
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from pyroute2.netns import create_socket
 
-from .route import NextHop, Route, RouteKey, RouteKind, trusted_route
+from .route import NextHop, Route, RouteKey, RouteKind, intern_nexthops, trusted_route
 
 NETLINK_ROUTE = 0
 SOL_NETLINK = 270
@@ -81,7 +83,8 @@ RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
 
-CHUNK = 512  # messages per send; one ACK per chunk
+CHUNK = 1024  # messages per send; one ACK per send
+MAX_SEND = 512 * 1024  # bytes per send, well under SO_SNDBUF
 RCVBUF = 32 * 1024 * 1024
 
 ADD, REPLACE, DELETE = "add", "replace", "delete"
@@ -94,6 +97,7 @@ _OP_FLAGS = {
 _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _NLA = struct.Struct("=HH")
+_U16 = struct.Struct("=H")
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _SEQ_OFF = 8
@@ -496,7 +500,7 @@ class NetlinkKernel:
                 m = RouteMsg(
                     fam, dst_len, rtable, self.protocol, rtype, rflags, b"", gw, oif, 0, mp
                 )
-                nhs = cache[ck] = self._nexthops(m)
+                nhs = cache[ck] = intern_nexthops(self._nexthops(m))
         else:
             return None  # not a kind we install
         if dst is None:
@@ -531,67 +535,98 @@ class NetlinkKernel:
 
     # -- apply
 
-    def _template(self, shape: tuple, op: str, route: Route) -> tuple[bytes, int, int]:
+    def _template(self, shape: tuple, op: str, route: Route) -> tuple[bytes, int]:
+        """(message padded to 4 bytes, RTA_DST payload offset) for a shape."""
         tpl = self._templates.get(shape)
         if tpl is None:
             msg = encode_route(op, route, self.protocol, self.ifindex)
-            tpl = (msg, _dst_offset(msg), len(route.packed))
-            self._templates[shape] = tpl
+            msg += bytes(_align(len(msg)) - len(msg))
+            tpl = self._templates[shape] = (msg, _dst_offset(msg))
         return tpl
 
     def apply(self, ops: Sequence[tuple[str, Route]]) -> list[OpError]:
-        """Apply (op, route) pairs in chunks; return the ones the kernel refused.
+        """Apply (op, route) pairs in order; return the ones the kernel refused.
 
         Raises StateUnknown if replies were lost (ENOBUFS)."""
-        errors: list[OpError] = []
-        for start in range(0, len(ops), CHUNK):
-            self._apply_chunk(ops[start : start + CHUNK], errors)
-        return errors
+        batch = _Batch(self)
+        i, n = 0, len(ops)
+        while i < n:
+            op, j = ops[i][0], i
+            while j < n and ops[j][0] == op:
+                j += 1
+            self._encode(op, [r for _, r in ops[i:j]], batch)
+            i = j
+        batch.flush()
+        return batch.errors
 
-    def _apply_chunk(self, ops: Sequence[tuple[str, Route]], errors: list[OpError]) -> None:
-        parts: list[bytes | bytearray] = []
-        seqs: dict[int, tuple[str, Route]] = {}
-        pack_seq = _U32.pack_into
-        for op, route in ops:
-            seq = self._next_seq()
-            shape = template_shape(op, route)
-            try:
-                if shape is not None:
-                    tpl, doff, alen = self._template(shape, op, route)
-                    msg = bytearray(tpl)
-                    msg[doff : doff + alen] = route.packed
-                else:
-                    msg = bytearray(self._encode_slow(op, route))
-            except KeyError as e:
-                errors.append(OpError(op, route, errno.ENODEV, str(e.args[0])))
+    def apply_plan(
+        self, delete: Sequence[Route], replace: Sequence[Route], add: Sequence[Route]
+    ) -> list[OpError]:
+        """Delete, replace, add (in that order); return the routes the kernel
+        refused. The hot path of a pass: no (op, route) pairs are built.
+
+        Raises StateUnknown if replies were lost (ENOBUFS)."""
+        batch = _Batch(self)
+        for op, routes in ((DELETE, delete), (REPLACE, replace), (ADD, add)):
+            if routes:
+                self._encode(op, routes, batch)
+        batch.flush()
+        return batch.errors
+
+    def _encode(self, op: str, routes: Sequence[Route], batch: _Batch) -> None:
+        """Group `routes` by message shape and hand the batch whole runs.
+
+        A run of routes sharing a template becomes ONE buffer (the template
+        repeated) with destinations and sequence numbers written in by strided
+        memoryview stores: no Python work per route beyond collecting its
+        packed address. Routes with no template are encoded one by one."""
+        groups: dict[tuple, list[Route]] = {}
+        slow: list[Route] = []
+        is_delete = op == DELETE
+        cur: list[Route] | None = None
+        p_nh = p_len = p_metric = p_table = p_fam = None
+        for r in routes:
+            nh = r.nexthops
+            # Fast path: the same shape as the previous route (routes via one
+            # gateway share one interned next-hop tuple).
+            if (
+                cur is not None
+                and (is_delete or nh is p_nh)
+                and r.dst_len == p_len
+                and r.metric == p_metric
+                and r.table == p_table
+                and r.family == p_fam
+            ):
+                cur.append(r)
                 continue
-            pack_seq(msg, _SEQ_OFF, seq)
-            parts.append(msg)
-            seqs[seq] = (op, route)
-        if not parts:
-            return
-        last = parts[-1]
-        flags = struct.unpack_from("=H", last, 6)[0]
-        struct.pack_into("=H", last, 6, flags | NLM_F_ACK)
-        last_seq = _U32.unpack_from(last, _SEQ_OFF)[0]
-        self.sock.send(b"".join(parts))
-        view = memoryview(self._buf)
-        while True:
+            if not is_delete and len(nh) == 1 and (nh[0].dev is not None or nh[0].gateway is None):
+                slow.append(r)
+                cur = None
+                continue
+            if not is_delete and len(nh) > 1:
+                slow.append(r)
+                cur = None
+                continue
+            p_nh, p_len, p_metric, p_table, p_fam = nh, r.dst_len, r.metric, r.table, r.family
+            gk = (p_fam, p_len, p_table, p_metric, None if is_delete else id(nh))
+            cur = groups.get(gk)
+            if cur is None:
+                cur = groups[gk] = []
+            cur.append(r)
+        for members in groups.values():
+            first = members[0]
+            shape = template_shape(op, first)
+            assert shape is not None
+            tpl, doff = self._template(shape, op, first)
+            batch.add_run(tpl, doff, op, members)
+        for r in slow:
             try:
-                n = self.sock.recv_into(self._buf)
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    raise StateUnknown("ENOBUFS while applying routes") from None
-                raise
-            for off, ln, typ, mflags, seq in iter_messages(view, n):
-                if typ != NLMSG_ERROR or seq not in seqs:
-                    continue
-                err, text = parse_error(view, off, ln, mflags)
-                if err:
-                    op, route = seqs[seq]
-                    errors.append(OpError(op, route, err, text or os.strerror(err)))
-                if seq == last_seq:
-                    return
+                msg = self._encode_slow(op, r)
+            except KeyError as e:
+                batch.errors.append(OpError(op, r, errno.ENODEV, str(e.args[0])))
+                continue
+            msg += bytes(_align(len(msg)) - len(msg))
+            batch.add_one(bytearray(msg), op, r)
 
     def _encode_slow(self, op: str, route: Route) -> bytes:
         try:
@@ -599,3 +634,122 @@ class NetlinkKernel:
         except KeyError:
             self.refresh_links()  # a device may have appeared since the last dump
             return encode_route(op, route, self.protocol, self.ifindex)
+
+
+class _Batch:
+    """Messages collected for one send; the send and the reading of its replies.
+
+    Owned by one `apply`/`apply_plan` call. Every message gets a sequence
+    number; runs of consecutive numbers map back to their routes (`segs`,
+    sorted by first number: numbers restart at 1 only between sends)."""
+
+    __slots__ = ("errors", "firsts", "kernel", "last", "msgs", "pieces", "segs", "size")
+
+    def __init__(self, kernel: NetlinkKernel) -> None:
+        self.kernel = kernel
+        self.errors: list[OpError] = []
+        self.pieces: list[bytearray] = []
+        self.segs: list[tuple[int, int, str, Sequence[Route], int]] = []
+        self.firsts: list[int] = []
+        self.msgs = 0
+        self.size = 0
+        self.last: tuple[bytearray, int] | None = None  # (piece, offset of its last message)
+
+    def _seqs(self, count: int) -> int:
+        k = self.kernel
+        if k._seq + count >= 0xFFFFFFFF:
+            self.flush()  # keep numbers increasing within a send
+            k._seq = 0
+        seq0 = k._seq + 1
+        k._seq += count
+        return seq0
+
+    def add_run(self, tpl: bytes, doff: int, op: str, routes: Sequence[Route]) -> None:
+        """`routes` all share template `tpl` (RTA_DST payload at `doff`)."""
+        ln = len(tpl)
+        words = ln // 4
+        dword = doff // 4
+        alen = len(routes[0].packed)
+        start, n = 0, len(routes)
+        while start < n:
+            room = min(CHUNK - self.msgs, (MAX_SEND - self.size) // ln)
+            if room <= 0:
+                self.flush()
+                continue
+            count = min(room, n - start)
+            part = routes[start : start + count]
+            buf = bytearray(tpl) * count
+            mv = memoryview(buf).cast("I")
+            seq0 = self._seqs(count)
+            mv[2::words] = array("I", range(seq0, seq0 + count))
+            dsts = memoryview(b"".join([r.packed for r in part])).cast("I")
+            if alen == 4:
+                mv[dword::words] = dsts
+            else:
+                for w in range(alen // 4):
+                    mv[dword + w :: words] = dsts[w :: alen // 4]
+            mv.release()
+            dsts.release()
+            self._append(buf, (count - 1) * ln, seq0, count, op, part)
+            start += count
+
+    def add_one(self, msg: bytearray, op: str, route: Route) -> None:
+        if self.msgs >= CHUNK or self.size + len(msg) > MAX_SEND:
+            self.flush()
+        seq0 = self._seqs(1)
+        _U32.pack_into(msg, _SEQ_OFF, seq0)
+        self._append(msg, 0, seq0, 1, op, (route,))
+
+    def _append(
+        self, buf: bytearray, last_off: int, seq0: int, count: int, op: str, routes: Sequence[Route]
+    ) -> None:
+        self.pieces.append(buf)
+        self.segs.append((seq0, count, op, routes, 0))
+        self.firsts.append(seq0)
+        self.msgs += count
+        self.size += len(buf)
+        self.last = (buf, last_off)
+        if self.msgs >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what is collected (ACK asked on the last message only) and read
+        replies until that ACK: by then every error of the send has arrived."""
+        if not self.pieces:
+            return
+        assert self.last is not None
+        buf, off = self.last
+        flags = _U16.unpack_from(buf, off + 6)[0]
+        _U16.pack_into(buf, off + 6, flags | NLM_F_ACK)
+        seq0, count = self.segs[-1][0], self.segs[-1][1]
+        last_seq = seq0 + count - 1
+        pieces, segs, firsts = self.pieces, self.segs, self.firsts
+        self.pieces, self.segs, self.firsts = [], [], []
+        self.msgs = self.size = 0
+        self.last = None
+        k = self.kernel
+        sock = k.sock
+        sock.send(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        rbuf = k._buf
+        view = memoryview(rbuf)
+        while True:
+            try:
+                n = sock.recv_into(rbuf)
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    raise StateUnknown("ENOBUFS while applying routes") from None
+                raise
+            for moff, ln, typ, mflags, seq in iter_messages(view, n):
+                if typ != NLMSG_ERROR:
+                    continue
+                i = bisect_right(firsts, seq) - 1
+                if i < 0:
+                    continue
+                s0, cnt, op, routes, _ = segs[i]
+                if seq >= s0 + cnt:
+                    continue  # not ours (a late reply to an earlier request)
+                err, text = parse_error(view, moff, ln, mflags)
+                if err:
+                    self.errors.append(OpError(op, routes[seq - s0], err, text or os.strerror(err)))
+                if seq == last_seq:
+                    return

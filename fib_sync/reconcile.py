@@ -8,7 +8,7 @@ directly against `fib_sync.fake.FakeKernel`.
 
 The kernel backend protocol (NetlinkKernel, FakeKernel):
   dump(tables) -> dict[RouteKey, Route]      our tagged routes
-  apply([(op, route), ...]) -> [OpError]      may raise StateUnknown
+  apply_plan(delete, replace, add) -> [OpError]   may raise StateUnknown
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Protocol
 import structlog
 
 from .netlink import ADD, DELETE, REPLACE, OpError, StateUnknown
-from .route import Route, RouteKey, RouteKind, diff
+from .route import Route, RouteKey, RouteKind, diff_maps
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +30,9 @@ log = structlog.get_logger(__name__)
 class KernelBackend(Protocol):
     def dump(self, tables: Iterable[int]) -> dict[RouteKey, Route]: ...
 
-    def apply(self, ops: list[tuple[str, Route]]) -> list[OpError]: ...
+    def apply_plan(
+        self, delete: list[Route], replace: list[Route], add: list[Route]
+    ) -> list[OpError]: ...
 
 
 @dataclass
@@ -131,70 +133,87 @@ class Reconciler:
         for k in gone:
             if k in target and self.view.pop(k, None) is not None:
                 repairs.add(k)
-        if only is not None and not report.dumped:
-            view = self.view
-            plan = diff(
-                {k: target[k] for k in only if k in target},
-                {k: view[k] for k in only if k in view},
-            )
-        else:
-            plan = diff(target, self.view)
-        ops: list[tuple[str, Route]] = [(DELETE, r) for r in plan.delete]
-        ops += [(REPLACE, r) for r in plan.replace]
-        ops += [(ADD, r) for r in plan.add]
-        if not ops:
+        view = self.view
+        add, replace, delete, same = diff_maps(
+            target, view, None if only is None or report.dumped else only
+        )
+        if same:
+            view.update(same)  # identity-fast next time (see diff_maps)
+        if not (add or replace or delete):
             self._finish(report, t0)
             return report
         try:
-            errors = self.kernel.apply(ops)
+            errors = self.kernel.apply_plan(
+                list(delete.values()), list(replace.values()), list(add.values())
+            )
         except StateUnknown as e:
             st.state_unknown += 1
             report.state_unknown = True
-            log.warning("fib_state_unknown", reason=str(e), ops=len(ops))
+            log.warning("fib_state_unknown", reason=str(e), ops=len(add) + len(replace) + len(delete))
             self.view = None  # next pass re-reads
             self._finish(report, t0)
             return report
-        refused = {(e.op, e.route.key): e for e in errors}
-        stale = set(stale_keys)
-        view = self.view
-        for op, route in ops:
-            key = route.key
-            err = refused.get((op, key))
-            if err is None:
-                if op == DELETE:
-                    view.pop(key, None)
+        if errors:
+            # Rare: take the refused routes out of what is booked as done.
+            add, replace, delete = dict(add), dict(replace), dict(delete)
+            by_op = {ADD: add, REPLACE: replace, DELETE: delete}
+            for err in errors:
+                key = err.route._key
+                by_op[err.op].pop(key, None)
+                self._refused(err, key, report, view, repairs)
+        # Book what applied. `add`/`delete` may be `target`/`view` themselves
+        # (diff_maps avoids copies): read them before changing the view.
+        if delete:
+            stale = set(stale_keys)
+            n_swept = 0
+            if stale:
+                for key, route in delete.items():
                     if key in stale:
-                        st.swept += 1
+                        n_swept += 1
                         report.swept.append(route)
-                    else:
-                        st.deleted += 1
-                else:
-                    view[key] = route
-                    if op == ADD:
-                        st.installed += 1
-                        if key in repairs:
-                            st.repairs += 1
-                    else:
-                        st.replaced += 1
-                    self._recovered(key)
-                report.applied += 1
-            elif op == DELETE and err.errno == errno.ESRCH:
-                view.pop(key, None)  # already gone: that is what we wanted
-            elif op == ADD and err.errno == errno.EEXIST:
-                # Not in our view, yet taken: another protocol holds the key, or
-                # our view is behind. A full read tells which (and notes the
-                # conflict); a full read that already happened did.
-                report.conflicts += 1
-                if not report.dumped:
-                    report.need_full = True
-                elif (key[0], key[1]) not in self.conflicts:
-                    self.note_conflict(key, "another protocol (EEXIST)")
+            st.swept += n_swept
+            st.deleted += len(delete) - n_swept
+            report.applied += len(delete)
+            if delete is view:
+                self.view = view = {}
             else:
-                report.failures += 1
-                self._failed(key, err)
+                for key in delete:
+                    del view[key]
+        if replace:
+            view.update(replace)
+            st.replaced += len(replace)
+            report.applied += len(replace)
+        if add:
+            if repairs:
+                st.repairs += len(repairs.intersection(add))
+            st.installed += len(add)
+            report.applied += len(add)
+            view.update(add)
+        if self.failing:
+            for key in [k for k in self.failing if k in add or k in replace]:
+                self._recovered(key)
         st.failing = len(self.failing)
         self._finish(report, t0)
         return report
+
+    def _refused(
+        self, err: OpError, key: RouteKey, report: PassReport, view: dict, repairs: set
+    ) -> None:
+        op = err.op
+        if op == DELETE and err.errno == errno.ESRCH:
+            view.pop(key, None)  # already gone: that is what we wanted
+        elif op == ADD and err.errno == errno.EEXIST:
+            # Not in our view, yet taken: another protocol holds the key, or
+            # our view is behind. A full read tells which (and notes the
+            # conflict); a full read that already happened did.
+            report.conflicts += 1
+            if not report.dumped:
+                report.need_full = True
+            elif (key[0], key[1]) not in self.conflicts:
+                self.note_conflict(key, "another protocol (EEXIST)")
+        else:
+            report.failures += 1
+            self._failed(key, err)
 
     def _failed(self, key: RouteKey, err: OpError) -> None:
         prev = self.failing.get(key)

@@ -139,7 +139,7 @@ class Route:
             nhs = (NextHop(n.gateway, n.dev, n.onlink, 1),)
         elif len(nhs) > 1:
             nhs = tuple(sorted(nhs, key=NextHop._sort_key))
-        set_(self, "nexthops", nhs)
+        set_(self, "nexthops", intern_nexthops(nhs))
         if self.table is not None and (
             not isinstance(self.table, int) or not 1 <= self.table < 2**32
         ):
@@ -177,6 +177,26 @@ class Route:
 
 _new = object.__new__
 _set = object.__setattr__
+
+# Equal next-hop tuples shared by every route using them: routes via one gateway
+# then cost one tuple, and `diff` compares next hops by identity (and remembers
+# the answer per pair) instead of calling NextHop.__eq__ per route. Sharing is an
+# optimisation only: an unshared equal tuple still compares equal.
+_NEXTHOPS: dict[tuple[NextHop, ...], tuple[NextHop, ...]] = {}
+_NEXTHOPS_MAX = 1 << 16
+
+
+def intern_nexthops(nhs: tuple[NextHop, ...]) -> tuple[NextHop, ...]:
+    """The shared tuple equal to `nhs` (bounded: a flood of distinct next-hop
+    sets clears the table rather than growing it without end)."""
+    if not nhs:
+        return ()
+    shared = _NEXTHOPS.get(nhs)
+    if shared is None:
+        if len(_NEXTHOPS) >= _NEXTHOPS_MAX:
+            _NEXTHOPS.clear()
+        shared = _NEXTHOPS[nhs] = nhs
+    return shared
 
 
 def trusted_route(
@@ -242,7 +262,7 @@ def _by_key(routes: Mapping[RouteKey, Route] | Iterable[Route]) -> Mapping[Route
         return routes
     out: dict[RouteKey, Route] = {}
     for r in routes:
-        out[r.key] = r
+        out[r._key] = r  # type: ignore[index]
     return out
 
 
@@ -253,15 +273,69 @@ def diff(
     """The changes that turn `actual` (our tagged routes in the kernel) into
     `desired`. Pure: no I/O, inputs untouched. Routes must already carry
     their table and metric (`Route.with_defaults`)."""
-    want = _by_key(desired)
-    have = _by_key(actual)
-    add: list[Route] = []
-    replace: list[Route] = []
-    for key, route in want.items():
-        cur = have.get(key)
+    add, replace, delete, _ = diff_maps(_by_key(desired), _by_key(actual))
+    return Plan(tuple(add.values()), tuple(replace.values()), tuple(delete.values()))
+
+
+def diff_maps(
+    want: Mapping[RouteKey, Route],
+    have: Mapping[RouteKey, Route],
+    only: Iterable[RouteKey] | None = None,
+) -> tuple[
+    Mapping[RouteKey, Route],
+    dict[RouteKey, Route],
+    Mapping[RouteKey, Route],
+    dict[RouteKey, Route],
+]:
+    """`diff` for the reconcile hot path: (add, replace, delete, same) keyed.
+
+    `only`: diff these keys alone (the caller knows nothing else changed).
+    `same`: desired routes the kernel already implements although they are
+    not the very object held in `have` (a kernel dump): storing them in place
+    of the dumped ones makes the next diff of those keys an identity check.
+    The returned add/delete MAY BE `want`/`have` themselves (nothing to
+    compare, no copy): read them, never mutate them.
+    """
+    if only is None:
+        if not have:
+            return want, {}, {}, {}
+        if not want:
+            return {}, {}, have, {}
+        keys: Iterable[RouteKey] = want
+        delete: Mapping[RouteKey, Route] = {k: r for k, r in have.items() if k not in want}
+    else:
+        keys = only
+        delete = {}
+    add: dict[RouteKey, Route] = {}
+    replace: dict[RouteKey, Route] = {}
+    same: dict[RouteKey, Route] = {}
+    verdicts: dict[tuple[int, int], bool] = {}  # (id want nexthops, id have nexthops)
+    wget, hget = want.get, have.get
+    for key in keys:
+        route = wget(key)
+        cur = hget(key)
+        if route is None:
+            if cur is not None and only is not None:
+                delete[key] = cur  # type: ignore[index]
+            continue
         if cur is None:
-            add.append(route)
-        elif cur is not route and cur != route and not same_route(route, cur):
-            replace.append(route)
-    delete = [r for k, r in have.items() if k not in want]
-    return Plan(tuple(add), tuple(replace), tuple(delete))
+            add[key] = route
+        elif cur is route:
+            continue
+        elif cur.kind is not route.kind:
+            replace[key] = route
+        else:
+            wn, hn = route.nexthops, cur.nexthops
+            if wn is hn:
+                ok = True
+            else:
+                # Both tuples are alive for the whole call, so their ids are stable.
+                vk = (id(wn), id(hn))
+                ok = verdicts.get(vk)  # type: ignore[assignment]
+                if ok is None:
+                    ok = verdicts[vk] = same_route(route, cur)
+            if ok:
+                same[key] = route
+            else:
+                replace[key] = route
+    return add, replace, delete, same
