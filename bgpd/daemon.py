@@ -48,7 +48,7 @@ from bgpd.peers import LocalNode, PeerPlan, plan_peers, secret_file_reader
 from bgpd.peerspec import PeerSpec
 from bgpd.sdnotify import Notifier
 from bgpd.speaker import Speaker
-from bgpd.translate import fib_route, peer_policy, rib_config
+from bgpd.translate import FibRoutes, peer_policy, rib_config
 from fib_sync import FibSyncer
 
 log = structlog.get_logger(__name__)
@@ -118,8 +118,11 @@ class Daemon:
         # pumps: coalesced work for the speaker and fib_sync
         self._export_pending: dict[PeerKey, tuple[bool, dict[str, object]]] = {}
         self._export_wake = asyncio.Event()
-        self._fib_pending: dict[str, object] = {}  # prefix -> fib Route | None (remove)
-        self._fib_routes: dict[str, object] = {}  # prefix -> fib Route last handed over
+        # prefix -> fib Route to install / key to remove; a prefix is in at most one.
+        # What the kernel should hold lives in FibSyncer alone (no copy here).
+        self._fib_routes = FibRoutes(self.fib.table, self.fib.metric)
+        self._fib_add: dict[str, object] = {}
+        self._fib_del: dict[str, tuple] = {}
         self._fib_wake = asyncio.Event()
         self._last_stale_keys: frozenset[str] = frozenset()
 
@@ -331,10 +334,15 @@ class Daemon:
         """The first reconcile: desired = what rib wants now; adopted stale routes stay
         until convergence. Readiness waits for it."""
         # `is not None`: a Rib's len() is its path count, 0 before any peer sent routes.
-        desired = ([fib_route(r) for r in self.rib.desired_routes().values()]
-                   if self.rib is not None else [])
-        self._fib_pending.clear()
-        self._fib_routes = {r.dst: r for r in desired}
+        desired = []
+        if self.rib is not None:
+            for kr in self.rib.desired_routes().values():
+                try:
+                    desired.append(self._fib_routes.route(kr))
+                except ValueError as e:
+                    log.error("kernel_route_invalid", prefix=kr.prefix, error=str(e))
+        self._fib_add.clear()
+        self._fib_del.clear()
         await self.fib.set_desired(desired, wait=True)
         if not self.fib_ready:
             self.fib_ready = True
@@ -464,35 +472,32 @@ class Daemon:
             await self.speaker.command(f"neighbor {key[0]} teardown 1")
 
     def _queue_kernel(self, add, remove) -> None:
+        adds, dels, conv = self._fib_add, self._fib_del, self._fib_routes
         for kr in remove:
-            self._fib_pending[kr.prefix] = None
+            prefix = kr.prefix
+            adds.pop(prefix, None)
+            dels[prefix] = conv.key(prefix)
         for kr in add:
+            prefix = kr.prefix
             try:
-                self._fib_pending[kr.prefix] = fib_route(kr)
+                route = conv.route(kr)
             except ValueError as e:
-                log.error("kernel_route_invalid", prefix=kr.prefix, error=str(e))
+                log.error("kernel_route_invalid", prefix=prefix, error=str(e))
+                continue
+            dels.pop(prefix, None)
+            adds[prefix] = route
         self._fib_wake.set()
 
     async def _fib_pump(self) -> None:
         while True:
             await self._fib_wake.wait()
             self._fib_wake.clear()
-            if not self._fib_pending or not self.fib_ready:
+            if not (self._fib_add or self._fib_del) or not self.fib_ready:
                 continue
-            pending, self._fib_pending = self._fib_pending, {}
-            add, withdraw = [], []
-            for prefix, route in pending.items():
-                old = self._fib_routes.get(prefix)
-                if route is None:
-                    if old is not None:
-                        withdraw.append(old)
-                        del self._fib_routes[prefix]
-                else:
-                    if old is not None and old.key != route.key:
-                        withdraw.append(old)
-                    add.append(route)
-                    self._fib_routes[prefix] = route
-            await self.fib.update(add, withdraw, wait=False)
+            adds, self._fib_add = self._fib_add, {}
+            dels, self._fib_del = self._fib_del, {}
+            # Keys: a withdrawal needs no Route; the syncer ignores keys it does not hold.
+            await self.fib.update(adds.values(), dels.values(), wait=False)
 
     async def _export_pump(self) -> None:
         while True:

@@ -8,7 +8,7 @@ import fib_sync
 import rib
 from bgpd.peers import LocalNode
 from bgpd.peerspec import NextHopMode, PeerSpec, PeerType
-from bgpd.translate import fib_route, filter_rules, peer_policy, rib_config
+from bgpd.translate import FibRoutes, fib_route, filter_rules, peer_policy, rib_config
 from config.model import Affinity
 from config.parse import parse_resource
 from config.snapshot import Snapshot
@@ -194,3 +194,41 @@ def test_fib_route(kr: rib.KernelRoute, want: fib_sync.Route) -> None:
         assert got.nexthops == ()
     assert len(got.nexthops) == len(kr.next_hops)
     assert all(nh.onlink == kr.onlink and nh.dev == kr.device for nh in got.nexthops)
+
+
+KERNEL_ROUTES = [
+    rib.KernelRoute("10.244.1.0/26", rib.RouteKind.BLACKHOLE),
+    rib.KernelRoute("10.244.2.0/26", next_hops=("10.0.0.2",)),
+    rib.KernelRoute("10.244.3.0/26", next_hops=("10.0.0.3", "10.0.0.2")),
+    rib.KernelRoute("10.244.4.0/26", next_hops=("10.1.0.4",), device="tunl0", onlink=True),
+    rib.KernelRoute("0.0.0.0/0", next_hops=("10.0.0.2",)),
+    rib.KernelRoute("10.0.0.1/32", next_hops=("10.0.0.2",)),
+    rib.KernelRoute("fd00:1::/122", next_hops=("fd00::2",)),
+    rib.KernelRoute("fd00:1::/122", rib.RouteKind.BLACKHOLE),
+]
+
+
+@pytest.mark.parametrize("kr", KERNEL_ROUTES, ids=lambda kr: f"{kr.prefix}-{kr.kind}")
+@pytest.mark.parametrize(("table", "metric"), [(254, 20), (100, 0)])
+def test_fib_routes_fast_path_equals_validating_path(kr, table, metric) -> None:
+    conv = FibRoutes(table, metric)
+    got = conv.route(kr)
+    want = fib_route(kr).with_defaults(table, metric)
+    assert got == want
+    assert (got.table, got.metric, got.key) == (want.table, want.metric, want.key)
+    assert (got.family, got.dst_len, got.packed) == (want.family, want.dst_len, want.packed)
+    # with_defaults must not build a second object: the syncer keeps this one
+    assert got.with_defaults(table, metric) is got
+    assert conv.key(kr.prefix) == want.key
+
+
+@pytest.mark.parametrize("kr", [
+    rib.KernelRoute("10.244.2.1/26", next_hops=("10.0.0.2",)),  # host bits
+    rib.KernelRoute("10.244.2.0/33", next_hops=("10.0.0.2",)),
+    rib.KernelRoute("10.244.2.0/26", next_hops=("fd00::2",)),  # family differs
+    rib.KernelRoute("10.244.2.0/26", next_hops=("10.0.0.300",)),
+    rib.KernelRoute("10.244.2.0/26"),  # unicast without a next hop
+])
+def test_fib_routes_bad_intent_raises_naming_it(kr) -> None:
+    with pytest.raises(ValueError, match=r"dst|gateway|next hop|family"):
+        FibRoutes(254, 20).route(kr)
