@@ -44,11 +44,14 @@ class FakeKernel:
         }
         return {k: r for k, r in self.ours().items() if k[0] in tables}
 
-    def apply_plan(
-        self, delete: list[Route], replace: list[Route], add: list[Route]
+    def apply_stream(
+        self, parts: Iterable[tuple[list[Route], list[Route], list[Route]]]
     ) -> list[OpError]:
-        ops = [(DELETE, r) for r in delete] + [(REPLACE, r) for r in replace]
-        return self.apply(ops + [(ADD, r) for r in add])
+        ops = []
+        for delete, replace, add in parts:
+            ops += [(DELETE, r) for r in delete] + [(REPLACE, r) for r in replace]
+            ops += [(ADD, r) for r in add]
+        return self.apply(ops)
 
     def apply(self, ops: list[tuple[str, Route]]) -> list[OpError]:
         errors = []

@@ -22,6 +22,7 @@ import errno
 import os
 import socket
 import struct
+import threading
 from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
@@ -85,6 +86,7 @@ RTMGRP_IPV6_ROUTE = 0x400
 
 CHUNK = 1024  # messages per send; one ACK per send
 MAX_SEND = 512 * 1024  # bytes per send, well under SO_SNDBUF
+_ENCODE_SLICE = 4 * CHUNK  # routes grouped at a time: the first send starts early
 RCVBUF = 32 * 1024 * 1024
 
 ADD, REPLACE, DELETE = "add", "replace", "delete"
@@ -366,7 +368,8 @@ class NetlinkKernel:
         self.portid: int = self.sock.getsockname()[0]
         self._seq = 1
         self._buf = bytearray(4 * 1024 * 1024)
-        self._templates: dict[tuple, tuple[bytes, int, int]] = {}
+        self._templates: dict[tuple, tuple[bytes, int]] = {}
+        self._sender: _Sender | None = None  # started by the first apply
         self.ifindex: dict[str, int] = {}
         self.ifname: dict[int, str] = {}
         self.foreign: dict[tuple[int, str], int] = {}  # (table, dst) -> protocol
@@ -374,6 +377,9 @@ class NetlinkKernel:
         self.refresh_links()
 
     def close(self) -> None:
+        if self._sender is not None:
+            self._sender.stop()
+            self._sender = None
         self.sock.close()
 
     # -- requests
@@ -548,29 +554,51 @@ class NetlinkKernel:
         """Apply (op, route) pairs in order; return the ones the kernel refused.
 
         Raises StateUnknown if replies were lost (ENOBUFS)."""
-        batch = _Batch(self)
+        runs: list[tuple[list[Route], list[Route], list[Route]]] = []
         i, n = 0, len(ops)
         while i < n:
             op, j = ops[i][0], i
             while j < n and ops[j][0] == op:
                 j += 1
-            self._encode(op, [r for _, r in ops[i:j]], batch)
+            run = [r for _, r in ops[i:j]]
+            runs.append((run, [], []) if op == DELETE else ([], run, []) if op == REPLACE
+                        else ([], [], run))
             i = j
-        batch.flush()
-        return batch.errors
+        return self.apply_stream(runs)
 
     def apply_plan(
         self, delete: Sequence[Route], replace: Sequence[Route], add: Sequence[Route]
     ) -> list[OpError]:
         """Delete, replace, add (in that order); return the routes the kernel
-        refused. The hot path of a pass: no (op, route) pairs are built.
+        refused. Raises StateUnknown if replies were lost (ENOBUFS)."""
+        return self.apply_stream([(delete, replace, add)])
+
+    def apply_stream(
+        self, parts: Iterable[tuple[Sequence[Route], Sequence[Route], Sequence[Route]]]
+    ) -> list[OpError]:
+        """Apply (delete, replace, add) parts as `parts` yields them.
+
+        Pipelined: a sender thread sends one buffer (the kernel does its work
+        inside send(), GIL released) while this thread encodes the next — and,
+        `parts` being lazy, while the caller diffs the next part. The handoff
+        is lock-step (`_Sender.submit` returns once the sender has taken the
+        buffer), so this thread's Python runs while the kernel works, never
+        while the sender needs the GIL to read an ACK.
 
         Raises StateUnknown if replies were lost (ENOBUFS)."""
-        batch = _Batch(self)
-        for op, routes in ((DELETE, delete), (REPLACE, replace), (ADD, add)):
-            if routes:
-                self._encode(op, routes, batch)
-        batch.flush()
+        if self._sender is None:
+            self._sender = _Sender(self)
+        batch = _Batch(self, self._sender)
+        try:
+            for delete, replace, add in parts:
+                for op, routes in ((DELETE, delete), (REPLACE, replace), (ADD, add)):
+                    for start in range(0, len(routes), _ENCODE_SLICE):
+                        self._encode(op, routes[start : start + _ENCODE_SLICE], batch)
+            batch.flush()
+        except BaseException:
+            self._sender.drain(raise_error=False)  # the first error wins
+            raise
+        self._sender.drain()
         return batch.errors
 
     def _encode(self, op: str, routes: Sequence[Route], batch: _Batch) -> None:
@@ -643,10 +671,11 @@ class _Batch:
     number; runs of consecutive numbers map back to their routes (`segs`,
     sorted by first number: numbers restart at 1 only between sends)."""
 
-    __slots__ = ("errors", "firsts", "kernel", "last", "msgs", "pieces", "segs", "size")
+    __slots__ = ("errors", "firsts", "kernel", "last", "msgs", "pieces", "segs", "sender", "size")
 
-    def __init__(self, kernel: NetlinkKernel) -> None:
+    def __init__(self, kernel: NetlinkKernel, sender: _Sender) -> None:
         self.kernel = kernel
+        self.sender = sender
         self.errors: list[OpError] = []
         self.pieces: list[bytearray] = []
         self.segs: list[tuple[int, int, str, Sequence[Route], int]] = []
@@ -713,8 +742,9 @@ class _Batch:
             self.flush()
 
     def flush(self) -> None:
-        """Send what is collected (ACK asked on the last message only) and read
-        replies until that ACK: by then every error of the send has arrived."""
+        """Hand what is collected to the sender (ACK asked on the last message
+        only): it sends, then reads replies until that ACK — by then every
+        error of the send has arrived."""
         if not self.pieces:
             return
         assert self.last is not None
@@ -722,14 +752,91 @@ class _Batch:
         flags = _U16.unpack_from(buf, off + 6)[0]
         _U16.pack_into(buf, off + 6, flags | NLM_F_ACK)
         seq0, count = self.segs[-1][0], self.segs[-1][1]
-        last_seq = seq0 + count - 1
-        pieces, segs, firsts = self.pieces, self.segs, self.firsts
+        pieces = self.pieces
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        job = (data, seq0 + count - 1, self.segs, self.firsts)
         self.pieces, self.segs, self.firsts = [], [], []
         self.msgs = self.size = 0
         self.last = None
+        self.sender.submit(job, self.errors)
+
+
+class _Sender:
+    """The thread that sends buffers on the kernel's command socket and reads
+    their replies. Owned by one NetlinkKernel; fed by one `apply_stream` at a
+    time (the syncer's executor thread), one buffer in flight."""
+
+    def __init__(self, kernel: NetlinkKernel) -> None:
+        self.kernel = kernel
+        self.cv = threading.Condition()
+        self.job: tuple | None = None
+        self.errors: list[OpError] | None = None
+        self.busy = False
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="fib_sync_send", daemon=True)
+        self.thread.start()
+
+    def submit(self, job: tuple, errors: list[OpError]) -> None:
+        """Give the sender a buffer; return once it has taken it (lock-step)."""
+        with self.cv:
+            while self.job is not None:
+                self.cv.wait()
+            if self.error is not None:
+                raise self._take_error()
+            self.job, self.errors = job, errors
+            self.cv.notify_all()
+            while self.job is not None:
+                self.cv.wait()
+
+    def drain(self, raise_error: bool = True) -> None:
+        """Wait until the last buffer's replies are read (always: the socket
+        and its receive buffer are reused by the next request)."""
+        with self.cv:
+            while self.job is not None or self.busy:
+                self.cv.wait()
+            if self.error is not None:
+                err = self._take_error()
+                if raise_error:
+                    raise err
+
+    def stop(self) -> None:
+        with self.cv:
+            self.stopping = True
+            self.cv.notify_all()
+        self.thread.join()
+
+    def _take_error(self) -> BaseException:
+        err, self.error = self.error, None
+        assert err is not None
+        return err
+
+    def _run(self) -> None:
+        cv = self.cv
+        while True:
+            with cv:
+                while self.job is None and not self.stopping:
+                    cv.wait()
+                if self.job is None:
+                    return
+                job, errors = self.job, self.errors
+                self.job = None
+                self.busy = True
+                cv.notify_all()
+            try:
+                if self.error is None:  # after a failure, skip the rest of the pass
+                    self._send(job, errors)  # type: ignore[arg-type]
+            except BaseException as e:  # handed to the applying thread
+                self.error = e
+            with cv:
+                self.busy = False
+                cv.notify_all()
+
+    def _send(self, job: tuple, errors: list[OpError]) -> None:
+        data, last_seq, segs, firsts = job
         k = self.kernel
         sock = k.sock
-        sock.send(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        sock.send(data)
         rbuf = k._buf
         view = memoryview(rbuf)
         while True:
@@ -750,6 +857,6 @@ class _Batch:
                     continue  # not ours (a late reply to an earlier request)
                 err, text = parse_error(view, moff, ln, mflags)
                 if err:
-                    self.errors.append(OpError(op, routes[seq - s0], err, text or os.strerror(err)))
+                    errors.append(OpError(op, routes[seq - s0], err, text or os.strerror(err)))
                 if seq == last_seq:
                     return

@@ -8,14 +8,14 @@ directly against `fib_sync.fake.FakeKernel`.
 
 The kernel backend protocol (NetlinkKernel, FakeKernel):
   dump(tables) -> dict[RouteKey, Route]      our tagged routes
-  apply_plan(delete, replace, add) -> [OpError]   may raise StateUnknown
+  apply_stream(iterable of (delete, replace, add)) -> [OpError]   may raise StateUnknown
 """
 
 from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -30,9 +30,60 @@ log = structlog.get_logger(__name__)
 class KernelBackend(Protocol):
     def dump(self, tables: Iterable[int]) -> dict[RouteKey, Route]: ...
 
-    def apply_plan(
-        self, delete: list[Route], replace: list[Route], add: list[Route]
+    def apply_stream(
+        self, parts: Iterable[tuple[list[Route], list[Route], list[Route]]]
     ) -> list[OpError]: ...
+
+
+PART = 1024  # keys diffed per part of a streamed plan
+
+
+class _StreamedPlan:
+    """A pass's diff, computed part by part as the kernel backend consumes it
+    (`parts()`), and accumulated for booking once applied. Owned by one pass."""
+
+    def __init__(
+        self,
+        target: Mapping[RouteKey, Route],
+        view: Mapping[RouteKey, Route],
+        only: set[RouteKey] | None,
+    ) -> None:
+        self.target, self.view = target, view
+        self.add: Mapping[RouteKey, Route] = {}
+        self.replace: dict[RouteKey, Route] = {}
+        self.delete: Mapping[RouteKey, Route] = {}
+        self.same: dict[RouteKey, Route] = {}
+        self.keys: list[RouteKey] = []
+        self.empty = False
+        if only is None and (not view or not target):
+            # Install or flush everything: nothing to compare, no copies.
+            self.add, _, self.delete, _ = diff_maps(target, view)
+            self.empty = not (self.add or self.delete)
+        elif only is None:
+            self.keys = list(target)
+            self.delete = {k: r for k, r in view.items() if k not in target}
+        else:
+            self.keys = list(only)
+            self.add, self.delete = {}, {}
+            self.empty = not self.keys
+
+    def parts(self) -> Iterator[tuple[list[Route], list[Route], list[Route]]]:
+        if self.delete or not self.keys:
+            yield list(self.delete.values()), [], list(self.add.values())
+        keys, target, view = self.keys, self.target, self.view
+        add, replace, delete, same = self.add, self.replace, self.delete, self.same
+        for i in range(0, len(keys), PART):
+            a, r, d, s = diff_maps(target, view, keys[i : i + PART])
+            if a:
+                add.update(a)  # type: ignore[attr-defined]
+            if r:
+                replace.update(r)
+            if d:
+                delete.update(d)  # type: ignore[attr-defined]
+            if s:
+                same.update(s)
+            if a or r or d:
+                yield list(d.values()), list(r.values()), list(a.values())
 
 
 @dataclass
@@ -134,23 +185,25 @@ class Reconciler:
             if k in target and self.view.pop(k, None) is not None:
                 repairs.add(k)
         view = self.view
-        add, replace, delete, same = diff_maps(
-            target, view, None if only is None or report.dumped else only
-        )
-        if same:
-            view.update(same)  # identity-fast next time (see diff_maps)
-        if not (add or replace or delete):
+        plan = _StreamedPlan(target, view, None if only is None or report.dumped else only)
+        if plan.empty:
             self._finish(report, t0)
             return report
         try:
-            errors = self.kernel.apply_plan(
-                list(delete.values()), list(replace.values()), list(add.values())
-            )
+            # The diff runs lazily, part by part, while the kernel applies the
+            # previous part (NetlinkKernel.apply_stream pipelines).
+            errors = self.kernel.apply_stream(plan.parts())
         except StateUnknown as e:
             st.state_unknown += 1
             report.state_unknown = True
-            log.warning("fib_state_unknown", reason=str(e), ops=len(add) + len(replace) + len(delete))
+            log.warning("fib_state_unknown", reason=str(e))
             self.view = None  # next pass re-reads
+            self._finish(report, t0)
+            return report
+        add, replace, delete = plan.add, plan.replace, plan.delete
+        if plan.same:
+            view.update(plan.same)  # identity-fast next time (see diff_maps)
+        if not (add or replace or delete):
             self._finish(report, t0)
             return report
         if errors:

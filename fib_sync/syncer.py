@@ -106,6 +106,7 @@ class FibSyncer:
         self._reconciler: Reconciler | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fib_sync")
         self._desired: dict[RouteKey, Route] = {}
+        self._desired_tables: set[int] = {table}  # tables of desired routes (a superset)
         self._desired_prefixes: set[tuple[int, str]] | None = None  # built on demand
         self._whole = True  # the desired set changed as a whole: diff everything
         self._changed: set[RouteKey] = set()  # keys changed by update()
@@ -177,19 +178,25 @@ class FibSyncer:
         they are counted as failed/conflicting and will be retried)."""
         desired: dict[RouteKey, Route] = {}
         table, metric = self.table, self.metric
+        tables = {table}
+        get = desired.get
         for r in routes:
-            if not isinstance(r, Route):
+            if type(r) is not Route and not isinstance(r, Route):
                 raise TypeError(f"desired route {r!r}: not a fib_sync.Route")
-            r = r.with_defaults(table, metric)
-            k = r.key
-            other = desired.get(k)
+            if r.table is None or r.metric is None:
+                r = r.with_defaults(table, metric)
+            k = r._key
+            other = get(k)  # type: ignore[arg-type]
             if other is not None and other != r:
                 raise ValueError(
                     f"desired routes: two different routes for {k[1]} "
                     f"table {k[0]} metric {k[2]}: {other} and {r}"
                 )
-            desired[k] = r
+            desired[k] = r  # type: ignore[index]
+            if k[0] != table:  # type: ignore[index]
+                tables.add(k[0])  # type: ignore[index]
         self._desired = desired
+        self._desired_tables = tables
         self._desired_prefixes = None
         self._whole = True
         if self._stale:
@@ -213,19 +220,25 @@ class FibSyncer:
         # A pass reading this dict in the executor only looks keys up (it gets a
         # copy whenever it must iterate: full or whole passes).
         desired = self._desired
+        changed = self._changed
         for w in withdraw:
             k = w.with_defaults(table, metric).key if isinstance(w, Route) else tuple(w)
             desired.pop(k, None)  # type: ignore[call-overload]
-            self._changed.add(k)  # type: ignore[arg-type]
+            changed.add(k)  # type: ignore[arg-type]
+        stale = self._stale
+        tables = self._desired_tables  # only grows here: an extra table costs a dump
         for r in routes:
-            if not isinstance(r, Route):
+            if type(r) is not Route and not isinstance(r, Route):
                 raise TypeError(f"desired route {r!r}: not a fib_sync.Route")
-            r = r.with_defaults(table, metric)
-            k = r.key
-            desired[k] = r
-            self._changed.add(k)
-            self._stale.pop(k, None)
-        self._desired = desired
+            if r.table is None or r.metric is None:
+                r = r.with_defaults(table, metric)
+            k = r._key
+            desired[k] = r  # type: ignore[index]
+            changed.add(k)  # type: ignore[arg-type]
+            if k[0] != table:  # type: ignore[index]
+                tables.add(k[0])  # type: ignore[index]
+            if stale:
+                stale.pop(k, None)  # type: ignore[call-overload]
         self._desired_prefixes = None
         if self._started:
             await self._request(wait=wait)
@@ -301,7 +314,7 @@ class FibSyncer:
     # ------------------------------------------------------------ internals
 
     def _tables(self) -> set[int]:
-        return {self.table} | {k[0] for k in self._desired}
+        return set(self._desired_tables)
 
     def _close_kernel(self) -> None:
         close = getattr(self._kernel, "close", None)
@@ -409,7 +422,13 @@ class FibSyncer:
                 stale_keys, self._sweep = self._sweep, set()
                 only: set[RouteKey] | None = None
                 if not self._whole:
-                    only = self._changed | gone | set(rec.failing)
+                    # The changed set is handed over (a fresh one replaces it
+                    # below), not copied: copying 10k keys cost more than diffing them.
+                    only = self._changed
+                    if gone:
+                        only |= gone
+                    if rec.failing:
+                        only.update(rec.failing)
                 if (only is None or full or rec.view is None) and target is self._desired:
                     # This pass iterates the whole target in another thread while
                     # update() may change the live dict: hand it a snapshot.
