@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from .netlink import ADD, DELETE, REPLACE, OpError, StateUnknown
 from .route import Route, RouteKey
@@ -34,7 +34,10 @@ class FakeKernel:
     def ours(self) -> dict[RouteKey, Route]:
         return {k: r for k, (r, p) in self.routes.items() if p == self.protocol}
 
-    def dump(self, tables: Iterable[int]) -> dict[RouteKey, Route]:
+    def dump(
+        self, tables: Iterable[int], known: Mapping[RouteKey, Route] | None = None
+    ) -> dict[RouteKey, Route]:
+        """Our routes in `tables` (`known` is the real kernel's sharing hint: unused)."""
         self.dumps += 1
         tables = set(tables)
         self.foreign = {

@@ -28,7 +28,9 @@ log = structlog.get_logger(__name__)
 
 
 class KernelBackend(Protocol):
-    def dump(self, tables: Iterable[int]) -> dict[RouteKey, Route]: ...
+    def dump(
+        self, tables: Iterable[int], known: Mapping[RouteKey, Route] | None = None
+    ) -> dict[RouteKey, Route]: ...
 
     def apply_stream(
         self, parts: Iterable[tuple[list[Route], list[Route], list[Route]]]
@@ -175,7 +177,7 @@ class Reconciler:
             del self.failing[k]
         if full or self.view is None:
             old = self.view
-            self.view = self.kernel.dump(tables)
+            self.view = self.kernel.dump(tables, target)
             report.dumped = True
             st.full_resyncs += 1
             if old is not None:

@@ -107,7 +107,10 @@ class FibSyncer:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fib_sync")
         self._desired: dict[RouteKey, Route] = {}
         self._desired_tables: set[int] = {table}  # tables of desired routes (a superset)
-        self._desired_prefixes: set[tuple[int, str]] | None = None  # built on demand
+        # Metrics of desired routes (a superset; usually one): whether a foreign
+        # route's prefix is wanted is then a few key lookups, without a set of
+        # every desired prefix (~100 B a route, rebuilt after every update).
+        self._desired_metrics: set[int] = {metric}
         self._whole = True  # the desired set changed as a whole: diff everything
         self._changed: set[RouteKey] = set()  # keys changed by update()
         self._stale: dict[RouteKey, Route] = {}
@@ -179,6 +182,7 @@ class FibSyncer:
         desired: dict[RouteKey, Route] = {}
         table, metric = self.table, self.metric
         tables = {table}
+        metrics = {metric}
         get = desired.get
         for r in routes:
             if type(r) is not Route and not isinstance(r, Route):
@@ -195,9 +199,11 @@ class FibSyncer:
             desired[k] = r  # type: ignore[index]
             if k[0] != table:  # type: ignore[index]
                 tables.add(k[0])  # type: ignore[index]
+            if k[2] != metric:  # type: ignore[index]
+                metrics.add(k[2])  # type: ignore[index]
         self._desired = desired
         self._desired_tables = tables
-        self._desired_prefixes = None
+        self._desired_metrics = metrics
         self._whole = True
         if self._stale:
             for k in [k for k in self._stale if k in desired]:
@@ -227,6 +233,7 @@ class FibSyncer:
             changed.add(k)  # type: ignore[arg-type]
         stale = self._stale
         tables = self._desired_tables  # only grows here: an extra table costs a dump
+        metrics = self._desired_metrics
         for r in routes:
             if type(r) is not Route and not isinstance(r, Route):
                 raise TypeError(f"desired route {r!r}: not a fib_sync.Route")
@@ -237,9 +244,10 @@ class FibSyncer:
             changed.add(k)  # type: ignore[arg-type]
             if k[0] != table:  # type: ignore[index]
                 tables.add(k[0])  # type: ignore[index]
+            if k[2] != metric:  # type: ignore[index]
+                metrics.add(k[2])  # type: ignore[index]
             if stale:
                 stale.pop(k, None)  # type: ignore[call-overload]
-        self._desired_prefixes = None
         if self._started:
             await self._request(wait=wait)
 
@@ -379,9 +387,8 @@ class FibSyncer:
                         continue
                     # Another protocol: only prefixes we want matter; the full
                     # read notes or clears the conflict.
-                    if self._desired_prefixes is None:
-                        self._desired_prefixes = {(k[0], k[1]) for k in desired}
-                    if (key[0], key[1]) in self._desired_prefixes:
+                    t, dst = key[0], key[1]
+                    if any((t, dst, m) in desired for m in self._desired_metrics):
                         self._need_full = True
                         wake = True
                 elif typ in (RTM_NEWLINK, RTM_DELLINK, RTM_DELADDR):
@@ -445,6 +452,8 @@ class FibSyncer:
                     stale_keys,
                     only,
                 )
+                # A snapshot of 100k routes must not live on while the loop waits.
+                del target, only, gone, stale_keys
                 self._after_pass(report, gen)
         except asyncio.CancelledError:
             raise
