@@ -38,54 +38,70 @@ class KernelBackend(Protocol):
 
 
 PART = 1024  # keys diffed per part of a streamed plan
+BULK_PART = 8192  # routes per part when everything is added (nothing to compare)
 
 
 class _StreamedPlan:
     """A pass's diff, computed part by part as the kernel backend consumes it
-    (`parts()`), and accumulated for booking once applied. Owned by one pass."""
+    (`parts()`), accumulated for the counters, and booked into the view part
+    by part while the kernel applies the next one. Booking is optimistic: the
+    pass undoes the few routes the kernel refused (`old` keeps what a
+    replaced key held). Owned by one pass."""
 
     def __init__(
         self,
         target: Mapping[RouteKey, Route],
-        view: Mapping[RouteKey, Route],
+        view: dict[RouteKey, Route],
         only: set[RouteKey] | None,
     ) -> None:
         self.target, self.view = target, view
         self.add: Mapping[RouteKey, Route] = {}
         self.replace: dict[RouteKey, Route] = {}
         self.delete: Mapping[RouteKey, Route] = {}
-        self.same: dict[RouteKey, Route] = {}
+        self.old: dict[RouteKey, Route] = {}
         self.keys: list[RouteKey] = []
-        self.empty = False
-        if only is None and (not view or not target):
+        self.bulk = only is None and (not view or not target)
+        if self.bulk:
             # Install or flush everything: nothing to compare, no copies.
             self.add, _, self.delete, _ = diff_maps(target, view)
-            self.empty = not (self.add or self.delete)
         elif only is None:
             self.keys = list(target)
             self.delete = {k: r for k, r in view.items() if k not in target}
         else:
             self.keys = list(only)
-            self.add, self.delete = {}, {}
-            self.empty = not self.keys
+        self.empty = not (self.add or self.delete or self.keys)
 
     def parts(self) -> Iterator[tuple[list[Route], list[Route], list[Route]]]:
-        if self.delete or not self.keys:
-            yield list(self.delete.values()), [], list(self.add.values())
-        keys, target, view = self.keys, self.target, self.view
-        add, replace, delete, same = self.add, self.replace, self.delete, self.same
+        view = self.view
+        if self.bulk:
+            if self.delete:  # the whole view: the pass empties it afterwards
+                yield list(self.delete.values()), [], []
+            if self.add:
+                keys, routes = list(self.add), list(self.add.values())
+                for i in range(0, len(keys), BULK_PART):
+                    part = routes[i : i + BULK_PART]
+                    yield [], [], part
+                    view.update(zip(keys[i : i + BULK_PART], part, strict=True))
+            return
+        if self.delete:
+            yield list(self.delete.values()), [], []
+            for k in self.delete:
+                del view[k]
+        keys, target = self.keys, self.target
+        add, replace, delete, old = self.add, self.replace, self.delete, self.old
         for i in range(0, len(keys), PART):
-            a, r, d, s = diff_maps(target, view, keys[i : i + PART])
-            if a:
-                add.update(a)  # type: ignore[attr-defined]
-            if r:
-                replace.update(r)
-            if d:
-                delete.update(d)  # type: ignore[attr-defined]
-            if s:
-                same.update(s)
+            a, r, d, same = diff_maps(target, view, keys[i : i + PART], old)
             if a or r or d:
                 yield list(d.values()), list(r.values()), list(a.values())
+                add.update(a)  # type: ignore[attr-defined]
+                replace.update(r)
+                delete.update(d)  # type: ignore[attr-defined]
+                view.update(a)
+                view.update(r)
+                for k in d:
+                    del view[k]
+            if same:
+                view.update(same)  # identity-fast next time (see diff_maps)
 
 
 @dataclass
@@ -203,49 +219,48 @@ class Reconciler:
             self._finish(report, t0)
             return report
         add, replace, delete = plan.add, plan.replace, plan.delete
-        if plan.same:
-            view.update(plan.same)  # identity-fast next time (see diff_maps)
-        if not (add or replace or delete):
-            self._finish(report, t0)
-            return report
-        if errors:
-            # Rare: take the refused routes out of what is booked as done.
-            add, replace, delete = dict(add), dict(replace), dict(delete)
-            by_op = {ADD: add, REPLACE: replace, DELETE: delete}
-            for err in errors:
-                key = err.route._key
-                by_op[err.op].pop(key, None)
-                self._refused(err, key, report, view, repairs)
-        # Book what applied. `add`/`delete` may be `target`/`view` themselves
-        # (diff_maps avoids copies): read them before changing the view.
+        if plan.bulk and delete:
+            self.view = view = {}  # `delete` was the whole view
+        refused: dict[str, set[RouteKey]] = {ADD: set(), REPLACE: set(), DELETE: set()}
+        for err in errors:
+            # Rare: undo the optimistic booking of what the kernel refused.
+            key = err.route._key
+            refused[err.op].add(key)  # type: ignore[arg-type]
+            if err.op == ADD:
+                view.pop(key, None)  # type: ignore[call-overload]
+            elif err.op == REPLACE:
+                view[key] = plan.old[key]  # type: ignore[index]
+            else:
+                view[key] = err.route  # type: ignore[index]
+            self._refused(err, key, report, view, repairs)  # type: ignore[arg-type]
+        r_add, r_rep, r_del = refused[ADD], refused[REPLACE], refused[DELETE]
         if delete:
             stale = set(stale_keys)
             n_swept = 0
             if stale:
                 for key, route in delete.items():
-                    if key in stale:
+                    if key in stale and key not in r_del:
                         n_swept += 1
                         report.swept.append(route)
+            done = len(delete) - len(r_del)
             st.swept += n_swept
-            st.deleted += len(delete) - n_swept
-            report.applied += len(delete)
-            if delete is view:
-                self.view = view = {}
-            else:
-                for key in delete:
-                    del view[key]
+            st.deleted += done - n_swept
+            report.applied += done
         if replace:
-            view.update(replace)
-            st.replaced += len(replace)
-            report.applied += len(replace)
+            done = len(replace) - len(r_rep)
+            st.replaced += done
+            report.applied += done
         if add:
+            done = len(add) - len(r_add)
             if repairs:
-                st.repairs += len(repairs.intersection(add))
-            st.installed += len(add)
-            report.applied += len(add)
-            view.update(add)
+                st.repairs += len(repairs.intersection(add).difference(r_add))
+            st.installed += done
+            report.applied += done
         if self.failing:
-            for key in [k for k in self.failing if k in add or k in replace]:
+            for key in [
+                k for k in self.failing
+                if (k in add and k not in r_add) or (k in replace and k not in r_rep)
+            ]:
                 self._recovered(key)
         st.failing = len(self.failing)
         self._finish(report, t0)

@@ -281,6 +281,7 @@ def diff_maps(
     want: Mapping[RouteKey, Route],
     have: Mapping[RouteKey, Route],
     only: Iterable[RouteKey] | None = None,
+    old: dict[RouteKey, Route] | None = None,
 ) -> tuple[
     Mapping[RouteKey, Route],
     dict[RouteKey, Route],
@@ -290,6 +291,7 @@ def diff_maps(
     """`diff` for the reconcile hot path: (add, replace, delete, same) keyed.
 
     `only`: diff these keys alone (the caller knows nothing else changed).
+    `old`: filled with what `have` holds for each key to replace.
     `same`: desired routes the kernel already implements although they are
     not the very object held in `have` (a kernel dump): storing them in place
     of the dumped ones makes the next diff of those keys an identity check.
@@ -311,6 +313,9 @@ def diff_maps(
     same: dict[RouteKey, Route] = {}
     verdicts: dict[tuple[int, int], bool] = {}  # (id want nexthops, id have nexthops)
     wget, hget = want.get, have.get
+    last_wn: object = None
+    last_hn: object = None
+    last_ok = False
     for key in keys:
         route = wget(key)
         cur = hget(key)
@@ -324,18 +329,25 @@ def diff_maps(
             continue
         elif cur.kind is not route.kind:
             replace[key] = route
+            if old is not None:
+                old[key] = cur
         else:
             wn, hn = route.nexthops, cur.nexthops
             if wn is hn:
                 ok = True
+            elif wn is last_wn and hn is last_hn:
+                ok = last_ok  # the common case: a run of routes via one gateway pair
             else:
                 # Both tuples are alive for the whole call, so their ids are stable.
                 vk = (id(wn), id(hn))
                 ok = verdicts.get(vk)  # type: ignore[assignment]
                 if ok is None:
                     ok = verdicts[vk] = same_route(route, cur)
+                last_wn, last_hn, last_ok = wn, hn, ok
             if ok:
                 same[key] = route
             else:
                 replace[key] = route
+                if old is not None:
+                    old[key] = cur
     return add, replace, delete, same

@@ -294,3 +294,74 @@ async def test_own_block_blackhole_behind_a_connected_route_is_not_a_conflict(la
                          Route("10.244.3.0/26", RouteKind.BLACKHOLE)])
     await s.resync()
     assert set(s.conflicting_prefixes) == {(254, "10.244.3.0/26")}
+
+
+async def test_many_routes_over_several_sends_map_each_refusal_to_its_route(lab):
+    """Thousands of routes travel in several pipelined sends (1024 messages
+    each, v4 and v6 runs interleaved); a refusal in the middle of a send is
+    booked against the right route, the rest apply, and the view stays equal
+    to the kernel (a refused replace leaves the old route in both)."""
+    ns, syncers = lab
+    v4 = [f"10.{50 + i // 256}.{i % 256}.0/26" for i in range(2500)]
+    v6 = [f"fd50:{i:x}::/122" for i in range(700)]
+    bad, taken = v4[1500], v4[1100]
+    # A static route on our exact key, inside a run of same-shaped messages:
+    # its EEXIST must be booked against that route, not a neighbour.
+    ip(ns, "route", "add", taken, "via", "10.1.0.2", "metric", "20", "proto", "static")
+    s = await started(ns, syncers, retry_interval=3600)
+    want = [Route(d, nexthops=(NextHop("10.9.9.9" if d == bad else "10.1.0.2"),)) for d in v4]
+    want += [Route(d, nexthops=(NextHop("fd01::2"),)) for d in v6]
+    await s.set_desired(want)
+    got = by_dst(kernel(ns, "proto", str(P)))
+    assert len(got) == len(want) - 2 and bad not in got and taken not in got
+    (key,) = s.failing_routes
+    assert key[1] == bad and s.failing_routes[key][0] == 101  # ENETUNREACH
+    assert s.stats.installed == len(want) - 2 and s.stats.failed == 1
+    await eventually(lambda: bool(s.conflicting_prefixes))
+    assert set(s.conflicting_prefixes) == {(254, taken)}
+
+    # Replace 2000 routes; one of them to an unreachable gateway.
+    bad2 = v4[700]
+    changes = [Route(d, nexthops=(NextHop("10.9.9.8" if d == bad2 else "10.1.0.3"),))
+               for d in v4[:2000] if d not in (bad, taken)]
+    await s.update(changes)
+    got = by_dst(kernel(ns, "proto", str(P)))
+    assert got[bad2]["gateway"] == "10.1.0.2"  # refused: the old route stays
+    assert got[v4[1999]]["gateway"] == "10.1.0.3" and v4[2000] not in changes
+    assert got[v4[699]]["gateway"] == "10.1.0.3" and got[v4[701]]["gateway"] == "10.1.0.3"
+    assert {k[1] for k in s.failing_routes} == {bad, bad2}
+    assert s.stats.replaced == len(changes) - 1
+    view = s._reconciler.view
+    dumped = await s.kernel_routes()
+    assert set(view) == set(dumped)
+    assert view[(254, bad2, 20)].nexthops[0].gateway == "10.1.0.2"
+    assert not diff(view, dumped)  # the view says what the kernel holds
+
+    await s.set_desired([])
+    assert kernel(ns, "proto", str(P)) == [] and s.stats.deleted == len(want) - 2
+    assert by_dst(kernel(ns, "proto", "static"))[taken]["gateway"] == "10.1.0.2"
+
+
+def test_kernel_refusals_inside_a_run_name_the_refused_route(lab):
+    """NetlinkKernel.apply_plan: errors in the middle of a run of same-shaped
+    messages (one template, several sends) are mapped to their own route."""
+    from fib_sync.netlink import ADD, DELETE, NetlinkKernel
+
+    ns, _ = lab
+    dsts = [f"10.{60 + i // 256}.{i % 256}.0/26" for i in range(3000)]
+    taken = {dsts[5], dsts[1023], dsts[1024], dsts[2500]}
+    for d in taken:
+        ip(ns, "route", "add", d, "via", "10.1.0.2", "metric", "20", "proto", "static")
+    routes = [Route(d, nexthops=(NextHop("10.1.0.2"),), table=254, metric=20) for d in dsts]
+    k = NetlinkKernel(ns, P)
+    try:
+        errors = k.apply_plan([], [], routes)
+        assert sorted((e.op, e.route.dst, e.errno) for e in errors) == sorted(
+            (ADD, d, 17) for d in taken)  # EEXIST
+        assert len(k.dump([254])) == len(dsts) - len(taken)
+        errors = k.apply_plan(routes, [], [])  # the static ones are not ours: ESRCH
+        assert sorted((e.op, e.route.dst, e.errno) for e in errors) == sorted(
+            (DELETE, d, 3) for d in taken)
+        assert k.dump([254]) == {}
+    finally:
+        k.close()
