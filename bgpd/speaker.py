@@ -190,6 +190,10 @@ class Speaker:
         self.sock_path = self.workdir / "exabgp.sock"
         self.pid_path = self.workdir / "exabgp.pid"
         self._env = render_env(self.bind_addresses, listen_port)  # validates addresses
+        # NLRI as plain strings ("10.0.0.0/26") instead of {"nlri": ...} objects: a third
+        # less JSON for ExaBGP to write and the relay to copy, and no dict per prefix in
+        # json.loads (bgpd.events reads both shapes).
+        self._env["exabgp.api.compact"] = "true"
         self._relay = [sys.executable, "-m", "bgpd.relay", str(self.sock_path)]
 
         self._peers: dict[PeerKey, PeerSpec] = {}

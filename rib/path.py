@@ -13,7 +13,8 @@ UPDATE, and ``PeerRef`` is one object per session.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 
 
 class PeerKind(enum.IntEnum):
@@ -66,3 +67,57 @@ class Path:
 class Withdraw:
     prefix: str
     peer: PeerRef
+
+
+_FIELDS = (
+    "prefix", "next_hop", "peer", "origin", "as_path", "local_pref", "med", "communities",
+    "large_communities", "originator_id", "cluster_list", "stale", "as_set_len",
+)
+# paths_for below sets every field by hand: a field added to Path must be added there.
+assert tuple(f.name for f in fields(Path)) == _FIELDS, "update rib.path.paths_for"
+_SET = {name: Path.__dict__[name].__set__ for name in _FIELDS}
+
+
+def paths_for(
+    prefixes: Iterable[str],
+    template: Path,
+    *,
+    _new=object.__new__,
+    _p=_SET["prefix"], _nh=_SET["next_hop"], _pe=_SET["peer"], _o=_SET["origin"],
+    _ap=_SET["as_path"], _lp=_SET["local_pref"], _med=_SET["med"], _c=_SET["communities"],
+    _lc=_SET["large_communities"], _oid=_SET["originator_id"], _cl=_SET["cluster_list"],
+    _st=_SET["stale"], _asl=_SET["as_set_len"],
+) -> list[Path]:
+    """One Path per prefix, each equal to ``template`` but for its prefix.
+
+    For producers of many paths with one attribute set (one UPDATE: one set of
+    path attributes, hundreds of NLRI): the attribute objects are shared, and
+    each path costs a third of what the keyword constructor does (the frozen
+    dataclass sets its 13 fields through ``object.__setattr__``). Prefixes must be
+    canonical, as for ``Path`` itself.
+    """
+    t = template
+    nh, peer, origin, as_path, lp, med = (t.next_hop, t.peer, t.origin, t.as_path,
+                                          t.local_pref, t.med)
+    comms, large, oid, clusters, stale, asl = (t.communities, t.large_communities,
+                                               t.originator_id, t.cluster_list, t.stale,
+                                               t.as_set_len)
+    out = []
+    append = out.append
+    for prefix in prefixes:
+        o = _new(Path)
+        _p(o, prefix)
+        _nh(o, nh)
+        _pe(o, peer)
+        _o(o, origin)
+        _ap(o, as_path)
+        _lp(o, lp)
+        _med(o, med)
+        _c(o, comms)
+        _lc(o, large)
+        _oid(o, oid)
+        _cl(o, clusters)
+        _st(o, stale)
+        _asl(o, asl)
+        append(o)
+    return out

@@ -9,6 +9,7 @@ recording did not produce (a received NOTIFICATION, ROUTE-REFRESH, mixed familie
 
 from __future__ import annotations
 
+import re
 from pathlib import Path as FsPath
 
 import pytest
@@ -197,6 +198,8 @@ BIRD_UPDATE = next(line for line in RECORDED if "10.244.5.0/26" in line)
         ("[ 65002, 0 , 5 ]", "[ 65002, 0 ]", "large-community"),
         ('"origin": "igp"', '"origin": "bgp"', "origin"),
         ('"10.244.5.0/26"', '"10.244.5.1/26"', "not a prefix"),
+        ('"10.244.5.0/26"', '"10.244.05.0/26"', "not a prefix"),
+        ('"10.244.5.0/26"', '"10.244.5.0/33"', "not a prefix"),
         ('"10.99.0.2": [', '"10.99.0.999": [', "next-hop"),
         ('"peer": "10.99.0.2"', '"peer": "10.99.0.77"', "unknown neighbor"),
     ],
@@ -219,3 +222,31 @@ def test_lookup_that_raises_is_garbage() -> None:
 def test_garbage_repr_hides_line() -> None:
     # A line may carry anything; logs print the reason, not the whole line.
     assert "secret" not in repr(ev.Garbage("secret", "why"))
+
+
+def compact(line: str) -> str:
+    """The line as ExaBGP writes it with exabgp.api.compact (what the speaker sets)."""
+    return re.sub(r'\{ "nlri": ("[^"]+") \}', r"\1", line)
+
+
+def test_compact_nlri_parse_like_nlri_objects() -> None:
+    lines = [line for line in RECORDED if '"nlri"' in line]
+    assert lines
+    for line in lines:
+        short = compact(line)
+        assert '"nlri"' not in short
+        a, b = parse_line(line, PEERS.get), parse_line(short, PEERS.get)
+        assert isinstance(a, ev.Update) and a == b
+
+
+def test_every_path_of_an_update_equals_the_constructed_one() -> None:
+    """Paths of one UPDATE are cloned from one validated template: each must be
+    indistinguishable from Path(...) built field by field."""
+    from dataclasses import astuple, replace
+
+    for e in parsed():
+        if isinstance(e, ev.Update) and e.announced:
+            first = e.announced[0]
+            for p in e.announced:
+                want = replace(first, prefix=p.prefix)
+                assert p == want and hash(p) == hash(want) and astuple(p) == astuple(want)
