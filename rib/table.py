@@ -8,7 +8,9 @@ objects once (post-policy = pre-policy minus a per-peer ``rejected`` map,
 because import policy only accepts or rejects), the Loc-RIB keeps per prefix a
 tuple of the accepted candidates and the selected ECMP tuple, Adj-RIB-Out maps
 prefix -> interned ``ExportAttrs`` (shared by every prefix with the same
-attributes), and kernel intent maps prefix -> ``KernelRoute``.
+attributes). Kernel intent is not stored: it is a pure function of a prefix's
+selected ECMP set and the config (``kernel_route``), recomputed for the old and
+the new set when a set changes (a stored copy cost ~125 bytes per route).
 """
 
 from __future__ import annotations
@@ -73,7 +75,6 @@ class Rib:
     def __init__(self, config: RibConfig) -> None:
         self._peers: dict[Hashable, _Peer] = {}
         self._dest: dict[str, _Dest] = {}
-        self._kernel: dict[str, KernelRoute] = {}
         self._local: dict[str, Path] = {}
         self._intern: dict[tuple, ExportAttrs] = {}
         self._apply_config(config)
@@ -123,7 +124,14 @@ class Rib:
 
     def desired_routes(self) -> dict[str, KernelRoute]:
         """The whole kernel intent (what fib_sync.set_desired wants)."""
-        return dict(self._kernel)
+        kctx = self._kctx
+        out: dict[str, KernelRoute] = {}
+        for prefix, dest in self._dest.items():
+            if dest.members:
+                route = kernel_route(prefix, dest.members, kctx)
+                if route is not None:
+                    out[prefix] = route
+        return out
 
     def all_end_of_rib(self) -> bool:
         """Every up peer has sent End-of-RIB (the daemon's cue to sweep the FIB)."""
@@ -264,6 +272,7 @@ class Rib:
         if config == self._config:
             return changes
         old_local = self._local
+        old_kctx = self._kctx
         self._apply_config(config)
         touched: dict[str, None] = {}
         for prefix in old_local.keys() | self._local.keys():
@@ -275,9 +284,8 @@ class Rib:
             touched[prefix] = None
         for peer in self._peers.values():
             self._reimport(peer, changes, settle=False, touched=touched)
-        touched.update(dict.fromkeys(self._dest))
-        touched.update(dict.fromkeys(self._kernel))
-        self._settle(touched, changes, force=True, export=False)
+        touched.update(dict.fromkeys(self._dest))  # every prefix with a kernel route
+        self._settle(touched, changes, force=True, export=False, old_kctx=old_kctx)
         for key, peer in self._peers.items():
             if peer.up:
                 delta = ExportDelta()
@@ -463,11 +471,17 @@ class Rib:
         changes: Changes,
         force: bool = False,
         export: bool = True,
+        old_kctx: KernelContext | None = None,
     ) -> None:
-        """Re-select best paths of ``touched`` prefixes and derive exports and kernel intent."""
+        """Re-select best paths of ``touched`` prefixes and derive exports and kernel intent.
+
+        ``old_kctx``: the kernel context the current selections were made under
+        (set_config passes the previous one), to tell what the kernel holds now.
+        """
         max_paths = self._config.max_paths
         kctx = self._kctx
-        kernel = self._kernel
+        if old_kctx is None:
+            old_kctx = kctx
         dests = self._dest
         up_peers = [p for p in self._peers.values() if p.up] if export else []
         delta_get = changes.export_for
@@ -500,13 +514,11 @@ class Rib:
                 for peer in up_peers:
                     self._export_one(peer, prefix, new_best, delta_get)
             route = kernel_route(prefix, members, kctx) if members else None
-            old_route = kernel.get(prefix)
+            old_route = kernel_route(prefix, old_members, old_kctx) if old_members else None
             if route is None:
                 if old_route is not None:
-                    del kernel[prefix]
                     changes.kernel_remove.append(old_route)
             elif old_route is None or old_route != route:
-                kernel[prefix] = route
                 changes.kernel_add.append(route)
 
 
