@@ -427,7 +427,7 @@ class Daemon:
             st.state, st.since_epoch, st.info = "start", time.time(), e.reason or "down"
             if was_up:
                 st.flaps += 1
-            if st.gr_time > 0 and r.adj_rib_in(key):
+            if st.gr_time > 0 and r.counts(key)[0]:
                 # RFC 4724 receiving side: keep its routes as stale for its restart time.
                 self._apply(r.mark_stale(key))
                 loop = asyncio.get_running_loop()
@@ -579,9 +579,7 @@ class Daemon:
         for key, st in sorted(self.peers.items()):
             received = accepted = advertised = 0
             if self.rib is not None and key in self.rib.peer_keys():
-                received = len(self.rib.adj_rib_in(key))
-                accepted = len(self.rib.adj_rib_in(key, post_policy=True))
-                advertised = len(self.rib.adj_rib_out(key))
+                received, accepted, advertised = self.rib.counts(key)
             elif sp is not None:
                 advertised = len(sp.exports(key))
             out.append({
@@ -602,7 +600,7 @@ class Daemon:
     def rib_path_count(self) -> int:
         if self.rib is None:
             return 0
-        return sum(len(self.rib.adj_rib_in(k)) for k in self.rib.peer_keys())
+        return self.rib.path_count()
 
     def kernel_route_counts(self) -> dict[str, int]:
         counts = {"unicast": 0, "multipath": 0, "blackhole": 0}

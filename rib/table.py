@@ -96,6 +96,19 @@ class Rib:
         peer = self._peers.get(key)
         return peer is not None and peer.up
 
+    def counts(self, key: Hashable) -> tuple[int, int, int]:
+        """(received, accepted, advertised) prefix counts of ``key``, without copies
+        (metrics and /status read these on every scrape); zeros for an unknown peer."""
+        peer = self._peers.get(key)
+        if peer is None:
+            return (0, 0, 0)
+        received = len(peer.adj_in)
+        return (received, received - len(peer.rejected), len(peer.adj_out))
+
+    def path_count(self) -> int:
+        """Paths in all Adj-RIBs-In."""
+        return sum(len(p.adj_in) for p in self._peers.values())
+
     def adj_rib_in(self, key: Hashable, post_policy: bool = False) -> dict[str, Path]:
         """A copy of what ``key`` sent (``post_policy``: only what import accepted)."""
         peer = self._peer(key)

@@ -222,3 +222,19 @@ def test_unknown_peer_is_a_clear_error():
     rib = Rib(CONFIG)
     with pytest.raises(KeyError, match="unknown peer"):
         rib.announce("nope", [p()])
+
+
+def test_counts_match_the_adj_ribs_through_rejections_and_withdrawals():
+    rib, policy = rib_with()
+    key = policy.key
+    rib.announce(key, [p(), p("10.244.2.0/26"), p("0.0.0.0/0"), p("10.244.0.0/26")])
+    rib.withdraw(key, ["10.244.2.0/26", "0.0.0.0/0"])
+    rib.announce(key, [p("10.244.3.0/26", originator_id="10.1.0.1")])  # rejected: loop
+
+    def expected():
+        return (len(rib.adj_rib_in(key)), len(rib.adj_rib_in(key, post_policy=True)),
+                len(rib.adj_rib_out(key)))
+
+    assert rib.counts(key) == expected() == (3, 1, len(rib.adj_rib_out(key)))
+    assert rib.path_count() == 3
+    assert rib.counts("10.9.9.9") == (0, 0, 0)  # unknown peer: zeros, not an error
