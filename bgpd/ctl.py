@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib
 import inspect
 import json
@@ -271,7 +272,17 @@ def _cmd_get(args: argparse.Namespace) -> Any:
                 resources = await store.list(kind)
         except (DatastoreError, ConfigError) as e:
             raise RequestFailed(f"Failed to get resources: {e}") from None
-        sys.stdout.write(render(kind, resources, args.output, single=bool(args.name)))
+        from config.model import DEFAULT_AS_NUMBER
+
+        default_asn = None
+        if kind == "Node" and args.output == "wide":
+            # Like calicoctl: a node without its own AS shows the inherited one in ().
+            default_asn = DEFAULT_AS_NUMBER
+            with contextlib.suppress(DatastoreError, ConfigError):
+                conf = await store.get("BGPConfiguration", "default")
+                default_asn = conf.spec.as_number or DEFAULT_AS_NUMBER
+        sys.stdout.write(render(kind, resources, args.output, single=bool(args.name),
+                                default_asn=default_asn))
         return 0
 
     return _with_store(args, run)
@@ -286,7 +297,8 @@ def _calico_doc(res: Any) -> dict:
     return to_calico_dict(res)
 
 
-def render(kind: str, resources: list[Any], output: str, single: bool = False) -> str:
+def render(kind: str, resources: list[Any], output: str, single: bool = False,
+           default_asn: int | None = None) -> str:
     """calicoctl's output for ``get``: a table, or Calico's YAML/JSON shape."""
     if output in ("yaml", "json"):
         if single and len(resources) == 1:
@@ -297,7 +309,7 @@ def render(kind: str, resources: list[Any], output: str, single: bool = False) -
         if output == "json":
             return json.dumps(doc, indent=2) + "\n"
         return yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)
-    columns = table_columns(kind, wide=output == "wide")
+    columns = table_columns(kind, wide=output == "wide", default_asn=default_asn)
     rows = [[h for h, _ in columns]]
     rows += [[_cell(get(r)) for _, get in columns] for r in resources]
     return format_table(rows)
@@ -338,7 +350,7 @@ def _node_bgp(node: Any, attr: str) -> Any:
 Column = tuple[str, Callable[[Any], Any]]
 
 
-def table_columns(kind: str, wide: bool) -> list[Column]:
+def table_columns(kind: str, wide: bool, default_asn: int | None = None) -> list[Column]:
     name: Column = ("NAME", lambda r: r.metadata.name)
     if kind == "IPPool":
         if wide:
@@ -360,7 +372,11 @@ def table_columns(kind: str, wide: bool) -> list[Column]:
         return cols
     if kind == "Node":
         if wide:
-            return [name, ("ASN", lambda r: _node_bgp(r, "as_number")),
+            def asn(r: Any) -> Any:
+                own = _node_bgp(r, "as_number")
+                return own if own is not None or default_asn is None else f"({default_asn})"
+
+            return [name, ("ASN", asn),
                     ("IPV4", lambda r: _node_bgp(r, "ipv4_address")),
                     ("IPV6", lambda r: _node_bgp(r, "ipv6_address"))]
         return [name]

@@ -194,3 +194,30 @@ def test_datastore_options_are_accepted_after_the_command() -> None:
                                       "-"]
     # Everything else keeps its order; "-f -" is not mistaken for an option value.
     assert hoist_global_options(["delete", "ippool", "p1"]) == ["delete", "ippool", "p1"]
+
+
+def test_get_nodes_wide_shows_inherited_as_in_parentheses(run):
+    nodes = """\
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n1}
+spec: {bgp: {ipv4Address: 10.0.0.1/24}}
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata: {name: n2}
+spec: {bgp: {ipv4Address: 10.0.0.2/24, asNumber: 65002}}
+"""
+    assert run("apply", "-f", put_file(run, "nodes.yaml", nodes))[0] == 0
+    rows = [ln.split() for ln in run("get", "nodes", "-o", "wide")[1].splitlines()]
+    assert rows == [["NAME", "ASN", "IPV4", "IPV6"], ["n1", "(64512)", "10.0.0.1/24"],
+                    ["n2", "65002", "10.0.0.2/24"]]
+    conf = """\
+apiVersion: projectcalico.org/v3
+kind: BGPConfiguration
+metadata: {name: default}
+spec: {asNumber: 65100}
+"""
+    assert run("apply", "-f", put_file(run, "conf.yaml", conf))[0] == 0
+    rows = [ln.split() for ln in run("get", "nodes", "-o", "wide")[1].splitlines()]
+    assert rows[1] == ["n1", "(65100)", "10.0.0.1/24"]
