@@ -40,15 +40,7 @@ def require_root(name: str) -> None:
         raise SystemExit(2)
 
 
-def bin_path(name: str) -> str:
-    """A console script of this venv, else PATH (bgpd, bgpctl, exabgp...)."""
-    cand = Path(sys.executable).parent / name
-    if cand.exists():
-        return str(cand)
-    found = shutil.which(name)
-    if not found:
-        raise RuntimeError(f"{name} not found (install the package or run `make deps`)")
-    return found
+bin_path = harness.bin_path  # a console script of this venv, else PATH
 
 
 def prefixes(n: int, first_octet: int = 10) -> list[str]:

@@ -40,8 +40,8 @@ ETCD_PORT = 2379
 CNI_BIN_DIR = "/usr/lib/cni"
 
 
-def _bin(name: str) -> str:
-    """A console script of this install (the venv's bin), else PATH."""
+def bin_path(name: str) -> str:
+    """A console script of this install (the venv's bin: bgpd, bgpctl, exabgp...), else PATH."""
     cand = Path(sys.executable).parent / name
     if cand.exists():
         return str(cand)
@@ -323,7 +323,7 @@ class Lab:
     def bgpctl(self, *args: str, node: str | None = None, input: str | None = None,
                check: bool = True) -> subprocess.CompletedProcess:
         ns = self.nodes[node].ns if node else self.etcd_ns
-        return run(_bin("bgpctl"), "--etcd-endpoints", self.etcd_endpoint, *args, ns=ns,
+        return run(bin_path("bgpctl"), "--etcd-endpoints", self.etcd_endpoint, *args, ns=ns,
                    input=input, check=check, env=self.env())
 
     def apply(self, yaml_text: str) -> None:
@@ -347,7 +347,7 @@ class Lab:
         assert node.proc is None or node.proc.poll() is not None, f"{name} already running"
         node.log_path = self.workdir / f"{name}.log"
         node.proc = self._spawn(
-            [_bin("bgpd"), "--node", name, "--etcd-endpoints", self.etcd_endpoint,
+            [bin_path("bgpd"), "--node", name, "--etcd-endpoints", self.etcd_endpoint,
              "--http-listen", node.http, "--log-format", "json", "--log-level", self.log_level,
              "--state-dir", str(self.workdir / f"{name}-state"), *extra],
             node.ns, node.log_path, env=self.env(node))
@@ -402,7 +402,7 @@ class Lab:
         d = self.workdir / "cni-bin"
         if not d.exists():
             d.mkdir()
-            (d / "podbgp-ipam").symlink_to(_bin("podbgp-ipam"))
+            (d / "podbgp-ipam").symlink_to(bin_path("podbgp-ipam"))
         return f"{d}:{CNI_BIN_DIR}"
 
     def _cni(self, node: Node, command: str, pod_ns: str, container_id: str) -> dict:
