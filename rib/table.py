@@ -5,8 +5,10 @@ calls it. Every operation returns a ``Changes`` value and calls no one.
 
 Storage is chosen for 100k+ paths: Adj-RIB-In keeps the received ``Path``
 objects once (post-policy = pre-policy minus a per-peer ``rejected`` map,
-because import policy only accepts or rejects), the Loc-RIB keeps per prefix a
-tuple of the accepted candidates and the selected ECMP tuple, Adj-RIB-Out maps
+because import policy only accepts or rejects), the Loc-RIB keeps per prefix either the lone accepted candidate itself (the
+common case: one path per prefix, which is then the selection, ``ONLY_PATH``)
+or a ``_Dest`` with the tuple of candidates and the selected ECMP tuple (an
+entry object and a 1-tuple per prefix cost ~110 bytes a route), Adj-RIB-Out maps
 prefix -> interned ``ExportAttrs`` (shared by every prefix with the same
 attributes). Kernel intent is not stored: it is a pure function of a prefix's
 selected ECMP set and the config (``kernel_route``), recomputed for the old and
@@ -61,7 +63,9 @@ class _Peer:
 
 
 class _Dest:
-    """One Loc-RIB entry: accepted candidates and the selected ECMP set (best first)."""
+    """A Loc-RIB entry of a prefix with two or more accepted candidates: the
+    candidates and the selected ECMP set (best first). Owned by ``Rib``; a prefix
+    with one candidate stores that ``Path`` instead."""
 
     __slots__ = ("members", "paths", "reason")
 
@@ -71,16 +75,27 @@ class _Dest:
         self.reason = BestReason.ONLY_PATH
 
 
+# What a prefix's Loc-RIB entry selected before an operation touched it, kept in
+# the operation's ``touched`` map: None (no candidate), the lone Path, or the ECMP
+# tuple of a ``_Dest``.
+_Before = Path | tuple[Path, ...] | None
+
+
+def _members(entry: Path | _Dest) -> tuple[Path, ...]:
+    return entry.members if type(entry) is _Dest else (entry,)
+
+
 class Rib:
     def __init__(self, config: RibConfig) -> None:
         self._peers: dict[Hashable, _Peer] = {}
-        self._dest: dict[str, _Dest] = {}
+        # prefix -> the lone candidate Path, or a _Dest (two or more candidates)
+        self._dest: dict[str, Path | _Dest] = {}
         self._local: dict[str, Path] = {}
         self._intern: dict[tuple, ExportAttrs] = {}
         self._apply_config(config)
-        touched = dict.fromkeys(self._local)
+        touched: dict[str, _Before] = {}
         for prefix, path in self._local.items():
-            self._replace_candidate(prefix, None, path)
+            self._replace_candidate(prefix, None, path, touched)
         self._settle(touched, Changes())
 
     # ---- views --------------------------------------------------------------------
@@ -125,25 +140,32 @@ class Rib:
 
     def loc_rib(self) -> dict[str, tuple[Path, ...]]:
         """prefix -> ECMP set, best path first."""
-        return {p: d.members for p, d in self._dest.items() if d.members}
+        return {p: _members(d) for p, d in self._dest.items()}
+
+    def prefix_count(self) -> int:
+        """Prefixes with a selected path (``len(loc_rib())`` without the copy)."""
+        return len(self._dest)
 
     def best(self, prefix: str) -> Path | None:
         d = self._dest.get(prefix)
-        return d.members[0] if d and d.members else None
+        if type(d) is _Dest:
+            return d.members[0]
+        return d
 
     def best_reason(self, prefix: str) -> BestReason | None:
         d = self._dest.get(prefix)
-        return d.reason if d and d.members else None
+        if d is None:
+            return None
+        return d.reason if type(d) is _Dest else BestReason.ONLY_PATH
 
     def desired_routes(self) -> dict[str, KernelRoute]:
         """The whole kernel intent (what fib_sync.set_desired wants)."""
         kctx = self._kctx
         out: dict[str, KernelRoute] = {}
         for prefix, dest in self._dest.items():
-            if dest.members:
-                route = kernel_route(prefix, dest.members, kctx)
-                if route is not None:
-                    out[prefix] = route
+            route = kernel_route(prefix, _members(dest), kctx)
+            if route is not None:
+                out[prefix] = route
         return out
 
     def all_end_of_rib(self) -> bool:
@@ -194,12 +216,11 @@ class Rib:
         changes = Changes()
         if peer is None:
             return changes
-        touched: dict[str, None] = {}
+        touched: dict[str, _Before] = {}
         rej = peer.rejected
         for prefix, path in peer.adj_in.items():
             if prefix not in rej:
-                self._replace_candidate(prefix, path, None)
-                touched[prefix] = None
+                self._replace_candidate(prefix, path, None, touched)
         self._settle(touched, changes)
         log.debug("rib.peer_down", peer=key, withdrawn=len(touched))
         return changes
@@ -215,7 +236,7 @@ class Rib:
         peer.up = False
         peer.end_of_rib = False
         peer.adj_out = {}
-        touched: dict[str, None] = {}
+        touched: dict[str, _Before] = {}
         rej = peer.rejected
         adj_in = peer.adj_in
         for prefix, path in adj_in.items():
@@ -224,8 +245,7 @@ class Rib:
             stale = dataclasses.replace(path, stale=True)
             adj_in[prefix] = stale
             if prefix not in rej:
-                self._replace_candidate(prefix, path, stale)
-                touched[prefix] = None
+                self._replace_candidate(prefix, path, stale, touched)
         self._settle(touched, changes)
         return changes
 
@@ -237,7 +257,7 @@ class Rib:
     def sweep_stale(self, key: Hashable | None = None) -> Changes:
         """Remove stale paths of ``key`` (all peers if None): restart timer expired."""
         changes = Changes()
-        touched: dict[str, None] = {}
+        touched: dict[str, _Before] = {}
         keys = list(self._peers) if key is None else [key]
         for k in keys:
             peer = self._peer(k)
@@ -262,7 +282,7 @@ class Rib:
         if not peer.up:
             raise ValueError(f"update from peer {key!r}: session is not up (call peer_up)")
         changes = Changes()
-        touched: dict[str, None] = {}
+        touched: dict[str, _Before] = {}
         for w in withdrawn:
             self._remove(peer, w if isinstance(w, str) else w.prefix, touched)
         if announced:
@@ -287,17 +307,18 @@ class Rib:
         old_local = self._local
         old_kctx = self._kctx
         self._apply_config(config)
-        touched: dict[str, None] = {}
+        touched: dict[str, _Before] = {}
         for prefix in old_local.keys() | self._local.keys():
             old, new = old_local.get(prefix), self._local.get(prefix)
             if old is not None and old == new:
                 self._local[prefix] = old  # the object the Loc-RIB already holds
                 continue
-            self._replace_candidate(prefix, old, new)
-            touched[prefix] = None
+            self._replace_candidate(prefix, old, new, touched)
         for peer in self._peers.values():
             self._reimport(peer, changes, settle=False, touched=touched)
-        touched.update(dict.fromkeys(self._dest))  # every prefix with a kernel route
+        for prefix, dest in self._dest.items():  # every prefix with a kernel route
+            if prefix not in touched:
+                touched[prefix] = dest.members if type(dest) is _Dest else dest
         self._settle(touched, changes, force=True, export=False, old_kctx=old_kctx)
         for key, peer in self._peers.items():
             if peer.up:
@@ -334,28 +355,50 @@ class Rib:
             )
         self._local = local
 
-    def _replace_candidate(self, prefix: str, old: Path | None, new: Path | None) -> None:
-        dest = self._dest.get(prefix)
-        if dest is None:
-            dest = self._dest[prefix] = _Dest()
-        paths = dest.paths
+    def _replace_candidate(
+        self, prefix: str, old: Path | None, new: Path | None, touched: dict[str, _Before]
+    ) -> None:
+        """Swap candidate ``old`` for ``new`` (either may be None) and note in
+        ``touched`` what the prefix selected before this operation first touched it
+        (``_settle`` compares against that)."""
+        dests = self._dest
+        entry = dests.get(prefix)
+        is_dest = type(entry) is _Dest
+        if prefix not in touched:
+            touched[prefix] = entry.members if is_dest else entry  # type: ignore[union-attr]
+        if not is_dest:
+            # None or a lone Path: the common cases, without building tuples.
+            if entry is None or entry is old:
+                if new is not None:
+                    dests[prefix] = new
+                elif entry is not None:
+                    del dests[prefix]
+                return
+            if new is None:
+                return  # ``old`` is not a candidate here
+            dest = dests[prefix] = _Dest()
+            dest.paths = (entry, new)
+            return
+        paths = entry.paths  # type: ignore[union-attr]
         if old is not None:
             paths = tuple([p for p in paths if p is not old])
         if new is not None:
             paths = (*paths, new)
-        dest.paths = paths
+        if len(paths) > 1:
+            entry.paths = paths  # type: ignore[union-attr]
+        else:
+            dests[prefix] = paths[0]  # back to a lone Path (paths is never empty here)
 
-    def _remove(self, peer: _Peer, prefix: str, touched: dict[str, None]) -> None:
+    def _remove(self, peer: _Peer, prefix: str, touched: dict[str, _Before]) -> None:
         path = peer.adj_in.pop(prefix, None)
         if path is None:
             return
         if peer.rejected.pop(prefix, None) is None:
             peer.accepted -= 1
-            self._replace_candidate(prefix, path, None)
-            touched[prefix] = None
+            self._replace_candidate(prefix, path, None, touched)
 
     def _announce(
-        self, peer: _Peer, paths: Iterable[Path], touched: dict[str, None], changes: Changes
+        self, peer: _Peer, paths: Iterable[Path], touched: dict[str, _Before], changes: Changes
     ) -> None:
         policy = peer.policy
         ictx = self._ictx
@@ -383,22 +426,20 @@ class Rib:
                     if old is not None:
                         del rejected[prefix]
                     old = None
-                self._replace_candidate(prefix, old, path)
-                touched[prefix] = None
+                self._replace_candidate(prefix, old, path, touched)
             else:
                 rejected[prefix] = reason
                 changes.rejected.append(Rejection(key, prefix, reason))
                 if was_accepted:
                     peer.accepted -= 1
-                    self._replace_candidate(prefix, old, None)
-                    touched[prefix] = None
+                    self._replace_candidate(prefix, old, None, touched)
 
     def _reimport(
         self,
         peer: _Peer,
         changes: Changes,
         settle: bool = True,
-        touched: dict[str, None] | None = None,
+        touched: dict[str, _Before] | None = None,
     ) -> None:
         """Re-run import policy over the peer's whole Adj-RIB-In (pre-policy)."""
         if touched is None:
@@ -410,8 +451,7 @@ class Rib:
         peer.accepted = 0
         for prefix, path in old_in.items():
             if prefix not in old_rejected:
-                self._replace_candidate(prefix, path, None)
-                touched[prefix] = None
+                self._replace_candidate(prefix, path, None, touched)
         sub = Changes()
         self._announce(peer, old_in.values(), touched, sub)
         # Report only rejections that are new or whose reason changed.
@@ -461,9 +501,7 @@ class Rib:
         new_out: dict[str, ExportAttrs] = {}
         announce = delta.announce
         for prefix, dest in self._dest.items():
-            if not dest.members:
-                continue
-            attrs = self._attrs_for(peer, dest.members[0])
+            attrs = self._attrs_for(peer, dest.members[0] if type(dest) is _Dest else dest)
             if attrs is None:
                 continue
             new_out[prefix] = attrs
@@ -480,7 +518,7 @@ class Rib:
 
     def _settle(
         self,
-        touched: Iterable[str],
+        touched: dict[str, _Before],
         changes: Changes,
         force: bool = False,
         export: bool = True,
@@ -498,27 +536,32 @@ class Rib:
         dests = self._dest
         up_peers = [p for p in self._peers.values() if p.up] if export else []
         delta_get = changes.export_for
-        for prefix in touched:
+        for prefix, before in touched.items():
             dest = dests.get(prefix)
-            old_members = dest.members if dest is not None else ()
-            paths = dest.paths if dest is not None else ()
-            if len(paths) == 1:
-                members, reason = paths, BestReason.ONLY_PATH
-            elif paths:
-                members, reason = select_best(paths, max_paths)
-            else:
-                members, reason = (), BestReason.ONLY_PATH
-            if dest is not None:
-                if members:
-                    dest.members = members
-                    dest.reason = reason
+            if type(dest) is _Dest:
+                members, reason = select_best(dest.paths, max_paths)
+                dest.members = members
+                dest.reason = reason
+                if type(before) is tuple:
+                    same = len(members) == len(before) and all(
+                        a is b for a, b in zip(members, before, strict=True)
+                    )
                 else:
-                    del dests[prefix]
-            same = len(members) == len(old_members) and all(
-                a is b for a, b in zip(members, old_members, strict=True)
-            )
+                    same = len(members) == 1 and members[0] is before
+            else:
+                # A lone candidate (or none) is its own selection.
+                if type(before) is tuple:
+                    same = dest is not None and len(before) == 1 and before[0] is dest
+                else:
+                    same = dest is before
+                if same and not force:
+                    continue
+                members, reason = ((dest,) if dest is not None else ()), BestReason.ONLY_PATH
             if same and not force:
                 continue
+            old_members = (
+                () if before is None else before if type(before) is tuple else (before,)
+            )
             old_best = old_members[0] if old_members else None
             new_best = members[0] if members else None
             if not same:

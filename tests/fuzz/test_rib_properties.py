@@ -116,8 +116,20 @@ class Mirror:
     def __init__(self, rib: Rib) -> None:
         self.kernel = rib.desired_routes()
         self.out: dict = {}
+        self.loc = rib.loc_rib()  # kept from BestChanges alone
 
     def apply(self, ch: Changes) -> None:
+        for b in ch.best:
+            old = self.loc.get(b.prefix, ())
+            # A BestChange reports a change: the same selection again is noise.
+            assert len(old) != len(b.multipath) or any(
+                x is not y for x, y in zip(old, b.multipath, strict=True)
+            ), f"BestChange for {b.prefix} without a change"
+            assert b.old is (old[0] if old else None)
+            if b.multipath:
+                self.loc[b.prefix] = b.multipath
+            else:
+                del self.loc[b.prefix]
         for r in ch.kernel_remove:
             assert self.kernel.pop(r.prefix) == r
         for r in ch.kernel_add:
@@ -180,6 +192,8 @@ def test_incremental_equals_from_scratch(config, ops):
         else:
             mirror.apply(rib.set_config(op[1]))
         assert mirror.kernel == rib.desired_routes()
+        assert mirror.loc == rib.loc_rib()
+        assert rib.prefix_count() == len(mirror.loc)
         for key, out in mirror.out.items():
             assert out == rib.adj_rib_out(key)
     for i in range(len(PEERS)):
