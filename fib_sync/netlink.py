@@ -730,7 +730,9 @@ class _Batch:
         ln = len(tpl)
         words = ln // 4
         dword = doff // 4
-        alen = len(routes[0].packed)
+        fam = routes[0].family  # a run shares its template: one family
+        alen = 4 if fam == socket.AF_INET else 16
+        pton = socket.inet_pton
         start, n = 0, len(routes)
         while start < n:
             room = min(CHUNK - self.msgs, (MAX_SEND - self.size) // ln)
@@ -743,7 +745,9 @@ class _Batch:
             mv = memoryview(buf).cast("I")
             seq0 = self._seqs(count)
             mv[2::words] = array("I", range(seq0, seq0 + count))
-            dsts = memoryview(b"".join([r.packed for r in part])).cast("I")
+            dsts = memoryview(
+                b"".join([pton(fam, r.dst.partition("/")[0]) for r in part])
+            ).cast("I")
             if alen == 4:
                 mv[dword::words] = dsts
             else:

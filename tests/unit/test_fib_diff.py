@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 
 import pytest
 
 from fib_sync import FibSyncer, NextHop, Route, RouteKind, diff
 from fib_sync.fake import FakeKernel
 from fib_sync.reconcile import Reconciler
+from fib_sync.route import trusted_route
 
 P = 201
 GW = (NextHop("10.1.0.2"),)
@@ -61,6 +63,26 @@ def test_route_canonical_forms_compare_equal():
     # A lone next hop carries no weight in the kernel.
     assert Route("10.0.0.0/24", nexthops=(NextHop("10.1.0.2", weight=5),)).nexthops[0].weight == 1
     assert Route("10.0.0.0/24", nexthops=GW).with_defaults(100, 7).key == (100, "10.0.0.0/24", 7)
+
+
+@pytest.mark.parametrize(
+    ("dst", "family", "dst_len", "packed"),
+    [
+        ("10.244.1.64/26", socket.AF_INET, 26, bytes([10, 244, 1, 64])),
+        ("0.0.0.0/0", socket.AF_INET, 0, bytes(4)),
+        ("fd00:0::40/122", socket.AF_INET6, 122, bytes([0xFD] + [0] * 14 + [0x40])),
+    ],
+)
+def test_route_address_fields_follow_dst(dst, family, dst_len, packed):
+    # The packed address is derived from dst (not stored); the netlink encoder
+    # writes it into every message of a templated run.
+    for route in (
+        Route(dst, kind="blackhole"),
+        Route(dst, kind="blackhole").with_defaults(254, 20),
+        trusted_route(Route(dst, kind="blackhole").dst, RouteKind.BLACKHOLE, (), 254, 20,
+                      family, dst_len, b"ignored"),
+    ):
+        assert (route.family, route.dst_len, route.packed) == (family, dst_len, packed)
 
 
 # ------------------------------------------------------------------ diff
