@@ -2,7 +2,8 @@
 
 Owned by the daemon (one ``Speaker`` per node). The speaker owns:
 
-- the ExaBGP child (spawned from the venv's ``bin/exabgp``; restarted with a
+- the ExaBGP child (spawned as ``python -m bgpd.exabgp_launch``, the venv's
+  ExaBGP without its per-route debug work; restarted with a
   capped exponential backoff when it dies; never outlives the daemon:
   ``PR_SET_PDEATHSIG`` plus a pid file checked on start);
 - the config file (rendered by ``bgpd.exabgp_conf``; rewritten atomically and
@@ -179,7 +180,10 @@ class Speaker:
         self.workdir = FsPath(workdir)
         self.netns = netns
         self.listen_port = listen_port
-        self.exabgp = exabgp or str(FsPath(sys.executable).parent / "exabgp")
+        # Default: ExaBGP through bgpd.exabgp_launch (the same ExaBGP, minus its
+        # per-route debug work); an explicit executable is run as it is.
+        self.exabgp = exabgp
+        self._exabgp_cmd = [exabgp] if exabgp else [sys.executable, "-m", "bgpd.exabgp_launch"]
         self.command_timeout = command_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -292,7 +296,7 @@ class Speaker:
             await asyncio.sleep(0.05)
 
     async def _spawn(self) -> None:
-        cmd = [self.exabgp, "server", str(self.conf_path)]
+        cmd = [*self._exabgp_cmd, "server", str(self.conf_path)]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]  # `ip` execs: same PID
         env = {**os.environ, **self._env}

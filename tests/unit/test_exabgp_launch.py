@@ -1,0 +1,295 @@
+"""bgpd.exabgp_launch: patches only ExaBGP 5.0.15, all or nothing, and changes no output byte.
+
+Patching rebinds ExaBGP's classes for the whole process, so every case runs
+in a fresh interpreter (the DECODER script below).
+The UPDATEs are re-encoded from the events in golden/events_recorded.jsonl
+(ExaBGP against BIRD 2, see golden/record/): the patched decoder must print
+exactly the recorded "message" JSON, and patched and unpatched ExaBGP must
+print identical events (compact and not) for those and for 800-NLRI UPDATEs
+like the ones the convergence benchmark sends.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bgpd import exabgp_launch
+
+GOLDEN = Path(__file__).parent / "golden"
+ROOT = Path(__file__).resolve().parents[2]
+
+# Decodes hex UPDATE bodies (argv[3:]) with ExaBGP as podbgp's child would,
+# prints one event per line with time/pid/ppid blanked.
+DECODER = r"""
+import os, re, sys
+mode, compact = sys.argv[1], sys.argv[2]
+os.environ["exabgp.api.compact"] = compact
+if mode == "patched":
+    import bgpd.exabgp_launch as launch
+    assert launch.patch(), "patch() refused"
+from exabgp.environment import getenv
+from exabgp.logger import log
+from exabgp.configuration.configuration import Configuration
+from exabgp.configuration.check import _negotiated
+from exabgp.bgp.message.update import Update
+from exabgp.bgp.message.direction import Direction
+from exabgp.reactor.api.response import Response
+env = getenv(); env.tcp.bind = ""; log.init(env)
+conf = ("neighbor 10.99.0.3 { router-id 10.99.0.1; local-address 10.99.0.1; local-as 65000;"
+        " peer-as 65003; family { ipv4 unicast; ipv6 unicast; } }")
+configuration = Configuration([conf], text=True)
+configuration.reload()
+neighbor = list(configuration.neighbors.values())[0]
+negotiated = _negotiated(neighbor)
+encoder = Response.JSON("5.0.0")
+for body in sys.argv[3:]:
+    update = Update.unpack_message(bytes.fromhex(body), Direction.IN, negotiated)
+    line = encoder.update(neighbor, "receive", update, None, "", "")
+    print(re.sub(r'"(time|pid|ppid)" ?: [0-9.]+', r'"\1": X', line))
+"""
+
+
+def decode(mode: str, bodies: list[bytes], compact: bool = False) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", DECODER, mode, "true" if compact else "false",
+                          *(b.hex() for b in bodies)],
+                         capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == len(bodies), out.stdout + out.stderr
+    return lines
+
+
+# -- a minimal UPDATE encoder (RFC 4271, 4760, 1997, 8092), enough for the recorded events
+
+def _attr(flags: int, code: int, value: bytes) -> bytes:
+    if len(value) > 255:
+        return struct.pack("!BBH", flags | 0x10, code, len(value)) + value
+    return struct.pack("!BBB", flags, code, len(value)) + value
+
+
+def _nlri(prefix: str) -> bytes:
+    net = ipaddress.ip_network(prefix)
+    size = (net.prefixlen + 7) // 8
+    return bytes([net.prefixlen]) + net.network_address.packed[:size]
+
+
+def _as_path(segments: dict) -> bytes:
+    out = b""
+    for _, seg in sorted(segments.items(), key=lambda kv: int(kv[0])):
+        kind = {"as-set": 1, "as-sequence": 2}[seg["element"]]
+        out += struct.pack("!BB", kind, len(seg["value"])) + b"".join(
+            struct.pack("!I", asn) for asn in seg["value"])
+    return out
+
+
+def _attributes(attrs: dict, nexthop: str | None) -> bytes:
+    out = _attr(0x40, 1, bytes([{"igp": 0, "egp": 1, "incomplete": 2}[attrs["origin"]]]))
+    out += _attr(0x40, 2, _as_path(attrs.get("as-path", {})))
+    if nexthop and ipaddress.ip_address(nexthop).version == 4:
+        out += _attr(0x40, 3, ipaddress.ip_address(nexthop).packed)
+    if "med" in attrs:
+        out += _attr(0x80, 4, struct.pack("!I", attrs["med"]))
+    if "local-preference" in attrs:
+        out += _attr(0x40, 5, struct.pack("!I", attrs["local-preference"]))
+    if "community" in attrs:
+        out += _attr(0xC0, 8, b"".join(struct.pack("!HH", *c) for c in attrs["community"]))
+    if "originator-id" in attrs:
+        out += _attr(0x80, 9, ipaddress.ip_address(attrs["originator-id"]).packed)
+    if "cluster-list" in attrs:
+        out += _attr(0x80, 10, b"".join(ipaddress.ip_address(c).packed
+                                         for c in attrs["cluster-list"]))
+    if "large-community" in attrs:
+        out += _attr(0xC0, 32, b"".join(struct.pack("!III", *c)
+                                         for c in attrs["large-community"]))
+    return out
+
+
+def _update(withdrawn: bytes, attributes: bytes, announced: bytes) -> bytes:
+    return (struct.pack("!H", len(withdrawn)) + withdrawn
+            + struct.pack("!H", len(attributes)) + attributes + announced)
+
+
+def encode(message: dict) -> bytes:
+    """The UPDATE body (no BGP header) that ExaBGP decodes to this recorded "message"."""
+    if "eor" in message:
+        if message["eor"]["afi"] == "ipv4":
+            return _update(b"", b"", b"")
+        return _update(b"", _attr(0x80, 15, struct.pack("!HB", 2, 1)), b"")
+    upd = message["update"]
+    withdrawn = announced = attributes = b""
+    for family, prefixes in upd.get("withdraw", {}).items():
+        packed = b"".join(_nlri(p["nlri"]) for p in prefixes)
+        if family == "ipv4 unicast":
+            withdrawn += packed
+        else:
+            attributes += _attr(0x80, 15, struct.pack("!HB", 2, 1) + packed)
+    for family, by_nexthop in upd.get("announce", {}).items():
+        ((nexthop, prefixes),) = by_nexthop.items()
+        packed = b"".join(_nlri(p["nlri"]) for p in prefixes)
+        if family == "ipv4 unicast":
+            attributes = _attributes(upd["attribute"], nexthop) + attributes
+            announced += packed
+        else:
+            hop = ipaddress.ip_address(nexthop).packed
+            attributes = _attributes(upd["attribute"], None) + attributes + _attr(
+                0x80, 14, struct.pack("!HBB", 2, 1, len(hop)) + hop + b"\x00" + packed)
+    return _update(withdrawn, attributes, announced)
+
+
+def recorded_updates() -> list[tuple[bytes, str]]:
+    """(UPDATE body, recorded '"message": ...' text) for each recorded update event."""
+    out = []
+    for line in (GOLDEN / "events_recorded.jsonl").read_text().splitlines():
+        if not line.startswith("{"):
+            continue  # command answers ("done") recorded on the same stream
+        event = json.loads(line)
+        if event["type"] != "update":
+            continue
+        out.append((encode(event["neighbor"]["message"]), line[line.index('"message": '):]))
+    assert len(out) >= 10, "golden file lost its update events"
+    return out
+
+
+def big_updates() -> list[bytes]:
+    """800-NLRI announce, withdraw and mixed UPDATEs, IPv4 and IPv6, as a busy peer sends."""
+    v4 = [str(ipaddress.ip_address("10.0.0.0") + i * 64) + "/26"
+          for i in range(800)]
+    v6 = [str(ipaddress.ip_address("fd00:244::") + i * 64) + "/122" for i in range(300)]
+    attrs = {"origin": "igp", "as-path": {"0": {"element": "as-sequence", "value": [65003]}},
+             "local-preference": 100, "community": [[65003, 1]]}
+    ann4 = {"update": {"attribute": attrs,
+                       "announce": {"ipv4 unicast": {"10.99.0.3": [{"nlri": p} for p in v4]}}}}
+    wd4 = {"update": {"withdraw": {"ipv4 unicast": [{"nlri": p} for p in v4]}}}
+    mixed = {"update": {"attribute": attrs,
+                        "withdraw": {"ipv4 unicast": [{"nlri": p} for p in v4[:5]]},
+                        "announce": {"ipv4 unicast": {"10.99.0.3": [{"nlri": p} for p in v4[5:9]]}}}}
+    ann6 = {"update": {"attribute": attrs,
+                       "announce": {"ipv6 unicast": {"fd00::3": [{"nlri": p} for p in v6]}}}}
+    wd6 = {"update": {"withdraw": {"ipv6 unicast": [{"nlri": p} for p in v6]}}}
+    return [encode(m) for m in (ann4, wd4, mixed, ann6, wd6)]
+
+
+def test_patched_exabgp_prints_the_recorded_events() -> None:
+    cases = recorded_updates()
+    got = decode("patched", [body for body, _ in cases])
+    for line, (_, recorded) in zip(got, cases, strict=True):
+        assert line.endswith(recorded), f"{line}\n!=\n{recorded}"
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_patched_and_unpatched_print_identical_events(compact: bool) -> None:
+    bodies = [body for body, _ in recorded_updates()] + big_updates()
+    patched = decode("patched", bodies, compact)
+    plain = decode("plain", bodies, compact)
+    assert patched == plain
+    # The comparison covered real work: every prefix of the big UPDATEs is there.
+    assert sum(line.count("/26") for line in patched) >= 2 * 800 + 9
+    assert sum(line.count("/122") for line in patched) >= 2 * 300
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+
+
+TARGETS = """
+from exabgp.bgp.message.update import Update
+from exabgp.bgp.message.update.nlri.nlri import NLRI
+from exabgp.logger import log
+from exabgp.reactor.api.response.json import JSON
+from exabgp.reactor.peer import Peer
+def snapshot():
+    return [Update.__dict__['unpack_message'], NLRI.__dict__['unpack_nlri'], Peer._main,
+            JSON._update, log.debug]
+"""
+
+
+def test_other_exabgp_versions_run_unpatched() -> None:
+    out = _run(TARGETS + """
+import exabgp.version, bgpd.exabgp_launch as launch
+exabgp.version.release = '5.0.16'
+before = snapshot()
+assert launch.patch() is False
+assert snapshot() == before, 'patched a version it does not know'
+""")
+    assert out.returncode == 0, out.stderr
+    assert "exabgp 5.0.16 is not 5.0.15; running it unpatched" in out.stderr
+
+
+def test_pinned_version_is_patched() -> None:
+    assert exabgp_launch.exabgp_version() == exabgp_launch.PINNED_VERSION
+    out = _run(TARGETS + """
+import bgpd.exabgp_launch as launch
+before = snapshot()
+assert launch.patch() is True
+after = snapshot()
+changed = [a is not b for a, b in zip(before, after)]
+assert all(changed), changed
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr == ""
+
+
+def test_source_that_does_not_match_leaves_everything_unpatched() -> None:
+    # A rebuilt 5.0.15 whose JSON encoder differs: the last rewrite fails, and
+    # the rewrites already applied must be undone too.
+    out = _run(TARGETS + """
+import inspect, bgpd.exabgp_launch as launch
+real = inspect.getsource
+def edited(obj):
+    text = real(obj)
+    return text.replace("nexthop = str(nlri.nexthop)", "nexthop = repr(nlri.nexthop)")
+launch.inspect.getsource = edited
+before = snapshot()
+assert launch.patch() is False
+assert snapshot() == before
+""")
+    assert out.returncode == 0, out.stderr
+    assert "could not patch exabgp" in out.stderr and "JSON._update" in out.stderr
+
+
+def test_debug_level_keeps_the_debug_lines() -> None:
+    # With DEBUG on, the guarded per-NLRI lines must still be logged.
+    body = encode({"update": {"attribute": {"origin": "igp"}, "announce": {
+        "ipv4 unicast": {"192.0.2.1": [{"nlri": "192.0.2.0/24"}]}}}})
+    out = _run(f"BODY = {body!r}\n" + """
+import os
+os.environ['exabgp.log.level'] = 'DEBUG'
+os.environ['exabgp.log.routes'] = 'true'
+os.environ['exabgp.log.destination'] = 'stdout'
+import bgpd.exabgp_launch as launch
+assert launch.patch()
+from exabgp.environment import getenv
+from exabgp.logger import log
+from exabgp.configuration.configuration import Configuration
+from exabgp.configuration.check import _negotiated
+from exabgp.bgp.message.update import Update
+from exabgp.bgp.message.direction import Direction
+env = getenv(); log.init(env)
+c = Configuration(['neighbor 10.0.0.1 { router-id 10.0.0.2; local-address 10.0.0.2; '
+                   'local-as 1; peer-as 1; family { ipv4 unicast; } }'], text=True)
+c.reload()
+n = list(c.neighbors.values())[0]
+Update.unpack_message(BODY, Direction.IN, _negotiated(n))
+""")
+    assert out.returncode == 0, out.stderr
+    assert "announced NLRI 192.0.2.0/24" in out.stdout + out.stderr
+
+
+def test_unpatched_env_switch(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bgpd.exabgp_launch", "version"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
+                         env={**os.environ, "PYTHONPATH": str(ROOT),
+                              exabgp_launch.UNPATCHED_ENV: "1"})
+    assert out.returncode == 0, out.stderr
+    assert "running exabgp unpatched" in out.stderr
+    assert "5.0.15" in out.stdout
