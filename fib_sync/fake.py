@@ -36,7 +36,7 @@ class FakeKernel:
 
     def dump(
         self, tables: Iterable[int], known: Mapping[RouteKey, Route] | None = None
-    ) -> dict[RouteKey, Route]:
+    ) -> dict:
         """Our routes in `tables` (`known` is the real kernel's sharing hint: unused)."""
         self.dumps += 1
         tables = set(tables)
@@ -45,7 +45,8 @@ class FakeKernel:
             for k, (_r, p) in self.routes.items()
             if p != self.protocol and k[0] in tables
         }
-        return {k: r for k, r in self.ours().items() if k[0] in tables}
+        # By internal key, as NetlinkKernel.dump (what Reconciler compares with).
+        return {r._key: r for k, r in self.ours().items() if k[0] in tables}
 
     def apply_stream(
         self, parts: Iterable[tuple[list[Route], list[Route], list[Route]]]

@@ -442,7 +442,8 @@ class NetlinkKernel:
     def dump(
         self, tables: Iterable[int], known: Mapping[RouteKey, Route] | None = None
     ) -> dict[RouteKey, Route]:
-        """Our routes (rtm_protocol == ours) in `tables`, keyed.
+        """Our routes (rtm_protocol == ours) in `tables`, by internal key
+        (`Route._key`; `known` is keyed the same way).
 
         `known` (the desired routes): a dumped route that already implements
         the known route of its key (`same_route`) is returned AS that known

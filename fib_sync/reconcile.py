@@ -6,8 +6,12 @@ someone else. It is synchronous and knows nothing of asyncio: `FibSyncer` runs
 `run_pass` in its executor thread, one pass at a time, and tests drive it
 directly against `fib_sync.fake.FakeKernel`.
 
+Routes are keyed by internal key (`Route._key`, see fib_sync.route) throughout:
+targets, the view, `failing`, `gone`, `only`; `fib_sync.route.keyed` builds such
+a mapping.
+
 The kernel backend protocol (NetlinkKernel, FakeKernel):
-  dump(tables) -> dict[RouteKey, Route]      our tagged routes
+  dump(tables) -> dict[IKey, Route]      our tagged routes, by internal key
   apply_stream(iterable of (delete, replace, add)) -> [OpError]   may raise StateUnknown
 """
 
@@ -22,15 +26,15 @@ from typing import Protocol
 import structlog
 
 from .netlink import ADD, DELETE, REPLACE, OpError, StateUnknown
-from .route import Route, RouteKey, RouteKind, diff_maps
+from .route import IKey, Route, RouteKind, diff_maps, full_key, internal_key
 
 log = structlog.get_logger(__name__)
 
 
 class KernelBackend(Protocol):
     def dump(
-        self, tables: Iterable[int], known: Mapping[RouteKey, Route] | None = None
-    ) -> dict[RouteKey, Route]: ...
+        self, tables: Iterable[int], known: Mapping[IKey, Route] | None = None
+    ) -> dict[IKey, Route]: ...
 
     def apply_stream(
         self, parts: Iterable[tuple[list[Route], list[Route], list[Route]]]
@@ -50,16 +54,16 @@ class _StreamedPlan:
 
     def __init__(
         self,
-        target: Mapping[RouteKey, Route],
-        view: dict[RouteKey, Route],
-        only: set[RouteKey] | None,
+        target: Mapping[IKey, Route],
+        view: dict[IKey, Route],
+        only: set[IKey] | None,
     ) -> None:
         self.target, self.view = target, view
-        self.add: Mapping[RouteKey, Route] = {}
-        self.replace: dict[RouteKey, Route] = {}
-        self.delete: Mapping[RouteKey, Route] = {}
-        self.old: dict[RouteKey, Route] = {}
-        self.keys: list[RouteKey] = []
+        self.add: Mapping[IKey, Route] = {}
+        self.replace: dict[IKey, Route] = {}
+        self.delete: Mapping[IKey, Route] = {}
+        self.old: dict[IKey, Route] = {}
+        self.keys: list[IKey] = []
         self.bulk = only is None and (not view or not target)
         if self.bulk:
             # Install or flush everything: nothing to compare, no copies.
@@ -145,21 +149,23 @@ class Reconciler:
     def __init__(self, kernel: KernelBackend, stats: FibStats | None = None) -> None:
         self.kernel = kernel
         self.stats = stats or FibStats()
-        self.view: dict[RouteKey, Route] | None = None  # None: never read
-        self.failing: dict[RouteKey, tuple[int, str]] = {}
+        self.view: dict[IKey, Route] | None = None  # None: never read
+        self.failing: dict[IKey, tuple[int, str]] = {}
         self.conflicts: dict[tuple[int, str], str] = {}  # (table, dst) -> holder
 
-    def adopt(self, tables: Iterable[int]) -> dict[RouteKey, Route]:
+    def adopt(self, tables: Iterable[int]) -> dict[IKey, Route]:
         """Read our tagged routes (start-up): they become the view, nothing changes."""
         self.view = self.kernel.dump(tables)
         self.stats.adopted += len(self.view)
         return dict(self.view)
 
-    def note_conflict(self, key: RouteKey | tuple[int, str], holder: str) -> None:
+    def note_conflict(self, key: IKey | tuple[int, str], holder: str) -> None:
         """A route of another protocol holds a prefix we want (same table):
         log once, count once, leave it alone. If it holds our exact key the
         kernel refuses ours (EEXIST) until it goes; at another metric both
         exist and the kernel prefers the lower metric."""
+        if type(key) is str:
+            key = full_key(key)
         prefix = (key[0], key[1])
         if prefix in self.conflicts:
             return
@@ -169,12 +175,12 @@ class Reconciler:
 
     def run_pass(
         self,
-        target: Mapping[RouteKey, Route],
+        target: Mapping[IKey, Route],
         tables: Iterable[int],
         full: bool = False,
-        gone: Iterable[RouteKey] = (),
-        stale_keys: Iterable[RouteKey] = (),
-        only: set[RouteKey] | None = None,
+        gone: Iterable[IKey] = (),
+        stale_keys: Iterable[IKey] = (),
+        only: set[IKey] | None = None,
     ) -> PassReport:
         """Make the kernel hold `target` (desired plus still-stale routes).
 
@@ -188,7 +194,7 @@ class Reconciler:
         t0 = time.monotonic()
         report = PassReport()
         st = self.stats
-        repairs: set[RouteKey] = set()
+        repairs: set[IKey] = set()
         for k in [k for k in self.failing if k not in target]:
             del self.failing[k]
         if full or self.view is None:
@@ -200,6 +206,7 @@ class Reconciler:
                 repairs = {k for k in old if k in target and k not in self.view}
             self._check_foreign(target, getattr(self.kernel, "foreign", {}))
         for k in gone:
+            k = internal_key(k)
             if k in target and self.view.pop(k, None) is not None:
                 repairs.add(k)
         view = self.view
@@ -221,7 +228,7 @@ class Reconciler:
         add, replace, delete = plan.add, plan.replace, plan.delete
         if plan.bulk and delete:
             self.view = view = {}  # `delete` was the whole view
-        refused: dict[str, set[RouteKey]] = {ADD: set(), REPLACE: set(), DELETE: set()}
+        refused: dict[str, set[IKey]] = {ADD: set(), REPLACE: set(), DELETE: set()}
         for err in errors:
             # Rare: undo the optimistic booking of what the kernel refused.
             key = err.route._key
@@ -235,7 +242,7 @@ class Reconciler:
             self._refused(err, key, report, view, repairs)  # type: ignore[arg-type]
         r_add, r_rep, r_del = refused[ADD], refused[REPLACE], refused[DELETE]
         if delete:
-            stale = set(stale_keys)
+            stale = {internal_key(k) for k in stale_keys}
             n_swept = 0
             if stale:
                 for key, route in delete.items():
@@ -267,7 +274,7 @@ class Reconciler:
         return report
 
     def _refused(
-        self, err: OpError, key: RouteKey, report: PassReport, view: dict, repairs: set
+        self, err: OpError, key: IKey, report: PassReport, view: dict, repairs: set
     ) -> None:
         op = err.op
         if op == DELETE and err.errno == errno.ESRCH:
@@ -279,38 +286,42 @@ class Reconciler:
             report.conflicts += 1
             if not report.dumped:
                 report.need_full = True
-            elif (key[0], key[1]) not in self.conflicts:
+            elif (full_key(key)[0], full_key(key)[1]) not in self.conflicts:
                 self.note_conflict(key, "another protocol (EEXIST)")
         else:
             report.failures += 1
             self._failed(key, err)
 
-    def _failed(self, key: RouteKey, err: OpError) -> None:
+    def _failed(self, key: IKey, err: OpError) -> None:
         prev = self.failing.get(key)
         if prev is not None and prev[0] == err.errno:
             return  # logged and counted already; retried silently
         self.failing[key] = (err.errno, err.reason)
         self.stats.failed += 1
+        table, dst, metric = full_key(key)
         log.warning(
             "fib_route_failed",
             op=err.op,
-            table=key[0],
-            dst=key[1],
-            metric=key[2],
+            table=table,
+            dst=dst,
+            metric=metric,
             errno=errno.errorcode.get(err.errno, err.errno),
             reason=err.reason,
         )
 
-    def _recovered(self, key: RouteKey) -> None:
+    def _recovered(self, key: IKey) -> None:
         if self.failing.pop(key, None) is not None:
-            log.info("fib_route_recovered", table=key[0], dst=key[1], metric=key[2])
+            table, dst, metric = full_key(key)
+            log.info("fib_route_recovered", table=table, dst=dst, metric=metric)
 
-    def _check_foreign(self, target: Mapping[RouteKey, Route], foreign: Mapping) -> None:
+    def _check_foreign(self, target: Mapping[IKey, Route], foreign: Mapping) -> None:
         """After a full read: note new conflicts, drop those that went away."""
-        wanted = {(k[0], k[1]) for k in target} if (foreign or self.conflicts) else set()
+        # From the routes, not the (internal) keys: r.table/r.metric are always set here.
+        wanted = {(r.table, r.dst) for r in target.values()} if (
+            foreign or self.conflicts) else set()
         metrics = getattr(self.kernel, "foreign_metric", {})
         blackholes = (
-            {(k[0], k[1]): k[2] for k, r in target.items() if r.kind is RouteKind.BLACKHOLE}
+            {(r.table, r.dst): r.metric for r in target.values() if r.kind is RouteKind.BLACKHOLE}
             if foreign else {}
         )
         for prefix, proto in foreign.items():

@@ -9,6 +9,13 @@ kernel uses to decide "exists" (EEXIST) and what NLM_F_REPLACE replaces — so
 `RouteKey` is that triple. Everything else (kind, next hops) is what `diff`
 compares to decide between "leave", "replace" and "add".
 
+Inside fib_sync (the syncer's desired set, the reconciler's view, kernel dumps)
+routes are keyed by `Route._key`, the *internal key*: the dst string itself for
+the common (main table, DEFAULT_METRIC) pair, the triple otherwise. A 3-tuple per
+route cost 64 bytes at 100k routes; the dst string is shared with rib and the
+kernel-facing code anyway. Everything public (`Route.key`, `FibSyncer`'s
+properties, `diff`) speaks `RouteKey` triples; `internal_key`/`full_key` convert.
+
 Construction validates cheaply (inet_pton, no `ipaddress` objects): building
 100k routes must not cost more than installing them.
 """
@@ -21,9 +28,34 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 RT_TABLE_MAIN = 254
+DEFAULT_METRIC = 20  # FibSyncer's default route metric
 IPV6_DEFAULT_METRIC = 1024  # the kernel stores IPv6 metric 0 as 1024
 
 RouteKey = tuple[int, str, int]  # (table, dst, metric)
+IKey = str | RouteKey  # internal key: dst alone for (RT_TABLE_MAIN, DEFAULT_METRIC)
+
+
+def ikey(table: int, dst: str, metric: int) -> IKey:
+    """The internal key of (table, dst, metric)."""
+    if table == RT_TABLE_MAIN and metric == DEFAULT_METRIC:
+        return dst
+    return (table, dst, metric)
+
+
+def internal_key(key: IKey) -> IKey:
+    """`key` (a RouteKey triple, any sequence of three, or already internal) as
+    an internal key."""
+    if type(key) is str:
+        return key
+    table, dst, metric = key
+    return ikey(table, dst, metric)
+
+
+def full_key(key: IKey) -> RouteKey:
+    """The RouteKey triple of an internal key."""
+    if type(key) is str:
+        return (RT_TABLE_MAIN, key, DEFAULT_METRIC)
+    return key  # type: ignore[return-value]
 
 
 class RouteKind(enum.Enum):
@@ -107,7 +139,7 @@ class Route:
     metric: int | None = None
     family: int = field(default=0, compare=False, repr=False)
     dst_len: int = field(default=0, compare=False, repr=False)
-    _key: RouteKey | None = field(default=None, init=False, compare=False, repr=False)
+    _key: IKey | None = field(default=None, init=False, compare=False, repr=False)
 
     # No stored packed address: at 100k routes its bytes object cost ~64 bytes a
     # route (with the slot), while the netlink encoder re-packs a run of
@@ -152,7 +184,7 @@ class Route:
                 raise ValueError(f"route {dst}: metric {metric!r}: must be 0..2^32-1")
             if metric == 0 and fam == socket.AF_INET6:
                 set_(self, "metric", IPV6_DEFAULT_METRIC)
-        set_(self, "_key", (self.table or RT_TABLE_MAIN, dst, self.metric or 0))
+        set_(self, "_key", ikey(self.table or RT_TABLE_MAIN, dst, self.metric or 0))
 
     @property
     def packed(self) -> bytes:
@@ -162,7 +194,10 @@ class Route:
     @property
     def key(self) -> RouteKey:
         """(table, dst, metric): what the kernel treats as the same route."""
-        return self._key  # type: ignore[return-value]
+        k = self._key
+        if type(k) is str:
+            return (RT_TABLE_MAIN, k, DEFAULT_METRIC)
+        return k  # type: ignore[return-value]
 
     def with_defaults(self, table: int, metric: int) -> Route:
         if self.table is not None and self.metric is not None:
@@ -227,7 +262,8 @@ def trusted_route(
     _set(r, "metric", metric)
     _set(r, "family", family)
     _set(r, "dst_len", dst_len)
-    _set(r, "_key", (table, dst, metric))
+    _set(r, "_key", dst if table == RT_TABLE_MAIN and metric == DEFAULT_METRIC
+         else (table, dst, metric))
     return r
 
 
@@ -264,10 +300,11 @@ class Plan:
         return len(self.add) + len(self.replace) + len(self.delete)
 
 
-def _by_key(routes: Mapping[RouteKey, Route] | Iterable[Route]) -> Mapping[RouteKey, Route]:
+def keyed(routes: Mapping[IKey, Route] | Iterable[Route]) -> dict[IKey, Route]:
+    """`routes` (or a mapping's values) by internal key: what `Reconciler` takes."""
     if isinstance(routes, Mapping):
-        return routes
-    out: dict[RouteKey, Route] = {}
+        routes = routes.values()
+    out: dict[IKey, Route] = {}
     for r in routes:
         out[r._key] = r  # type: ignore[index]
     return out
@@ -279,8 +316,9 @@ def diff(
 ) -> Plan:
     """The changes that turn `actual` (our tagged routes in the kernel) into
     `desired`. Pure: no I/O, inputs untouched. Routes must already carry
-    their table and metric (`Route.with_defaults`)."""
-    add, replace, delete, _ = diff_maps(_by_key(desired), _by_key(actual))
+    their table and metric (`Route.with_defaults`); mappings are read by their
+    values (keyed by `RouteKey` or internal keys alike)."""
+    add, replace, delete, _ = diff_maps(keyed(desired), keyed(actual))
     return Plan(tuple(add.values()), tuple(replace.values()), tuple(delete.values()))
 
 

@@ -45,12 +45,20 @@ from .netlink import (
     parse_route,
 )
 from .reconcile import FibStats, KernelBackend, PassReport, Reconciler
-from .route import RT_TABLE_MAIN, Route, RouteKey
+from .route import (
+    DEFAULT_METRIC,
+    RT_TABLE_MAIN,
+    IKey,
+    Route,
+    RouteKey,
+    full_key,
+    ikey,
+    internal_key,
+)
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_PROTOCOL = 201
-DEFAULT_METRIC = 20
 _RESERVED_PROTOCOLS = {0, 1, 2, 3, 4}
 
 
@@ -105,23 +113,24 @@ class FibSyncer:
         self._kernel = _kernel
         self._reconciler: Reconciler | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="fib_sync")
-        self._desired: dict[RouteKey, Route] = {}
+        # Keyed by internal key (fib_sync.route): dst alone for main/DEFAULT_METRIC.
+        self._desired: dict[IKey, Route] = {}
         self._desired_tables: set[int] = {table}  # tables of desired routes (a superset)
         # Metrics of desired routes (a superset; usually one): whether a foreign
         # route's prefix is wanted is then a few key lookups, without a set of
         # every desired prefix (~100 B a route, rebuilt after every update).
         self._desired_metrics: set[int] = {metric}
         self._whole = True  # the desired set changed as a whole: diff everything
-        self._changed: set[RouteKey] = set()  # keys changed by update()
-        self._stale: dict[RouteKey, Route] = {}
+        self._changed: set[IKey] = set()  # keys changed by update()
+        self._stale: dict[IKey, Route] = {}
         self._gen = 0  # bumped by every request that must be reflected in a pass
         self._done_gen = 0
         self._waiters: list[tuple[int, asyncio.Future]] = []
         self._wake = asyncio.Event()
         self._need_full = False
         self._repair_only = False
-        self._gone: set[RouteKey] = set()
-        self._sweep: set[RouteKey] = set()  # stale keys released by converged()
+        self._gone: set[IKey] = set()
+        self._sweep: set[IKey] = set()  # stale keys released by converged()
         self._tasks: list[asyncio.Task] = []
         self._monitor: socket.socket | None = None
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -179,7 +188,7 @@ class FibSyncer:
         """Replace the whole desired set. With `wait`, return once a pass that
         started after this call has finished (the kernel holds the routes, or
         they are counted as failed/conflicting and will be retried)."""
-        desired: dict[RouteKey, Route] = {}
+        desired: dict[IKey, Route] = {}
         table, metric = self.table, self.metric
         tables = {table}
         metrics = {metric}
@@ -193,14 +202,14 @@ class FibSyncer:
             other = get(k)  # type: ignore[arg-type]
             if other is not None and other != r:
                 raise ValueError(
-                    f"desired routes: two different routes for {k[1]} "
-                    f"table {k[0]} metric {k[2]}: {other} and {r}"
+                    f"desired routes: two different routes for {r.dst} "
+                    f"table {r.table} metric {r.metric}: {other} and {r}"
                 )
             desired[k] = r  # type: ignore[index]
-            if k[0] != table:  # type: ignore[index]
-                tables.add(k[0])  # type: ignore[index]
-            if k[2] != metric:  # type: ignore[index]
-                metrics.add(k[2])  # type: ignore[index]
+            if r.table != table:
+                tables.add(r.table)  # type: ignore[arg-type]
+            if r.metric != metric:
+                metrics.add(r.metric)  # type: ignore[arg-type]
         self._desired = desired
         self._desired_tables = tables
         self._desired_metrics = metrics
@@ -228,7 +237,8 @@ class FibSyncer:
         desired = self._desired
         changed = self._changed
         for w in withdraw:
-            k = w.with_defaults(table, metric).key if isinstance(w, Route) else tuple(w)
+            k = w.with_defaults(table, metric)._key if isinstance(w, Route) else internal_key(
+                tuple(w))
             desired.pop(k, None)  # type: ignore[call-overload]
             changed.add(k)  # type: ignore[arg-type]
         stale = self._stale
@@ -242,10 +252,10 @@ class FibSyncer:
             k = r._key
             desired[k] = r  # type: ignore[index]
             changed.add(k)  # type: ignore[arg-type]
-            if k[0] != table:  # type: ignore[index]
-                tables.add(k[0])  # type: ignore[index]
-            if k[2] != metric:  # type: ignore[index]
-                metrics.add(k[2])  # type: ignore[index]
+            if r.table != table:
+                tables.add(r.table)  # type: ignore[arg-type]
+            if r.metric != metric:
+                metrics.add(r.metric)  # type: ignore[arg-type]
             if stale:
                 stale.pop(k, None)  # type: ignore[call-overload]
         if self._started:
@@ -299,20 +309,27 @@ class FibSyncer:
         if self._kernel is None:
             raise RuntimeError("FibSyncer not started")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._kernel.dump, self._tables())
+        dump = await loop.run_in_executor(self._executor, self._kernel.dump, self._tables())
+        return {full_key(k): r for k, r in dump.items()}
 
     @property
     def desired_routes(self) -> dict[RouteKey, Route]:
-        return dict(self._desired)
+        return {full_key(k): r for k, r in self._desired.items()}
+
+    def desired_values(self) -> list[Route]:
+        """The desired routes without their keys (no key triple built per route)."""
+        return list(self._desired.values())
 
     @property
     def stale_routes(self) -> dict[RouteKey, Route]:
-        return dict(self._stale)
+        return {full_key(k): r for k, r in self._stale.items()}
 
     @property
     def failing_routes(self) -> dict[RouteKey, tuple[int, str]]:
         """key -> (errno, kernel reason) of routes that currently fail."""
-        return dict(self._reconciler.failing) if self._reconciler else {}
+        if not self._reconciler:
+            return {}
+        return {full_key(k): v for k, v in self._reconciler.failing.items()}
 
     @property
     def conflicting_prefixes(self) -> dict[tuple[int, str], str]:
@@ -379,16 +396,16 @@ class FibSyncer:
             for off, ln, typ, _flags, _seq in iter_messages(data, len(data)):
                 if typ in (RTM_NEWROUTE, RTM_DELROUTE):
                     m = parse_route(data, off, ln)
-                    key = m.key
+                    t, dst, metric = m.key
                     if m.protocol == proto:
+                        key = ikey(t, dst, metric)
                         if typ == RTM_DELROUTE and (key in desired or key in self._stale):
                             self._gone.add(key)
                             wake = True
                         continue
                     # Another protocol: only prefixes we want matter; the full
                     # read notes or clears the conflict.
-                    t, dst = key[0], key[1]
-                    if any((t, dst, m) in desired for m in self._desired_metrics):
+                    if any(ikey(t, dst, m) in desired for m in self._desired_metrics):
                         self._need_full = True
                         wake = True
                 elif typ in (RTM_NEWLINK, RTM_DELLINK, RTM_DELADDR):
@@ -402,7 +419,7 @@ class FibSyncer:
             self._repair_only = True if self._gen == self._done_gen else self._repair_only
             self._wake.set()
 
-    def _target(self) -> dict[RouteKey, Route]:
+    def _target(self) -> dict[IKey, Route]:
         """Desired routes plus adopted routes not yet re-confirmed or swept."""
         if not self._stale:
             return self._desired
@@ -427,7 +444,7 @@ class FibSyncer:
                 self._repair_only = False
                 target = self._target()
                 stale_keys, self._sweep = self._sweep, set()
-                only: set[RouteKey] | None = None
+                only: set[IKey] | None = None
                 if not self._whole:
                     # The changed set is handed over (a fresh one replaces it
                     # below), not copied: copying 10k keys cost more than diffing them.

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from fib_sync import NextHop, Route, RouteKind, diff
 from fib_sync.fake import FakeKernel
 from fib_sync.reconcile import Reconciler
+from fib_sync.route import full_key, keyed
 
 P = 201
 
@@ -34,7 +35,8 @@ def routes(draw):
     return Route(dst, nexthops=tuple(nhs), table=254, metric=metric)
 
 
-route_sets = st.lists(routes(), max_size=30).map(lambda rs: {r.key: r for r in rs})
+# By internal key (what Reconciler takes): metric 20 routes by dst, metric 30 by triple.
+route_sets = st.lists(routes(), max_size=30).map(keyed)
 
 
 @settings(max_examples=200, deadline=None)
@@ -48,7 +50,7 @@ def test_one_diff_and_apply_reaches_desired(desired, actual, foreign):
     foreign_left = {key: v for key, v in k.routes.items() if v[1] != P}
     rec = Reconciler(k)
     rec.run_pass(desired, [254], full=True)
-    reachable = {key: rt for key, rt in desired.items() if key not in foreign_left}
+    reachable = {rt.key: rt for rt in desired.values() if rt.key not in foreign_left}
     # Same keys, and equal as the kernel compares them: a desired next hop without a
     # device matches the kernel's route via that gateway on whatever device it resolved.
     assert k.ours().keys() == reachable.keys()
@@ -57,7 +59,9 @@ def test_one_diff_and_apply_reaches_desired(desired, actual, foreign):
     # Foreign routes are never touched.
     assert {key: v for key, v in k.routes.items() if v[1] != P} == foreign_left
     # Every desired key held by a foreign route is reported as a conflict.
-    assert {(key[0], key[1]) for key in desired if key in foreign_left} <= set(rec.conflicts)
+    assert {(rt.table, rt.dst) for rt in desired.values() if rt.key in foreign_left} <= set(
+        rec.conflicts)
+    assert all(full_key(key) == rt.key for key, rt in rec.view.items())
     ops = k.applied_ops
     rec.run_pass(desired, [254])
     adds_blocked = len(desired) - len(reachable)

@@ -157,6 +157,32 @@ async def test_external_delete_is_repaired(lab):
     assert s.stats.full_resyncs == 0
 
 
+async def test_routes_off_the_default_table_and_metric_are_kept_and_repaired(lab):
+    # Inside fib_sync a route in the main table at metric 20 is keyed by its dst
+    # alone, any other by (table, dst, metric): both kinds in one set, on a
+    # syncer whose own defaults are the other kind.
+    ns, syncers = lab
+    s = await started(ns, syncers, resync_interval=3600, metric=30)
+    a = Route("10.10.0.0/26", nexthops=(NextHop("10.1.0.2"),))  # the syncer's metric 30
+    b = Route("10.10.0.0/26", nexthops=(NextHop("10.1.0.3"),), table=254, metric=20)
+    c = Route("fd10::/122", nexthops=(NextHop("fd01::2"),), table=254, metric=20)
+    await s.set_desired([a, b, c])
+    assert set(s.desired_routes) == {(254, "10.10.0.0/26", 30), (254, "10.10.0.0/26", 20),
+                                     (254, "fd10::/122", 20)}
+    assert set(await s.kernel_routes()) == set(s.desired_routes)
+    ip(ns, "route", "del", "10.10.0.0/26", "metric", "20", "proto", str(P))
+    ip(ns, "route", "del", "10.10.0.0/26", "metric", "30", "proto", str(P))
+    ip(ns, "-6", "route", "del", "fd10::/122", "proto", str(P))
+    await eventually(lambda: len(kernel(ns, "proto", str(P))) == 3, timeout=3)
+    assert s.stats.repairs == 3 and s.stats.full_resyncs == 0
+    # A withdrawal by RouteKey triple removes exactly that route.
+    await s.update(withdraw=[(254, "10.10.0.0/26", 20)])
+    got = kernel(ns, "proto", str(P))
+    assert sorted((r["dst"], r.get("metric")) for r in got) == [
+        ("10.10.0.0/26", 30), ("fd10::/122", 20)]
+    assert not diff(s.desired_routes, await s.kernel_routes())
+
+
 async def test_foreign_route_on_our_prefix_is_left_alone_and_reported(lab):
     ns, syncers = lab
     # Same key as ours (metric 20): the kernel refuses ours; keep theirs.
@@ -331,10 +357,11 @@ async def test_many_routes_over_several_sends_map_each_refusal_to_its_route(lab)
     assert got[v4[699]]["gateway"] == "10.1.0.3" and got[v4[701]]["gateway"] == "10.1.0.3"
     assert {k[1] for k in s.failing_routes} == {bad, bad2}
     assert s.stats.replaced == len(changes) - 1
-    view = s._reconciler.view
+    view = s._reconciler.view  # by internal key; kernel_routes() by RouteKey
     dumped = await s.kernel_routes()
-    assert set(view) == set(dumped)
-    assert view[(254, bad2, 20)].nexthops[0].gateway == "10.1.0.2"
+    assert {r.key for r in view.values()} == set(dumped)
+    assert all(k == r._key for k, r in view.items())
+    assert view[bad2].nexthops[0].gateway == "10.1.0.2"  # main table, metric 20: by dst
     assert not diff(view, dumped)  # the view says what the kernel holds
 
     await s.set_desired([])

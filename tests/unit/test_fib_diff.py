@@ -12,7 +12,7 @@ import pytest
 from fib_sync import FibSyncer, NextHop, Route, RouteKind, diff
 from fib_sync.fake import FakeKernel
 from fib_sync.reconcile import Reconciler
-from fib_sync.route import trusted_route
+from fib_sync.route import full_key, internal_key, keyed, trusted_route
 
 P = 201
 GW = (NextHop("10.1.0.2"),)
@@ -63,6 +63,22 @@ def test_route_canonical_forms_compare_equal():
     # A lone next hop carries no weight in the kernel.
     assert Route("10.0.0.0/24", nexthops=(NextHop("10.1.0.2", weight=5),)).nexthops[0].weight == 1
     assert Route("10.0.0.0/24", nexthops=GW).with_defaults(100, 7).key == (100, "10.0.0.0/24", 7)
+
+
+
+def test_internal_keys_are_dst_for_main_table_default_metric_only():
+    main = r("10.0.0.0/26")  # table 254, metric 20
+    other = r("10.0.0.0/26", metric=30)
+    assert (main._key, other._key) == ("10.0.0.0/26", (254, "10.0.0.0/26", 30))
+    assert (main.key, other.key) == ((254, "10.0.0.0/26", 20), (254, "10.0.0.0/26", 30))
+    for route in (main, other, Route("fd00::/64", kind="blackhole", table=100, metric=20)):
+        assert full_key(route._key) == route.key
+        assert internal_key(route.key) == route._key == internal_key(route._key)
+        assert internal_key(list(route.key)) == route._key
+    # Equal routes from the kernel dump path key the same way.
+    assert trusted_route("10.0.0.0/26", RouteKind.UNICAST, main.nexthops, 254, 20,
+                         socket.AF_INET, 26)._key == main._key
+    assert keyed([main, other]) == {main._key: main, other._key: other}
 
 
 @pytest.mark.parametrize(
@@ -131,7 +147,7 @@ def test_diff_metric_is_part_of_identity():
 
 
 def target(*routes: Route) -> dict:
-    return {x.key: x for x in routes}
+    return keyed(routes)  # Reconciler speaks internal keys
 
 
 def test_failed_route_is_counted_once_others_apply_and_retry_succeeds():
@@ -143,7 +159,7 @@ def test_failed_route_is_counted_once_others_apply_and_retry_succeeds():
     assert rep.failures == 1
     assert set(k.ours()) == {good.key}
     assert rec.stats.failed == 1 and rec.stats.failing == 1
-    assert rec.failing[bad.key][0] == errno.ENETUNREACH
+    assert rec.failing[bad._key][0] == errno.ENETUNREACH
     rec.run_pass(target(good, bad), [254])  # still failing: retried, not recounted
     assert rec.stats.failed == 1
     del k.fail[bad.dst]
@@ -190,7 +206,7 @@ def test_lost_replies_force_a_full_read_then_converge():
     dumps = k.dumps
     rec.run_pass(routes, [254])
     assert k.dumps == dumps + 1  # re-read, not guessed
-    assert set(k.ours()) == set(routes)
+    assert set(k.ours()) == {r.key for r in routes.values()}
     assert not diff(routes, k.ours())
 
 
