@@ -595,7 +595,7 @@ class Daemon:
         return out
 
     def rib_prefix_count(self) -> int:
-        return len(self.rib.loc_rib()) if self.rib is not None else 0
+        return self.rib.prefix_count() if self.rib is not None else 0
 
     def rib_path_count(self) -> int:
         if self.rib is None:
@@ -604,7 +604,7 @@ class Daemon:
 
     def kernel_route_counts(self) -> dict[str, int]:
         counts = {"unicast": 0, "multipath": 0, "blackhole": 0}
-        for r in self.fib.desired_routes.values():
+        for r in self.fib.desired_values():
             if r.kind.value == "blackhole":
                 counts["blackhole"] += 1
             elif len(r.nexthops) > 1:

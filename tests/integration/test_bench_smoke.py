@@ -49,7 +49,9 @@ def test_convergence_quick_podbgp_and_bird2():
         # Established precedes the first UPDATE: its interval is the longer one
         assert 0 < first <= est < 30, (label, est, first)
         assert 0 < wd < 30, (label, wd)
-        assert rate == pytest.approx(1000 / est, rel=0.05), (label, rate, est)
+        # The table prints seconds to 3 decimals; at ~5 ms that rounding alone is 10%.
+        lo, hi = 1000 / (est + 0.0005), 1000 / max(est - 0.0005, 1e-6)
+        assert lo * 0.99 <= rate <= hi * 1.01, (label, rate, est)
         assert 0.5 < rss_mib < 2000, (label, rss_mib)
     last = out.strip().splitlines()[-1]
     m = re.fullmatch(r"convergence: K=1000: podbgp ([\d.]+)s, BIRD 2 ([\d.]+)s", last)
