@@ -9,7 +9,7 @@ rejection counter, ``teardown`` to session control.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from rib.bestpath import BestReason
 from rib.kernel import KernelRoute
@@ -26,6 +26,27 @@ class BestChange:
     new: Path | None
     multipath: tuple[Path, ...]  # the new ECMP set, best first; () when withdrawn
     reason: BestReason
+
+
+_BC_SET = {name: BestChange.__dict__[name].__set__
+           for name in ("prefix", "old", "new", "multipath", "reason")}
+assert tuple(f.name for f in fields(BestChange)) == tuple(_BC_SET), "update best_change"
+
+
+def best_change(
+    prefix: str, old: Path | None, new: Path | None, multipath: tuple[Path, ...],
+    reason: BestReason, *, _new=object.__new__, _p=_BC_SET["prefix"], _o=_BC_SET["old"],
+    _n=_BC_SET["new"], _m=_BC_SET["multipath"], _r=_BC_SET["reason"],
+) -> BestChange:
+    """``BestChange(...)`` for the RIB's hot path (one per changed prefix): the same
+    object without the frozen dataclass's object.__setattr__ per field."""
+    b = _new(BestChange)
+    _p(b, prefix)
+    _o(b, old)
+    _n(b, new)
+    _m(b, multipath)
+    _r(b, reason)
+    return b
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from rib.inputs import EncapMode, RibConfig, address_in, parse_prefix, pool_for
 from rib.path import Path, PeerKind
@@ -39,7 +39,8 @@ class KernelRoute:
 class KernelContext:
     """Per-config precomputation for ``kernel_route``."""
 
-    __slots__ = ("config", "nh_cache", "own_blocks", "pools", "subnets", "tunnel_cache")
+    __slots__ = ("config", "nh1_cache", "nh_cache", "own_blocks", "pools", "subnets",
+                 "tunnel_cache")
 
     def __init__(self, config: RibConfig) -> None:
         self.config = config
@@ -56,6 +57,7 @@ class KernelContext:
         # Shared next-hop tuples and "is this next hop off-subnet" answers: few
         # distinct next hops (one per node), many routes.
         self.nh_cache: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.nh1_cache: dict[str, tuple[str, ...]] = {}  # next hop -> its shared 1-tuple
         self.tunnel_cache: dict[str, bool] = {}
 
     def off_subnet(self, next_hop: str) -> bool:
@@ -80,10 +82,15 @@ def kernel_route(prefix: str, members: Sequence[Path], ctx: KernelContext) -> Ke
     if pool is not None and pool.vxlan_mode is not EncapMode.NEVER:
         return None
     if len(members) == 1:
-        hops: tuple[str, ...] = (best.next_hop,)
+        # Keyed by the next hop itself: no tuple built per route.
+        nh = best.next_hop
+        hops: tuple[str, ...] | None = ctx.nh1_cache.get(nh)
+        if hops is None:
+            hops = (nh,)
+            hops = ctx.nh1_cache[nh] = ctx.nh_cache.setdefault(hops, hops)
     else:
         hops = tuple(sorted({p.next_hop for p in members}))
-    hops = ctx.nh_cache.setdefault(hops, hops)
+        hops = ctx.nh_cache.setdefault(hops, hops)
     tunnel = False
     if pool is not None:
         if pool.ipip_mode is EncapMode.ALWAYS:
@@ -93,5 +100,28 @@ def kernel_route(prefix: str, members: Sequence[Path], ctx: KernelContext) -> Ke
             # (IPIP to an on-subnet host works; plain routing to an off-subnet one does not).
             tunnel = any(ctx.off_subnet(h) for h in hops)
     if tunnel:
-        return KernelRoute(prefix, RouteKind.UNICAST, hops, cfg.tunnel_device, True, cfg.route_metric)
-    return KernelRoute(prefix, RouteKind.UNICAST, hops, None, False, cfg.route_metric)
+        return _kernel_route(prefix, RouteKind.UNICAST, hops, cfg.tunnel_device, True,
+                             cfg.route_metric)
+    return _kernel_route(prefix, RouteKind.UNICAST, hops, None, False, cfg.route_metric)
+
+
+_SET = {name: KernelRoute.__dict__[name].__set__
+        for name in ("prefix", "kind", "next_hops", "device", "onlink", "metric")}
+assert tuple(f.name for f in fields(KernelRoute)) == tuple(_SET), "update rib.kernel._kernel_route"
+
+
+def _kernel_route(
+    prefix: str, kind: RouteKind, hops: tuple[str, ...], device: str | None, onlink: bool,
+    metric: int, *, _new=object.__new__, _p=_SET["prefix"], _k=_SET["kind"],
+    _h=_SET["next_hops"], _d=_SET["device"], _o=_SET["onlink"], _m=_SET["metric"],
+) -> KernelRoute:
+    # ``KernelRoute(...)`` with arguments already checked by ``kernel_route``, without
+    # the frozen dataclass's object.__setattr__ per field (one per route in a burst).
+    r = _new(KernelRoute)
+    _p(r, prefix)
+    _k(r, kind)
+    _h(r, hops)
+    _d(r, device)
+    _o(r, onlink)
+    _m(r, metric)
+    return r

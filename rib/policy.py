@@ -9,6 +9,8 @@ rejection has a ``RejectReason`` the daemon logs and counts.
 from __future__ import annotations
 
 import enum
+import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rib.bestpath import DEFAULT_LOCAL_PREF
@@ -70,6 +72,104 @@ def import_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectR
     for block in ctx.own_blocks:
         if contains(block, parsed):
             return RejectReason.OWN_BLOCK
+    reason = _attr_reason(path, policy, ctx)
+    if reason is not None:
+        return reason
+    if policy.import_filters:
+        action = first_match(policy.import_filters, parsed, False)
+        if action is FilterAction.ACCEPT:
+            return None
+        if action is FilterAction.REJECT:
+            return RejectReason.FILTER_REJECT
+    for pool in ctx.enabled_pools:
+        if contains(pool.parsed, parsed):
+            return None
+    return _outside_pools(parsed, ctx)
+
+
+def import_reasons(
+    paths: Sequence[Path], policy: PeerPolicy, ctx: ImportContext,
+    *, _pton=socket.inet_pton, _af=socket.AF_INET,
+) -> list[RejectReason | None]:
+    """``[import_reason(p, policy, ctx) for p in paths]``, computed per UPDATE.
+
+    The paths of one UPDATE share their attribute objects (``rib.path.paths_for``),
+    so the rules that read only attributes and the peer (own next hop, AS loop,
+    originator and cluster loop) run once per run of paths with the same objects,
+    and IPv4 prefixes are parsed inline. Rule order and reasons are exactly
+    ``import_reason``'s (tests/unit/test_rib_import.py checks the two agree).
+    """
+    out: list[RejectReason | None] = []
+    append = out.append
+    own_blocks = ctx.own_blocks
+    filters = policy.import_filters
+    enabled = ctx.enabled_pools
+    last = None  # the path whose attribute objects ``attr_reason`` was computed for
+    attr_reason: RejectReason | None = None
+    for path in paths:
+        prefix = path.prefix
+        # parse_prefix's IPv4 fast path, inline (anything else: the function itself).
+        addr, sep, plen_s = prefix.partition("/")
+        parsed = None
+        if sep and ":" not in addr and plen_s.isdigit():
+            try:
+                packed = _pton(_af, addr)
+            except OSError:
+                packed = None
+            plen = int(plen_s)
+            if packed is not None and plen <= 32:
+                net = int.from_bytes(packed, "big")
+                if net & ((1 << (32 - plen)) - 1):
+                    append(RejectReason.INVALID_PREFIX)
+                    continue
+                parsed = (4, net, plen)
+        if parsed is None:
+            try:
+                parsed = parse_prefix(prefix)
+            except ValueError:
+                append(RejectReason.INVALID_PREFIX)
+                continue
+        if parsed[2] == 0:
+            append(RejectReason.DEFAULT_ROUTE)
+            continue
+        reason = None
+        for block in own_blocks:
+            if contains(block, parsed):
+                reason = RejectReason.OWN_BLOCK
+                break
+        if reason is not None:
+            append(reason)
+            continue
+        if last is None or not (
+            path.next_hop is last.next_hop and path.peer is last.peer
+            and path.as_path is last.as_path and path.originator_id is last.originator_id
+            and path.cluster_list is last.cluster_list
+        ):
+            attr_reason = _attr_reason(path, policy, ctx)
+            last = path
+        if attr_reason is not None:
+            append(attr_reason)
+            continue
+        if filters:
+            action = first_match(filters, parsed, False)
+            if action is FilterAction.ACCEPT:
+                append(None)
+                continue
+            if action is FilterAction.REJECT:
+                append(RejectReason.FILTER_REJECT)
+                continue
+        for pool in enabled:
+            if contains(pool.parsed, parsed):
+                break
+        else:
+            append(_outside_pools(parsed, ctx))
+            continue
+        append(None)
+    return out
+
+
+def _attr_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectReason | None:
+    """The import rules that read only a path's attributes and peer, in order."""
     cfg = ctx.config
     if path.next_hop in cfg.node_addresses:
         return RejectReason.OWN_NEXT_HOP
@@ -81,18 +181,12 @@ def import_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectR
         return RejectReason.ORIGINATOR_LOOP
     if path.cluster_list and ctx.cluster_id in path.cluster_list:
         return RejectReason.CLUSTER_LOOP
-    if policy.import_filters:
-        action = first_match(policy.import_filters, parsed, False)
-        if action is FilterAction.ACCEPT:
-            return None
-        if action is FilterAction.REJECT:
-            return RejectReason.FILTER_REJECT
-    for pool in ctx.enabled_pools:
-        if contains(pool.parsed, parsed):
-            return None
-    # Not inside an enabled pool: say the most helpful reason.
-    pool = pool_for(ctx.pools, parsed)
-    if pool is not None:
+    return None
+
+
+def _outside_pools(parsed: tuple[int, int, int], ctx: ImportContext) -> RejectReason:
+    """Not inside an enabled pool: the most helpful reason."""
+    if pool_for(ctx.pools, parsed) is not None:
         return RejectReason.POOL_DISABLED
     for pool in ctx.pools:
         if contains(parsed, pool.parsed):

@@ -23,7 +23,7 @@ from collections.abc import Hashable, Iterable, Mapping
 import structlog
 
 from rib.bestpath import BestReason, select_best
-from rib.changes import BestChange, Changes, ExportDelta, Rejection
+from rib.changes import Changes, ExportDelta, Rejection, best_change
 from rib.inputs import (
     MaxPrefixAction,
     PeerPolicy,
@@ -39,7 +39,7 @@ from rib.policy import (
     ImportContext,
     RejectReason,
     export_key,
-    import_reason,
+    import_reasons,
 )
 
 log = structlog.get_logger(__name__)
@@ -406,12 +406,14 @@ class Rib:
         rejected = peer.rejected
         limit = policy.max_prefixes
         key = policy.key
-        for path in paths:
+        dests = self._dest
+        if not isinstance(paths, (list, tuple)):
+            paths = list(paths)
+        for path, reason in zip(paths, import_reasons(paths, policy, ictx), strict=True):
             prefix = path.prefix
             old = adj_in.get(prefix)
             was_accepted = old is not None and prefix not in rejected
             adj_in[prefix] = path
-            reason = import_reason(path, policy, ictx)
             if reason is None and not was_accepted and limit is not None and (
                 peer.accepted >= limit
             ):
@@ -426,7 +428,13 @@ class Rib:
                     if old is not None:
                         del rejected[prefix]
                     old = None
-                self._replace_candidate(prefix, old, path, touched)
+                if old is None and prefix not in dests:
+                    # A new prefix (the common case of a burst): _replace_candidate inline.
+                    if prefix not in touched:
+                        touched[prefix] = None
+                    dests[prefix] = path
+                else:
+                    self._replace_candidate(prefix, old, path, touched)
             else:
                 rejected[prefix] = reason
                 changes.rejected.append(Rejection(key, prefix, reason))
@@ -536,8 +544,21 @@ class Rib:
         dests = self._dest
         up_peers = [p for p in self._peers.values() if p.up] if export else []
         delta_get = changes.export_for
+        best_append = changes.best.append
+        add_append = changes.kernel_add.append
         for prefix, before in touched.items():
             dest = dests.get(prefix)
+            if before is None and dest is not None and type(dest) is not _Dest:
+                # A new prefix with one candidate (a burst's common case): the general
+                # code below with its answers known (changed, nothing to remove).
+                members = (dest,)
+                best_append(best_change(prefix, None, dest, members, BestReason.ONLY_PATH))
+                for peer in up_peers:
+                    self._export_one(peer, prefix, dest, delta_get)
+                route = kernel_route(prefix, members, kctx)
+                if route is not None:
+                    add_append(route)
+                continue
             if type(dest) is _Dest:
                 members, reason = select_best(dest.paths, max_paths)
                 dest.members = members
@@ -565,7 +586,7 @@ class Rib:
             old_best = old_members[0] if old_members else None
             new_best = members[0] if members else None
             if not same:
-                changes.best.append(BestChange(prefix, old_best, new_best, members, reason))
+                best_append(best_change(prefix, old_best, new_best, members, reason))
             if new_best is not old_best:
                 for peer in up_peers:
                     self._export_one(peer, prefix, new_best, delta_get)

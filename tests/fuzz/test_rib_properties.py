@@ -231,3 +231,19 @@ def test_announce_then_withdraw_everything_leaves_nothing(config, announced, by_
     for pol in POLICIES:
         assert rib.adj_rib_out(pol.key) == empty_out[pol.key]
         assert rib.rejected(pol.key) == {}
+
+
+@given(st.sampled_from(CONFIGS), st.integers(0, len(PEERS) - 1),
+       st.lists(st.tuples(paths(), st.lists(st.sampled_from(PREFIXES), max_size=4)),
+                max_size=5))
+def test_batch_import_equals_per_path_import(config, i, groups):
+    """Import decided per UPDATE (``import_reasons``) == decided path by path, for
+    runs of paths sharing one attribute set (as ``paths_for`` builds an UPDATE)."""
+    from rib.path import paths_for
+    from rib.policy import ImportContext, import_reason, import_reasons
+
+    ctx = ImportContext(config)
+    policy = POLICIES[i]
+    batch = [q for template, extra in groups
+             for q in paths_for([template.prefix, *extra], template)]
+    assert import_reasons(batch, policy, ctx) == [import_reason(q, policy, ctx) for q in batch]

@@ -238,3 +238,27 @@ def test_counts_match_the_adj_ribs_through_rejections_and_withdrawals():
     assert rib.counts(key) == expected() == (3, 1, len(rib.adj_rib_out(key)))
     assert rib.path_count() == 3
     assert rib.counts("10.9.9.9") == (0, 0, 0)  # unknown peer: zeros, not an error
+
+
+def test_batch_import_agrees_with_per_path_rules_across_shared_attribute_runs():
+    """``import_reasons`` (one call per UPDATE, attribute rules once per run of
+    shared attribute objects) gives exactly ``import_reason`` per path, also when
+    a run of shared attributes is followed by paths with different ones."""
+    from rib.path import paths_for
+    from rib.policy import ImportContext, import_reason, import_reasons
+
+    ctx = ImportContext(CONFIG)
+    prefixes = ["10.244.1.0/26", "10.244.0.0/26", "10.250.1.0/26", "0.0.0.0/0",
+                "10.244.1.1/26", "fd00::/64", "10.0.0.0/8", "10.244.3.0/26", "bad"]
+    templates = [p(), p(next_hop="10.1.0.1"), p(originator_id="10.1.0.1"),
+                 p(cluster_list=("1.0.0.1",)), p(peer=EBGP, as_path=(65001, 64512))]
+    batch = []
+    for t in templates + templates[::-1]:
+        batch.extend(paths_for(prefixes, t))
+    batch.extend(path for path, _ in REJECTIONS)
+    for peer, rules in ((IBGP, ()), (EBGP, (rule("Accept", "10.0.0.0/8", "In"),)),
+                        (IBGP, (rule("Reject", "10.244.3.0/26", "Equal"),))):
+        policy = PeerPolicy(key=peer.address, peer=peer, import_filters=rules)
+        want = [import_reason(path, policy, ctx) for path in batch]
+        assert import_reasons(batch, policy, ctx) == want
+        assert len(set(want)) >= 6  # the batch really exercises several rules
