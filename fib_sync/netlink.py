@@ -545,7 +545,7 @@ class NetlinkKernel:
         if dst is None:
             dst = bytes(4 if fam == socket.AF_INET else 16)
         text = f"{socket.inet_ntop(fam, dst)}/{dst_len}"
-        return trusted_route(text, kind, nhs, rtable, metric, fam, dst_len, dst)
+        return trusted_route(text, kind, nhs, rtable, metric, fam, dst_len)
 
     def _nexthops(self, m: RouteMsg) -> tuple[NextHop, ...]:
         fam = m.family

@@ -248,12 +248,10 @@ def trusted_route(
     metric: int,
     family: int,
     dst_len: int,
-    packed: bytes = b"",
 ) -> Route:
     """A Route from fields already canonical (a kernel dump), without the
-    validation of `Route()`: a 100k-route dump must not pay for it. `packed`
-    (the packed destination) is accepted for callers that have it, not kept:
-    `Route.packed` derives it from `dst`."""
+    validation of `Route()`: a 100k-route dump must not pay for it.
+    (`Route.packed` derives the packed destination from `dst`.)"""
     r = _new(Route)
     _set(r, "dst", dst)
     _set(r, "kind", kind)

@@ -96,7 +96,7 @@ def test_route_address_fields_follow_dst(dst, family, dst_len, packed):
         Route(dst, kind="blackhole"),
         Route(dst, kind="blackhole").with_defaults(254, 20),
         trusted_route(Route(dst, kind="blackhole").dst, RouteKind.BLACKHOLE, (), 254, 20,
-                      family, dst_len, b"ignored"),
+                      family, dst_len),
     ):
         assert (route.family, route.dst_len, route.packed) == (family, dst_len, packed)
 
