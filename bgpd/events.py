@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from rib.inputs import canonical_ipv4_len
 from rib.path import Origin, Path, PeerRef, Withdraw, paths_for
 
 MAX_U32 = 4294967295
@@ -143,24 +143,15 @@ class _Bad(ValueError):
 # ------------------------------------------------------------- primitives
 
 
-def _prefix(text: str, _pton=socket.inet_pton, _af=socket.AF_INET,
-            _intern=sys.intern) -> str:
+def _prefix(text: str, _canonical=canonical_ipv4_len, _intern=sys.intern) -> str:
     # Canonical and interned: one string object per prefix however often it is seen
     # (sys.intern's table forgets a string once nothing holds it; an lru_cache here
     # kept ~100 bytes per prefix alive). Fast path for canonical IPv4 text, what
     # ExaBGP prints: inet_pton accepts exactly the dotted quad without leading
     # zeros; ip_network costs ~5 µs, a third of the daemon's per-route time in a
     # 100k-route burst (bench.convergence).
-    addr, sep, plen = text.partition("/")
-    if sep and plen.isdigit() and len(plen) <= 2 and (plen == "0" or plen[0] != "0"):
-        try:
-            packed = _pton(_af, addr)
-        except OSError:
-            packed = None
-        if packed is not None:
-            bits = 32 - int(plen)
-            if bits >= 0 and not int.from_bytes(packed, "big") & ((1 << bits) - 1):
-                return _intern(text)
+    if _canonical(text) >= 0:
+        return _intern(text)
     return _intern(str(ipaddress.ip_network(text)))
 
 

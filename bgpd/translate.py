@@ -19,6 +19,7 @@ from bgpd.peerspec import PeerSpec
 from config.model import BGPFilterRule, community_value
 from config.snapshot import Snapshot
 from fib_sync.route import IPV6_DEFAULT_METRIC, trusted_route
+from rib.inputs import canonical_ipv4_len
 
 log = structlog.get_logger(__name__)
 
@@ -163,21 +164,14 @@ class FibRoutes:
 
     def route(self, kr: rib.KernelRoute) -> fib_sync.Route:
         prefix = kr.prefix
-        addr, _, plen_s = prefix.partition("/")
-        if ":" not in addr and plen_s.isdigit():
-            try:
-                packed = socket.inet_pton(socket.AF_INET, addr)  # rejects leading zeros
-            except OSError:
-                packed = b""
-            plen = int(plen_s)
-            if packed and plen <= 32 and str(plen) == plen_s and not (
-                    int.from_bytes(packed, "big") & ((1 << (32 - plen)) - 1)):
-                if kr.kind == rib.RouteKind.BLACKHOLE:
-                    return trusted_route(prefix, fib_sync.RouteKind.BLACKHOLE, (), self.table,
-                                         self.metric, socket.AF_INET, plen, packed)
-                nhs = _v4_nexthops(tuple(kr.next_hops), kr.device, kr.onlink) \
-                    if kr.next_hops else None
-                if nhs is not None:
-                    return trusted_route(prefix, fib_sync.RouteKind.UNICAST, nhs, self.table,
-                                         self.metric, socket.AF_INET, plen, packed)
+        plen = canonical_ipv4_len(prefix)
+        if plen >= 0:
+            if kr.kind == rib.RouteKind.BLACKHOLE:
+                return trusted_route(prefix, fib_sync.RouteKind.BLACKHOLE, (), self.table,
+                                     self.metric, socket.AF_INET, plen)
+            nhs = _v4_nexthops(tuple(kr.next_hops), kr.device, kr.onlink) \
+                if kr.next_hops else None
+            if nhs is not None:
+                return trusted_route(prefix, fib_sync.RouteKind.UNICAST, nhs, self.table,
+                                     self.metric, socket.AF_INET, plen)
         return fib_route(kr).with_defaults(self.table, self.metric)

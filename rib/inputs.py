@@ -63,6 +63,27 @@ _inet_pton = socket.inet_pton
 _AF_INET = socket.AF_INET
 
 
+def canonical_ipv4_len(prefix: str, _pton=_inet_pton, _af=_AF_INET) -> int:
+    """The prefix length of ``prefix`` if it is canonical IPv4 CIDR text, else -1.
+
+    Canonical: a dotted quad without leading zeros (inet_pton's rule), a length
+    0..32 without leading zeros, no host bits. The hot-path test the speaker's
+    event parser and the daemon's kernel-route builder share: text that passes
+    is used as is, anything else takes the slow, validating path.
+    """
+    addr, sep, plen_s = prefix.partition("/")
+    if not sep or not plen_s.isdigit() or len(plen_s) > 2 or (plen_s[0] == "0" and plen_s != "0"):
+        return -1
+    try:
+        packed = _pton(_af, addr)
+    except OSError:
+        return -1
+    bits = 32 - int(plen_s)
+    if bits < 0 or int.from_bytes(packed, "big") & ((1 << bits) - 1):
+        return -1
+    return 32 - bits
+
+
 def parse_prefix(prefix: str) -> tuple[int, int, int]:
     """``"10.0.0.0/26"`` -> (version, network as int, length). Raises ValueError.
 

@@ -262,3 +262,15 @@ def test_batch_import_agrees_with_per_path_rules_across_shared_attribute_runs():
         want = [import_reason(path, policy, ctx) for path in batch]
         assert import_reasons(batch, policy, ctx) == want
         assert len(set(want)) >= 6  # the batch really exercises several rules
+
+
+@pytest.mark.parametrize("text,want", [
+    ("10.244.1.0/26", 26), ("0.0.0.0/0", 0), ("10.0.0.1/32", 32),
+    ("10.244.1.1/26", -1),  # host bits
+    ("10.244.01.0/26", -1), ("10.244.1.0/026", -1), ("10.244.1.0/33", -1),  # not canonical
+    ("10.244.1.0", -1), ("fd00::/64", -1), (" 10.0.0.0/8", -1), ("10.0.0.0/", -1),
+])
+def test_canonical_ipv4_len(text, want):
+    from rib.inputs import canonical_ipv4_len
+
+    assert canonical_ipv4_len(text) == want
