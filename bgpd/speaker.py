@@ -182,7 +182,6 @@ class Speaker:
         self.listen_port = listen_port
         # Default: ExaBGP through bgpd.exabgp_launch (the same ExaBGP, minus its
         # per-route debug work); an explicit executable is run as it is.
-        self.exabgp = exabgp
         self._exabgp_cmd = [exabgp] if exabgp else [sys.executable, "-m", "bgpd.exabgp_launch"]
         self.command_timeout = command_timeout
         self.backoff_initial = backoff_initial
