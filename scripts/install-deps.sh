@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iproute2 curl procps psmisc python3-venv systemd)
+PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iproute2 nftables curl procps psmisc python3-venv systemd)
 
 missing=()
 for p in "${PKGS[@]}"; do
