@@ -41,14 +41,14 @@ import structlog
 import rib
 from bgpd import __version__
 from bgpd import events as ev
-from bgpd.exabgp_conf import ExaBGPConfigError
-from bgpd.http import HttpServer
-from bgpd.metrics import Metrics
+from bgpd.exabgp.conf import ExaBGPConfigError
+from bgpd.exabgp.speaker import Speaker
+from bgpd.ops.http import HttpServer
+from bgpd.ops.metrics import Metrics
+from bgpd.ops.sdnotify import Notifier
 from bgpd.options import Options
 from bgpd.peers import LocalNode, PeerPlan, plan_peers, secret_file_reader
 from bgpd.peerspec import PeerSpec
-from bgpd.sdnotify import Notifier
-from bgpd.speaker import Speaker
 from bgpd.translate import FibRoutes, peer_policy, rib_config
 from fib_sync import FibSyncer
 

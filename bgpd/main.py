@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 
-from bgpd import log as logsetup
+from bgpd.ops import log as logsetup
 from bgpd.options import UsageError, parse_options
 
 

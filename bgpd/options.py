@@ -13,7 +13,7 @@ import socket
 from dataclasses import dataclass
 
 from bgpd import __version__
-from bgpd.http import parse_listen
+from bgpd.ops.http import parse_listen
 
 # Not 12 (BIRD), 17 (kube-router), 80 (Felix), 186-192 (FRR & co), 42 (zebra
 # ancient), 99 (ntk)... 201 is unassigned in /etc/iproute2/rt_protos.

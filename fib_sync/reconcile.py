@@ -4,7 +4,7 @@ Owned by fib_sync/. `Reconciler` holds the syncer's view of our routes in the
 kernel (`view`), the routes that currently fail and the prefixes held by
 someone else. It is synchronous and knows nothing of asyncio: `FibSyncer` runs
 `run_pass` in its executor thread, one pass at a time, and tests drive it
-directly against `fib_sync.fake.FakeKernel`.
+directly against `tests.helpers.fake_kernel.FakeKernel`.
 
 Routes are keyed by internal key (`Route._key`, see fib_sync.route) throughout:
 targets, the view, `failing`, `gone`, `only`; `fib_sync.route.keyed` builds such

@@ -44,7 +44,7 @@ from typing import Any
 
 import structlog
 
-from config.ipam_model import (
+from ipam.model import (
     AFFINITY_CONFIRMED,
     AFFINITY_PENDING,
     BLOCK_PREFIX,
@@ -59,7 +59,7 @@ from config.ipam_model import (
     cidr_from_key,
     handle_key,
 )
-from config.ipam_model import IPAM_CONFIG_KEY as CONFIG_KEY
+from ipam.model import IPAM_CONFIG_KEY as CONFIG_KEY
 from ipam.pools import PoolInfo, load_node_labels, load_pools, select_pools
 
 log = structlog.get_logger(__name__)

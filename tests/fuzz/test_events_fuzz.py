@@ -1,4 +1,4 @@
-"""Fuzz bgpd.events.parse_line: random and mutated lines never raise."""
+"""Fuzz bgpd.exabgp.parse.parse_line: random and mutated lines never raise."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bgpd import events as ev
-from bgpd.events import parse_line
+from bgpd.exabgp.parse import parse_line
 from rib.path import PeerKind, PeerRef
 
 GOLDEN = FsPath(__file__).parent.parent / "unit" / "golden"

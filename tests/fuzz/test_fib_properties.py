@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fib_sync import NextHop, Route, RouteKind, diff
-from fib_sync.fake import FakeKernel
 from fib_sync.reconcile import Reconciler
 from fib_sync.route import full_key, keyed
+from tests.helpers.fake_kernel import FakeKernel
 
 P = 201
 

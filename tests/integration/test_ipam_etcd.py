@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from config.ipam_model import IPAMBlock, IPAMConfig
 from ipam.allocator import Allocator, NoFreeAddressError, bridge_reserved
 from ipam.etcd import EtcdSettings, connect
+from ipam.model import IPAMBlock, IPAMConfig
 
 pytestmark = pytest.mark.etcd
 

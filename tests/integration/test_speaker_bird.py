@@ -19,8 +19,8 @@ from pathlib import Path as FsPath
 import pytest
 
 from bgpd import events as ev
+from bgpd.exabgp.speaker import Speaker
 from bgpd.peerspec import PeerSpec, PeerType
-from bgpd.speaker import Speaker
 from rib.path import Origin
 from rib.policy import ExportAttrs
 from tests.conftest import require_binary, unique_name

@@ -145,7 +145,7 @@ def test_every_etcd_value_is_understood(entry):
     elif keys.parse_affinity_key(key):
         assert isinstance(parse_affinity(key, value.encode()), Affinity)
     else:
-        # IPAM blocks/handles are modelled by config.ipam_model (IPAM's); here we must
+        # IPAM blocks/handles are modelled by ipam.model (IPAM's); here we must
         # at least place the key and refuse to treat it as a resource or affinity.
         cidr = keys.parse_block_key(key)
         assert cidr is not None, key

@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from bgpd import ctl
+from bgpd.ctl import cli as ctl
 
 POOL = """\
 apiVersion: projectcalico.org/v3
@@ -184,7 +184,7 @@ def test_table_format_matches_calicoctl_padding():
 
 
 def test_datastore_options_are_accepted_after_the_command() -> None:
-    from bgpd.ctl import hoist_global_options
+    from bgpd.ctl.cli import hoist_global_options
 
     assert hoist_global_options(["get", "ippools", "--etcd-endpoints", "http://e:1", "-o", "yaml"]
                                 ) == ["--etcd-endpoints", "http://e:1", "get", "ippools", "-o",

@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from bgpd.ctl_status import StatusError, fetch_status, render_status
+from bgpd.ctl.status import StatusError, fetch_status, render_status
 
 STATUS = {
     "node": "node1", "as": 64512, "router_id": "10.99.0.11", "ready": True,

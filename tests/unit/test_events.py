@@ -1,4 +1,4 @@
-"""bgpd.events.parse_line against events RECORDED from real ExaBGP sessions.
+"""bgpd.exabgp.parse.parse_line against events RECORDED from real ExaBGP sessions.
 
 tests/unit/golden/events_recorded.jsonl was written by
 tests/unit/golden/record/record_events.sh: ExaBGP (podbgp's side) against BIRD 2
@@ -15,7 +15,7 @@ from pathlib import Path as FsPath
 import pytest
 
 from bgpd import events as ev
-from bgpd.events import parse_line
+from bgpd.exabgp.parse import parse_line
 from rib.path import Origin, PeerKind, PeerRef
 
 GOLDEN = FsPath(__file__).parent / "golden"

@@ -1,4 +1,4 @@
-"""bgpd.exabgp_conf: golden renders, validation errors, hostile values."""
+"""bgpd.exabgp.conf: golden renders, validation errors, hostile values."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bgpd.exabgp_conf import ExaBGPConfigError, render_config, render_env
+from bgpd.exabgp.conf import ExaBGPConfigError, render_config, render_env
 from bgpd.peerspec import PeerSpec, PeerType
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("PODBGP_REGEN_GOLDEN") == "1"
-RELAY = ["/usr/bin/python3", "-m", "bgpd.relay", "/run/podbgp/exabgp.sock"]
+RELAY = ["/usr/bin/python3", "-m", "bgpd.exabgp.relay", "/run/podbgp/exabgp.sock"]
 EXABGP = Path(sys.executable).parent / "exabgp"
 
 
@@ -124,7 +124,7 @@ def test_duplicate_address_rejected() -> None:
 @pytest.mark.parametrize("word", ["/bin/x;", "/bin/x y", "/bin/{", "rel/ative", "/a'b", "/a\nb"])
 def test_relay_command_words_checked(word: str) -> None:
     with pytest.raises(ExaBGPConfigError, match="relay command"):
-        render_config("10.99.0.1", ["10.99.0.1"], [spec()], [word, "-m", "bgpd.relay"])
+        render_config("10.99.0.1", ["10.99.0.1"], [spec()], [word, "-m", "bgpd.exabgp.relay"])
 
 
 def test_env() -> None:

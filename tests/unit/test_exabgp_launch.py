@@ -1,4 +1,4 @@
-"""bgpd.exabgp_launch: patches only ExaBGP 5.0.15, all or nothing, and changes no output byte.
+"""bgpd.exabgp.launch: patches only ExaBGP 5.0.15, all or nothing, and changes no output byte.
 
 Patching rebinds ExaBGP's classes for the whole process, so every case runs
 in a fresh interpreter (the DECODER script below).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bgpd import exabgp_launch
+from bgpd.exabgp import launch as exabgp_launch
 
 GOLDEN = Path(__file__).parent / "golden"
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ import os, re, sys
 mode, compact = sys.argv[1], sys.argv[2]
 os.environ["exabgp.api.compact"] = compact
 if mode == "patched":
-    import bgpd.exabgp_launch as launch
+    import bgpd.exabgp.launch as launch
     assert launch.patch(), "patch() refused"
 from exabgp.environment import getenv
 from exabgp.logger import log
@@ -215,7 +215,7 @@ def snapshot():
 
 def test_other_exabgp_versions_run_unpatched() -> None:
     out = _run(TARGETS + """
-import exabgp.version, bgpd.exabgp_launch as launch
+import exabgp.version, bgpd.exabgp.launch as launch
 exabgp.version.release = '5.0.16'
 before = snapshot()
 assert launch.patch() is False
@@ -228,7 +228,7 @@ assert snapshot() == before, 'patched a version it does not know'
 def test_pinned_version_is_patched() -> None:
     assert exabgp_launch.exabgp_version() == exabgp_launch.PINNED_VERSION
     out = _run(TARGETS + """
-import bgpd.exabgp_launch as launch
+import bgpd.exabgp.launch as launch
 before = snapshot()
 assert launch.patch() is True
 after = snapshot()
@@ -243,7 +243,7 @@ def test_source_that_does_not_match_leaves_everything_unpatched() -> None:
     # A rebuilt 5.0.15 whose JSON encoder differs: the last rewrite fails, and
     # the rewrites already applied must be undone too.
     out = _run(TARGETS + """
-import inspect, bgpd.exabgp_launch as launch
+import inspect, bgpd.exabgp.launch as launch
 real = inspect.getsource
 def edited(obj):
     text = real(obj)
@@ -266,7 +266,7 @@ import os
 os.environ['exabgp.log.level'] = 'DEBUG'
 os.environ['exabgp.log.routes'] = 'true'
 os.environ['exabgp.log.destination'] = 'stdout'
-import bgpd.exabgp_launch as launch
+import bgpd.exabgp.launch as launch
 assert launch.patch()
 from exabgp.environment import getenv
 from exabgp.logger import log
@@ -286,7 +286,7 @@ Update.unpack_message(BODY, Direction.IN, _negotiated(n))
 
 
 def test_unpatched_env_switch(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "bgpd.exabgp_launch", "version"],
+    out = subprocess.run([sys.executable, "-m", "bgpd.exabgp.launch", "version"],
                          capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
                          env={**os.environ, "PYTHONPATH": str(ROOT),
                               exabgp_launch.UNPATCHED_ENV: "1"})

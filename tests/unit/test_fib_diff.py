@@ -10,9 +10,9 @@ import socket
 import pytest
 
 from fib_sync import FibSyncer, NextHop, Route, RouteKind, diff
-from fib_sync.fake import FakeKernel
 from fib_sync.reconcile import Reconciler
 from fib_sync.route import full_key, internal_key, keyed, trusted_route
+from tests.helpers.fake_kernel import FakeKernel
 
 P = 201
 GW = (NextHop("10.1.0.2"),)

@@ -1,4 +1,4 @@
-"""bgpd.http: the daemon's tiny HTTP server (status codes, HEAD, errors) and parse_listen."""
+"""bgpd.ops.http: the daemon's tiny HTTP server (status codes, HEAD, errors) and parse_listen."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bgpd.http import HttpServer, parse_listen
+from bgpd.ops.http import HttpServer, parse_listen
 
 
 @pytest.mark.parametrize(("text", "want"), [

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from config.ipam_model import (
+from ipam.model import (
     AffinityRecord,
     BlockFullError,
     IPAMBlock,

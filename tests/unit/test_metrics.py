@@ -1,4 +1,4 @@
-"""bgpd.metrics: exactly the metrics docs/metrics.md documents, with its types and labels,
+"""bgpd.ops.metrics: exactly the metrics docs/metrics.md documents, with its types and labels,
 fed from the daemon's state at scrape time."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bgpd.metrics import Metrics
+from bgpd.ops.metrics import Metrics
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 

@@ -1,4 +1,4 @@
-"""bgpd.sdnotify: the sd_notify datagram protocol without libsystemd."""
+"""bgpd.ops.sdnotify: the sd_notify datagram protocol without libsystemd."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bgpd.sdnotify import Notifier
+from bgpd.ops.sdnotify import Notifier
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""bgpd.relay: stdin <-> unix socket copier that ExaBGP runs as its API process."""
+"""bgpd.exabgp.relay: stdin <-> unix socket copier that ExaBGP runs as its API process."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def server(tmp_path: Path):
 
 
 def spawn(path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bgpd.relay", str(path)],
+    return subprocess.Popen([sys.executable, "-m", "bgpd.exabgp.relay", str(path)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
 
@@ -82,9 +82,9 @@ def test_exits_when_stdin_closes(server) -> None:
 
 
 def test_usage_and_missing_socket(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "bgpd.relay"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "bgpd.exabgp.relay"], capture_output=True, text=True)
     assert r.returncode == 2 and "usage" in r.stderr
-    import bgpd.relay as relay_mod
+    import bgpd.exabgp.relay as relay_mod
 
     # Connecting to a socket nobody serves fails with a clear message, not a traceback.
     relay_mod.CONNECT_TIMEOUT = 0.2

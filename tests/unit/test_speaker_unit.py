@@ -1,4 +1,4 @@
-"""bgpd.speaker.Speaker against a fake ExaBGP (no network, no root).
+"""bgpd.exabgp.speaker.Speaker against a fake ExaBGP (no network, no root).
 
 The fake is a small script standing in for ``exabgp server CONF``: it starts
 the relay named in the config's ``process`` block exactly as ExaBGP does,
@@ -21,9 +21,9 @@ from pathlib import Path as FsPath
 import pytest
 
 from bgpd import events as ev
-from bgpd.exabgp_conf import ExaBGPConfigError
+from bgpd.exabgp.conf import ExaBGPConfigError
+from bgpd.exabgp.speaker import Speaker, _redact, attributes_text
 from bgpd.peerspec import PeerSpec, PeerType
-from bgpd.speaker import Speaker, _redact, attributes_text
 from rib.path import Origin
 from rib.policy import ExportAttrs
 
@@ -238,7 +238,7 @@ def test_child_dies_with_the_daemon(tmp_path, fake_exabgp) -> None:
     script = tmp_path / "daemon.py"
     script.write_text(textwrap.dedent(f"""
         import asyncio, sys
-        from bgpd.speaker import Speaker
+        from bgpd.exabgp.speaker import Speaker
         async def main():
             sp = Speaker("n1", "10.0.0.1", ["10.0.0.1"], {str(tmp_path / 'sp')!r},
                          exabgp={str(fake_exabgp)!r})

@@ -1,6 +1,6 @@
-"""Run ExaBGP with its per-route debug work removed: ``python -m bgpd.exabgp_launch server CONF``.
+"""Run ExaBGP with its per-route debug work removed: ``python -m bgpd.exabgp.launch server CONF``.
 
-The speaker (bgpd.speaker) starts ExaBGP through this module instead of the
+The speaker (bgpd.exabgp.speaker) starts ExaBGP through this module instead of the
 ``exabgp`` console script. Arguments are passed to ExaBGP's own entry point
 unchanged, so everything ExaBGP does is the same except the cost per route.
 

@@ -3,7 +3,7 @@
 Owned by bgpd/. This module builds the argument parser, owns the resource
 verbs (create/apply/replace/delete/get) and the top-level error handling;
 other command groups plug in as modules exposing ``register(subparsers)``
-(``bgpd.ctl_status`` -> ``node``, ``bgpd.ctl_ipam`` -> ``ipam``). A plugin's
+(``bgpd.ctl.status`` -> ``node``, ``bgpd.ctl.ipam`` -> ``ipam``). A plugin's
 sub-parser sets ``func=handler`` with ``handler(args) -> int`` (a coroutine
 result is run to completion); `make_datastore(args)` gives it the datastore
 the global options select.
@@ -29,8 +29,8 @@ import yaml
 
 from bgpd import __version__
 
-PLUGINS = (("node", "bgpd.ctl_status", "this node's podbgp daemon (node status)"),
-           ("ipam", "bgpd.ctl_ipam", "IP address management (ipam show, ipam release)"))
+PLUGINS = (("node", "bgpd.ctl.status", "this node's podbgp daemon (node status)"),
+           ("ipam", "bgpd.ctl.ipam", "IP address management (ipam show, ipam release)"))
 OUTPUTS = ("ps", "wide", "yaml", "json")
 API_VERSION = "projectcalico.org/v3"
 

@@ -2,14 +2,14 @@
 
 Owned by the daemon (one ``Speaker`` per node). The speaker owns:
 
-- the ExaBGP child (spawned as ``python -m bgpd.exabgp_launch``, the venv's
+- the ExaBGP child (spawned as ``python -m bgpd.exabgp.launch``, the venv's
   ExaBGP without its per-route debug work; restarted with a
   capped exponential backoff when it dies; never outlives the daemon:
   ``PR_SET_PDEATHSIG`` plus a pid file checked on start);
-- the config file (rendered by ``bgpd.exabgp_conf``; rewritten atomically and
+- the config file (rendered by ``bgpd.exabgp.conf``; rewritten atomically and
   ``reload``-ed when the peer set changes: unchanged sessions keep running);
 - the command channel: a unix socket served here, reached by ExaBGP through
-  ``bgpd.relay``; commands are answered ``done``/``error`` in order, matched
+  ``bgpd.exabgp.relay``; commands are answered ``done``/``error`` in order, matched
   by a FIFO of futures;
 - per peer, the desired export set (prefix -> attributes, whole sets from the
   daemon) and what ExaBGP has acknowledged; only the difference is sent,
@@ -37,7 +37,8 @@ from pathlib import Path as FsPath
 import structlog
 
 from bgpd import events as ev
-from bgpd.exabgp_conf import ExaBGPConfigError, render_config, render_env
+from bgpd.exabgp.conf import ExaBGPConfigError, render_config, render_env
+from bgpd.exabgp.parse import parse_line
 from bgpd.peerspec import PeerSpec
 from rib.path import Origin, PeerKind, PeerRef
 
@@ -180,9 +181,9 @@ class Speaker:
         self.workdir = FsPath(workdir)
         self.netns = netns
         self.listen_port = listen_port
-        # Default: ExaBGP through bgpd.exabgp_launch (the same ExaBGP, minus its
+        # Default: ExaBGP through bgpd.exabgp.launch (the same ExaBGP, minus its
         # per-route debug work); an explicit executable is run as it is.
-        self._exabgp_cmd = [exabgp] if exabgp else [sys.executable, "-m", "bgpd.exabgp_launch"]
+        self._exabgp_cmd = [exabgp] if exabgp else [sys.executable, "-m", "bgpd.exabgp.launch"]
         self.command_timeout = command_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
@@ -197,7 +198,7 @@ class Speaker:
         # less JSON for ExaBGP to write and the relay to copy, and no dict per prefix in
         # json.loads (bgpd.events reads both shapes).
         self._env["exabgp.api.compact"] = "true"
-        self._relay = [sys.executable, "-m", "bgpd.relay", str(self.sock_path)]
+        self._relay = [sys.executable, "-m", "bgpd.exabgp.relay", str(self.sock_path)]
 
         self._peers: dict[PeerKey, PeerSpec] = {}
         self._by_address: dict[str, PeerSpec] = {}
@@ -396,7 +397,7 @@ class Speaker:
                 return
             if not line:
                 return
-            self._dispatch(ev.parse_line(line, self._lookup))
+            self._dispatch(parse_line(line, self._lookup))
 
     def _dispatch(self, event: ev.Event) -> None:
         if isinstance(event, ev.CommandAck):

@@ -9,7 +9,7 @@ It exits as soon as either side closes; ExaBGP respawns it
 (``exabgp.api.respawn``), and the speaker treats a new connection as a new
 channel.
 
-Usage: ``python -m bgpd.relay SOCKET``
+Usage: ``python -m bgpd.exabgp.relay SOCKET``
 """
 
 from __future__ import annotations
@@ -96,12 +96,12 @@ def _write(op, *args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        sys.stderr.write("usage: python -m bgpd.relay SOCKET\n")
+        sys.stderr.write("usage: python -m bgpd.exabgp.relay SOCKET\n")
         return 2
     try:
         return relay(args[0])
     except OSError as exc:
-        sys.stderr.write(f"bgpd.relay: cannot connect to {args[0]}: {exc}\n")
+        sys.stderr.write(f"bgpd.exabgp.relay: cannot connect to {args[0]}: {exc}\n")
         return 1
 
 

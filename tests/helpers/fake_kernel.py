@@ -1,6 +1,6 @@
 """A fake kernel routing table for pure tests of diff, apply and retry logic.
 
-Owned by fib_sync/ (tests use it; the daemon never does). It keeps the rules
+Test-only: it lives in tests/helpers/ (the daemon never uses it). It keeps the rules
 the syncer relies on: one route per (table, dst, metric) whatever its
 protocol, EEXIST on adding a taken key, ESRCH on deleting a missing or
 foreign one, and dumps that list only the given protocol. Faults are
@@ -13,8 +13,8 @@ import errno
 import os
 from collections.abc import Iterable, Mapping
 
-from .netlink import ADD, DELETE, REPLACE, OpError, StateUnknown
-from .route import Route, RouteKey
+from fib_sync.netlink import ADD, DELETE, REPLACE, OpError, StateUnknown
+from fib_sync.route import Route, RouteKey
 
 
 class FakeKernel:
