@@ -10,6 +10,8 @@ Layout (Calico etcd mode)::
     /calico/ipam/v2/host/<node>/ipv4/block/10.0.0.0-26      (block affinity)
     /calico/ipam/v2/assignment/ipv4/block/10.0.0.0-26       (IPAM block)
     /calico/ipam/v2/handle/<handle id>                       (IPAM handle)
+    /calico/resources/v3/projectcalico.org/workloadendpoints/<namespace>/<name>
+                                                   (namespaced kinds: one more segment)
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ PLURALS: dict[str, str] = {
     "BlockAffinity": "blockaffinities",
 }
 KINDS_BY_PLURAL: dict[str, str] = {plural: kind for kind, plural in PLURALS.items()}
+
+# Namespaced kinds: their key has a namespace segment before the name. They are
+# not part of the daemon's Snapshot (`parse_resource_key` does not name them).
+NAMESPACED_PLURALS: dict[str, str] = {
+    "WorkloadEndpoint": "workloadendpoints",
+}
+NAMESPACED_KINDS_BY_PLURAL: dict[str, str] = {
+    plural: kind for kind, plural in NAMESPACED_PLURALS.items()
+}
 
 # Spellings calicoctl accepts (and a few obvious ones), all lower case.
 _ALIASES: dict[str, str] = {}
@@ -85,6 +96,50 @@ def parse_resource_key(key: str) -> tuple[str, str] | None:
     if kind is None:
         return None
     return kind, rest[1]
+
+
+def _segment(what: str, value: str) -> str:
+    if not isinstance(value, str) or not value or "/" in value:
+        raise ValueError(f"invalid {what} {value!r}")
+    return value
+
+
+def namespaced_prefix(kind: str, namespace: str | None = None) -> str:
+    """Key prefix (trailing slash) of a namespaced kind, in every or in one namespace.
+
+    ``namespaced_prefix("WorkloadEndpoint", "default")`` ->
+    ``/calico/resources/v3/projectcalico.org/workloadendpoints/default/``.
+    """
+    plural = NAMESPACED_PLURALS.get(kind)
+    if plural is None:
+        raise ValueError(f"{kind!r} is not a namespaced kind")
+    base = f"{RESOURCES_PREFIX}{plural}/"
+    return base if namespace is None else f"{base}{_segment('namespace', namespace)}/"
+
+
+def namespaced_key(kind: str, namespace: str, name: str) -> str:
+    return namespaced_prefix(kind, namespace) + _segment("resource name", name)
+
+
+def parse_namespaced_key(key: str) -> tuple[str, str, str] | None:
+    """``.../workloadendpoints/ns/name`` -> ("WorkloadEndpoint", "ns", "name"); else None."""
+    if not key.startswith(RESOURCES_PREFIX):
+        return None
+    rest = key[len(RESOURCES_PREFIX) :].split("/")
+    if len(rest) != 3 or not rest[1] or not rest[2]:
+        return None
+    kind = NAMESPACED_KINDS_BY_PLURAL.get(rest[0])
+    if kind is None:
+        return None
+    return kind, rest[1], rest[2]
+
+
+def workload_endpoint_prefix(namespace: str | None = None) -> str:
+    return namespaced_prefix("WorkloadEndpoint", namespace)
+
+
+def workload_endpoint_key(namespace: str, name: str) -> str:
+    return namespaced_key("WorkloadEndpoint", namespace, name)
 
 
 def cidr_to_key_part(cidr: str) -> str:
