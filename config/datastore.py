@@ -13,6 +13,10 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+import structlog
+
+_log = structlog.get_logger("config.datastore")
+
 # Kinds a Snapshot carries, and the Snapshot field each one goes to.
 SNAPSHOT_FIELDS: dict[str, str] = {
     "IPPool": "ippools",
@@ -71,6 +75,7 @@ class DatastoreStats:
     """
 
     rejected_total: Counter = field(default_factory=Counter)  # (kind, reason) -> n
+    unknown_fields_total: Counter = field(default_factory=Counter)  # kind -> n
     reconnects_total: int = 0
     reloads_total: int = 0
     snapshots_total: int = 0
@@ -78,6 +83,51 @@ class DatastoreStats:
 
     def reject(self, kind: str, reason: str) -> None:
         self.rejected_total[(kind or "?", reason_label(reason))] += 1
+
+
+class UnknownFields:
+    """Fields podbgp does not model, in resources read from a datastore.
+
+    Such a resource is used as it is (read leniently, DESIGN.md); each field
+    is logged once per resource and field (``config_unknown_field``, at
+    warning level) and counted once in ``stats.unknown_fields_total[kind]``
+    (``podbgp_config_unknown_fields_total{kind}``), however often the
+    resource is written again. Owned by one datastore's watcher task.
+    """
+
+    def __init__(self, stats: DatastoreStats) -> None:
+        self._stats = stats
+        self._seen: dict[str, frozenset[str]] = {}
+
+    def note(self, key: str, res: Any) -> None:
+        """Record the unknown fields of ``res``, read from ``key``."""
+        from config.parse import unknown_fields
+
+        found = unknown_fields(res)
+        if not found and key not in self._seen:
+            return
+        seen = self._seen.get(key, frozenset())
+        for path, _ in found:
+            if path not in seen:
+                self._stats.unknown_fields_total[res.kind] += 1
+                _log.warning("config_unknown_field", key=key, kind=res.kind,
+                             name=res.metadata.name, field=path,
+                             action="ignored; kept and written back unchanged")
+        paths = frozenset(path for path, _ in found)
+        if paths:
+            self._seen[key] = seen | paths
+        else:
+            self._seen.pop(key, None)
+
+    def forget(self, key: str) -> None:
+        """The resource at ``key`` is gone: a new one is logged afresh."""
+        self._seen.pop(key, None)
+
+    def keep_only(self, keys: Iterable[str]) -> None:
+        """Forget every resource not in ``keys`` (after a full reload)."""
+        live = set(keys)
+        for key in [k for k in self._seen if k not in live]:
+            del self._seen[key]
 
 
 class SnapshotChannel:

@@ -42,6 +42,7 @@ from config.datastore import (
     ResourceExists,
     ResourceNotFound,
     SnapshotChannel,
+    UnknownFields,
     build_snapshot,
 )
 from config.errors import ConfigError
@@ -126,6 +127,7 @@ class EtcdDatastore:
         self._resources: dict[str, Any] = {}
         self._affinities: dict[str, Any] = {}
         self._rejected: dict[str, str] = {}
+        self._unknown = UnknownFields(self.stats)
         self._channel = SnapshotChannel()
         self._task: asyncio.Task | None = None
         self._backoff = backoff_min
@@ -268,6 +270,7 @@ class EtcdDatastore:
         for kv in (*res_resp.kvs, *aff_resp.kvs):
             key = kv.key.decode("utf-8", "replace")
             self._apply_put(key, kv.value, old_res, old_aff, old_rejected)
+        self._unknown.keep_only(self._resources)
         reload = self.revision != 0
         self.revision = rev
         if reload:
@@ -307,6 +310,8 @@ class EtcdDatastore:
                 target[key] = previous[key]
             return True
         target[key] = value
+        if target is self._resources:
+            self._unknown.note(key, value)
         self._rejected.pop(key, None)
         return True
 
@@ -314,6 +319,7 @@ class EtcdDatastore:
         hit = False
         for d in (self._resources, self._affinities, self._rejected):
             hit = d.pop(key, None) is not None or hit
+        self._unknown.forget(key)
         return hit
 
     def _publish(self) -> None:

@@ -11,9 +11,14 @@ editor's write-and-rename, a Kubernetes ConfigMap's `..data` symlink swap).
 One `stat()` every 0.5 s costs nothing, and a content hash guards against
 mtime granularity and touch-without-change.
 
-The whole file is one unit: if any document is invalid, the last good
-snapshot stays in force (republished with `rejected` saying why), because a
-half-applied file could, say, drop a peer whose replacement failed to parse.
+Each document is its own unit, as each key is in etcd: an invalid document
+rejects that resource alone (its last good version stays in force, and the
+snapshot's `rejected` says why), every other document applies. Only a file
+that is not readable YAML at all keeps the whole last good snapshot. A
+document with fields podbgp does not model is used and those fields are kept
+(read leniently, `config.datastore.UnknownFields`); bgpctl's CRUD edits the
+file document by document, so it neither drops a field nor a document it
+cannot parse.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from config.datastore import (
     ResourceExists,
     ResourceNotFound,
     SnapshotChannel,
+    UnknownFields,
     build_snapshot,
 )
 from config.errors import ConfigError
@@ -55,24 +61,53 @@ def affinity_of(res: Any) -> Any:
     return res.to_affinity()
 
 
-def _check_unique(resources: list[Any]) -> None:
-    seen: set[tuple[str, str]] = set()
-    for res in resources:
-        ident = (res.kind, res.metadata.name)
-        if ident in seen:
-            raise ConfigError(res.kind, res.metadata.name, "metadata.name", res.metadata.name,
-                              "defined twice in the file")
-        seen.add(ident)
-        if res.kind not in FILE_KINDS:
-            raise ConfigError(res.kind, res.metadata.name, "kind", res.kind,
-                              f"not supported by the file datastore ({', '.join(FILE_KINDS)})")
+def _identity(doc: Any) -> tuple[str, str] | None:
+    """(kind, name) of a decoded document, when it has both as strings."""
+    if not isinstance(doc, dict):
+        return None
+    kind, meta = doc.get("kind"), doc.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if isinstance(kind, str) and isinstance(name, str) and name:
+        return kind, name
+    return None
 
 
-def parse_file_text(text: str) -> list[Any]:
-    """All resources of one file; raises ConfigError for the first bad document."""
-    resources = cparse.parse_yaml_documents(text)
-    _check_unique(resources)
-    return resources
+def parse_file_documents(path: str, docs: list[Any]) -> tuple[
+        list[Any], dict[str, ConfigError], dict[str, tuple[str, str]]]:
+    """Parse each document on its own: (good resources, rejected, rejected identities).
+
+    ``rejected`` maps a key naming the document (``<path>: IPPool/p1`` or
+    ``<path>: document 3``) to its error; a bad document rejects that
+    resource alone. ``rejected identities`` maps the same keys to the
+    (kind, name) of the resource whose last good version should stay. A
+    resource defined twice is rejected (both documents): which one is meant
+    is not knowable.
+    """
+    ids = [_identity(d) for d in docs]
+    counts: dict[tuple[str, str], int] = {}
+    for ident in ids:
+        if ident is not None:
+            counts[ident] = counts.get(ident, 0) + 1
+    good: list[Any] = []
+    rejected: dict[str, ConfigError] = {}
+    rejected_ids: dict[str, tuple[str, str]] = {}
+    for number, (doc, ident) in enumerate(zip(docs, ids, strict=True), start=1):
+        where = f"{path}: {ident[0]}/{ident[1]}" if ident else f"{path}: document {number}"
+        try:
+            if ident is not None and counts[ident] > 1:
+                raise ConfigError(ident[0], ident[1], "metadata.name", ident[1],
+                                  "defined twice in the file")
+            res = cparse.parse_document(doc, number)
+            if res.kind not in FILE_KINDS:
+                raise ConfigError(res.kind, res.metadata.name, "kind", res.kind,
+                                  f"not supported by the file datastore ({', '.join(FILE_KINDS)})")
+        except ConfigError as e:
+            rejected[where] = e
+            if ident is not None:
+                rejected_ids[where] = ident
+            continue
+        good.append(res)
+    return good, rejected, rejected_ids
 
 
 class FileDatastore:
@@ -92,8 +127,9 @@ class FileDatastore:
         self._task: asyncio.Task | None = None
         self._stat: tuple | None = None
         self._digest: bytes | None = None
-        self._good: list[Any] = []
-        self._rejected_reason: str | None = None
+        self._good: dict[tuple[str, str], Any] = {}  # (kind, name) -> last good resource
+        self._logged: dict[str, str] = {}  # rejected document -> reason already logged
+        self._unknown = UnknownFields(self.stats)
 
     # --------------------------------------------------------------- watcher
 
@@ -160,28 +196,44 @@ class FileDatastore:
         self._digest = digest
         self.connected = True
         try:
-            text = data.decode("utf-8")
-            resources = parse_file_text(text)
-            affinities = [affinity_of(r) for r in resources if r.kind == "BlockAffinity"]
-        except (ConfigError, UnicodeDecodeError, ValueError) as e:
-            self._reject(e)
+            docs = cparse.load_yaml_documents(data.decode("utf-8"))
+        except (ConfigError, UnicodeDecodeError) as e:
+            self._reject_file(e)
             return
+        good, rejected, rejected_ids = parse_file_documents(str(self.path), docs)
+        resources = {(r.kind, r.metadata.name): r for r in good}
+        texts = {where: str(e) for where, e in rejected.items()}
+        for where, e in rejected.items():
+            ident = rejected_ids.get(where)
+            kept = ident in self._good and ident not in resources
+            if ident is not None and kept:
+                resources[ident] = self._good[ident]  # last good version stays in force
+            if self._logged.get(where) != texts[where]:  # log once per distinct problem
+                kind = e.kind if e.kind != "?" else (ident[0] if ident else "?")
+                log.warning("config_rejected", key=where, kind=kind, reason=texts[where],
+                            kept_last_good=kept)
+                self.stats.reject(kind, e.reason or texts[where])
+        self._logged = texts
+        for ident, res in resources.items():
+            self._unknown.note(f"{self.path}: {ident[0]}/{ident[1]}", res)
+        self._unknown.keep_only(f"{self.path}: {k}/{n}" for k, n in resources)
         self._good = resources
-        self._rejected_reason = None
         self.revision += 1
-        self._publish(resources, affinities, {})
+        values = list(resources.values())
+        self._publish(values, [affinity_of(r) for r in values if r.kind == "BlockAffinity"],
+                      texts)
         log.info("config_file_loaded", path=str(self.path), revision=self.revision,
-                 resources=len(resources))
+                 resources=len(values), rejected=len(rejected))
 
-    def _reject(self, e: Exception) -> None:
+    def _reject_file(self, e: Exception) -> None:
+        """Unreadable as YAML: nothing of it is known, the whole last good snapshot stays."""
         text = str(e)
-        kind = e.kind if isinstance(e, ConfigError) else "?"
         reason = e.reason if isinstance(e, ConfigError) and e.reason else text
-        self.stats.reject(kind, reason)
-        self._rejected_reason = text
-        log.warning("config_rejected", key=str(self.path), kind=kind, reason=text,
+        self.stats.reject("YAML", reason)
+        log.warning("config_rejected", key=str(self.path), kind="YAML", reason=text,
                     kept_last_good=self.revision > 0)
-        good = self._good
+        self._logged = {}
+        good = list(self._good.values())
         self._publish(good, [affinity_of(r) for r in good if r.kind == "BlockAffinity"],
                       {str(self.path): text})
 
@@ -208,16 +260,16 @@ class FileDatastore:
             os.close(fd)
 
     def _read(self) -> list[Any]:
+        """The file's decoded documents, as they are (List items expanded)."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return []
         except (OSError, UnicodeDecodeError) as e:
             raise DatastoreUnavailable(f"cannot read {self.path}: {e}") from e
-        return parse_file_text(text)
+        return cparse.load_yaml_documents(text)  # unreadable YAML: ConfigError, no edit
 
-    def _write(self, resources: list[Any]) -> None:
-        docs = [cparse.to_calico_dict(r) for r in resources]
+    def _write(self, docs: list[Any]) -> None:
         text = yaml.safe_dump_all(docs, default_flow_style=False, sort_keys=False,
                                   explicit_start=True)
         directory = self.path.parent
@@ -239,40 +291,50 @@ class FileDatastore:
             raise
 
     @staticmethod
-    def _find(resources: list[Any], kind: str, name: str) -> int | None:
-        for i, r in enumerate(resources):
-            if r.kind == kind and r.metadata.name == name:
-                return i
-        return None
+    def _find(docs: list[Any], kind: str, name: str) -> list[int]:
+        return [i for i, d in enumerate(docs) if _identity(d) == (kind, name)]
 
     async def get(self, kind: str, name: str) -> Any:
         kind = ckeys.normalize_kind(kind)
-        resources = self._read()
-        i = self._find(resources, kind, name)
-        if i is None:
+        docs = self._read()
+        found = self._find(docs, kind, name)
+        if not found:
             raise ResourceNotFound(kind, name)
-        return resources[i]
+        return cparse.parse_document(docs[found[0]], found[0] + 1)
 
     async def list(self, kind: str) -> list[Any]:
+        """Every valid resource of ``kind``; an invalid document is skipped (and logged)."""
         kind = ckeys.normalize_kind(kind)
-        return sorted((r for r in self._read() if r.kind == kind), key=lambda r: r.metadata.name)
+        out = []
+        for number, doc in enumerate(self._read(), start=1):
+            ident = _identity(doc)
+            if ident is None or ident[0] != kind:
+                continue
+            try:
+                out.append(cparse.parse_document(doc, number))
+            except ConfigError as e:
+                log.warning("config_rejected", key=f"{self.path}: {kind}/{ident[1]}",
+                            kind=kind, reason=str(e))
+        return sorted(out, key=lambda r: r.metadata.name)
 
     async def _edit(self, res: Any, mode: str) -> Any:
         if res.kind not in FILE_KINDS:
             raise ConfigError(res.kind, res.metadata.name, "kind", res.kind,
                               "not supported by the file datastore")
         with self._locked():
-            resources = self._read()
-            i = self._find(resources, res.kind, res.metadata.name)
-            if mode == "create" and i is not None:
+            docs = self._read()
+            found = self._find(docs, res.kind, res.metadata.name)
+            if mode == "create" and found:
                 raise ResourceExists(res.kind, res.metadata.name)
-            if mode == "replace" and i is None:
+            if mode == "replace" and not found:
                 raise ResourceNotFound(res.kind, res.metadata.name)
-            if i is None:
-                resources.append(res)
+            doc = cparse.to_calico_dict(res)
+            if found:  # the first definition is replaced, any duplicate goes
+                docs[found[0]] = doc
+                docs = [d for i, d in enumerate(docs) if i not in found[1:]]
             else:
-                resources[i] = res
-            self._write(resources)
+                docs.append(doc)
+            self._write(docs)  # every other document as it was, valid or not
         return res
 
     async def create(self, res: Any) -> Any:
@@ -287,10 +349,13 @@ class FileDatastore:
     async def delete(self, kind: str, name: str) -> Any:
         kind = ckeys.normalize_kind(kind)
         with self._locked():
-            resources = self._read()
-            i = self._find(resources, kind, name)
-            if i is None:
+            docs = self._read()
+            found = self._find(docs, kind, name)
+            if not found:
                 raise ResourceNotFound(kind, name)
-            gone = resources.pop(i)
-            self._write(resources)
-        return gone
+            gone = docs[found[0]]
+            self._write([d for i, d in enumerate(docs) if i not in found])
+        try:
+            return cparse.parse_document(gone, found[0] + 1)
+        except ConfigError:
+            return None  # it was invalid; it is gone all the same

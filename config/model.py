@@ -28,6 +28,7 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -229,14 +230,65 @@ Str = Annotated[str, BeforeValidator(_strict_str)]
 # ------------------------------------------------------------------ base classes
 
 
-class _Model(BaseModel):
+_FIELD_KEYS: dict[type, tuple[str, ...]] = {}
+
+
+class CalicoModel(BaseModel):
+    """Base of every model of a Calico resource and of each part of one.
+
+    **Read leniently, write faithfully** (DESIGN.md "Calico's datastore, in
+    short"). A field the model does not declare is *kept*, not refused: it
+    lands in ``model_extra`` and `model_dump` writes it back where it was, so
+    a resource read from the datastore and written again loses nothing (also
+    a ``None`` value, which ``exclude_none`` would otherwise drop). Whether
+    an unknown field is an error is the caller's choice, made once in
+    `config.parse`: ``parse_resource(obj, strict=False)`` (datastore reads:
+    the field is ignored, and the datastores log it once per resource and
+    field and count it) or ``strict=True`` (what a user hands to ``bgpctl
+    apply/create/replace``: refused naming the field, as ``calicoctl`` does).
+    `config.parse.unknown_fields` lists them.
+
+    New models (WorkloadEndpoint, policies, ...) subclass this (or
+    `CalicoResource` for a whole ``kind``) and get both behaviours; a
+    ``mode="before"`` validator that rewrites the input dict must keep keys
+    it does not know (see `_drop_empty`).
+    """
+
     model_config = ConfigDict(
         frozen=True,
-        extra="forbid",
+        extra="allow",
         populate_by_name=True,
         alias_generator=to_camel,
         str_strip_whitespace=False,
     )
+
+    @classmethod
+    def field_keys(cls) -> tuple[str, ...]:
+        """The JSON keys (camelCase aliases) this model declares."""
+        keys = _FIELD_KEYS.get(cls)
+        if keys is None:
+            keys = _FIELD_KEYS[cls] = tuple(f.alias or n for n, f in cls.model_fields.items())
+        return keys
+
+    @model_serializer(mode="wrap")
+    def _keep_unknown(self, handler: Any) -> Any:
+        data = handler(self)
+        extra = self.__pydantic_extra__
+        if extra and isinstance(data, dict):
+            for key, value in extra.items():
+                data.setdefault(key, value)  # exclude_none dropped a null one: put it back
+        return data
+
+
+_Model = CalicoModel
+
+
+def _drop_empty(data: Any, keys: tuple[str, ...], empty: tuple[Any, ...] = ("",)) -> Any:
+    """``data`` without the known ``keys`` whose value is "unset" in Calico's Go structs
+    (``""``, or what ``empty`` says); unknown keys are kept whatever their value."""
+    if not isinstance(data, dict):
+        return data
+    return {k: v for k, v in data.items() if not (k in keys and any(v == e for e in empty))}
 
 
 # Kubernetes/Calico object names: DNS-1123 subdomain (lowercase, digits, '-', '.').
@@ -265,6 +317,15 @@ def _check_label_key(key: str) -> None:
             f"label key {key!r}: name must be 1-63 characters of [A-Za-z0-9-_.], "
             "starting and ending with an alphanumeric"
         )
+
+
+def _rfc3339(value: Any) -> Any:
+    # A YAML loader with timestamps turns an unquoted RFC 3339 time into a datetime.
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.UTC)
+        return value.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value
 
 
 class Metadata(_Model):
@@ -296,12 +357,7 @@ class Metadata(_Model):
     @field_validator("creation_timestamp", "deletion_timestamp", mode="before")
     @classmethod
     def _timestamp_text(cls, value: Any) -> Any:
-        # YAML parses an unquoted RFC 3339 timestamp into a datetime.
-        if isinstance(value, _dt.datetime):
-            if value.tzinfo is None:
-                value = value.replace(tzinfo=_dt.UTC)
-            return value.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return value
+        return _rfc3339(value)
 
     @field_validator("name")
     @classmethod
@@ -353,7 +409,9 @@ def _null_spec_to_empty(data: Any) -> Any:
     return data
 
 
-class _Resource(_Model):
+class CalicoResource(CalicoModel):
+    """A whole ``projectcalico.org/v3`` object: ``apiVersion``, ``kind``, ``metadata``, ``spec``."""
+
     api_version: Literal["projectcalico.org/v3"] = API_VERSION
     metadata: Metadata
 
@@ -365,6 +423,9 @@ class _Resource(_Model):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+
+_Resource = CalicoResource
 
 
 # ------------------------------------------------------------------ IPPool
@@ -399,6 +460,7 @@ class IPPoolSpec(_Model):
     disable_bgp_export: Bool = Field(False, alias="disableBGPExport")
     block_size: Int = 0  # 0 only transiently: filled from the CIDR's family below
     node_selector: SelectorText = "all()"
+    namespace_selector: SelectorText | None = None
     allowed_uses: tuple[Literal["Workload", "Tunnel", "LoadBalancer"], ...] = (
         "Workload",
         "Tunnel",
@@ -415,6 +477,8 @@ class IPPoolSpec(_Model):
         data = dict(data)
         if data.get("nodeSelector") in (None, ""):
             data.pop("nodeSelector", None)
+        if data.get("namespaceSelector") == "":
+            data.pop("namespaceSelector")
         if data.get("allowedUses") in (None, []):
             data.pop("allowedUses", None)
         cidr = data.get("cidr")
@@ -493,9 +557,30 @@ class IPPoolSpec(_Model):
         return parse_selector(self.node_selector)
 
 
+class Condition(_Model):
+    """A Kubernetes ``metav1.Condition`` (IPPool status); kept, not acted on."""
+
+    type: Str
+    status: Str
+    reason: Str | None = None
+    message: Str | None = None
+    last_transition_time: Str | None = None
+    observed_generation: Int | None = None
+
+    @field_validator("last_transition_time", mode="before")
+    @classmethod
+    def _timestamp_text(cls, value: Any) -> Any:
+        return _rfc3339(value)
+
+
+class IPPoolStatus(_Model):
+    conditions: tuple[Condition, ...] | None = None
+
+
 class IPPool(_Resource):
     kind: Literal["IPPool"] = "IPPool"
     spec: IPPoolSpec
+    status: IPPoolStatus | None = None
 
 
 # ------------------------------------------------------------------ BGPConfiguration
@@ -588,6 +673,19 @@ def _port(value: Any) -> int:
 
 Port = Annotated[int, BeforeValidator(_port)]
 
+# Calico's route priorities (BGPConfiguration ipvXNormalRoutePriority, BGPFilter
+# priority/setPriority): 1 .. 2^31-2, mapped to LOCAL_PREF as 2^31-1 - priority
+# (confd template_funcs.go BirdIntMaxValue).
+PRIORITY_MAX = 2147483646
+LOCAL_PREF_OF_PRIORITY = 2147483647
+
+
+def _priority(value: Any) -> int:
+    value = _strict_int(value)
+    if not 1 <= value <= PRIORITY_MAX:
+        raise ValueError(f"priority must be between 1 and {PRIORITY_MAX}")
+    return value
+
 
 class BGPConfigurationSpec(_Model):
     """Unset fields stay None (as Calico stores them); see `Snapshot.effective_bgp_config`."""
@@ -611,6 +709,16 @@ class BGPConfigurationSpec(_Model):
     ignored_interfaces: tuple[Str, ...] | None = None
     local_workload_peering_ipv4: IPAddress | None = Field(None, alias="localWorkloadPeeringIPV4")
     local_workload_peering_ipv6: IPAddress | None = Field(None, alias="localWorkloadPeeringIPV6")
+    service_load_balancer_aggregation: Literal["Enabled", "Disabled"] | None = None
+    program_cluster_routes: Literal[
+        "Enabled", "Disabled", "EnabledIPIPOnly", "EnabledNoEncapOnly"
+    ] | None = None
+    ipv4_normal_route_priority: Annotated[int, BeforeValidator(_priority)] | None = Field(
+        None, alias="ipv4NormalRoutePriority"
+    )
+    ipv6_normal_route_priority: Annotated[int, BeforeValidator(_priority)] | None = Field(
+        None, alias="ipv6NormalRoutePriority"
+    )
 
     @model_validator(mode="after")
     def _cross_checks(self) -> BGPConfigurationSpec:
@@ -748,6 +856,8 @@ class BGPPeerSpec(_Model):
     local_as_number: ASNumber | None = Field(None, alias="localASNumber")
     reachable_by: IPAddress | None = None
     next_hop_mode: Literal["Auto", "Self", "Keep"] | None = None
+    local_workload_selector: SelectorText | None = None
+    reverse_peering: Literal["Auto", "Manual"] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -761,7 +871,8 @@ class BGPPeerSpec(_Model):
                     v == ""
                     and k in ("node", "peerIP", "nodeSelector", "peerSelector", "sourceAddress",
                               "failureDetectionMode", "restartMode", "birdGatewayMode",
-                              "nextHopMode", "reachableBy")
+                              "nextHopMode", "reachableBy", "localWorkloadSelector",
+                              "reversePeering")
                 )
             }
         return data
@@ -797,6 +908,17 @@ class BGPPeerSpec(_Model):
                 self.as_number,
                 "asNumber cannot be set with peerSelector (the peers' own AS is used)",
             )
+        if self.local_workload_selector is not None:
+            for other, alias in ((self.peer_ip, "peerIP"), (self.peer_selector, "peerSelector")):
+                if other is not None:
+                    raise field_error(alias, other,
+                                      f"{alias} must be empty when localWorkloadSelector is set")
+            if self.as_number is None:
+                raise field_error("asNumber", None,
+                                  "asNumber is required when localWorkloadSelector is set")
+        if self.reachable_by is not None and self.peer_ip is None:
+            raise field_error("reachableBy", self.reachable_by,
+                              "reachableBy must be empty when peerIP is empty")
         if self.reachable_by is not None and self.peer_ip is not None:
             peer = ipaddress.ip_address(split_peer_ip(self.peer_ip)[0])
             if ipaddress.ip_address(self.reachable_by).version != peer.version:
@@ -849,6 +971,58 @@ class PrefixLength(_Model):
     max: Int | None = None
 
 
+CommunityValue = Annotated[str, BeforeValidator(_check_community_value)]
+
+
+class BGPFilterCommunityMatch(_Model):
+    """``communities: {values: [aa:nn]}``: exactly one value (Calico v3.32 MinItems=MaxItems=1)."""
+
+    values: tuple[CommunityValue, ...]
+
+    @field_validator("values")
+    @classmethod
+    def _one(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(value) != 1:
+            raise ValueError("exactly one community value must be given")
+        return value
+
+
+class BGPFilterAddCommunity(_Model):
+    value: CommunityValue
+
+
+class BGPFilterPrependASPath(_Model):
+    prefix: tuple[ASNumber, ...]
+
+    @field_validator("prefix")
+    @classmethod
+    def _size(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not 1 <= len(value) <= 10:
+            raise ValueError("prefix must list 1 to 10 AS numbers")
+        return value
+
+
+class BGPFilterSetPriority(_Model):
+    value: Annotated[int, BeforeValidator(_priority)]
+
+
+class BGPFilterOperation(_Model):
+    """Exactly one of ``addCommunity``, ``prependASPath``, ``setPriority``."""
+
+    add_community: BGPFilterAddCommunity | None = None
+    prepend_as_path: BGPFilterPrependASPath | None = Field(None, alias="prependASPath")
+    set_priority: BGPFilterSetPriority | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BGPFilterOperation:
+        n = sum(x is not None for x in (self.add_community, self.prepend_as_path,
+                                        self.set_priority))
+        if n != 1:
+            raise field_error("", None, "an operation sets exactly one of addCommunity, "
+                              "prependASPath, setPriority")
+        return self
+
+
 class BGPFilterRule(_Model):
     """One rule; the family (v4/v6) is that of the list it sits in."""
 
@@ -858,6 +1032,11 @@ class BGPFilterRule(_Model):
     match_operator: Literal["Equal", "NotEqual", "In", "NotIn"] | None = None
     source: Literal["RemotePeers"] | None = None
     interface: Annotated[str, BeforeValidator(_interface_glob)] | None = None
+    peer_type: Literal["eBGP", "iBGP"] | None = None
+    communities: BGPFilterCommunityMatch | None = None
+    as_path_prefix: tuple[ASNumber, ...] | None = Field(None, alias="asPathPrefix")
+    priority: Annotated[int, BeforeValidator(_priority)] | None = None
+    operations: tuple[BGPFilterOperation, ...] | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -866,7 +1045,8 @@ class BGPFilterRule(_Model):
             data = {
                 k: v
                 for k, v in data.items()
-                if not (v == "" and k in ("cidr", "matchOperator", "source", "interface"))
+                if not (v == "" and k in ("cidr", "matchOperator", "source", "interface",
+                                          "peerType"))
             }
         return data
 
@@ -877,6 +1057,10 @@ class BGPFilterRule(_Model):
             raise field_error(missing, None, "cidr and matchOperator must be set together")
         if self.prefix_length is not None and self.cidr is None:
             raise field_error("prefixLength", None, "prefixLength needs cidr")
+        if self.operations and self.action != "Accept":
+            raise field_error("operations", None, "operations may only be used with action Accept")
+        if self.operations is not None and not 1 <= len(self.operations) <= 10:
+            raise field_error("operations", None, "operations must list 1 to 10 operations")
         return self
 
     def check_family(self, version: int) -> None:
@@ -891,11 +1075,11 @@ class BGPFilterRule(_Model):
                 val = getattr(pl, attr)
                 if val is not None and not 0 <= val <= width:
                     raise field_error(f"prefixLength.{attr}", val, f"must be 0-{width}")
-                if val is not None and val < base:
-                    raise field_error(
-                        f"prefixLength.{attr}", val,
-                        f"must not be shorter than the cidr's /{base}",
-                    )
+            # A min shorter than the CIDR is clamped to it, as confd does
+            # (template_funcs.go filterMatchPrefixLength: max(cidr len, min)).
+            if pl.max is not None and pl.max < base:
+                raise field_error("prefixLength.max", pl.max,
+                                  f"must not be shorter than the cidr's /{base}")
             if pl.min is not None and pl.max is not None and pl.min > pl.max:
                 raise field_error("prefixLength.min", pl.min, "min must not exceed max")
 
@@ -913,9 +1097,7 @@ class BGPFilterSpec(_Model):
     @model_validator(mode="before")
     @classmethod
     def _null_lists(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if v is not None}
-        return data
+        return _drop_empty(data, ("exportV4", "importV4", "exportV6", "importV6"), (None,))
 
     @model_validator(mode="after")
     def _families(self) -> BGPFilterSpec:
@@ -956,9 +1138,7 @@ class NodeBGPSpec(_Model):
     @model_validator(mode="before")
     @classmethod
     def _empty_is_unset(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if v != ""}
-        return data
+        return _drop_empty(data, cls.field_keys())
 
     @property
     def ipv4(self) -> str | None:
@@ -989,6 +1169,13 @@ class NodeAddress(_Model):
         return value
 
 
+class NodeInterface(_Model):
+    """``spec.interfaces[]`` (calico-node v3.31+ writes it at start): kept, not acted on."""
+
+    name: Str | None = None
+    addresses: tuple[Str, ...] | None = None
+
+
 class NodeWireguardSpec(_Model):
     interface_ipv4_address: IPAddress | None = Field(None, alias="interfaceIPv4Address")
     interface_ipv6_address: IPAddress | None = Field(None, alias="interfaceIPv6Address")
@@ -1003,13 +1190,12 @@ class NodeSpec(_Model):
     orch_refs: tuple[OrchRef, ...] | None = None
     wireguard: NodeWireguardSpec | None = None
     addresses: tuple[NodeAddress, ...] | None = None
+    interfaces: tuple[NodeInterface, ...] | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _empty_is_unset(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if v != ""}
-        return data
+        return _drop_empty(data, cls.field_keys())
 
 
 class NodeStatus(_Model):

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from config import keys
 from config.errors import ConfigError, FieldProblem
@@ -34,6 +34,7 @@ __all__ = [
     "parse_yaml_documents",
     "to_calico_dict",
     "to_json",
+    "unknown_fields",
 ]
 
 _AFFINITY_STATES = ("confirmed", "pending", "pendingDeletion", "")
@@ -105,8 +106,40 @@ def _name_of(obj: Mapping[str, Any]) -> str:
     return ""
 
 
-def parse_resource(obj: Mapping[str, Any]) -> Resource:
-    """Validate one ``projectcalico.org/v3`` resource (a decoded YAML/JSON mapping)."""
+def unknown_fields(model: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted path, value) of every field in ``model`` its class does not declare.
+
+    Walks nested models, tuples and lists: ``spec.interfaces``,
+    ``spec.exportV4[0].peerType``. Empty for a resource podbgp fully knows.
+    """
+    out: list[tuple[str, Any]] = []
+    if isinstance(model, BaseModel):
+        for name, info in type(model).model_fields.items():
+            value = getattr(model, name)
+            if isinstance(value, (BaseModel, tuple, list)):
+                out.extend(unknown_fields(value, _join(prefix, info.alias or name)))
+        for key, value in (model.__pydantic_extra__ or {}).items():
+            out.append((_join(prefix, key), value))
+    elif isinstance(model, (tuple, list)):
+        for i, item in enumerate(model):
+            if isinstance(item, BaseModel):
+                out.extend(unknown_fields(item, f"{prefix}[{i}]"))
+    return out
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def parse_resource(obj: Mapping[str, Any], *, strict: bool = False) -> Resource:
+    """Validate one ``projectcalico.org/v3`` resource (a decoded YAML/JSON mapping).
+
+    ``strict=False`` (reading the datastore): a field podbgp does not model is
+    kept in the resource and written back, never a reason to reject it
+    (`unknown_fields` lists them). ``strict=True`` (a user's input to bgpctl):
+    an unknown field is a `ConfigError` naming it, as calicoctl refuses it.
+    Invalid values of known fields are an error either way.
+    """
     if not isinstance(obj, Mapping):
         raise ConfigError(
             "?", "", "", type(obj).__name__, "a resource must be a mapping with kind/metadata/spec"
@@ -124,7 +157,7 @@ def parse_resource(obj: Mapping[str, Any]) -> Resource:
     if api != API_VERSION:
         raise ConfigError(kind, name, "apiVersion", api, f"must be {API_VERSION}")
     try:
-        return model.model_validate(dict(obj))  # type: ignore[return-value]
+        res = model.model_validate(dict(obj))
     except ValidationError as exc:
         problems = _problems(exc)
         first = problems[0]
@@ -133,6 +166,14 @@ def parse_resource(obj: Mapping[str, Any]) -> Resource:
         ) from None
     except RecursionError:
         raise ConfigError(kind, name, "", reason="document nested too deeply") from None
+    if strict:
+        unknown = unknown_fields(res)
+        if unknown:
+            problems = [FieldProblem(path, value, "unknown field") for path, value in unknown]
+            first = problems[0]
+            raise ConfigError(kind, name, first.field, first.value, first.reason,
+                              problems=problems)
+    return res  # type: ignore[return-value]
 
 
 def _decode(raw: bytes | str) -> str:
@@ -207,12 +248,9 @@ _Loader.add_implicit_resolver(
 )
 
 
-def parse_yaml_documents(text: str | bytes) -> list[Resource]:
-    """Every resource in a (multi-document) YAML text; ``kind: List`` items are expanded.
-
-    All-or-nothing: the first bad document raises `ConfigError` (naming the
-    document number when it has no usable kind/name) and nothing is returned.
-    """
+def load_yaml_documents(text: str | bytes) -> list[Any]:
+    """The decoded documents of a (multi-document) YAML text, ``kind: List`` items
+    expanded and empty documents skipped; raises `ConfigError` for unreadable YAML."""
     try:
         docs = list(yaml.load_all(_decode(text), Loader=_Loader))
     except yaml.YAMLError as exc:
@@ -222,23 +260,43 @@ def parse_yaml_documents(text: str | bytes) -> list[Resource]:
         raise ConfigError("YAML", "", "", reason=f"invalid YAML{where}: {problem}") from None
     except (UnicodeDecodeError, RecursionError) as exc:
         raise ConfigError("YAML", "", "", reason=f"unreadable YAML: {exc}") from None
-    out: list[Resource] = []
+    out: list[Any] = []
     for number, doc in enumerate(docs, start=1):
         if doc is None:
             continue
-        if not isinstance(doc, dict):
-            raise ConfigError(
-                "YAML", f"document {number}", "", type(doc).__name__, "a document must be a mapping"
-            )
-        if doc.get("kind") in ("List", "BGPPeerList", "IPPoolList", "NodeList",
-                               "BGPConfigurationList", "BGPFilterList", "BlockAffinityList"):
+        if isinstance(doc, dict) and _is_list(doc.get("kind")):
             items = doc.get("items") or []
             if not isinstance(items, list):
                 raise ConfigError("List", f"document {number}", "items", items, "must be a list")
-            out.extend(parse_resource(item) for item in items)
+            out.extend(items)
         else:
-            out.append(parse_resource(doc))
+            out.append(doc)
     return out
+
+
+def _is_list(kind: Any) -> bool:
+    return kind == "List" or (isinstance(kind, str) and kind.endswith("List")
+                              and kind[:-len("List")] in MODELS)
+
+
+def parse_document(doc: Any, number: int, *, strict: bool = False) -> Resource:
+    """One decoded document (number ``number`` in its text, for messages)."""
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            "YAML", f"document {number}", "", type(doc).__name__, "a document must be a mapping"
+        )
+    return parse_resource(doc, strict=strict)
+
+
+def parse_yaml_documents(text: str | bytes, *, strict: bool = False) -> list[Resource]:
+    """Every resource in a (multi-document) YAML text; ``kind: List`` items are expanded.
+
+    All-or-nothing: the first bad document raises `ConfigError` (naming the
+    document number when it has no usable kind/name) and nothing is returned.
+    ``strict`` as in `parse_resource` (bgpctl passes True).
+    """
+    return [parse_document(doc, n, strict=strict)
+            for n, doc in enumerate(load_yaml_documents(text), start=1)]
 
 
 # Calico's Go structs mark these booleans omitempty: false is not stored.
@@ -261,8 +319,8 @@ def to_calico_dict(res: Resource) -> dict[str, Any]:
         "metadata": dumped["metadata"],
         "spec": spec,
     }
-    if "status" in dumped:
-        out["status"] = dumped["status"]
+    for key, value in dumped.items():  # status, and whatever else the object carried
+        out.setdefault(key, value)
     return out
 
 
@@ -297,10 +355,8 @@ def parse_affinity(key: str, raw: bytes | str) -> Affinity:
     if not isinstance(obj, dict):
         raise ConfigError("BlockAffinity", name, "", type(obj).__name__,
                           "value is not a JSON object", key=key)
-    unknown = sorted(set(obj) - {"state", "deleted"})
-    if unknown:
-        raise ConfigError("BlockAffinity", name, unknown[0], obj[unknown[0]], "unknown field",
-                          key=key)
+    # Other keys are ignored (read leniently): podbgp never writes an affinity
+    # it did not create, so nothing of them can be lost.
     state = obj.get("state", "")
     if state is None:
         state = ""

@@ -10,6 +10,11 @@ JSON shapes and keys are exactly those of Calico's libcalico-go
 way round. Readers accept what real Calico datastores contain: blocks without
 ``sequenceNumber``/``deleted``, ``"secondary": null``, ``"handle_id": null``,
 the deprecated ``hostAffinity``, affinity ``deleted`` as the string "false".
+
+Read leniently, write faithfully (DESIGN.md): a key podbgp does not model
+(Calico's ``affinity_claim_time``, an allocation's ``alternateOwnerAttrs`` and
+``releasedAt``, IPAM config's ``ipCooldownSeconds``, anything newer) is kept in
+the record's ``extra`` and written back unchanged by every operation.
 """
 
 from __future__ import annotations
@@ -142,6 +147,11 @@ def _bool(key: str, name: str, value: Any, default: bool = False) -> bool:
     raise IPAMModelError(f"{key}: {name}: {value!r} is not a boolean")
 
 
+def _extra(obj: Mapping[str, Any], known: tuple[str, ...]) -> dict[str, Any]:
+    """The keys of a stored record podbgp does not model, to be written back as they were."""
+    return {k: v for k, v in obj.items() if k not in known}
+
+
 def _dump(obj: Mapping[str, Any]) -> bytes:
     # Compact like Go's encoding/json; field order as Calico's structs declare it.
     return json.dumps(obj, separators=(",", ":")).encode()
@@ -156,9 +166,16 @@ class AllocationAttribute:
 
     handle_id: str | None
     secondary: Mapping[str, str] = field(default_factory=dict)
+    # e.g. Calico's alternateOwnerAttrs (live migration) and releasedAt (IP cooldown)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"handle_id": self.handle_id, "secondary": dict(self.secondary) or None}
+        return {"handle_id": self.handle_id, "secondary": dict(self.secondary) or None,
+                **self.extra}
+
+
+_BLOCK_KEYS = ("cidr", "affinity", "hostAffinity", "allocations", "unallocated", "attributes",
+               "strictAffinity", "sequenceNumber", "sequenceNumberForAllocation", "deleted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +199,7 @@ class IPAMBlock:
     sequence_number: int = 0
     sequence_number_for_allocation: Mapping[str, int] = field(default_factory=dict)
     deleted: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)  # e.g. affinity_claim_time
 
     # -- construction / serialisation
 
@@ -229,8 +247,9 @@ class IPAMBlock:
             sec = a.get("secondary") or {}
             if not isinstance(sec, dict):
                 raise IPAMModelError(f"{key}: attributes[{i}].secondary: {sec!r} is not an object")
-            attrs.append(AllocationAttribute(a.get("handle_id"), {str(k): str(v)
-                                                                  for k, v in sec.items()}))
+            attrs.append(AllocationAttribute(
+                a.get("handle_id"), {str(k): str(v) for k, v in sec.items()},
+                _extra(a, ("handle_id", "secondary"))))
         for i, v in enumerate(allocs):
             if v is not None and (not isinstance(v, int) or not 0 <= v < len(attrs)):
                 raise IPAMModelError(f"{key}: allocations[{i}]: {v!r} is not an attribute index")
@@ -254,6 +273,7 @@ class IPAMBlock:
             sequence_number=int(obj.get("sequenceNumber") or 0),
             sequence_number_for_allocation={str(k): int(v) for k, v in seq_for.items()},
             deleted=_bool(key, "deleted", obj.get("deleted")),
+            extra=_extra(obj, _BLOCK_KEYS),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,6 +287,7 @@ class IPAMBlock:
             "sequenceNumber": self.sequence_number,
             "sequenceNumberForAllocation": dict(self.sequence_number_for_allocation),
             "deleted": self.deleted,
+            **self.extra,
         }
 
     def to_json(self) -> bytes:
@@ -404,6 +425,7 @@ class AffinityRecord:
 
     state: str = AFFINITY_CONFIRMED
     deleted: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, key: str, raw: bytes | str) -> AffinityRecord:
@@ -411,7 +433,8 @@ class AffinityRecord:
         state = obj.get("state") or ""
         if state not in _AFFINITY_STATES:
             raise IPAMModelError(f"{key}: state: {state!r} is not one of {_AFFINITY_STATES}")
-        return cls(state=state, deleted=_bool(key, "deleted", obj.get("deleted")))
+        return cls(state=state, deleted=_bool(key, "deleted", obj.get("deleted")),
+                   extra=_extra(obj, ("state", "deleted")))
 
     @property
     def confirmed(self) -> bool:
@@ -419,7 +442,7 @@ class AffinityRecord:
         return self.state in ("", AFFINITY_CONFIRMED) and not self.deleted
 
     def to_json(self) -> bytes:
-        return _dump({"state": self.state, "deleted": self.deleted})
+        return _dump({"state": self.state, "deleted": self.deleted, **self.extra})
 
 
 # ---------------------------------------------------------------- handle
@@ -432,6 +455,7 @@ class IPAMHandle:
     handle_id: str
     block: Mapping[str, int] = field(default_factory=dict)
     deleted: bool = False
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, key: str, raw: bytes | str) -> IPAMHandle:
@@ -442,10 +466,11 @@ class IPAMHandle:
         ):
             raise IPAMModelError(f"{key}: block: {blocks!r} is not a map of CIDR to count")
         hid = key[len(HANDLE_PREFIX):] if key.startswith(HANDLE_PREFIX) else key
-        return cls(hid, dict(blocks), _bool(key, "deleted", obj.get("deleted")))
+        return cls(hid, dict(blocks), _bool(key, "deleted", obj.get("deleted")),
+                   _extra(obj, ("block", "deleted")))
 
     def to_json(self) -> bytes:
-        return _dump({"block": dict(self.block), "deleted": self.deleted})
+        return _dump({"block": dict(self.block), "deleted": self.deleted, **self.extra})
 
     @property
     def empty(self) -> bool:
@@ -481,6 +506,8 @@ class IPAMConfig:
     strict_affinity: bool = False
     auto_allocate_blocks: bool = True
     max_blocks_per_host: int = 0
+    # e.g. ipCooldownSeconds, kubeVirtVMAddressPersistence (Calico v3.31+)
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, key: str, raw: bytes | str) -> IPAMConfig:
@@ -504,6 +531,8 @@ class IPAMConfig:
                                        pick("auto_allocate_blocks", "autoAllocateBlocks"),
                                        default=True),
             max_blocks_per_host=mbph or 0,
+            extra=_extra(obj, ("strict_affinity", "strictAffinity", "auto_allocate_blocks",
+                               "autoAllocateBlocks", "maxBlocksPerHost", "max_blocks_per_host")),
         )
 
     def to_json(self) -> bytes:
@@ -511,4 +540,5 @@ class IPAMConfig:
             "strict_affinity": self.strict_affinity,
             "auto_allocate_blocks": self.auto_allocate_blocks,
             "maxBlocksPerHost": self.max_blocks_per_host,
+            **self.extra,
         })

@@ -173,13 +173,15 @@ def load_resources(text: str, source: str = "input") -> list[Any]:
     """Every resource in a YAML/JSON text (``List`` wrappers expanded), all validated.
 
     Raises RequestFailed naming the first problem; nothing is written before
-    the whole input has passed.
+    the whole input has passed. Strict, as calicoctl is: a field that is not
+    part of Calico's API is an error naming it (the datastore's own reader
+    is lenient; config.model.CalicoModel).
     """
     from config.errors import ConfigError
     from config.parse import parse_yaml_documents
 
     try:
-        resources = parse_yaml_documents(text)
+        resources = parse_yaml_documents(text, strict=True)
     except ConfigError as e:
         raise RequestFailed(f"{source}: {e}") from None
     if not resources:

@@ -125,6 +125,14 @@ class DaemonCollector:
             for (kind, reason), n in sorted(ds.stats.rejected_total.items()):
                 cr.add_metric([kind, reason], n)
         yield cr
+        cu = CounterMetricFamily("podbgp_config_unknown_fields",
+                                 "Fields podbgp does not model in resources read from the "
+                                 "datastore (each resource and field once; ignored and kept).",
+                                 labels=["kind"])
+        if ds is not None:
+            for kind, n in sorted(ds.stats.unknown_fields_total.items()):
+                cu.add_metric([kind], n)
+        yield cu
         yield GaugeMetricFamily("podbgp_config_stale",
                                 "1 when a resource is invalid and its last good version is used.",
                                 value=1 if d.snapshot is not None and d.snapshot.rejected else 0)

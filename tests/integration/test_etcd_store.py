@@ -241,6 +241,38 @@ async def test_crud_has_calico_semantics(etcd, store):
         await store.delete("IPPool", "p1")
 
 
+async def test_unknown_fields_are_used_counted_once_and_survive_a_write(etcd, store):
+    # Issue 13: calico-node v3.31+ writes spec.interfaces into every Node; podbgp used to
+    # drop the whole Node for it. A field podbgp does not model is now ignored (logged once
+    # per resource and field, counted) and written back unchanged.
+    key = resource_key("Node", "n1")
+    node = {"apiVersion": "projectcalico.org/v3", "kind": "Node",
+            "metadata": {"name": "n1", "uid": "u-1"},
+            "spec": {"bgp": {"ipv4Address": "10.0.0.1/24", "futureBGPKnob": "x"},
+                     "futureSpec": {"deep": [1, None]}},
+            "status": {"podCIDRs": ["10.244.0.0/24"], "futureStatus": None}}
+    put(etcd, key, json.dumps(node))
+    await store.start()
+    snap = await wait_snapshot(store, lambda s: "n1" in s.nodes)
+    assert snap.nodes["n1"].spec.bgp.ipv4 == "10.0.0.1" and not snap.rejected
+    assert store.stats.unknown_fields_total == {"Node": 3}
+    node["spec"]["bgp"]["asNumber"] = 64600  # a rewrite with the same unknown fields
+    put(etcd, key, json.dumps(node))
+    await wait_snapshot(store, lambda s: s.nodes["n1"].spec.bgp.as_number == 64600)
+    assert store.stats.unknown_fields_total == {"Node": 3}
+
+    # bgpctl-style read-modify-write through the datastore keeps every field.
+    got = await store.get("node", "n1")
+    bgp = got.spec.bgp.model_copy(update={"as_number": 64601})
+    await store.replace(got.model_copy(update={"spec": got.spec.model_copy(update={"bgp": bgp})}))
+    stored = json.loads(etcd.etcdctl("get", "--print-value-only", key))
+    assert stored["spec"]["futureSpec"] == {"deep": [1, None]}
+    assert stored["spec"]["bgp"] == {"ipv4Address": "10.0.0.1/24", "futureBGPKnob": "x",
+                                     "asNumber": 64601}
+    assert stored["status"] == node["status"]
+    assert stored["metadata"]["uid"] == "u-1"
+
+
 async def test_endpoints_are_tried_in_turn(etcd):
     from tests.conftest import free_port
 

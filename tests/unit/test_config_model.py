@@ -13,7 +13,7 @@ import pytest
 
 from config.errors import ConfigError
 from config.model import duration_seconds, parse_as_number, split_peer_ip
-from config.parse import parse_resource
+from config.parse import parse_resource, to_calico_dict, unknown_fields
 
 DELETE = object()
 
@@ -89,7 +89,7 @@ BAD = [
     ("IPPool", {"kind": "IPPools"}, "kind", "unknown kind"),
     ("IPPool", {"kind": DELETE}, "kind", "missing"),
     ("IPPool", {"apiVersion": "projectcalico.org/v1"}, "apiVersion", "must be"),
-    ("IPPool", {"status": {}}, "status", "unknown field"),
+    ("IPPool", {"state": {}}, "state", "unknown field"),
     ("IPPool", {"metadata": DELETE}, "metadata", "missing"),
     ("IPPool", {"metadata.name": DELETE}, "metadata.name", "missing"),
     ("IPPool", {"metadata.name": ""}, "metadata.name", "empty"),
@@ -280,8 +280,36 @@ BAD = [
                                       "prefixLength": {"min": 28, "max": 24}}]},
      "spec.exportV4[0].prefixLength.min", "exceed"),
     ("BGPFilter", {"spec.exportV4": [{"action": "Accept", "cidr": "10.0.0.0/16",
-                                      "matchOperator": "In", "prefixLength": {"min": 8}}]},
-     "spec.exportV4[0].prefixLength.min", "shorter"),
+                                      "matchOperator": "In", "prefixLength": {"max": 8}}]},
+     "spec.exportV4[0].prefixLength.max", "shorter"),
+    # v3.32 rule fields
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept", "peerType": "ebgp"}]},
+     "spec.importV4[0].peerType", "eBGP"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept", "communities": {"values": []}}]},
+     "spec.importV4[0].communities.values", "exactly one"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept",
+                                      "communities": {"values": ["1:2", "3:4"]}}]},
+     "spec.importV4[0].communities.values", "exactly one"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept", "communities": {"values": ["70000:1"]}}]},
+     "spec.importV4[0].communities.values[0]", "16-bit"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept", "asPathPrefix": ["x"]}]},
+     "spec.importV4[0].asPathPrefix[0]", "digits"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept", "priority": 0}]},
+     "spec.importV4[0].priority", "between 1"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Reject",
+                                      "operations": [{"setPriority": {"value": 5}}]}]},
+     "spec.importV4[0].operations", "only be used with action Accept"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept", "operations": [{}]}]},
+     "spec.importV4[0].operations[0]", "exactly one"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept", "operations": [
+        {"setPriority": {"value": 5}, "addCommunity": {"value": "1:1"}}]}]},
+     "spec.importV4[0].operations[0]", "exactly one"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept", "operations": [
+        {"prependASPath": {"prefix": []}}]}]},
+     "spec.importV4[0].operations[0].prependASPath.prefix", "1 to 10"),
+    ("BGPFilter", {"spec.importV4": [{"action": "Accept", "operations": [
+        {"setPriority": {"value": 2147483647}}]}]},
+     "spec.importV4[0].operations[0].setPriority.value", "between 1"),
     ("BGPFilter", {"spec.exportV4": [{"action": "Accept", "prefixLength": {"min": 8}}]},
      "spec.exportV4[0].prefixLength", "needs cidr"),
     ("BGPFilter", {"spec.exportV4": [{"action": "Accept", "cidr": "10.0.0.0/8",
@@ -296,7 +324,29 @@ BAD = [
     ("BGPFilter", {"spec.exportV4": [{"action": "Accept", "community": "1:2"}]},
      "spec.exportV4[0].community", "unknown field"),
     ("BGPFilter", {"spec.exportV5": []}, "spec.exportV5", "unknown field"),
+    ("BGPConfiguration", {"spec.programClusterRoutes": "Yes"}, "spec.programClusterRoutes",
+     "Enabled"),
+    ("BGPConfiguration", {"spec.serviceLoadBalancerAggregation": "On"},
+     "spec.serviceLoadBalancerAggregation", "Enabled"),
+    ("BGPConfiguration", {"spec.ipv4NormalRoutePriority": 0}, "spec.ipv4NormalRoutePriority",
+     "between 1"),
+    ("BGPConfiguration", {"spec.ipv6NormalRoutePriority": "5"}, "spec.ipv6NormalRoutePriority",
+     "integer"),
+    ("BGPPeer", {"spec.reversePeering": "Never"}, "spec.reversePeering", "Auto"),
+    ("BGPPeer", {"spec.localWorkloadSelector": "color == 'red'"}, "spec.peerIP",
+     "localWorkloadSelector"),
+    ("BGPPeer", {"spec.peerIP": DELETE, "spec.asNumber": DELETE,
+                 "spec.localWorkloadSelector": "color == 'red'"}, "spec.asNumber", "required"),
+    ("BGPPeer", {"spec.peerIP": DELETE, "spec.localWorkloadSelector": "has("},
+     "spec.localWorkloadSelector", "position"),
+    ("BGPPeer", {"spec.peerIP": DELETE, "spec.asNumber": DELETE, "spec.peerSelector": "all()",
+                 "spec.reachableBy": "10.0.0.1"}, "spec.reachableBy", "peerIP is empty"),
+    ("IPPool", {"spec.namespaceSelector": "has("}, "spec.namespaceSelector", "position"),
+    ("IPPool", {"status": {"conditions": [{"type": "Ready"}]}}, "status.conditions[0].status",
+     "missing"),
     # --- Node
+    ("Node", {"spec.interfaces": [{"name": 5}]}, "spec.interfaces[0].name", "string"),
+    ("Node", {"spec.interfaces": "eth0"}, "spec.interfaces", "list"),
     ("Node", {"spec.bgp.ipv4Address": "fd00::1/64"}, "spec.bgp.ipv4Address", "IPv4"),
     ("Node", {"spec.bgp.ipv4Address": "10.0.0.1/40"}, "spec.bgp.ipv4Address", "address"),
     ("Node", {"spec.bgp.ipv6Address": "10.0.0.1/24"}, "spec.bgp.ipv6Address", "IPv6"),
@@ -338,7 +388,7 @@ BAD = [
 def test_rejected_with_field_and_reason(base, patch, field, fragment):
     doc = build(base, patch)
     with pytest.raises(ConfigError) as info:
-        parse_resource(doc)
+        parse_resource(doc, strict=True)  # what bgpctl apply does (an unknown field is an error)
     err = info.value
     assert err.field == field, str(err)
     assert fragment.lower() in err.reason.lower(), str(err)
@@ -347,6 +397,38 @@ def test_rejected_with_field_and_reason(base, patch, field, fragment):
         doc.get("metadata"), dict) and isinstance(doc["metadata"].get("name"), str)
         and doc["metadata"]["name"] else err.kind)
     assert field in text
+
+
+UNKNOWN = [case for case in BAD if case[3] == "unknown field"]
+
+
+@pytest.mark.parametrize(
+    ("base", "patch", "field", "fragment"), UNKNOWN, ids=[f"{b}:{f}" for b, _, f, _ in UNKNOWN]
+)
+def test_unknown_field_is_kept_when_reading(base, patch, field, fragment):
+    # Reading the datastore (strict=False) keeps the resource, names the field, and
+    # writes it back where it was: read leniently, write faithfully.
+    doc = build(base, patch)
+    res = parse_resource(doc)
+    assert [path for path, _ in unknown_fields(res)] == [field]
+    assert res == parse_resource(build(base, patch)), "parsing is deterministic"
+    out = to_calico_dict(res)
+    node_in, node_out = doc, out
+    for part in field.replace("[0]", ".0").split("."):
+        key = int(part) if part.isdigit() else part
+        node_in, node_out = node_in[key], node_out[key]
+    assert node_out == node_in
+    assert parse_resource(out) == res  # a second round trip changes nothing
+
+
+def test_unknown_null_and_empty_values_survive_the_round_trip():
+    # exclude_none and Calico's ""-means-unset must not drop fields podbgp does not model.
+    doc = build("Node", {"spec.futureField": None, "spec.bgp.futureEmpty": "",
+                         "spec.bgp.ipv6Address": ""})
+    out = to_calico_dict(parse_resource(doc))
+    assert out["spec"]["futureField"] is None
+    assert out["spec"]["bgp"]["futureEmpty"] == ""
+    assert "ipv6Address" not in out["spec"]["bgp"]  # a known field's "" still means unset
 
 
 def test_error_string_format_matches_contract():

@@ -130,6 +130,33 @@ def test_invalid_input_writes_nothing(run):
     assert run.cfg.read_text() == before
 
 
+def test_apply_is_strict_but_a_stored_unknown_field_round_trips(run):
+    # calicoctl refuses a field that is not in Calico's API, naming it; so does bgpctl.
+    typo = POOL.replace("natOutgoing: true", "natOutgoing: true\n  natOutgoin: true")
+    code, out, err = run("apply", "-f", put_file(run, "typo.yaml", typo))
+    assert code == 1 and out == ""
+    assert err == ("typo.yaml: IPPool \"default-ipv4-ippool\": spec.natOutgoin: True: "
+                   "unknown field\n").replace("typo.yaml", str(run.tmp / "typo.yaml"))
+    # Data the datastore already holds (written by calico-node) keeps every field through
+    # get -o yaml and an edit of a field podbgp does model.
+    node = ("apiVersion: projectcalico.org/v3\nkind: Node\nmetadata: {name: n1}\n"
+            "spec:\n  bgp: {ipv4Address: 10.0.0.1/24}\n"
+            "  interfaces: [{name: eth0, addresses: [10.0.0.1/24, 'fd00::1/64']}]\n"
+            "status: {podCIDRs: [10.244.1.0/24]}\n")
+    run.cfg.write_text(node)
+    code, out, _ = run("get", "node", "n1", "-o", "yaml")
+    doc = yaml.safe_load(out)
+    assert doc["spec"]["interfaces"] == [{"name": "eth0",
+                                          "addresses": ["10.0.0.1/24", "fd00::1/64"]}]
+    doc["spec"]["bgp"]["asNumber"] = 64700
+    assert run("apply", "-f", "-", stdin=yaml.safe_dump(doc))[0] == 0
+    code, out, _ = run("get", "node", "n1", "-o", "yaml")
+    again = yaml.safe_load(out)
+    assert again["spec"]["interfaces"] == doc["spec"]["interfaces"]
+    assert again["status"] == {"podCIDRs": ["10.244.1.0/24"]}
+    assert again["spec"]["bgp"]["asNumber"] == 64700
+
+
 @pytest.mark.parametrize("argv", [
     ["get"], ["frobnicate"], ["apply"], ["delete", "ippool"], ["get", "ippool", "-o", "xml"],
     ["delete", "-f", "x.yaml", "ippool", "p"],

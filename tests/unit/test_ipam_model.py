@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipam.model import (
+    IPAM_CONFIG_KEY,
     AffinityRecord,
     BlockFullError,
     IPAMBlock,
@@ -157,3 +158,47 @@ def test_assign_release_invariants(seq):
         for hid2, ips in held.items():
             assert set(b.ips_of(hid2)) == ips
         assert IPAMBlock.from_json(b.key, b.to_json()) == b
+
+
+def test_fields_podbgp_does_not_model_survive_every_operation():
+    # Calico v3.31+ block and attribute fields (libcalico-go lib/backend/model/block.go:
+    # affinity_claim_time, AllocationAttribute.alternateOwnerAttrs and releasedAt;
+    # ipam_config.go: ipCooldownSeconds, kubeVirtVMAddressPersistence) must not be lost
+    # when podbgp assigns or releases another address in the same block.
+    key = "/calico/ipam/v2/assignment/ipv4/block/10.0.0.0-30"
+    migrating = {"handle_id": "k8s-pod-network.vm1", "secondary": {"node": "n2"},
+                 "alternateOwnerAttrs": {"namespace": "ns", "pod": "virt-launcher-b"},
+                 "releasedAt": None}
+    cooling = {"handle_id": "k8s-pod-network.old", "secondary": None,
+               "releasedAt": "2025-11-02T10:00:00Z"}
+    raw = json.dumps({
+        "cidr": "10.0.0.0/30", "affinity": "host:n1",
+        "affinity_claim_time": "2025-11-01T09:00:00Z",
+        "allocations": [0, 1, None, None], "unallocated": [2, 3],
+        "attributes": [migrating, cooling], "strictAffinity": False,
+        "sequenceNumber": 7, "sequenceNumberForAllocation": {"0": 1, "1": 2}, "deleted": False,
+        "futureBlockField": {"x": [1]},
+    })
+    block = IPAMBlock.from_json(key, raw)
+    grown, ips = block.assign(1, "h3", {"node": "n1"})
+    shrunk, _, _ = grown.release(ips)
+    for b in (block, grown, shrunk):
+        out = json.loads(b.to_json())
+        assert out["affinity_claim_time"] == "2025-11-01T09:00:00Z"
+        assert out["futureBlockField"] == {"x": [1]}
+        assert out["attributes"][:2] == [migrating, cooling]
+    # released ordinals go to the back of unallocated (reused as late as possible)
+    assert json.loads(shrunk.to_json()) == json.loads(raw) | {"sequenceNumber": 9,
+                                                              "unallocated": [3, 2]}
+
+    hkey = "/calico/ipam/v2/handle/h1"
+    handle = IPAMHandle.from_json(hkey, b'{"block":{"10.0.0.0/30":1},"deleted":false,"x":1}')
+    assert json.loads(handle.add("10.0.0.0/30", 1).to_json())["x"] == 1
+    cfg = IPAMConfig.from_json(IPAM_CONFIG_KEY, json.dumps({
+        "strict_affinity": True, "auto_allocate_blocks": True, "maxBlocksPerHost": 4,
+        "ipCooldownSeconds": 30, "kubeVirtVMAddressPersistence": "Enabled"}))
+    out = json.loads(cfg.to_json())
+    assert out["ipCooldownSeconds"] == 30 and out["kubeVirtVMAddressPersistence"] == "Enabled"
+    aff = AffinityRecord.from_json("/calico/ipam/v2/host/n1/ipv4/block/10.0.0.0-30",
+                                   b'{"state":"confirmed","deleted":false,"x":"y"}')
+    assert json.loads(aff.to_json()) == {"state": "confirmed", "deleted": False, "x": "y"}

@@ -50,7 +50,8 @@ class FakeDaemon:
                                   repairs=5),
             conflicting_prefixes={"10.244.9.0/26"})
         self.store = SimpleNamespace(connected=True, stats=SimpleNamespace(
-            reconnects_total=2, rejected_total=Counter({("BGPPeer", "invalid JSON"): 1})))
+            reconnects_total=2, rejected_total=Counter({("BGPPeer", "invalid JSON"): 1}),
+            unknown_fields_total=Counter({"Node": 3})))
         self.snapshot = SimpleNamespace(revision=42, rejected={"/calico/x": "bad"})
         self.convergence_seconds = 1.5
 
@@ -138,6 +139,7 @@ def test_values_come_from_daemon_state() -> None:
     assert sample(fams, "podbgp_datastore_reconnects_total") == 2
     assert sample(fams, "podbgp_config_rejected_total", kind="BGPPeer",
                   reason="invalid JSON") == 1
+    assert sample(fams, "podbgp_config_unknown_fields_total", kind="Node") == 3
     assert sample(fams, "podbgp_config_stale") == 1
     assert sample(fams, "podbgp_convergence_seconds") == 1.5
     assert sample(fams, "podbgp_ready") == 1
