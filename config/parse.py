@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from config import keys
+from config import k8s, keys
 from config.errors import ConfigError, FieldProblem
 from config.model import (
     API_VERSION,
@@ -26,6 +26,7 @@ from config.model import (
     Resource,
     _loose_bool,
 )
+from config.policy import POLICY_MODELS
 
 __all__ = [
     "parse_affinity",
@@ -38,6 +39,8 @@ __all__ = [
 ]
 
 _AFFINITY_STATES = ("confirmed", "pending", "pendingDeletion", "")
+# Every kind parse_resource knows: the routing resources and the policy ones.
+_MODELS = {**MODELS, **POLICY_MODELS}
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -148,10 +151,12 @@ def parse_resource(obj: Mapping[str, Any], *, strict: bool = False) -> Resource:
     kind = obj.get("kind")
     if kind is None:
         raise ConfigError("?", name, "kind", reason="required field is missing")
-    model = MODELS.get(kind) if isinstance(kind, str) else None
+    if k8s.is_foreign(obj):
+        return k8s.convert(obj, _problems, unknown_fields if strict else None)
+    model = _MODELS.get(kind) if isinstance(kind, str) else None
     if model is None:
         raise ConfigError(
-            "?", name, "kind", kind, f"unknown kind (expected one of {', '.join(MODELS)})"
+            "?", name, "kind", kind, f"unknown kind (expected one of {', '.join(_MODELS)})"
         )
     api = obj.get("apiVersion", API_VERSION)
     if api != API_VERSION:
@@ -276,7 +281,7 @@ def load_yaml_documents(text: str | bytes) -> list[Any]:
 
 def _is_list(kind: Any) -> bool:
     return kind == "List" or (isinstance(kind, str) and kind.endswith("List")
-                              and kind[:-len("List")] in MODELS)
+                              and kind[:-len("List")] in (*_MODELS, "Namespace"))
 
 
 def parse_document(doc: Any, number: int, *, strict: bool = False) -> Resource:
