@@ -27,6 +27,7 @@ COPY fib_sync /src/fib_sync
 COPY config /src/config
 COPY ipam /src/ipam
 COPY lab /src/lab
+COPY policy /src/policy
 RUN pip wheel --wheel-dir /wheels --no-deps . \
  && ls /wheels
 
@@ -45,7 +46,7 @@ ENV PYTHONUNBUFFERED=1 \
 # bgpd stops its ExaBGP child itself, gracefully) and reaps orphans, e.g. an
 # ExaBGP relay left behind when bgpd kills a stuck ExaBGP.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends iproute2 tini \
+ && apt-get install -y --no-install-recommends iproute2 nftables tini \
  && rm -rf /var/lib/apt/lists/*
 # Install only from the builder's wheels (no index, no compiler here), with
 # the lock as constraints so nothing resolves to an untested version; then

@@ -384,7 +384,8 @@ FOREIGN_KINDS: dict[tuple[str, str], tuple[type[_K8sModel], Any, type]] = {
 
 
 def is_foreign(obj: Mapping[str, Any]) -> bool:
-    return (obj.get("apiVersion"), obj.get("kind")) in FOREIGN_KINDS
+    api, kind = obj.get("apiVersion"), obj.get("kind")
+    return isinstance(api, str) and isinstance(kind, str) and (api, kind) in FOREIGN_KINDS
 
 
 def convert(obj: Mapping[str, Any], problems_of: Any, unknown_of: Any = None) -> Any:

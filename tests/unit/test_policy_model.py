@@ -134,11 +134,23 @@ REJECTED = [
 @pytest.mark.parametrize(("doc", "field", "reason"), REJECTED,
                          ids=lambda x: json.dumps(x)[:70] if isinstance(x, dict) else str(x))
 def test_rejected_naming_the_field(doc, field, reason):
+    # strict: what bgpctl does with a user's file (calicoctl refuses unknown fields)
     with pytest.raises(ConfigError) as e:
-        parse_resource(doc)
+        parse_resource(doc, strict=True)
     assert field in e.value.field, str(e.value)
     assert reason in str(e.value)
     assert doc["metadata"]["name"] in str(e.value)
+
+
+def test_unknown_fields_read_leniently_are_listed():
+    # Reading the datastore keeps a field podbgp does not model (DESIGN.md "read
+    # leniently"); the policy agent refuses to enforce such a policy (a match it
+    # cannot see would make the rule broader), so the fields must be findable.
+    from config.parse import unknown_fields
+
+    res = parse_resource(np({"ingress": [rule(source={"domains": ["x.example"]})]}))
+    assert unknown_fields(res) == [("spec.ingress[0].source.domains", ["x.example"])]
+    assert to_calico_dict(res)["spec"]["ingress"][0]["source"] == {"domains": ["x.example"]}
 
 
 def test_types_are_defaulted_and_stored():
