@@ -246,27 +246,36 @@ def _ifindex(ifindex: dict[str, int], dev: str) -> int:
         raise KeyError(f"device {dev!r} not found") from None
 
 
-def _dst_offset(msg: bytes) -> int:
-    """Byte offset of the RTA_DST payload in an encoded route message."""
+def _dst_offset(msg: bytes, attr: int = RTA_DST) -> int:
+    """Byte offset of the RTA_DST (or `attr`) payload in an encoded route message."""
     off = 16 + 12
     while off < len(msg):
         ln, typ = _NLA.unpack_from(msg, off)
-        if typ & 0x3FFF == RTA_DST:
+        if typ & 0x3FFF == attr:
             return off + 4
         off += _align(ln)
-    raise ValueError("template has no RTA_DST")
+    raise ValueError(f"template has no attribute {attr}")
 
 
-def template_shape(op: str, route: Route) -> tuple | None:
-    """The template key of a route, or None when it needs per-route encoding."""
+def template_shape(op: str, route: Route, ifindex: int = 0) -> tuple | None:
+    """The template key of a route, or None when it needs per-route encoding.
+
+    A lone gateway without a device is part of the key (routes via one node
+    share a message but for the destination); a lone gateway on a named device
+    (``via VTEP dev vxlan.calico onlink``: a different gateway per remote node)
+    is patched per route like the destination, and the key has the device's
+    ifindex instead (a re-created device gets new templates)."""
     if op == DELETE:
         return (op, route.family, route.dst_len, route.table, route.metric)
     if route.kind is RouteKind.BLACKHOLE:
         return (op, route.family, route.dst_len, route.table, route.metric, None)
     if len(route.nexthops) == 1:
         nh = route.nexthops[0]
-        if nh.dev is None and nh.gateway is not None:
-            return (op, route.family, route.dst_len, route.table, route.metric, nh.gateway)
+        if nh.gateway is not None:
+            if nh.dev is None:
+                return (op, route.family, route.dst_len, route.table, route.metric, nh.gateway)
+            return (op, route.family, route.dst_len, route.table, route.metric, "gw-patched",
+                    nh.dev, ifindex, nh.onlink)
     return None
 
 
@@ -377,6 +386,7 @@ class NetlinkKernel:
         self._seq = 1
         self._buf = bytearray(4 * 1024 * 1024)
         self._templates: dict[tuple, tuple[bytes, int]] = {}
+        self._gateway_offsets: dict[tuple, int] = {}  # RTA_GATEWAY payload of "gw-patched"
         self._sender: _Sender | None = None  # started by the first apply
         self.ifindex: dict[str, int] = {}
         self.ifname: dict[int, str] = {}
@@ -583,6 +593,13 @@ class NetlinkKernel:
             tpl = self._templates[shape] = (msg, _dst_offset(msg))
         return tpl
 
+    def _device_index(self, dev: str) -> int | None:
+        index = self.ifindex.get(dev)
+        if index is None:
+            self.refresh_links()  # a device may have appeared since the last dump
+            index = self.ifindex.get(dev)
+        return index
+
     def apply(self, ops: Sequence[tuple[str, Route]]) -> list[OpError]:
         """Apply (op, route) pairs in order; return the ones the kernel refused.
 
@@ -642,6 +659,7 @@ class NetlinkKernel:
         memoryview stores: no Python work per route beyond collecting its
         packed address. Routes with no template are encoded one by one."""
         groups: dict[tuple, list[Route]] = {}
+        on_dev: dict[tuple, list[Route]] = {}  # lone gateway on a named device: gw patched
         slow: list[Route] = []
         is_delete = op == DELETE
         cur: list[Route] | None = None
@@ -661,7 +679,15 @@ class NetlinkKernel:
                 cur.append(r)
                 continue
             if not is_delete and len(nh) == 1 and (nh[0].dev is not None or nh[0].gateway is None):
-                slow.append(r)
+                n0 = nh[0]
+                if n0.gateway is not None:
+                    dk = (r.family, r.dst_len, r.table, r.metric, n0.dev, n0.onlink)
+                    run = on_dev.get(dk)
+                    if run is None:
+                        run = on_dev[dk] = []
+                    run.append(r)
+                else:
+                    slow.append(r)
                 cur = None
                 continue
             if not is_delete and len(nh) > 1:
@@ -680,6 +706,21 @@ class NetlinkKernel:
             assert shape is not None
             tpl, doff = self._template(shape, op, first)
             batch.add_run(tpl, doff, op, members)
+        for members in on_dev.values():
+            first = members[0]
+            dev = first.nexthops[0].dev
+            assert dev is not None
+            index = self._device_index(dev)
+            if index is None:
+                batch.errors.extend(OpError(op, r, errno.ENODEV, f"device {dev!r} not found")
+                                    for r in members)
+                continue
+            shape = template_shape(op, first, index)
+            tpl, doff = self._template(shape, op, first)
+            goff = self._gateway_offsets.get(shape)
+            if goff is None:
+                goff = self._gateway_offsets[shape] = _dst_offset(tpl, RTA_GATEWAY)
+            batch.add_run(tpl, doff, op, members, goff)
         for r in slow:
             try:
                 msg = self._encode_slow(op, r)
@@ -726,8 +767,10 @@ class _Batch:
         k._seq += count
         return seq0
 
-    def add_run(self, tpl: bytes, doff: int, op: str, routes: Sequence[Route]) -> None:
-        """`routes` all share template `tpl` (RTA_DST payload at `doff`)."""
+    def add_run(self, tpl: bytes, doff: int, op: str, routes: Sequence[Route],
+                goff: int | None = None) -> None:
+        """`routes` all share template `tpl` (RTA_DST payload at `doff`; with
+        `goff`, each route's lone gateway is written at that offset too)."""
         ln = len(tpl)
         words = ln // 4
         dword = doff // 4
@@ -754,8 +797,16 @@ class _Batch:
             else:
                 for w in range(alen // 4):
                     mv[dword + w :: words] = dsts[w :: alen // 4]
-            mv.release()
             dsts.release()
+            if goff is not None:
+                gws = memoryview(
+                    b"".join([pton(fam, r.nexthops[0].gateway) for r in part])  # type: ignore[arg-type]
+                ).cast("I")
+                gword = goff // 4
+                for w in range(alen // 4):
+                    mv[gword + w :: words] = gws[w :: alen // 4]
+                gws.release()
+            mv.release()
             self._append(buf, (count - 1) * ln, seq0, count, op, part)
             start += count
 
