@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# podbgp container image: bgpd (and bgpctl) on a slim Python base.
+# podbgp container image: bgpd, bgpctl and the CNI plugins on a slim Python base.
 #
+#   scripts/build-image.sh        (make image: podman/buildah, base from Debian's archive)
 #   docker build -t podbgp:0.1.0 .
 #   docker run --rm --network host --cap-drop ALL --cap-add NET_ADMIN \
 #     --cap-add NET_BIND_SERVICE -e ETCD_ENDPOINTS=http://127.0.0.1:2379 podbgp:0.1.0
@@ -20,14 +21,9 @@ COPY deploy/requirements.lock /src/deploy/requirements.lock
 # Dependencies first: this layer is reused until the lock changes.
 RUN pip wheel --wheel-dir /wheels --prefer-binary --no-deps \
       -r deploy/requirements.lock
-COPY pyproject.toml setup.cfg README.md /src/
-COPY bgpd /src/bgpd
-COPY rib /src/rib
-COPY fib_sync /src/fib_sync
-COPY config /src/config
-COPY ipam /src/ipam
-COPY lab /src/lab
-COPY policy /src/policy
+# The whole build context: .dockerignore keeps it to the packaging files and
+# the packages setup.cfg installs, so a new package needs no edit here.
+COPY . /src/
 RUN pip wheel --wheel-dir /wheels --no-deps . \
  && ls /wheels
 
@@ -57,8 +53,11 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
       -c /tmp/requirements.lock -r /tmp/requirements.lock podbgp \
  && pip check \
  && pip uninstall -y pip setuptools wheel
+# Two stdlib-only helpers: the HEALTHCHECK probe, and the DaemonSet init
+# container's installer of the CNI plugins onto the node (deploy/README.md).
 COPY deploy/docker/healthcheck.py /usr/local/bin/podbgp-healthcheck
-RUN chmod 0755 /usr/local/bin/podbgp-healthcheck
+COPY deploy/docker/install-cni.py /usr/local/bin/podbgp-install-cni
+RUN chmod 0755 /usr/local/bin/podbgp-healthcheck /usr/local/bin/podbgp-install-cni
 # Root, on purpose and visibly: bgpd needs CAP_NET_ADMIN (routes over
 # rtnetlink) and ExaBGP CAP_NET_BIND_SERVICE (port 179). Container runtimes
 # give capabilities to a non-root user only as file capabilities or ambient

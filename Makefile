@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps demo demo-down test unit lint bench clean
+.PHONY: deps demo demo-down test unit lint bench image clean
 deps:
 	@VENV=$(VENV) scripts/install-deps.sh
 
@@ -25,6 +25,11 @@ lint: deps
 
 bench: deps
 	$(PY) -m bench.run_all
+
+# The container image, built from Debian's archive with podman/buildah
+# (scripts/build-image.sh; EXPORT=FILE also writes a docker-archive).
+image: deps
+	scripts/build-image.sh $(if $(EXPORT),--export $(EXPORT),)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .hypothesis build *.egg-info

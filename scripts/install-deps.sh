@@ -6,7 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iproute2 nftables curl procps psmisc python3-venv systemd)
+PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iproute2 nftables curl procps psmisc python3-venv systemd
+      # The container image (scripts/build-image.sh, tests/image): runc, not
+      # crun (crun 1.8.1 refuses this host's hybrid cgroups); openssl for the
+      # tests' throwaway etcd CA.
+      podman buildah mmdebstrap runc openssl)
 
 missing=()
 for p in "${PKGS[@]}"; do

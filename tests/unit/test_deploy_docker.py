@@ -1,6 +1,6 @@
 """Dockerfile, .dockerignore, deploy/requirements.lock and the healthcheck.
 
-No container engine runs here, so the Dockerfile is checked structurally:
+The Dockerfile is checked structurally here (tests/image builds and runs it):
 pinned base, builder/runtime split, wheels-only install from the lock,
 ENTRYPOINT/USER/HEALTHCHECK/EXPOSE. The lock is checked against setup.cfg
 and the tested .venv; the healthcheck script is run against a real HTTP
@@ -151,24 +151,37 @@ def test_multi_stage_runtime_has_no_build_tools_or_sources() -> None:
     # Wheels from the builder only, constrained by the lock.
     assert "--no-index" in install[0] and "from=builder" in install[0]
     assert "requirements.lock" in install[0]
-    # The runtime copies no source tree: only the healthcheck script.
-    copies = [a for i, a in runtime if i == "COPY"]
-    assert all("healthcheck.py" in c for c in copies), copies
+    # The runtime copies no source tree: only the stdlib helper scripts.
+    copies = [shlex.split(a) for i, a in runtime if i == "COPY"]
+    assert copies and all(
+        len(c) == 2 and c[0].startswith("deploy/docker/") and c[0].endswith(".py")
+        and c[1].startswith("/usr/local/bin/podbgp-") for c in copies
+    ), copies
 
 
-def test_builder_copies_every_package_setup_cfg_installs() -> None:
+def test_builder_gets_every_package_setup_cfg_installs() -> None:
+    """The builder copies the whole context; .dockerignore must let each package in."""
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     packages = {
         p.strip().rstrip("*") for p in cfg.get("options.packages.find", "include").split()
     }
-    copied = {
-        shlex.split(a)[0].rstrip("/") for i, a in stages()[0] if i == "COPY"
-    }
-    missing = {p for p in packages if (REPO / p).is_dir()} - copied
-    assert not missing, f"builder stage does not COPY packages {missing}"
-    # long_description = file: README.md — the build fails without it.
-    assert any("README.md" in a for i, a in stages()[0] if i == "COPY")
+    copies = [shlex.split(a) for i, a in stages()[0] if i == "COPY"]
+    assert [".", "/src/"] in copies, copies
+    context = load_script(REPO / "scripts" / "image_context.py", "image_context")
+    files = set(context.context_files(REPO))
+    for package in sorted(p for p in packages if (REPO / p).is_dir()):
+        sources = {str(f.relative_to(REPO)) for f in (REPO / package).rglob("*.py")}
+        assert sources and sources <= files, (
+            f".dockerignore keeps {sorted(sources - files)[:3]} of package {package} "
+            "out of the build context")
+    # long_description = file: README.md; the lock; the helper scripts.
+    for needed in ("README.md", "setup.cfg", "pyproject.toml", "deploy/requirements.lock",
+                   "deploy/docker/healthcheck.py", "deploy/docker/install-cni.py"):
+        assert needed in files, f"{needed} is not in the build context"
+    # Nothing that is not needed: no tests, caches, VCS, virtualenvs.
+    assert not {f for f in files if f.split("/")[0] in (
+        "tests", "bench", "docs", ".git", ".venv", ".cache", "scripts")}
 
 
 def test_entrypoint_user_healthcheck_expose() -> None:
@@ -186,32 +199,10 @@ def test_entrypoint_user_healthcheck_expose() -> None:
     assert final["STOPSIGNAL"] == "SIGTERM"
 
 
-def dockerignore_patterns() -> list[str]:
-    return [
-        line.strip() for line in DOCKERIGNORE.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
-    ]
-
-
-def ignored(path: str, patterns: list[str]) -> bool:
-    """Docker's rule: the last matching pattern wins; a match on a parent counts."""
-
-    def to_regex(pattern: str) -> re.Pattern:
-        out = ""
-        for part in re.split(r"(\*\*/|\*|\?)", pattern.strip("/")):
-            out += {"**/": "(?:.*/)?", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part))
-        return re.compile(out + "(?:/.*)?")
-
-    result = False
-    for pattern in patterns:
-        negate = pattern.startswith("!")
-        if to_regex(pattern.lstrip("!")).fullmatch(path):
-            result = not negate
-    return result
-
-
 def test_dockerignore_keeps_build_inputs_and_drops_the_rest() -> None:
-    patterns = dockerignore_patterns()
+    context = load_script(REPO / "scripts" / "image_context.py", "image_context")
+    patterns = context.load_patterns(REPO)
+    ignored = context.ignored
     needed = ["README.md", "setup.cfg", "pyproject.toml", "deploy/requirements.lock",
               "deploy/docker/healthcheck.py", "bgpd/__init__.py", "rib/path.py"]
     for path in needed:
@@ -220,6 +211,23 @@ def test_dockerignore_keeps_build_inputs_and_drops_the_rest() -> None:
                  "tests/conftest.py", "bench/results/x.json", "bgpd/__pycache__/a.pyc",
                  "podbgp.egg-info/PKG-INFO"]:
         assert ignored(path, patterns), f".dockerignore lets {path} into the build context"
+
+
+def test_context_digest_follows_docker_ignore_rules(tmp_path: Path) -> None:
+    """scripts/image_context.py: what a rebuild depends on, by Docker's rules."""
+    context = load_script(REPO / "scripts" / "image_context.py", "image_context")
+    (tmp_path / ".dockerignore").write_text("# comment\ntests\n**/*.pyc\ndocs\n!docs/keep.md\n")
+    for rel in ("pkg/a.py", "pkg/__pycache__/a.cpython-311.pyc", "tests/t.py", "docs/x.md",
+                "docs/keep.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    assert context.context_files(tmp_path) == [".dockerignore", "docs/keep.md", "pkg/a.py"]
+    before = context.digest(tmp_path, ["base-id"])
+    (tmp_path / "tests" / "t.py").write_text("changed")        # ignored: same digest
+    assert context.digest(tmp_path, ["base-id"]) == before
+    assert context.digest(tmp_path, ["other-base"]) != before  # a new base rebuilds
+    (tmp_path / "pkg" / "a.py").write_text("changed")          # a source: new digest
+    assert context.digest(tmp_path, ["base-id"]) != before
 
 
 # ----------------------------------------------------------- healthcheck
