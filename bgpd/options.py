@@ -57,13 +57,10 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="bgpd",
-        description="podbgp: BGP for pod networks (advertises this node's blocks, "
-        "learns the others', keeps the kernel FIB in step).",
-    )
-    p.add_argument("--version", action="version", version=f"podbgp {__version__}")
+def add_common_arguments(p: argparse.ArgumentParser, http_default: str,
+                         http_env: str = "PODBGP_HTTP_LISTEN") -> None:
+    """The options every podbgp node process shares (bgpd, podbgp-policy): node name,
+    datastore, HTTP endpoint, logging. Checked by `check_common`."""
     p.add_argument("--node", default=_env("NODENAME"),
                    help="this node's name (NODENAME; default: the host name)")
     p.add_argument("--datastore", default=_env("DATASTORE_TYPE", "etcdv3"),
@@ -76,18 +73,76 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-file", default=_env("PODBGP_CONFIG_FILE"),
                    help="YAML file of projectcalico.org/v3 documents for --datastore file "
                    "(PODBGP_CONFIG_FILE)")
-    p.add_argument("--http-listen", default=_env("PODBGP_HTTP_LISTEN", "127.0.0.1:9179"),
-                   help="ADDR:PORT for /metrics /healthz /readyz /status (PODBGP_HTTP_LISTEN)")
+    p.add_argument("--http-listen", default=_env(http_env, http_default),
+                   help=f"ADDR:PORT for /metrics /healthz /readyz /status ({http_env}; "
+                   f"default {http_default})")
+    p.add_argument("--log-format", default=_env("PODBGP_LOG_FORMAT"),
+                   help="json or console (default: console on a TTY, else json)")
+    p.add_argument("--log-level", default=_env("PODBGP_LOG_LEVEL", "info"),
+                   help="debug, info, warning, error (default info)")
+
+
+@dataclass(frozen=True)
+class CommonOptions:
+    node: str
+    datastore: str
+    etcd_endpoints: tuple[str, ...]
+    etcd_ca: str | None
+    etcd_cert: str | None
+    etcd_key: str | None
+    config_file: str | None
+    http_listen: tuple[str, int]
+    log_format: str | None
+    log_level: str
+
+
+def check_common(a: argparse.Namespace) -> CommonOptions:
+    """Check the `add_common_arguments` options; raises UsageError naming the bad one."""
+    if a.datastore not in ("etcdv3", "file"):
+        raise UsageError(f"--datastore: {a.datastore!r} is not etcdv3 or file")
+    if a.datastore == "file" and not a.config_file:
+        raise UsageError("--datastore file needs --config-file PATH (or PODBGP_CONFIG_FILE)")
+    endpoints = tuple(e.strip() for e in a.etcd_endpoints.split(",") if e.strip())
+    for e in endpoints:
+        if not e.startswith(("http://", "https://")):
+            raise UsageError(f"--etcd-endpoints: {e!r} is not an http(s):// URL")
+    if not endpoints:
+        raise UsageError("--etcd-endpoints: empty")
+    for opt in ("etcd_ca", "etcd_cert", "etcd_key"):
+        path = getattr(a, opt)
+        if path and not os.path.isfile(path):
+            raise UsageError(f"--{opt.replace('_', '-')}: {path!r} is not a readable file")
+    if bool(a.etcd_cert) != bool(a.etcd_key):
+        raise UsageError("--etcd-cert and --etcd-key go together")
+    try:
+        listen = parse_listen(a.http_listen)
+    except ValueError as e:
+        raise UsageError(f"--http-listen: {e}") from None
+    if a.log_format not in (None, "json", "console"):
+        raise UsageError(f"--log-format: {a.log_format!r} is not json or console")
+    if a.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        raise UsageError(f"--log-level: {a.log_level!r} is not debug, info, warning or error")
+    return CommonOptions(
+        node=a.node or socket.gethostname(), datastore=a.datastore, etcd_endpoints=endpoints,
+        etcd_ca=a.etcd_ca, etcd_cert=a.etcd_cert, etcd_key=a.etcd_key,
+        config_file=a.config_file, http_listen=listen, log_format=a.log_format,
+        log_level=a.log_level.lower())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="bgpd",
+        description="podbgp: BGP for pod networks (advertises this node's blocks, "
+        "learns the others', keeps the kernel FIB in step).",
+    )
+    p.add_argument("--version", action="version", version=f"podbgp {__version__}")
+    add_common_arguments(p, http_default="127.0.0.1:9179")
     p.add_argument("--route-protocol", default=_env("PODBGP_ROUTE_PROTOCOL",
                                                     str(DEFAULT_ROUTE_PROTOCOL)),
                    help=f"kernel route protocol number tagging podbgp's routes "
                    f"(default {DEFAULT_ROUTE_PROTOCOL})")
     p.add_argument("--route-table", default=_env("PODBGP_ROUTE_TABLE", "254"),
                    help="kernel routing table (default 254 = main)")
-    p.add_argument("--log-format", default=_env("PODBGP_LOG_FORMAT"),
-                   help="json or console (default: console on a TTY, else json)")
-    p.add_argument("--log-level", default=_env("PODBGP_LOG_LEVEL", "info"),
-                   help="debug, info, warning, error (default info)")
     p.add_argument("--state-dir", default=_env("PODBGP_STATE_DIR", "/run/podbgp"),
                    help="runtime files: ExaBGP config, sockets, pid file (default /run/podbgp)")
     p.add_argument("--convergence-timeout", default=_env("PODBGP_CONVERGENCE_TIMEOUT", "120"),
@@ -126,41 +181,17 @@ def _float(name: str, text: str, lo: float) -> float:
 def parse_options(argv: list[str] | None = None) -> Options:
     """Parse and check; raises UsageError (argparse's own errors exit 2 directly)."""
     a = build_parser().parse_args(argv)
-    if a.datastore not in ("etcdv3", "file"):
-        raise UsageError(f"--datastore: {a.datastore!r} is not etcdv3 or file")
-    if a.datastore == "file" and not a.config_file:
-        raise UsageError("--datastore file needs --config-file PATH (or PODBGP_CONFIG_FILE)")
-    endpoints = tuple(e.strip() for e in a.etcd_endpoints.split(",") if e.strip())
-    for e in endpoints:
-        if not e.startswith(("http://", "https://")):
-            raise UsageError(f"--etcd-endpoints: {e!r} is not an http(s):// URL")
-    if not endpoints:
-        raise UsageError("--etcd-endpoints: empty")
-    for opt in ("etcd_ca", "etcd_cert", "etcd_key"):
-        path = getattr(a, opt)
-        if path and not os.path.isfile(path):
-            raise UsageError(f"--{opt.replace('_', '-')}: {path!r} is not a readable file")
-    if bool(a.etcd_cert) != bool(a.etcd_key):
-        raise UsageError("--etcd-cert and --etcd-key go together")
-    try:
-        listen = parse_listen(a.http_listen)
-    except ValueError as e:
-        raise UsageError(f"--http-listen: {e}") from None
+    c = check_common(a)
     proto = _int("--route-protocol", a.route_protocol, 1, 255)
     if proto in RESERVED_PROTOCOLS:
         raise UsageError(f"--route-protocol: {proto} belongs to the kernel or another routing "
                          "daemon (BIRD 12, kube-router 17, Felix 80, FRR 186-192); pick another")
     table = _int("--route-table", a.route_table, 1, 2**32 - 1)
-    if a.log_format not in (None, "json", "console"):
-        raise UsageError(f"--log-format: {a.log_format!r} is not json or console")
-    if a.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-        raise UsageError(f"--log-level: {a.log_level!r} is not debug, info, warning or error")
-    node = a.node or socket.gethostname()
     return Options(
-        node=node, datastore=a.datastore, etcd_endpoints=endpoints, etcd_ca=a.etcd_ca,
-        etcd_cert=a.etcd_cert, etcd_key=a.etcd_key, config_file=a.config_file,
-        http_listen=listen, route_protocol=proto, route_table=table, log_format=a.log_format,
-        log_level=a.log_level.lower(), state_dir=a.state_dir,
+        node=c.node, datastore=c.datastore, etcd_endpoints=c.etcd_endpoints, etcd_ca=c.etcd_ca,
+        etcd_cert=c.etcd_cert, etcd_key=c.etcd_key, config_file=c.config_file,
+        http_listen=c.http_listen, route_protocol=proto, route_table=table,
+        log_format=c.log_format, log_level=c.log_level, state_dir=a.state_dir,
         convergence_timeout=_float("--convergence-timeout", a.convergence_timeout, 0),
         resync_interval=_float("--resync-interval", a.resync_interval, 1),
         max_paths=_int("--max-paths", a.max_paths, 1, 64),

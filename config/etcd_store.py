@@ -82,7 +82,7 @@ def _now_rfc3339() -> str:
 def _kind_of_key(key: str) -> str:
     if key.startswith(ckeys.IPAM_HOST_PREFIX):
         return "BlockAffinity"
-    parsed = ckeys.parse_resource_key(key)
+    parsed = ckeys.parse_resource_key(key) or ckeys.parse_namespaced_key(key)
     return parsed[0] if parsed else "?"
 
 
@@ -288,13 +288,14 @@ class EtcdDatastore:
         old_res = self._resources if old_res is None else old_res
         old_aff = self._affinities if old_aff is None else old_aff
         old_rejected = self._rejected if old_rejected is None else old_rejected
-        if key.startswith(ckeys.IPAM_HOST_PREFIX):
-            target, previous, parse = self._affinities, old_aff, cparse.parse_affinity
+        route = self._parser_for(key)
+        if route is None:
+            return False  # another Calico kind (felixconfigurations, ...): not ours
+        where, parse = route
+        if where == "affinity":
+            target, previous = self._affinities, old_aff
         else:
-            parsed_key = ckeys.parse_resource_key(key)
-            if parsed_key is None or parsed_key[0] not in SNAPSHOT_FIELDS:
-                return False  # another Calico kind (felixconfigurations, ...): not ours
-            target, previous, parse = self._resources, old_res, cparse.parse_json
+            target, previous = self._resources, old_res
         try:
             value = parse(key, raw)
         except Exception as e:  # ConfigError, or anything a hostile value provokes
@@ -315,6 +316,21 @@ class EtcdDatastore:
         self._rejected.pop(key, None)
         return True
 
+    def _parser_for(self, key: str) -> tuple[str, Any] | None:
+        """("affinity"|"resource", parse function) for a key this datastore keeps,
+        None for one it ignores. A subclass watching other kinds (the policy
+        agent's) overrides this and `_build_snapshot`."""
+        if key.startswith(ckeys.IPAM_HOST_PREFIX):
+            return "affinity", cparse.parse_affinity
+        parsed_key = ckeys.parse_resource_key(key)
+        if parsed_key is None or parsed_key[0] not in SNAPSHOT_FIELDS:
+            return None
+        return "resource", cparse.parse_json
+
+    def _build_snapshot(self) -> Any:
+        return build_snapshot(self.revision, self._resources.values(),
+                              self._affinities.values(), self._rejected)
+
     def _apply_delete(self, key: str) -> bool:
         hit = False
         for d in (self._resources, self._affinities, self._rejected):
@@ -323,8 +339,7 @@ class EtcdDatastore:
         return hit
 
     def _publish(self) -> None:
-        snap = build_snapshot(self.revision, self._resources.values(),
-                              self._affinities.values(), self._rejected)
+        snap = self._build_snapshot()
         self.stats.snapshots_total += 1
         self._channel.publish(snap)
 
@@ -395,19 +410,28 @@ class EtcdDatastore:
         return res.model_copy(update={"metadata": md})
 
     def _parse_stored(self, key: str, kv: Any) -> Any:
+        if ckeys.parse_namespaced_key(key) is not None:
+            return self._decorate(cparse.parse_namespaced_json(key, kv.value), kv)
         return self._decorate(cparse.parse_json(key, kv.value), kv)
 
-    async def get(self, kind: str, name: str) -> Any:
+    @staticmethod
+    def _ident(kind: str, name: str, namespace: str | None) -> str:
+        return f"{namespace}/{name}" if ckeys.is_namespaced(kind) and namespace else name
+
+    async def get(self, kind: str, name: str, namespace: str | None = None) -> Any:
         kind = ckeys.normalize_kind(kind)
-        key = ckeys.resource_key(kind, name)
+        key = ckeys.key_for(kind, name, namespace)
         kv = await self._guard(self._get_raw(key))
         if kv is None:
-            raise ResourceNotFound(kind, name)
+            raise ResourceNotFound(kind, self._ident(kind, name, namespace))
         return self._parse_stored(key, kv)
 
-    async def list(self, kind: str) -> list[Any]:
+    async def list(self, kind: str, namespace: str | None = None) -> list[Any]:
+        """Every resource of ``kind``; for a namespaced kind, of one namespace or (None) all."""
         kind = ckeys.normalize_kind(kind)
-        prefix = ckeys.resource_prefix(kind)
+        namespaced = ckeys.is_namespaced(kind)
+        prefix = (ckeys.namespaced_prefix(kind, namespace) if namespaced
+                  else ckeys.resource_prefix(kind))
         client = await self._guard(self._crud())
         resp = await self._guard(client.kvstub.Range(
             rpc.RangeRequest(key=prefix.encode(), range_end=prefix_range_end(prefix.encode())),
@@ -415,10 +439,12 @@ class EtcdDatastore:
         out = []
         for kv in resp.kvs:
             key = kv.key.decode()
-            if "/" in key[len(prefix):]:
+            if not namespaced and "/" in key[len(prefix):]:
                 continue  # a namespaced kind's deeper key; not a cluster resource
+            if namespaced and ckeys.parse_namespaced_key(key) is None:
+                continue
             out.append(self._parse_stored(key, kv))
-        return sorted(out, key=lambda r: r.metadata.name)
+        return sorted(out, key=lambda r: (r.metadata.namespace or "", r.metadata.name))
 
     def _value(self, res: Any, existing: dict | None) -> tuple[str, bytes]:
         """The key and the JSON Calico would store (uid/creationTimestamp filled)."""
@@ -431,7 +457,7 @@ class EtcdDatastore:
                             ("creationTimestamp", _now_rfc3339)):
             if not md.get(field):
                 md[field] = prev_md.get(field) or make()
-        key = ckeys.resource_key(res.kind, res.metadata.name)
+        key = ckeys.key_for(res.kind, res.metadata.name, res.metadata.namespace)
         return key, json.dumps(doc, separators=(",", ":")).encode()
 
     async def _txn(self, compare: Any, key: str, value: bytes) -> tuple[bool, int]:
@@ -465,9 +491,10 @@ class EtcdDatastore:
     async def create(self, res: Any) -> Any:
         key, value = self._value(res, None)
         ok, _ = await self._guard(self._txn(self._cmp(key, "version", 0), key, value))
+        md = res.metadata
         if not ok:
-            raise ResourceExists(res.kind, res.metadata.name)
-        return await self.get(res.kind, res.metadata.name)
+            raise ResourceExists(res.kind, self._ident(res.kind, md.name, md.namespace))
+        return await self.get(res.kind, md.name, md.namespace)
 
     async def replace(self, res: Any) -> Any:
         return await self._update(res, must_exist=True)
@@ -476,18 +503,20 @@ class EtcdDatastore:
         return await self._update(res, must_exist=False)
 
     async def _update(self, res: Any, must_exist: bool) -> Any:
-        key = ckeys.resource_key(res.kind, res.metadata.name)
+        md = res.metadata
+        key = ckeys.key_for(res.kind, md.name, md.namespace)
+        ident = self._ident(res.kind, md.name, md.namespace)
         wanted_rv = res.metadata.resource_version
         for _ in range(5):  # retry only a lost race with another writer
             kv = await self._guard(self._get_raw(key))
             if kv is None:
                 if must_exist:
-                    raise ResourceNotFound(res.kind, res.metadata.name)
+                    raise ResourceNotFound(res.kind, ident)
                 _, value = self._value(res, None)
                 ok, _ = await self._guard(self._txn(self._cmp(key, "version", 0), key, value))
             else:
                 if must_exist and wanted_rv and str(kv.mod_revision) != str(wanted_rv):
-                    raise ResourceConflict(res.kind, res.metadata.name,
+                    raise ResourceConflict(res.kind, ident,
                                            f"resourceVersion {wanted_rv} is not the current "
                                            f"{kv.mod_revision}")
                 try:
@@ -498,17 +527,17 @@ class EtcdDatastore:
                 ok, _ = await self._guard(
                     self._txn(self._cmp(key, "mod", kv.mod_revision), key, value))
             if ok:
-                return await self.get(res.kind, res.metadata.name)
-        raise ResourceConflict(res.kind, res.metadata.name, "changed concurrently; retry")
+                return await self.get(res.kind, md.name, md.namespace)
+        raise ResourceConflict(res.kind, ident, "changed concurrently; retry")
 
-    async def delete(self, kind: str, name: str) -> Any:
+    async def delete(self, kind: str, name: str, namespace: str | None = None) -> Any:
         kind = ckeys.normalize_kind(kind)
-        key = ckeys.resource_key(kind, name)
+        key = ckeys.key_for(kind, name, namespace)
         client = await self._guard(self._crud())
         resp = await self._guard(client.kvstub.DeleteRange(
             rpc.DeleteRangeRequest(key=key.encode(), prev_kv=True), timeout=self._rpc_timeout))
         if not resp.deleted:
-            raise ResourceNotFound(kind, name)
+            raise ResourceNotFound(kind, self._ident(kind, name, namespace))
         try:
             return self._parse_stored(key, resp.prev_kvs[0])
         except ConfigError:

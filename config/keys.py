@@ -31,6 +31,8 @@ PLURALS: dict[str, str] = {
     "BGPFilter": "bgpfilters",
     "Node": "nodes",
     "BlockAffinity": "blockaffinities",
+    "GlobalNetworkPolicy": "globalnetworkpolicies",
+    "Profile": "profiles",
 }
 KINDS_BY_PLURAL: dict[str, str] = {plural: kind for kind, plural in PLURALS.items()}
 
@@ -38,6 +40,7 @@ KINDS_BY_PLURAL: dict[str, str] = {plural: kind for kind, plural in PLURALS.item
 # not part of the daemon's Snapshot (`parse_resource_key` does not name them).
 NAMESPACED_PLURALS: dict[str, str] = {
     "WorkloadEndpoint": "workloadendpoints",
+    "NetworkPolicy": "networkpolicies",
 }
 NAMESPACED_KINDS_BY_PLURAL: dict[str, str] = {
     plural: kind for kind, plural in NAMESPACED_PLURALS.items()
@@ -57,6 +60,13 @@ for _kind, _names in {
         "blockaffinity", "blockaffinities", "blockaff", "blockaffs", "affinity", "affinities",
         "ba", "bas",
     ),
+    # calicoctl's names for the policy kinds and workload endpoints
+    "NetworkPolicy": ("networkpolicy", "networkpolicies", "policy", "policies", "np", "nps",
+                      "netpol", "netpols", "cnp", "caliconetworkpolicy"),
+    "GlobalNetworkPolicy": ("globalnetworkpolicy", "globalnetworkpolicies", "gnp", "gnps",
+                            "globalpolicy", "globalpolicies", "cgnp"),
+    "Profile": ("profile", "profiles", "pro", "pros"),
+    "WorkloadEndpoint": ("workloadendpoint", "workloadendpoints", "wep", "weps"),
 }.items():
     for _name in _names:
         _ALIASES[_name] = _kind
@@ -69,8 +79,21 @@ def normalize_kind(kind: str) -> str:
         if found:
             return found
     raise ValueError(
-        f"unknown resource kind {kind!r} (known: {', '.join(PLURALS)})"
+        f"unknown resource kind {kind!r} (known: {', '.join([*PLURALS, *NAMESPACED_PLURALS])})"
     )
+
+
+def is_namespaced(kind: str) -> bool:
+    return kind in NAMESPACED_PLURALS
+
+
+def key_for(kind: str, name: str, namespace: str | None = None) -> str:
+    """The etcd key of one resource, namespaced kinds included (their namespace required)."""
+    if is_namespaced(kind):
+        if not namespace:
+            raise ValueError(f"a {kind} is namespaced: a namespace is required")
+        return namespaced_key(kind, namespace, name)
+    return resource_key(kind, name)
 
 
 def resource_prefix(kind: str) -> str:

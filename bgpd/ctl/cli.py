@@ -77,24 +77,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the YAML file of --datastore file (PODBGP_CONFIG_FILE)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    ns_help = ("namespace of namespaced kinds (NetworkPolicy, WorkloadEndpoint, Kubernetes "
+               "NetworkPolicy); default 'default'")
     for verb, text in (("create", "create resources; fails if one exists"),
                        ("apply", "create or update resources"),
                        ("replace", "update resources; fails if one does not exist")):
         v = sub.add_parser(verb, help=text)
         v.add_argument("-f", "--filename", required=True, metavar="FILE",
                        help="YAML or JSON file of resources, '-' for stdin")
+        v.add_argument("-n", "--namespace", metavar="NS", help=ns_help)
         v.set_defaults(func=_cmd_write, verb=verb)
 
     d = sub.add_parser("delete", help="delete resources: -f FILE, or KIND NAME")
     d.add_argument("-f", "--filename", metavar="FILE")
     d.add_argument("kind", nargs="?", metavar="KIND")
     d.add_argument("name", nargs="?", metavar="NAME")
+    d.add_argument("-n", "--namespace", metavar="NS", help=ns_help)
     d.set_defaults(func=_cmd_delete)
 
     g = sub.add_parser("get", help="show resources of one kind")
-    g.add_argument("kind", metavar="KIND", help="ippool, bgppeer, bgpconfig, node, bgpfilter...")
+    g.add_argument("kind", metavar="KIND", help="ippool, bgppeer, bgpconfig, node, bgpfilter, "
+                   "networkpolicy, globalnetworkpolicy, profile...")
     g.add_argument("name", nargs="?", metavar="NAME")
     g.add_argument("-o", "--output", choices=OUTPUTS, default="ps")
+    g.add_argument("-n", "--namespace", metavar="NS", help=ns_help)
+    g.add_argument("-A", "--all-namespaces", action="store_true",
+                   help="namespaced kinds: every namespace")
     g.set_defaults(func=_cmd_get)
 
     for name, module, text in PLUGINS:
@@ -199,6 +207,39 @@ def _kinds_text(resources: Sequence[Any]) -> str:
     return "'" + "', '".join(kinds) + "'"
 
 
+DEFAULT_NAMESPACE = "default"
+
+
+def in_namespace(resources: list[Any], namespace: str | None) -> list[Any]:
+    """Namespaced resources without a namespace get ``-n`` (or "default"); one whose own
+    namespace differs from an explicit ``-n`` is an error, as in kubectl."""
+    from config.keys import is_namespaced
+
+    out = []
+    for res in resources:
+        if not is_namespaced(res.kind):
+            out.append(res)
+            continue
+        own = res.metadata.namespace
+        if own and namespace and own != namespace:
+            raise RequestFailed(
+                f"the namespace from the provided object {own!r} does not match the "
+                f"namespace {namespace!r} ({res.kind} {res.metadata.name}); "
+                f"pass -n {own} or remove the object's namespace")
+        if not own:
+            md = res.metadata.model_copy(update={"namespace": namespace or DEFAULT_NAMESPACE})
+            res = res.model_copy(update={"metadata": md})
+        out.append(res)
+    return out
+
+
+def _scope(kind: str, namespace: str | None) -> tuple[Any, ...]:
+    """Extra arguments of get/list/delete for a namespaced kind (none for the others)."""
+    from config.keys import is_namespaced
+
+    return (namespace,) if is_namespaced(kind) else ()
+
+
 async def _run_each(store: Any, verb: str, resources: list[Any]) -> int:
     from config.datastore import DatastoreError
     from config.errors import ConfigError
@@ -207,7 +248,8 @@ async def _run_each(store: Any, verb: str, resources: list[Any]) -> int:
     for res in resources:
         try:
             if verb == "delete":
-                await store.delete(res.kind, res.metadata.name)
+                await store.delete(res.kind, res.metadata.name,
+                                   *_scope(res.kind, res.metadata.namespace))
             else:
                 await getattr(store, verb)(res)
         except (DatastoreError, ConfigError) as e:
@@ -220,7 +262,8 @@ async def _run_each(store: Any, verb: str, resources: list[Any]) -> int:
 
 
 def _cmd_write(args: argparse.Namespace) -> Any:
-    resources = load_resources(read_input(args.filename), _source(args.filename))
+    resources = in_namespace(load_resources(read_input(args.filename), _source(args.filename)),
+                             args.namespace)
     return _with_store(args, lambda store: _run_each(store, args.verb, resources))
 
 
@@ -241,7 +284,8 @@ def _cmd_delete(args: argparse.Namespace) -> Any:
     if args.filename:
         if args.kind:
             raise UsageError("delete takes either -f FILE or KIND NAME, not both")
-        resources = load_resources(read_input(args.filename), _source(args.filename))
+        resources = in_namespace(
+            load_resources(read_input(args.filename), _source(args.filename)), args.namespace)
         return _with_store(args, lambda store: _run_each(store, "delete", resources))
     if not (args.kind and args.name):
         raise UsageError("delete needs -f FILE or KIND NAME")
@@ -251,7 +295,8 @@ def _cmd_delete(args: argparse.Namespace) -> Any:
         from config.datastore import DatastoreError
 
         try:
-            await store.delete(kind, args.name)
+            await store.delete(kind, args.name,
+                               *_scope(kind, args.namespace or DEFAULT_NAMESPACE))
         except DatastoreError as e:
             raise RequestFailed(f"Failed to delete '{kind}' resource: {e}") from None
         print(f"Successfully deleted 1 '{kind}' resource(s)")
@@ -262,6 +307,9 @@ def _cmd_delete(args: argparse.Namespace) -> Any:
 
 def _cmd_get(args: argparse.Namespace) -> Any:
     kind = _normalize_kind(args.kind)
+    if args.all_namespaces and args.name:
+        raise UsageError("a resource cannot be retrieved by name across all namespaces (-A)")
+    namespace = None if args.all_namespaces else (args.namespace or DEFAULT_NAMESPACE)
 
     async def run(store: Any) -> int:
         from config.datastore import DatastoreError
@@ -269,9 +317,9 @@ def _cmd_get(args: argparse.Namespace) -> Any:
 
         try:
             if args.name:
-                resources = [await store.get(kind, args.name)]
+                resources = [await store.get(kind, args.name, *_scope(kind, namespace))]
             else:
-                resources = await store.list(kind)
+                resources = await store.list(kind, *_scope(kind, namespace))
         except (DatastoreError, ConfigError) as e:
             raise RequestFailed(f"Failed to get resources: {e}") from None
         from config.model import DEFAULT_AS_NUMBER
@@ -284,7 +332,9 @@ def _cmd_get(args: argparse.Namespace) -> Any:
                 conf = await store.get("BGPConfiguration", "default")
                 default_asn = conf.spec.as_number or DEFAULT_AS_NUMBER
         sys.stdout.write(render(kind, resources, args.output, single=bool(args.name),
-                                default_asn=default_asn))
+                                default_asn=default_asn,
+                                namespace_column=args.all_namespaces and bool(
+                                    _scope(kind, None))))
         return 0
 
     return _with_store(args, run)
@@ -300,7 +350,7 @@ def _calico_doc(res: Any) -> dict:
 
 
 def render(kind: str, resources: list[Any], output: str, single: bool = False,
-           default_asn: int | None = None) -> str:
+           default_asn: int | None = None, namespace_column: bool = False) -> str:
     """calicoctl's output for ``get``: a table, or Calico's YAML/JSON shape."""
     if output in ("yaml", "json"):
         if single and len(resources) == 1:
@@ -312,6 +362,8 @@ def render(kind: str, resources: list[Any], output: str, single: bool = False,
             return json.dumps(doc, indent=2) + "\n"
         return yaml.safe_dump(doc, default_flow_style=False, sort_keys=False)
     columns = table_columns(kind, wide=output == "wide", default_asn=default_asn)
+    if namespace_column:  # calicoctl prepends NAMESPACE for namespaced kinds with -A
+        columns = [("NAMESPACE", lambda r: r.metadata.namespace), *columns]
     rows = [[h for h, _ in columns]]
     rows += [[_cell(get(r)) for _, get in columns] for r in resources]
     return format_table(rows)
@@ -389,7 +441,33 @@ def table_columns(kind: str, wide: bool, default_asn: int | None = None) -> list
     if kind == "BlockAffinity":
         return [name, ("NODE", lambda r: r.spec.node), ("CIDR", lambda r: r.spec.cidr),
                 ("STATE", lambda r: r.spec.state)]
+    if kind in ("NetworkPolicy", "GlobalNetworkPolicy"):
+        cols = [name, ("TIER", lambda r: r.spec.tier or "default")]
+        if wide:
+            cols += [("ORDER", lambda r: _order(r.spec.order)),
+                     ("SELECTOR", lambda r: r.spec.selector)]
+        return cols
+    if kind == "Profile":
+        if wide:
+            return [name, ("LABELS", lambda r: ",".join(
+                f"{k}={v}" for k, v in sorted((r.spec.labels_to_apply or {}).items())))]
+        return [name]
+    if kind == "WorkloadEndpoint":
+        cols = [("WORKLOAD", lambda r: r.spec.workload or r.spec.pod),
+                ("NODE", lambda r: r.spec.node), ("NETWORKS", lambda r: r.spec.ip_networks),
+                ("INTERFACE", lambda r: r.spec.interface_name)]
+        if wide:
+            cols = [name, *cols, ("PROFILES", lambda r: r.spec.profiles),
+                    ("NATS", lambda r: [f"{n.internal_ip}:{n.external_ip}"
+                                        for n in r.spec.ip_nats])]
+        return cols
     return [name]
+
+
+def _order(order: float | None) -> Any:
+    if order is None:
+        return None
+    return int(order) if float(order).is_integer() else order
 
 
 # ------------------------------------------------------------------- main
