@@ -196,7 +196,7 @@ def test_namespaced_keys_both_ways():
     R + "workloadendpoints//name",
     R + "workloadendpoints/a/b/c",
     R + "ippools/default/p",
-    R + "networkpolicies/default/p",   # not (yet) a kind of ours
+    R + "felixconfigurations/default/p",   # not a namespaced kind of ours
 ])
 def test_non_endpoint_keys(key):
     assert keys.parse_namespaced_key(key) is None

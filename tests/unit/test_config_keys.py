@@ -111,3 +111,17 @@ def test_block_and_handle_keys():
         keys.handle_key("a/b")
     assert keys.cidr_to_key_part("fd00:0:0:1::/64") == "fd00:0:0:1::-64"
     assert keys.key_part_to_cidr("fd00:0:0:1::-64") == "fd00:0:0:1::/64"
+
+
+def test_policy_kinds_keys():
+    # Calico's etcd layout: networkpolicies are namespaced, the others are not.
+    assert keys.key_for("NetworkPolicy", "p", "ns") == R + "networkpolicies/ns/p"
+    assert keys.parse_namespaced_key(R + "networkpolicies/ns/p") == ("NetworkPolicy", "ns", "p")
+    assert keys.key_for("GlobalNetworkPolicy", "g") == R + "globalnetworkpolicies/g"
+    assert keys.parse_resource_key(R + "profiles/kns.a") == ("Profile", "kns.a")
+    for alias, kind in (("gnp", "GlobalNetworkPolicy"), ("np", "NetworkPolicy"),
+                        ("policies", "NetworkPolicy"), ("pro", "Profile"),
+                        ("weps", "WorkloadEndpoint")):
+        assert keys.normalize_kind(alias) == kind
+    with pytest.raises(ValueError, match="namespace is required"):
+        keys.key_for("NetworkPolicy", "p")
