@@ -9,7 +9,7 @@ deps:
 	@VENV=$(VENV) scripts/install-deps.sh
 
 demo: deps
-	$(PY) -m lab.demo $(if $(KEEP),--keep,)
+	$(PY) -m lab.demo $(if $(KEEP),--keep,) $(if $(ETCD_MEMBERS),--etcd-members $(ETCD_MEMBERS),)
 
 demo-down: deps
 	$(PY) -m lab.demo --down

@@ -55,6 +55,11 @@ BACKOFF_MAX = 5.0
 RPC_TIMEOUT = 5.0
 PROBE_TIMEOUT = 2.0
 
+# etcd's "require leader" metadata (clientv3.WithRequireLeader): a member that has
+# lost its leader (partitioned from the others) ends the watch with "no leader"
+# instead of serving it on, silently stale, until the partition heals.
+REQUIRE_LEADER = (("hasleader", "true"),)
+
 # Keepalive so a silently dead etcd (no RST) is noticed in ~15 s; etcd's
 # default --grpc-keepalive-min-time is 5 s, so 10 s pings are accepted.
 _CHANNEL_OPTIONS = {
@@ -157,8 +162,13 @@ class EtcdDatastore:
             client = self._make_client(host, port, tls)
             try:
                 await client.connect()
-                await client.maintenancestub.Status(rpc.StatusRequest(), timeout=PROBE_TIMEOUT)
-            except (TimeoutError, grpc.RpcError, aetcd.ClientError, OSError) as e:
+                status = await client.maintenancestub.Status(rpc.StatusRequest(),
+                                                             timeout=PROBE_TIMEOUT)
+                if not status.leader:
+                    # Cut off from the other members: its data may be stale.
+                    raise DatastoreUnavailable("member has no leader")
+            except (TimeoutError, grpc.RpcError, aetcd.ClientError, OSError,
+                    DatastoreUnavailable) as e:
                 errors.append(f"{host}:{port}: {_rpc_text(e)}")
                 with contextlib.suppress(Exception):
                     await client.close()
@@ -356,7 +366,7 @@ class EtcdDatastore:
             # Keep the request side open for the life of the stream.
             await stop.wait()
 
-        call = client.watchstub.Watch(requests())
+        call = client.watchstub.Watch(requests(), metadata=REQUIRE_LEADER)
         try:
             async for resp in call:
                 if resp.compact_revision:

@@ -73,7 +73,7 @@ from ipam.allocator import (
     block_gateway,
     bridge_reserved,
 )
-from ipam.etcd import EtcdSettings, connect
+from ipam.etcd import EtcdSettings, connect, parse_endpoints
 
 log = structlog.get_logger(__name__)
 
@@ -288,6 +288,29 @@ def host_lock(path: str) -> Iterator[None]:
 
 
 async def _with_allocator(cfg: PluginConfig, fn):
+    """Run ``fn(allocator)``; when etcd fails under it (the member died, a leader
+    change cut the connection), run it again once per other endpoint, as etcd's own
+    client fails over. Safe: every operation is idempotent by handle (an ADD whose
+    first try committed finds its address held and returns it)."""
+    try:
+        tries = len(parse_endpoints(cfg.etcd.endpoints))
+    except ValueError as exc:
+        raise CNIError(E_BAD_CONFIG, str(exc)) from None
+    for attempt in range(1, tries + 1):
+        try:
+            return await _run_allocator(cfg, fn)
+        except _EtcdLost as exc:
+            if attempt == tries:
+                raise CNIError(E_TRY_AGAIN, "etcd request failed", str(exc)) from None
+            log.warning("ipam_etcd_retry", attempt=attempt, error=str(exc))
+    raise AssertionError("unreachable")
+
+
+class _EtcdLost(Exception):
+    """etcd failed during an operation (aetcd's ClientError family, grpc errors)."""
+
+
+async def _run_allocator(cfg: PluginConfig, fn):
     try:
         client = await connect(cfg.etcd)
     except ValueError as exc:
@@ -309,7 +332,7 @@ async def _with_allocator(cfg: PluginConfig, fn):
     except Exception as exc:
         # aetcd raises its ClientError family (and grpc errors) for a lost etcd.
         if type(exc).__module__.startswith(("aetcd", "grpc")):
-            raise CNIError(E_TRY_AGAIN, "etcd request failed", str(exc)) from None
+            raise _EtcdLost(str(exc)) from None
         raise
     finally:
         await client.close()

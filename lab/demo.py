@@ -72,7 +72,7 @@ def routes_table(lab: Lab, node: str) -> str:
     return "\n".join(lines) or "(none)"
 
 
-def run_demo(keep: bool) -> int:
+def run_demo(keep: bool, etcd_members: int = 1) -> int:
     if os.geteuid() != 0:
         print("make demo needs root (network namespaces)", file=sys.stderr)
         return 1
@@ -80,9 +80,10 @@ def run_demo(keep: bool) -> int:
     if removed:
         print(f"removed leftovers of an earlier run: {len(removed)} namespaces")
     failures: list[str] = []
-    lab = Lab(nodes=3)
+    lab = Lab(nodes=3, etcd_members=etcd_members)
     try:
-        step("Creating 3 nodes, a switch and etcd in network namespaces")
+        step("Creating 3 nodes, a switch and etcd in network namespaces"
+             + (f" ({etcd_members} etcd members)" if etcd_members > 1 else ""))
         lab.up()
         for n in lab.nodes.values():
             show(f"{n.name}: namespace {n.ns}, eth0 {n.ip}/24")
@@ -176,12 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="lab.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--keep", action="store_true", help="leave the lab running")
     ap.add_argument("--down", action="store_true", help="remove a lab left by --keep")
+    ap.add_argument("--etcd-members", type=int, choices=(1, 3, 5), default=1,
+                    help="etcd cluster size; every tool gets all endpoints (default 1)")
     a = ap.parse_args(argv)
     if a.down:
         removed = cleanup_leftovers()
         print(f"removed {len(removed)} namespaces" if removed else "nothing to remove")
         return 0
-    return run_demo(a.keep)
+    return run_demo(a.keep, a.etcd_members)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Used by `make demo`, the end-to-end tests and the benchmarks. Layout (names
 carry a per-run prefix, e.g. ``pl3f2a``):
 
     <p>sw    : the "switch" namespace holding bridge ``br0`` (the L2 segment)
-    <p>etcd  : etcd, 10.99.0.2/24 on the segment
+    <p>etcd  : etcd, 10.99.0.2/24 on the segment (``etcd_members=3``: a real
+               cluster, <p>etcd2 / <p>etcd3 at .3 / .4; see lab/etcd_cluster.py)
     <p>n1..  : one namespace per node, eth0 = 10.99.0.1X/24, ip_forward on,
                one real ``bgpd`` process inside, pods behind a CNI ``cni0`` bridge
     <p>n1p1..: pods, created with the real CNI ``bridge`` plugin + ``podbgp-ipam``
@@ -31,6 +32,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lab.etcd_cluster import EtcdCluster, EtcdMember
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("PODBGP_LAB_STATE", "/run/podbgp-lab"))
@@ -178,7 +181,7 @@ class Lab:
 
     def __init__(self, nodes: int = 3, workdir: Path | None = None, prefix: str | None = None,
                  asn: int = 64512, log_level: str = "info",
-                 ipam_options: dict | None = None) -> None:
+                 ipam_options: dict | None = None, etcd_members: int = 1) -> None:
         self.prefix = prefix or ("pl" + uuid.uuid4().hex[:4])
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="podbgp-lab-"))
         self.n_nodes = nodes
@@ -195,6 +198,10 @@ class Lab:
         self.namespaces: list[str] = []
         self.pids: list[int] = []
         self.etcd_proc: subprocess.Popen | None = None
+        if etcd_members not in (1, 3, 5):
+            raise ValueError(f"etcd_members: {etcd_members}: use 1, 3 or 5")
+        self.etcd_members = etcd_members
+        self.etcd: EtcdCluster | None = None  # the cluster when etcd_members > 1
         self._state_file = STATE_DIR / f"{self.prefix}.json"
         self._next_link = 0
 
@@ -245,9 +252,12 @@ class Lab:
         self._add_ns(self.sw)
         run("ip", "-n", self.sw, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", self.sw, "link", "set", "br0", "up")
-        self._add_ns(self.etcd_ns)
-        self._veth_to_switch(self.etcd_ns, "eth0", f"{ETCD_IP}/24")
-        self._start_etcd()
+        if self.etcd_members > 1:
+            self._start_etcd_cluster()
+        else:
+            self._add_ns(self.etcd_ns)
+            self._veth_to_switch(self.etcd_ns, "eth0", f"{ETCD_IP}/24")
+            self._start_etcd()
         for i in range(1, self.n_nodes + 1):
             self.add_node(f"node{i}")
 
@@ -265,22 +275,42 @@ class Lab:
             self.etcd_ns, self.workdir / "etcd.log")
         self.wait_for(lambda: self._etcd_healthy(), 15, "etcd to become healthy")
 
+    def _start_etcd_cluster(self) -> None:
+        members = []
+        for i in range(1, self.etcd_members + 1):
+            ns = self.etcd_ns if i == 1 else f"{self.etcd_ns}{i}"
+            self._add_ns(ns)
+            ip = f"{SEGMENT}.{1 + i}"
+            self._veth_to_switch(ns, "eth0", f"{ip}/24")
+            members.append(EtcdMember(f"m{i}", ns, ip, self.workdir / f"etcd-m{i}",
+                                      self.workdir / f"etcd-m{i}.log", local=(i == 1)))
+        self.etcd = EtcdCluster(members, lambda cmd, ns, log: self._spawn(cmd, ns, log),
+                                token=self.prefix)
+        self.etcd.start_all()
+
     def _etcd_healthy(self) -> bool:
         r = run("curl", "-s", "-m", "1", f"http://127.0.0.1:{ETCD_PORT}/health", ns=self.etcd_ns,
                 check=False)
         return '"health":"true"' in r.stdout
 
     def stop_etcd(self) -> None:
+        if self.etcd is not None:
+            self.etcd.stop_all()
         if self.etcd_proc:
             _kill_pid(self.etcd_proc.pid, signal.SIGTERM)
             self.etcd_proc = None
 
     def start_etcd(self) -> None:
-        if not self.etcd_proc:
+        if self.etcd is not None:
+            self.etcd.start_all()
+        elif not self.etcd_proc:
             self._start_etcd()
 
     @property
     def etcd_endpoint(self) -> str:
+        """What podbgp's tools get as --etcd-endpoints (every member's URL for a cluster)."""
+        if self.etcd is not None:
+            return self.etcd.endpoints
         return f"http://{ETCD_IP}:{ETCD_PORT}"
 
     def add_node(self, name: str) -> Node:
