@@ -17,6 +17,9 @@ class Notifier:
         if addr.startswith("@"):  # abstract namespace socket
             addr = "\0" + addr[1:]
         self._addr = addr or None
+        # READY=1 / STOPPING=1 that found the receiver's queue full: sent again,
+        # ahead of the next message (a WATCHDOG=1 ping), until one gets through.
+        self._pending: list[str] = []
         usec = env.get("WATCHDOG_USEC", "")
         pid = env.get("WATCHDOG_PID", "")
         ok_pid = not pid or pid == str(os.getpid())
@@ -31,12 +34,20 @@ class Notifier:
     def notify(self, *fields: str) -> bool:
         if not self._addr:
             return False
+        fields = (*[f for f in self._pending if f not in fields], *fields)
         msg = "\n".join(fields).encode()
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            # Never block the event loop: a receiver that does not read (its queue
+            # holds net.unix.max_dgram_qlen datagrams) would otherwise stop the
+            # daemon inside sendto, HTTP and routing included. A dropped WATCHDOG=1
+            # costs nothing; the next one follows.
+            s.setblocking(False)
             try:
                 s.sendto(msg, self._addr)
-            except OSError:
+            except OSError:  # BlockingIOError included
+                self._pending = [f for f in fields if f in ("READY=1", "STOPPING=1")]
                 return False
+        self._pending = []
         return True
 
     def ready(self, status: str = "") -> bool:

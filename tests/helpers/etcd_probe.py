@@ -31,7 +31,7 @@ import threading
 import time
 from pathlib import Path
 
-from bgpd import log as logsetup
+from bgpd.ops import log as logsetup
 from config import keys as ckeys
 from config.etcd_store import EtcdDatastore
 

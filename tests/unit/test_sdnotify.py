@@ -44,6 +44,30 @@ def test_messages(listener) -> None:
     assert recv(s) == ["STOPPING=1"]
 
 
+def test_a_full_queue_never_blocks_and_ready_is_sent_again(listener) -> None:
+    """A receiver that does not read fills its queue (net.unix.max_dgram_qlen): sendto
+    on a blocking socket would then stop the daemon's event loop (seen: bgpd stuck
+    after start under a test's notify socket). It must return at once, and READY=1
+    must still arrive once the receiver reads again."""
+    import time
+
+    path, s = listener
+    n = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    sent = 0
+    t0 = time.monotonic()
+    while n.watchdog():
+        sent += 1
+        assert sent < 100_000
+    assert time.monotonic() - t0 < 5
+    assert not n.ready("running")  # queue full: not delivered, not blocked
+    for _ in range(sent):
+        assert recv(s) == ["WATCHDOG=1"]
+    assert n.watchdog()
+    assert recv(s) == ["READY=1", "WATCHDOG=1"]
+    assert n.watchdog()
+    assert recv(s) == ["WATCHDOG=1"]  # sent once only
+
+
 def test_abstract_socket() -> None:
     name = f"podbgp-test-{uuid.uuid4().hex}"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
