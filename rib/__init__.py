@@ -7,6 +7,7 @@ from rib.bestpath import BestReason, select_best
 from rib.changes import BestChange, Changes, ExportDelta, Rejection
 from rib.inputs import (
     NEXT_HOP_SELF,
+    ClusterRoutes,
     EncapMode,
     FilterAction,
     FilterRule,
@@ -30,6 +31,7 @@ __all__ = [
     "BestChange",
     "BestReason",
     "Changes",
+    "ClusterRoutes",
     "EncapMode",
     "ExportAttrs",
     "ExportDelta",

@@ -268,6 +268,33 @@ class PrefixAdvertisement:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterRoutes:
+    """Which cluster routes (remote blocks of a pool) this node programs, and
+    through which tunnel: the daemon's data-plane decisions, as plain facts.
+
+    ``no_encap``/``ipip``/``vxlan``: whether podbgp programs the cluster routes
+    of unencapsulated, IPIP and VXLAN pools (Calico splits them between BIRD
+    and Felix with ``programClusterRoutes``; standalone, podbgp is both).
+    ``ipip_ready``: ``tunl0`` exists and is configured (False on a kernel
+    without IPIP: an IPIP route would fail). ``vteps``: remote node address ->
+    that node's VTEP address (from its Node resource); a VXLAN route needs the
+    VTEP of its next hop. The default is the behaviour before tunnels were
+    managed: plain and IPIP routes, no VXLAN ones.
+    """
+
+    no_encap: bool = True
+    ipip: bool = True
+    vxlan: bool = False
+    ipip_ready: bool = True
+    vxlan_device: str = "vxlan.calico"
+    vxlan6_device: str = "vxlan-v6.calico"
+    vteps: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "vteps", tuple(sorted(dict(self.vteps).items())))
+
+
+@dataclass(frozen=True, slots=True)
 class RibConfig:
     """Node-wide facts and policy. Built by the daemon; replaced whole on a change."""
 
@@ -283,6 +310,7 @@ class RibConfig:
     max_paths: int = 1  # ECMP multipath bound; 1 = no multipath
     route_metric: int = 0  # kernel route metric (priority)
     tunnel_device: str = "tunl0"
+    cluster_routes: ClusterRoutes = ClusterRoutes()
 
     def __post_init__(self) -> None:
         if not 0 < self.local_asn < 2**32:
@@ -363,6 +391,7 @@ def communities_for(
 
 __all__ = [
     "NEXT_HOP_SELF",
+    "ClusterRoutes",
     "EncapMode",
     "FilterAction",
     "FilterRule",

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+import rib
 from rib import (
     EncapMode,
     KernelRoute,
@@ -17,6 +18,7 @@ from rib import (
     RibConfig,
     RouteKind,
 )
+from rib.kernel import KernelContext, unprogrammable
 from rib.path import Path
 
 A = PeerRef("192.168.1.11", 64512, "192.168.1.11", PeerKind.IBGP)  # same subnet
@@ -129,3 +131,101 @@ def test_pool_mode_change_reprograms():
     ch = rib.set_config(dataclasses.replace(CONFIG, pools=pools))
     assert [r.prefix for r in ch.kernel_remove] == ["10.10.1.0/26"]
     assert "10.10.1.0/26" not in rib.desired_routes()
+
+
+# ---------------------------------------------------------------- cluster routes
+# Which remote blocks this node programs and through which tunnel (rib.ClusterRoutes):
+# Felix's vxlan_mgr.go tunnelRoute (via the VTEP, dev vxlan.calico, onlink) and
+# noEncapRoute (CrossSubnet, same subnet), confd's programClusterRoutes split
+# (confd/pkg/backends/calico/bgp_processor.go processIPPool).
+
+VTEPS = ((A.address, "10.40.7.0"), (FAR.address, "10.40.9.0"))
+STANDALONE = rib.ClusterRoutes(vxlan=True, vteps=VTEPS)
+
+
+def _with(cluster) -> RibConfig:
+    return dataclasses.replace(CONFIG, cluster_routes=cluster)
+
+
+@pytest.mark.parametrize(
+    ("prefix", "peer", "expected"),
+    [
+        ("10.40.1.0/26", A, KernelRoute("10.40.1.0/26", next_hops=("10.40.7.0",),
+                                         device="vxlan.calico", onlink=True, metric=7)),
+        ("10.40.1.0/26", FAR, KernelRoute("10.40.1.0/26", next_hops=("10.40.9.0",),
+                                           device="vxlan.calico", onlink=True, metric=7)),
+        # CrossSubnet: same subnet -> plain via the node, other subnet -> its VTEP
+        ("10.50.1.0/26", A, KernelRoute("10.50.1.0/26", next_hops=(A.address,), metric=7)),
+        ("10.50.1.0/26", FAR, KernelRoute("10.50.1.0/26", next_hops=("10.40.9.0",),
+                                           device="vxlan.calico", onlink=True, metric=7)),
+        # No VTEP known for B: not programmable (not a wrong route)
+        ("10.40.1.0/26", B, None),
+        # Plain and IPIP pools unchanged
+        ("10.10.1.0/26", B, KernelRoute("10.10.1.0/26", next_hops=(B.address,), metric=7)),
+        ("10.20.1.0/26", B, KernelRoute("10.20.1.0/26", next_hops=(B.address,),
+                                         device="tunl0", onlink=True, metric=7)),
+    ],
+)
+def test_vxlan_cluster_routes(prefix, peer, expected):
+    r = rib_for(_with(STANDALONE))
+    r.announce(peer.address, [Path(prefix, peer.address, peer)])
+    assert r.desired_routes().get(prefix) == expected
+
+
+def test_vxlan_ecmp_goes_via_every_vtep():
+    r = rib_for(_with(STANDALONE))
+    for peer in (A, FAR):
+        r.announce(peer.address, [Path("10.40.1.0/26", peer.address, peer)])
+    assert r.desired_routes()["10.40.1.0/26"] == KernelRoute(
+        "10.40.1.0/26", next_hops=("10.40.7.0", "10.40.9.0"), device="vxlan.calico",
+        onlink=True, metric=7)
+
+
+def test_vtep_appearing_programs_the_route_and_changing_replaces_it():
+    r = rib_for(_with(rib.ClusterRoutes(vxlan=True)))
+    r.announce(A.address, [Path("10.40.1.0/26", A.address, A)])
+    assert "10.40.1.0/26" not in r.desired_routes()
+    ch = r.set_config(_with(rib.ClusterRoutes(vxlan=True, vteps=((A.address, "10.40.7.0"),))))
+    assert [k.next_hops for k in ch.kernel_add] == [("10.40.7.0",)]
+    ch = r.set_config(_with(rib.ClusterRoutes(vxlan=True, vteps=((A.address, "10.40.8.0"),))))
+    assert [k.next_hops for k in ch.kernel_add] == [("10.40.8.0",)] and not ch.kernel_remove
+    ch = r.set_config(_with(rib.ClusterRoutes(vxlan=True)))
+    assert [k.prefix for k in ch.kernel_remove] == ["10.40.1.0/26"]
+
+
+def test_ipip_not_ready_drops_tunnel_routes_only():
+    cluster = rib.ClusterRoutes(ipip_ready=False)
+    r = rib_for(_with(cluster))
+    for prefix, peer in (("10.20.1.0/26", A), ("10.30.1.0/26", A), ("10.30.2.0/26", FAR),
+                         ("10.10.1.0/26", A)):
+        r.announce(peer.address, [Path(prefix, peer.address, peer)])
+    routes = r.desired_routes()
+    assert "10.20.1.0/26" not in routes  # IPIP Always: needs tunl0
+    assert "10.30.2.0/26" not in routes  # CrossSubnet, off subnet: needs tunl0
+    assert routes["10.30.1.0/26"].device is None  # CrossSubnet, same subnet: plain
+    assert routes["10.10.1.0/26"].next_hops == (A.address,)
+    ctx = KernelContext(_with(cluster))
+    why = unprogrammable("10.20.1.0/26", (Path("10.20.1.0/26", A.address, A),), ctx)
+    assert why == "pool 10.20.0.0/16 needs IPIP and tunl0 is not usable"
+    assert unprogrammable("10.10.1.0/26", (Path("10.10.1.0/26", A.address, A),), ctx) is None
+    vx = KernelContext(_with(rib.ClusterRoutes(vxlan=True)))
+    assert "no VTEP known for next hop 192.168.1.11" in unprogrammable(
+        "10.40.1.0/26", (Path("10.40.1.0/26", A.address, A),), vx)
+
+
+@pytest.mark.parametrize(
+    ("cluster", "programmed"),
+    [
+        # confd's programClusterRoutes values, BIRD's share (the sidecar layout)
+        (rib.ClusterRoutes(no_encap=True, ipip=False), {"10.10.1.0/26"}),  # EnabledNoEncapOnly
+        (rib.ClusterRoutes(no_encap=True, ipip=True), {"10.10.1.0/26", "10.20.1.0/26"}),
+        (rib.ClusterRoutes(no_encap=False, ipip=True), {"10.20.1.0/26"}),  # EnabledIPIPOnly
+        (rib.ClusterRoutes(no_encap=False, ipip=False), set()),  # Disabled
+    ],
+)
+def test_program_cluster_routes_split(cluster, programmed):
+    r = rib_for(_with(cluster))
+    for prefix in ("10.10.1.0/26", "10.20.1.0/26", "10.40.1.0/26"):
+        r.announce(A.address, [Path(prefix, A.address, A)])
+    remote = {p for p, kr in r.desired_routes().items() if kr.kind is RouteKind.UNICAST}
+    assert remote == programmed  # and never the VXLAN pool's: Felix's in that layout
