@@ -162,8 +162,7 @@ class VxlanSpec:
     name: str
     vni: int
     port: int
-    parent: str  # the uplink holding `local`
-    local: str  # the node's address: outer source of every packet
+    local: str  # the node's address: outer source of every packet; its device is the parent
     mac: str
     mtu: int  # 0: the parent's MTU minus VXLAN_OVERHEAD
     address: str  # the VTEP address, put on the device as /32 (/128)

@@ -64,7 +64,7 @@ def node(netns):
 
 
 def spec(**kw) -> VxlanSpec:
-    base = dict(name=DEV, vni=4096, port=4789, parent="eth0", local="10.1.0.1", mac=MAC, mtu=0,
+    base = dict(name=DEV, vni=4096, port=4789, local="10.1.0.1", mac=MAC, mtu=0,
                 address="10.244.1.0")
     return VxlanSpec(**{**base, **kw})
 

@@ -37,7 +37,7 @@ from fib_sync.link import (
 
 # Felix's test VTEP MAC (felix/calc/resources_for_test.go remoteHostVXLANTunnelMAC).
 MAC = "66:74:c5:72:3f:01"
-SPEC = VxlanSpec("vxlan.calico", 4096, 4789, "eth0", "10.99.0.11", MAC, 1450, "10.244.1.0")
+SPEC = VxlanSpec("vxlan.calico", 4096, 4789, "10.99.0.11", MAC, 1450, "10.244.1.0")
 
 NLM_CREATE_EXCL_ACK = 0x0605  # REQUEST | ACK | EXCL | CREATE
 
@@ -97,11 +97,11 @@ def test_vxlan_create_golden_and_pyroute2() -> None:
 
 
 def test_vxlan_create_takes_the_resolved_mtu_and_v6_local() -> None:
-    auto = VxlanSpec("vxlan.calico", 4096, 4789, "eth0", "10.99.0.11", MAC, 0, "10.244.1.0")
+    auto = VxlanSpec("vxlan.calico", 4096, 4789, "10.99.0.11", MAC, 0, "10.244.1.0")
     with pytest.raises(ValueError, match="an MTU is needed"):
         vxlan_create(auto, 3)
     assert vxlan_create(auto, 3, 1450) == VXLAN_GOLDEN
-    v6 = VxlanSpec("vxlan-v6.calico", 4096, 4789, "eth0", "fd00::11", MAC, 1430, "fd10::1")
+    v6 = VxlanSpec("vxlan-v6.calico", 4096, 4789, "fd00::11", MAC, 1430, "fd10::1")
     info = parse_link(vxlan_create(v6, 3), 0, len(vxlan_create(v6, 3)))
     assert vxlan_fields(info)["local"] == "fd00::11"  # IFLA_VXLAN_LOCAL6
 
