@@ -41,6 +41,13 @@ class Options:
     resync_interval: float
     max_paths: int = 1
     secrets_dir: str = "/etc/podbgp/secrets"
+    # The data plane (tunnels, VTEP entries, natOutgoing): podbgp's when standalone,
+    # Felix's next to calico-node (the sidecar manifest sets --dataplane off).
+    dataplane: bool = True
+    vxlan_vni: int = 4096
+    vxlan_port: int = 4789
+    vxlan_mtu: int = 0  # 0: the uplink's MTU less 50
+    ipip_mtu: int = 0  # 0: the uplink's MTU less 20
 
 
 class UsageError(Exception):
@@ -155,7 +162,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secrets-dir", default=_env("PODBGP_SECRETS_DIR", "/etc/podbgp/secrets"),
                    help="BGP passwords: a secretKeyRef {name, key} is read from DIR/name/key, "
                    "the layout of a mounted Kubernetes secret (default /etc/podbgp/secrets)")
+    p.add_argument("--dataplane", default=_env("PODBGP_DATAPLANE", "on"),
+                   help="on: podbgp keeps the node's data plane (VXLAN device, tunl0, VTEP "
+                   "neighbour/FDB entries, natOutgoing, every cluster route); off: another "
+                   "component does (Felix, next to calico-node), podbgp programs the cluster "
+                   "routes BGPConfiguration.programClusterRoutes gives BIRD (PODBGP_DATAPLANE; "
+                   "default on)")
+    p.add_argument("--vxlan-vni", default=_env("FELIX_VXLANVNI", "4096"),
+                   help="VNI of the VXLAN device (FELIX_VXLANVNI; default 4096)")
+    p.add_argument("--vxlan-port", default=_env("FELIX_VXLANPORT", "4789"),
+                   help="UDP port of the VXLAN device (FELIX_VXLANPORT; default 4789)")
+    p.add_argument("--vxlan-mtu", default=_env("FELIX_VXLANMTU", "0"),
+                   help="MTU of the VXLAN device (FELIX_VXLANMTU; default 0: the uplink's "
+                   "less 50)")
+    p.add_argument("--ipip-mtu", default=_env("FELIX_IPINIPMTU", "0"),
+                   help="MTU of tunl0 (FELIX_IPINIPMTU; default 0: the uplink's less 20)")
     return p
+
+
+def _mtu(name: str, text: str) -> int:
+    v = _int(name, text, 0, 65535)
+    if 0 < v < 68:
+        raise UsageError(f"{name}: {v} is below the minimum MTU 68 (0: automatic)")
+    return v
+
+
+def _on_off(name: str, text: str) -> bool:
+    t = str(text).strip().lower()
+    if t in ("on", "true", "yes", "1", "enabled"):
+        return True
+    if t in ("off", "false", "no", "0", "disabled"):
+        return False
+    raise UsageError(f"{name}: {text!r} is not on or off")
 
 
 def _int(name: str, text: str, lo: int, hi: int) -> int:
@@ -196,4 +234,9 @@ def parse_options(argv: list[str] | None = None) -> Options:
         resync_interval=_float("--resync-interval", a.resync_interval, 1),
         max_paths=_int("--max-paths", a.max_paths, 1, 64),
         secrets_dir=a.secrets_dir,
+        dataplane=_on_off("--dataplane", a.dataplane),
+        vxlan_vni=_int("--vxlan-vni", a.vxlan_vni, 1, 2**24 - 1),
+        vxlan_port=_int("--vxlan-port", a.vxlan_port, 1, 65535),
+        vxlan_mtu=_mtu("--vxlan-mtu", a.vxlan_mtu),
+        ipip_mtu=_mtu("--ipip-mtu", a.ipip_mtu),
     )

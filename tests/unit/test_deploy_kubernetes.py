@@ -191,6 +191,8 @@ def test_standalone_daemonset_contract() -> None:
     assert ds["metadata"]["namespace"] == "kube-system"
     # The ConfigMap and Secret it refers to have the keys it asks for.
     env = env_of(container(ds))
+    # Standalone, nobody else keeps tunnels and NAT: the data plane stays on.
+    assert env.get("PODBGP_DATAPLANE", {}).get("value", "on") == "on"
     cm = load(K8S / "configmap.yaml")[0]
     for var in ("ETCD_ENDPOINTS", "DATASTORE_TYPE"):
         ref = env[var]["valueFrom"]["configMapKeyRef"]
@@ -257,6 +259,12 @@ def test_sidecar_patch_merges_into_calico_node(tmp_path: Path) -> None:
     assert not any("bird" in arg for arg in calico["livenessProbe"]["exec"]["command"])
     # podbgp reads the same etcd settings calico-node does.
     podbgp_env = env_of(container(ds))
+    # Felix keeps tunnels and NAT next to calico-node: podbgp's data plane is off
+    # (bgpd.options --dataplane / PODBGP_DATAPLANE).
+    assert podbgp_env["PODBGP_DATAPLANE"]["value"] == "off"
+    from bgpd.options import _on_off
+
+    assert _on_off("PODBGP_DATAPLANE", podbgp_env["PODBGP_DATAPLANE"]["value"]) is False
     assert podbgp_env["ETCD_ENDPOINTS"]["valueFrom"] == env_of(calico)["ETCD_ENDPOINTS"][
         "valueFrom"
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,9 @@ ENV_VARS = ("NODENAME", "DATASTORE_TYPE", "ETCD_ENDPOINTS", "ETCD_CA_CERT_FILE",
             "ETCD_KEY_FILE", "PODBGP_CONFIG_FILE", "PODBGP_HTTP_LISTEN",
             "PODBGP_ROUTE_PROTOCOL", "PODBGP_ROUTE_TABLE", "PODBGP_LOG_FORMAT",
             "PODBGP_LOG_LEVEL", "PODBGP_STATE_DIR", "PODBGP_CONVERGENCE_TIMEOUT",
-            "PODBGP_RESYNC_INTERVAL", "PODBGP_MAX_PATHS", "PODBGP_SECRETS_DIR")
+            "PODBGP_RESYNC_INTERVAL", "PODBGP_MAX_PATHS", "PODBGP_SECRETS_DIR",
+            "PODBGP_DATAPLANE", "FELIX_VXLANVNI", "FELIX_VXLANPORT", "FELIX_VXLANMTU",
+            "FELIX_IPINIPMTU")
 
 
 @pytest.fixture(autouse=True)
@@ -160,3 +163,30 @@ def test_cli_usage_error_is_one_line_exit_2(args: tuple[str, ...], needle: str) 
 def test_cli_version() -> None:
     r = _bgpd("--version")
     assert r.returncode == 0 and r.stdout.startswith("podbgp ")
+
+
+def test_dataplane_setting_flag_and_env(monkeypatch) -> None:
+    o = parse_options([])
+    assert o.dataplane is True  # standalone: podbgp keeps tunnels and NAT
+    assert (o.vxlan_vni, o.vxlan_port, o.vxlan_mtu, o.ipip_mtu) == (4096, 4789, 0, 0)
+    assert parse_options(["--dataplane", "off"]).dataplane is False
+    monkeypatch.setenv("PODBGP_DATAPLANE", "off")  # what the sidecar manifest sets
+    assert parse_options([]).dataplane is False
+    assert parse_options(["--dataplane", "on"]).dataplane is True  # the flag wins
+    monkeypatch.setenv("FELIX_VXLANMTU", "1400")  # Calico's name for the same setting
+    monkeypatch.setenv("FELIX_VXLANVNI", "4097")
+    o = parse_options([])
+    assert (o.vxlan_mtu, o.vxlan_vni) == (1400, 4097)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataplane", "maybe"], "--dataplane: 'maybe' is not on or off"),
+    (["--vxlan-vni", "0"], "--vxlan-vni: 0 is out of range"),
+    (["--vxlan-vni", "16777216"], "--vxlan-vni: 16777216 is out of range"),
+    (["--vxlan-port", "70000"], "--vxlan-port: 70000 is out of range"),
+    (["--vxlan-mtu", "50"], "--vxlan-mtu: 50 is below the minimum MTU 68"),
+    (["--ipip-mtu", "x"], "--ipip-mtu: 'x' is not a number"),
+])
+def test_dataplane_bad_values(args, message) -> None:
+    with pytest.raises(UsageError, match=re.escape(message)):
+        parse_options(args)
