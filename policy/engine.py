@@ -152,7 +152,8 @@ class Engine:
     # ------------------------------------------------------------ queries
 
     def local_endpoints(self) -> list[Endpoint]:
-        return sorted((e for e in self.endpoints.values() if e.node == self.node),
+        # an endpoint without a host interface has nothing to hook chains on
+        return sorted((e for e in self.endpoints.values() if e.node == self.node and e.iface),
                       key=lambda e: e.key)
 
     def labels_of(self, key: str) -> Mapping[str, str]:

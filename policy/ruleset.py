@@ -149,3 +149,74 @@ def render_diff(old: Ruleset, new: Ruleset) -> str:
     for name in sorted(old.sets.keys() - new.sets.keys()):
         out.append(f"delete set {t} {name}")
     return "\n".join(out) + "\n" if out else ""
+
+
+# ------------------------------------------------------------------ verifying
+
+_PROTO_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132,
+                "udplite": 136}
+
+
+def _elem_text(e) -> str:
+    """A set element from nft's JSON in the text `Ruleset` uses."""
+    if isinstance(e, dict) and "elem" in e:
+        e = e["elem"].get("val")
+    if isinstance(e, dict) and "concat" in e:
+        parts = []
+        for p in e["concat"]:
+            parts.append(str(_PROTO_NAMES.get(p, p)) if isinstance(p, str) else str(p))
+        return " . ".join(parts)
+    return str(e)
+
+
+def check_listing(listing: dict | None, rs: Ruleset) -> list[str]:
+    """How the kernel's table (``nft -j list table``) differs from `rs`; [] when it
+    matches: the same chains with the same rules (compared by count and comment,
+    the rules' expressions as nft prints them are not our text), sets with the
+    same elements, maps with the same entries."""
+    if listing is None:
+        return [f"table {TABLE_FAMILY} {rs.table} is missing"]
+    chains: dict[str, list] = {}
+    sets: dict[str, set[str]] = {}
+    maps: dict[str, dict[str, str]] = {}
+    for obj in listing.get("nftables", []):
+        if "chain" in obj:
+            chains.setdefault(obj["chain"]["name"], [])
+        elif "rule" in obj:
+            r = obj["rule"]
+            chains.setdefault(r["chain"], []).append(r.get("comment"))
+        elif "set" in obj:
+            sets[obj["set"]["name"]] = {_elem_text(e) for e in obj["set"].get("elem", [])}
+        elif "map" in obj:
+            entries = {}
+            for key, verdict in obj["map"].get("elem", []):
+                (kind, body), = verdict.items()
+                entries[str(key)] = f"{kind} {body['target']}" if isinstance(body, dict) else kind
+            maps[obj["map"]["name"]] = entries
+    problems = []
+    for name in sorted(rs.chains.keys() ^ chains.keys()):
+        problems.append(f"chain {name} {'missing' if name in rs.chains else 'not ours'}")
+    for name in sorted(rs.chains.keys() & chains.keys()):
+        want = [_comment_of(r) for r in rs.chains[name].rules]
+        if chains[name] != want:
+            problems.append(f"chain {name}: {len(chains[name])} rules, expected {len(want)}"
+                            if len(want) != len(chains[name]) else f"chain {name}: rules differ")
+    for name in sorted(rs.sets.keys() ^ sets.keys()):
+        problems.append(f"set {name} {'missing' if name in rs.sets else 'not ours'}")
+    for name in sorted(rs.sets.keys() & sets.keys()):
+        want = {e.strip('"') for e in rs.sets[name].elements}
+        if sets[name] != want:
+            problems.append(f"set {name}: {len(want - sets[name])} elements missing, "
+                            f"{len(sets[name] - want)} extra")
+    for name in sorted(rs.maps.keys() ^ maps.keys()):
+        problems.append(f"map {name} {'missing' if name in rs.maps else 'not ours'}")
+    for name in sorted(rs.maps.keys() & maps.keys()):
+        if maps[name] != dict(rs.maps[name].elements):
+            problems.append(f"map {name}: entries differ")
+    return problems
+
+
+def _comment_of(rule: str) -> str | None:
+    marker = ' comment "'
+    at = rule.rfind(marker)
+    return rule[at + len(marker):-1] if at >= 0 and rule.endswith('"') else None

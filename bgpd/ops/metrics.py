@@ -33,6 +33,34 @@ def _exabgp_version() -> str:
         return "unknown"
 
 
+def datastore_families(ds, datastore: str, revision: int):
+    """The datastore's metrics, shared by every podbgp process that reads one
+    (bgpd, podbgp-policy): connection, revision, reconnects, rejected and
+    unknown-field counts from its `DatastoreStats`."""
+    c = GaugeMetricFamily("podbgp_datastore_connected", "1 when connected.",
+                          labels=["datastore"])
+    c.add_metric([datastore], 1 if ds is not None and ds.connected else 0)
+    yield c
+    yield GaugeMetricFamily("podbgp_datastore_revision", "Revision of the last snapshot.",
+                            value=revision)
+    yield CounterMetricFamily("podbgp_datastore_reconnects", "Datastore reconnects.",
+                              value=ds.stats.reconnects_total if ds else 0)
+    cr = CounterMetricFamily("podbgp_config_rejected", "Invalid resources seen.",
+                             labels=["kind", "reason"])
+    if ds is not None:
+        for (kind, reason), n in sorted(ds.stats.rejected_total.items()):
+            cr.add_metric([kind, reason], n)
+    yield cr
+    cu = CounterMetricFamily("podbgp_config_unknown_fields",
+                             "Fields podbgp does not model in resources read from the "
+                             "datastore (each resource and field once; ignored and kept).",
+                             labels=["kind"])
+    if ds is not None:
+        for kind, n in sorted(ds.stats.unknown_fields_total.items()):
+            cu.add_metric([kind], n)
+    yield cu
+
+
 class DaemonCollector:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
@@ -110,29 +138,8 @@ class DaemonCollector:
                                   "Routes re-installed after an external change.",
                                   value=fs.repairs if fs else 0)
 
-        ds = d.store
-        c = GaugeMetricFamily("podbgp_datastore_connected", "1 when connected.",
-                              labels=["datastore"])
-        c.add_metric([d.opts.datastore], 1 if ds is not None and ds.connected else 0)
-        yield c
-        yield GaugeMetricFamily("podbgp_datastore_revision", "Revision of the last snapshot.",
-                                value=d.snapshot.revision if d.snapshot else 0)
-        yield CounterMetricFamily("podbgp_datastore_reconnects", "Datastore reconnects.",
-                                  value=ds.stats.reconnects_total if ds else 0)
-        cr = CounterMetricFamily("podbgp_config_rejected", "Invalid resources seen.",
-                                 labels=["kind", "reason"])
-        if ds is not None:
-            for (kind, reason), n in sorted(ds.stats.rejected_total.items()):
-                cr.add_metric([kind, reason], n)
-        yield cr
-        cu = CounterMetricFamily("podbgp_config_unknown_fields",
-                                 "Fields podbgp does not model in resources read from the "
-                                 "datastore (each resource and field once; ignored and kept).",
-                                 labels=["kind"])
-        if ds is not None:
-            for kind, n in sorted(ds.stats.unknown_fields_total.items()):
-                cu.add_metric([kind], n)
-        yield cu
+        yield from datastore_families(d.store, d.opts.datastore,
+                                      d.snapshot.revision if d.snapshot else 0)
         yield GaugeMetricFamily("podbgp_config_stale",
                                 "1 when a resource is invalid and its last good version is used.",
                                 value=1 if d.snapshot is not None and d.snapshot.rejected else 0)

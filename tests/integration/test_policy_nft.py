@@ -12,25 +12,20 @@ are checked against a fresh full load of the same ruleset.
 from __future__ import annotations
 
 import random
-import subprocess
 
 import pytest
 
 from config.parse import parse_yaml_documents
 from fib_sync.nft import Nft, normalize
 from lab.netpol import PORTS, Peer, Prober, compare, expect, probe_all
+from lab.podnet import PodNet
 from policy.engine import Engine, endpoint_from_parts
 from policy.rules import normalize_policy, normalize_profile
 from policy.ruleset import render_diff, render_full
-from tests.conftest import require_binary, require_root, unique_name
+from tests.conftest import require_binary, require_root
 
 PODS = [("a", "x", {"app": "web"}), ("a", "y", {"app": "db"}),
         ("b", "x", {"app": "web"}), ("b", "y", {"app": "db"})]
-
-
-def sh(*cmd: str, ns: str | None = None) -> str:
-    full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
-    return subprocess.run(full, check=True, capture_output=True, text=True).stdout
 
 
 @pytest.fixture(scope="module")
@@ -38,66 +33,26 @@ def lab():
     """node netns + 4 pods + an outside host; probers running; all removed after."""
     require_root()
     require_binary("nft")
-    tag = unique_name("")[:6]
-    node = f"pn{tag}"
-    made = [node]
     probers: dict[str, Prober] = {}
-    try:
-        sh("ip", "netns", "add", node)
-        sh("ip", "-n", node, "link", "set", "lo", "up")
-        sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=node)
-        peers = []
-        for i, (ns, name, labels) in enumerate(PODS, start=1):
-            pod = f"pp{tag}{i}"
-            made.append(pod)
-            ip = f"10.77.0.{i}"
-            host_if = f"cali{tag}{i}"
-            sh("ip", "netns", "add", pod)
-            sh("ip", "-n", pod, "link", "set", "lo", "up")
-            sh("ip", "-n", node, "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
-               "netns", pod)
-            sh("ip", "-n", node, "link", "set", host_if, "up")
-            sh("sysctl", "-qw", f"net.ipv4.conf.{host_if}.proxy_arp=1", ns=node)
-            # Calico sets proxy_delay 0: else proxy ARP answers up to 0.8 s late
-            sh("sysctl", "-qw", f"net.ipv4.neigh.{host_if}.proxy_delay=0", ns=node)
-            sh("ip", "-n", node, "route", "add", f"{ip}/32", "dev", host_if, "scope", "link")
-            sh("ip", "-n", pod, "addr", "add", f"{ip}/32", "dev", "eth0")
-            sh("ip", "-n", pod, "link", "set", "eth0", "up")
-            sh("ip", "-n", pod, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
-            sh("ip", "-n", pod, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
-            peers.append(Peer(ns, name, pod, ip, "n1", tuple(sorted(labels.items()))))
-        out = f"po{tag}"
-        made.append(out)
-        sh("ip", "netns", "add", out)
-        sh("ip", "-n", out, "link", "set", "lo", "up")
-        sh("ip", "-n", node, "link", "add", "ext0", "type", "veth", "peer", "name", "eth0",
-           "netns", out)
-        sh("ip", "-n", node, "addr", "add", "10.78.0.254/24", "dev", "ext0")
-        sh("ip", "-n", node, "link", "set", "ext0", "up")
-        sh("ip", "-n", out, "addr", "add", "10.78.0.1/24", "dev", "eth0")
-        sh("ip", "-n", out, "link", "set", "eth0", "up")
-        sh("ip", "-n", out, "route", "add", "10.77.0.0/16", "via", "10.78.0.254")
-        # Proxy ARP answers for 169.254.1.1 only when the node routes it elsewhere
-        # (a real node's default route does; Calico relies on that).
-        sh("ip", "-n", node, "route", "add", "default", "via", "10.78.0.1")
-        outside = Peer("ext", "host", out, "10.78.0.1")
-        for p in [*peers, outside]:
-            probers[p.id] = Prober(p.netns)
-        probers["node"] = Prober(node, tcp="", udp="")
-        yield {"node": node, "peers": peers, "outside": outside, "probers": probers,
-               "tag": tag, "nft": Nft(node)}
-    finally:
-        for p in probers.values():
-            p.close()
-        for ns in reversed(made):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    with PodNet() as net:
+        try:
+            for i, (ns, name, labels) in enumerate(PODS, start=1):
+                net.add_pod(ns, name, f"10.77.0.{i}", labels)
+            for p in [*net.pods.values(), net.outside]:
+                probers[p.id] = Prober(p.netns)
+            probers["node"] = Prober(net.node, tcp="", udp="")
+            yield {"net": net, "node": net.node, "peers": list(net.pods.values()),
+                   "outside": net.outside, "probers": probers, "nft": Nft(net.node)}
+        finally:
+            for p in probers.values():
+                p.close()
 
 
 def engine_for(lab, yaml_text: str = "") -> Engine:
     e = Engine("n1")
-    for i, peer in enumerate(lab["peers"], start=1):
+    for peer in lab["peers"]:
         e.update_endpoint(peer.id, endpoint_from_parts(
-            peer.id, peer.ns, "n1", f"cali{lab['tag']}{i}", [f"{peer.ip}/32"],
+            peer.id, peer.ns, "n1", lab["net"].iface(peer), [f"{peer.ip}/32"],
             dict(peer.labels), [f"kns.{peer.ns}"]))
     for res in parse_yaml_documents(yaml_text) if yaml_text else ():
         if res.kind == "Profile":
@@ -286,7 +241,7 @@ spec:
             i = rnd.randrange(1, 5)
             peer = lab["peers"][i - 1]
             e.update_endpoint(peer.id, endpoint_from_parts(
-                peer.id, peer.ns, "n1", f"cali{lab['tag']}{i}", [f"{peer.ip}/32"],
+                peer.id, peer.ns, "n1", lab["net"].iface(peer), [f"{peer.ip}/32"],
                 {"app": rnd.choice(apps)}, [f"kns.{peer.ns}"], [("web", 6, 8080)]))
         elif what == "remote":
             k = f"c/r{rnd.randrange(6)}"
