@@ -83,6 +83,11 @@ def proc_routes(pid: int) -> set[str]:
 
 def rss_tree(pid: int) -> int:
     """Resident bytes of `pid` and all its descendants."""
+    return sum(rss(p) for p in proc_tree(pid))
+
+
+def proc_tree(pid: int) -> list[int]:
+    """`pid` and all its live descendants."""
     children: dict[int, list[int]] = {}
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -93,11 +98,50 @@ def rss_tree(pid: int) -> int:
         except (OSError, IndexError, ValueError):
             continue
         children.setdefault(ppid, []).append(int(d))
-    total, todo = 0, [pid]
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
         todo.extend(children.get(p, ()))
-        total += rss(p)
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """User + system CPU seconds of `pid` (with `children`: plus its reaped children)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / _TICK
+
+
+def cpu_tree(pid: int) -> float:
+    """CPU seconds of a process tree: every live member, plus what its reaped
+    children used (so a relay that ExaBGP respawned still counts)."""
+    return sum(cpu_seconds(p) for p in proc_tree(pid))
+
+
+def peak_rss_tree(pid: int) -> int:
+    """Sum of each live tree member's peak resident size (VmHWM): an upper bound of
+    the tree's peak (the members need not peak at the same moment)."""
+    total = 0
+    for p in proc_tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
     return total
 
 
@@ -148,8 +192,9 @@ class Netns:
         harness.run("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
-    def link(self, ns1: str, addr1: str, ns2: str, addr2: str) -> None:
-        """A veth pair eth<n> between two namespaces with the given addresses (CIDR)."""
+    def link(self, ns1: str, addr1: str, ns2: str, addr2: str) -> tuple[str, str]:
+        """A veth pair between two namespaces with the given addresses (CIDR); its
+        (ns1 side, ns2 side) interface names."""
         self._links += 1
         a, b = f"{self.prefix}a{self._links}", f"{self.prefix}b{self._links}"
         harness.run("ip", "link", "add", a, "netns", ns1, "type", "veth", "peer", "name", b,
@@ -157,6 +202,13 @@ class Netns:
         for ns, ifn, addr in ((ns1, a, addr1), (ns2, b, addr2)):
             harness.run("ip", "-n", ns, "addr", "add", addr, "dev", ifn)
             harness.run("ip", "-n", ns, "link", "set", ifn, "up")
+        return a, b
+
+    def add_addresses(self, ns: str, ifname: str, cidrs: list[str]) -> None:
+        """Many addresses on one link in one `ip -batch` (hundreds of `ip` runs take seconds)."""
+        if cidrs:
+            harness.run("ip", "-n", ns, "-batch", "-",
+                        input="".join(f"addr add {c} dev {ifname}\n" for c in cidrs))
 
     def spawn(self, ns: str, cmd: list[str], log_name: str, *, pipes: bool = False,
               env: dict | None = None) -> subprocess.Popen:

@@ -521,24 +521,16 @@ class Daemon:
                 self._export_pending.clear()
                 continue
             pending, self._export_pending = self._export_pending, {}
-            for key, (full, routes) in pending.items():
-                announce: dict[object, list[str]] = {}
-                withdraw = []
-                for prefix, attrs in routes.items():
-                    if attrs is None:
-                        withdraw.append(prefix)
-                    else:
-                        announce.setdefault(attrs, []).append(prefix)
-                try:
-                    await speaker.update_exports(key, announce, withdraw, full=full)
-                    if full:
-                        # manual-eor: End-of-RIB only once the whole initial set is out,
-                        # so a restarting peer's GR helper never sweeps what we still send.
-                        afi = "ipv6" if ":" in key[0] else "ipv4"
-                        await speaker.command(f"neighbor {key[0]} announce eor {afi} unicast")
-                except Exception as e:
-                    # The speaker re-sends the whole desired set on reconnect/restart.
-                    log.warning("export_failed", peer=key[0], error=str(e))
+            try:
+                # Every peer's changes in one flush: a route going to many peers is one
+                # ExaBGP command, and no peer waits for another's acknowledgements.
+                await speaker.update_exports_many(pending)
+                # manual-eor: End-of-RIB only once the whole initial set is out, so a
+                # restarting peer's GR helper never sweeps what we still send.
+                await speaker.end_of_rib([k for k, (full, _) in pending.items() if full])
+            except Exception as e:
+                # The speaker re-sends the whole desired set on reconnect/restart.
+                log.warning("export_failed", peers=len(pending), error=str(e))
 
     def _on_fib_pass(self, report) -> None:
         self.metrics.fib_sync_seconds.observe(report.seconds)

@@ -4,15 +4,18 @@ The speaker (bgpd.exabgp.speaker) starts ExaBGP through this module instead of t
 ``exabgp`` console script. Arguments are passed to ExaBGP's own entry point
 unchanged, so everything ExaBGP does is the same except the cost per route.
 
-Why: ExaBGP 5.0.15 builds debug-log closures and strings for every NLRI it
-decodes (and looks its family up by formatting a string per NLRI) even when
-the log level is WARNING; no setting turns this off. At 100k routes that is
-a sizeable share of ExaBGP's CPU time, and ExaBGP's CPU time is podbgp's
-convergence time.
+Patches come in groups; each group is applied only on ExaBGP 5.0.15 (the pinned
+version), all of it or none of it, independently of the other groups: a group
+whose expected source text is not there is undone and ExaBGP runs without it
+(with a warning on stderr). ``PODBGP_EXABGP_UNPATCHED=1`` in the environment
+runs ExaBGP with no group at all; ``PODBGP_EXABGP_UNPATCHED=api`` (a
+comma-separated list of group names) leaves out just those groups.
 
-What is patched (only on ExaBGP 5.0.15, the pinned version; any other
-version runs unpatched with a warning on stderr, and so does any version when
-``PODBGP_EXABGP_UNPATCHED=1`` is in the environment):
+Group ``decode`` (receiving). ExaBGP 5.0.15 builds debug-log closures and
+strings for every NLRI it decodes (and looks its family up by formatting a
+string per NLRI) even when the log level is WARNING; no setting turns this
+off. At 100k routes that is a sizeable share of ExaBGP's CPU time, and
+ExaBGP's CPU time is podbgp's convergence time.
 
 - ``log.debug`` becomes a no-op whenever the configured level drops DEBUG
   (re-evaluated every time ExaBGP loads its log options);
@@ -23,10 +26,35 @@ version runs unpatched with a warning on stderr, and so does any version when
 - ``JSON._update`` caches the family tuple per (class, afi, safi) and the
   next-hop string per next-hop object within one UPDATE.
 
+Group ``api`` (sending to many neighbours). The speaker names every peer a
+route goes to in one command (``neighbor A , neighbor B ... announce
+attributes ...``); ExaBGP 5.0.15 then does O(neighbours x selectors) work per
+command (a ``re.escape`` + ``re.search`` per pair in ``match_neighbors``, a
+list membership test per neighbour in ``inject_change``) and deep-copies the
+route for every neighbour (``Neighbor.remove_self``): a reflector with N
+clients paid O(N^2) per reflected route (bench/rr_scale.py).
+
+- ``match_neighbors`` (and the modules that imported it by name) answers from
+  an index of the neighbours' names, built once per neighbour list: O(selectors
+  + neighbours) per command, the same answer in the same order (tested against
+  the original on generated inputs); any selector or name outside the simple
+  ``key value`` shape goes through the original matcher;
+- ``_Configuration.inject_change`` tests membership in a set, and hands the
+  parsed route to every neighbour's adj-rib-out as it is instead of a deep copy
+  per neighbour, unless its next hop is ``self`` (which ``remove_self``
+  rewrites per neighbour, on a copy, as before). Nothing in ExaBGP changes a
+  route held in an adj-rib-out (a withdrawal copies it first:
+  ``OutgoingRIB.del_from_rib``), so one object serves them all: the attributes
+  are shared, not copied per neighbour (the issue measured ~3.1 KB per route
+  per neighbour).
+
 Each source rewrite replaces exact text of ExaBGP's function and refuses
-(leaving ExaBGP unpatched) if the text is not there. Nothing here changes
-what ExaBGP sends or prints at WARNING level: tests/unit/test_exabgp_launch.py
-compares decoded JSON of patched and unpatched ExaBGP byte for byte. One
+(leaving its group unpatched) if the text is not there; a function replaced
+whole is checked against the SHA-256 of the source it replaces. Nothing here
+changes what ExaBGP sends or prints at WARNING level:
+tests/unit/test_exabgp_launch.py compares decoded JSON of patched and
+unpatched ExaBGP byte for byte, the matcher against the original, and the
+UPDATEs patched and unpatched ExaBGP send for the same commands. One
 difference: ExaBGP's developer warning about a non-callable debug message is
 no longer printed when DEBUG is off (there is no such call on these paths).
 
@@ -40,7 +68,7 @@ import inspect
 import os
 import sys
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 PINNED_VERSION = "5.0.15"
@@ -235,12 +263,15 @@ def _patch_json() -> None:
                             {"_podbgp_family_key": _family_key, "_podbgp_families": {}})
 
 
-def patch() -> bool:
-    """Apply every patch, or none: False (and a warning on stderr) if any does not fit."""
-    version = exabgp_version()
-    if version != PINNED_VERSION:
-        sys.stderr.write(f"podbgp: exabgp {version} is not {PINNED_VERSION}; running it unpatched\n")
-        return False
+def _patch_decode() -> None:
+    _patch_update()
+    _patch_peer()
+    _patch_nlri()
+    _patch_json()
+    _patch_logger()
+
+
+def _decode_targets() -> list[tuple[Any, str]]:
     from exabgp.bgp.message.update import Update
     from exabgp.bgp.message.update.nlri.nlri import NLRI
     from exabgp.logger import log
@@ -248,34 +279,220 @@ def patch() -> bool:
     from exabgp.reactor.api.response.json import JSON
     from exabgp.reactor.peer import Peer
 
-    saved = [(owner, name, owner.__dict__.get(name)) for owner, name in (
-        (log, "debug"), (option, "load"), (Update, "unpack_message"), (Peer, "_main"),
-        (NLRI, "unpack_nlri"), (JSON, "_update"))]
-    try:
-        _patch_update()
-        _patch_peer()
-        _patch_nlri()
-        _patch_json()
-        _patch_logger()
-    except (PatchError, OSError, SyntaxError, KeyError) as exc:
-        for owner, name, value in saved:
-            if value is None:
-                if name in owner.__dict__:
-                    delattr(owner, name)  # it was inherited: drop our shadowing attribute
+    return [(log, "debug"), (option, "load"), (Update, "unpack_message"), (Peer, "_main"),
+            (NLRI, "unpack_nlri"), (JSON, "_update")]
+
+
+# ---------------------------------------------------------------- group "api"
+
+# SHA-256 of the exact source of the functions replaced whole (ExaBGP 5.0.15).
+_MATCH_SOURCES = {
+    "match_neighbor": "dca3aaac8c0cb734a7c38d8e473e10e6f9b8dc0e10921f9c79de0635b1950203",
+    "match_neighbors": "fb09040781fd15ba8036c18e2a7a4e85f7a58f2ddbea629720229a1df0483244",
+}
+# Modules that did ``from ...limit import match_neighbors``: their name is rebound too.
+_MATCH_USERS = ("exabgp.reactor.api.command.announce", "exabgp.reactor.api.command.rib")
+
+
+def _simple_words(text: str) -> tuple[str, ...] | None:
+    """The words of ``text`` if it is words joined by single spaces with no comma
+    (the shape of ExaBGP's neighbour names and of ``key value`` selectors)."""
+    words = text.split(" ")
+    if not text or "," in text or any(not w or w != w.strip() or not w.isprintable()
+                                      for w in words):
+        return None
+    return tuple(words)
+
+
+class _NameIndex:
+    """For one list of neighbour names: which names hold a given one- or two-word
+    string at word boundaries (exactly what ExaBGP's regex tests for such a
+    string in such a name). Names of another shape are listed apart."""
+
+    __slots__ = ("by_words", "odd", "peers")
+
+    def __init__(self, peers: tuple[str, ...]) -> None:
+        self.peers = peers
+        self.by_words: dict[str, set[str]] = {}
+        self.odd: list[str] = []  # names the index cannot answer for
+        for name in peers:
+            words = _simple_words(name)
+            if words is None:
+                self.odd.append(name)
+                continue
+            for i, w in enumerate(words):
+                self.by_words.setdefault(w, set()).add(name)
+                if i + 1 < len(words):
+                    self.by_words.setdefault(f"{w} {words[i + 1]}", set()).add(name)
+
+
+def _make_matcher(original_match: Callable[[Any, str], bool],
+                  original_matches: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """``match_neighbors`` with an index: ExaBGP's ``match_neighbor`` answers only
+    for selectors and names the index cannot (and for lists that are not ExaBGP's
+    own: unhashable names go to ExaBGP's ``match_neighbors`` whole)."""
+    last: list[_NameIndex] = []
+
+    def index_for(peers: Any) -> _NameIndex | None:
+        key = tuple(peers)
+        if last and last[0].peers == key:
+            return last[0]
+        if not all(type(p) is str for p in key):
+            return None  # not a list of neighbour names
+        idx = _NameIndex(key)
+        last[:] = [idx]
+        return idx
+
+    def indexed(description: Any, idx: _NameIndex) -> set[str] | None:
+        """The (simple) names ``description`` matches, or None if the index cannot tell."""
+        if not isinstance(description, list) or len(description) != 1:
+            return None
+        string = description[0]
+        if not isinstance(string, str) or string.strip() == "neighbor *":
+            return None
+        words = _simple_words(string)
+        if words is None or len(words) > 2:
+            return None
+        return idx.by_words.get(string, set())
+
+    def match_neighbors(peers, descriptions):
+        """Return the sublist of peers matching the description passed, or None if no description is given"""
+        if not descriptions:
+            return peers
+        idx = index_for(peers)
+        if idx is None:
+            return original_matches(peers, descriptions)
+        matched: set[str] = set()
+        slow: list[Any] = []  # descriptions the index cannot answer
+        for description in descriptions:
+            found = indexed(description, idx)
+            if found is None:
+                slow.append(description)
             else:
-                setattr(owner, name, value)
-        sys.stderr.write(f"podbgp: could not patch exabgp ({exc}); running it unpatched\n")
+                matched |= found
+        odd = set(idx.odd)
+        returned = []
+        seen: set[str] = set()
+        for peer_name in peers:
+            if peer_name in seen:
+                continue
+            if peer_name in odd:
+                hit = any(original_match(d, peer_name) for d in descriptions)
+            else:
+                hit = peer_name in matched or any(original_match(d, peer_name) for d in slow)
+            if hit:
+                seen.add(peer_name)
+                returned.append(peer_name)
+        return returned
+
+    return match_neighbors
+
+
+def _patch_api() -> None:
+    import hashlib
+    import importlib
+
+    from exabgp.configuration.configuration import _Configuration
+    from exabgp.reactor.api.command import limit
+
+    for name, digest in _MATCH_SOURCES.items():
+        source = inspect.getsource(getattr(limit, name))
+        if hashlib.sha256(source.encode()).hexdigest() != digest:
+            raise PatchError(f"limit.{name}: source differs from the one this patch replaces")
+    matcher = _make_matcher(limit.match_neighbor, limit.match_neighbors)
+    users = [importlib.import_module(m) for m in _MATCH_USERS]
+    for module in users:
+        if module.__dict__.get("match_neighbors") is not limit.match_neighbors:
+            raise PatchError(f"{module.__name__}: does not use limit.match_neighbors")
+    _Configuration.inject_change = _rewrite(_Configuration, "inject_change", [
+        ("        result = False\n"
+         "        for neighbor_name in self.neighbors:\n"
+         "            if neighbor_name in peers:\n",
+         "        result = False\n"
+         "        _podbgp_peers = _podbgp_set(peers)\n"
+         "        for neighbor_name in self.neighbors:\n"
+         "            if neighbor_name in _podbgp_peers:\n"),
+        ("                    neighbor.rib.outgoing.add_to_rib(neighbor.remove_self(change))\n",
+         # Shared, not copied per neighbour: only a next hop `self` differs per neighbour.
+         "                    neighbor.rib.outgoing.add_to_rib(\n"
+         "                        neighbor.remove_self(change) if change.nlri.nexthop.SELF\n"
+         "                        else change)\n"),
+    ], {"_podbgp_set": _membership})
+    limit.match_neighbors = matcher
+    for module in users:
+        module.match_neighbors = matcher
+
+
+def _membership(peers: Any) -> Any:
+    """A set with the same ``in`` answers as ``peers`` (peers itself if unhashable)."""
+    try:
+        return set(peers)
+    except TypeError:
+        return peers
+
+
+def _api_targets() -> list[tuple[Any, str]]:
+    import importlib
+
+    from exabgp.configuration.configuration import _Configuration
+    from exabgp.reactor.api.command import limit
+
+    return [(limit, "match_neighbors"), (_Configuration, "inject_change"),
+            *((importlib.import_module(m), "match_neighbors") for m in _MATCH_USERS)]
+
+
+# name -> (apply, what it rebinds: restored if the group does not fit)
+GROUPS: dict[str, tuple[Callable[[], None], Callable[[], list[tuple[Any, str]]]]] = {
+    "decode": (_patch_decode, _decode_targets),
+    "api": (_patch_api, _api_targets),
+}
+
+
+def _restore(saved: list[tuple[Any, str, Any]]) -> None:
+    for owner, name, value in saved:
+        if value is None:
+            if name in vars(owner):
+                delattr(owner, name)  # it was inherited: drop our shadowing attribute
+        else:
+            setattr(owner, name, value)
+
+
+def patch(skip: Iterable[str] = ()) -> bool:
+    """Apply every group not in ``skip``, each all or nothing. False (and a warning on
+    stderr) if the version is not the pinned one or any group does not fit."""
+    version = exabgp_version()
+    if version != PINNED_VERSION:
+        sys.stderr.write(f"podbgp: exabgp {version} is not {PINNED_VERSION}; running it unpatched\n")
         return False
-    return True
+    ok = True
+    for group, (apply, targets) in GROUPS.items():
+        if group in skip:
+            continue
+        saved = [(owner, name, vars(owner).get(name)) for owner, name in targets()]
+        try:
+            apply()
+        except (PatchError, OSError, SyntaxError, KeyError, TypeError) as exc:
+            _restore(saved)
+            sys.stderr.write(f"podbgp: could not patch exabgp ({group}: {exc}); "
+                             f"running it without the {group!r} patches\n")
+            ok = False
+    return ok
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    # Escape hatch (and the A/B switch for benchmarks): plain ExaBGP, same command line.
-    if os.environ.get(UNPATCHED_ENV, "") not in ("", "0"):
+    # Escape hatch (and the A/B switch for benchmarks): plain ExaBGP, same command line;
+    # or a list of groups to leave out.
+    unpatched = os.environ.get(UNPATCHED_ENV, "").strip()
+    if unpatched in ("1", "true", "yes", "all"):
         sys.stderr.write(f"podbgp: {UNPATCHED_ENV} is set; running exabgp unpatched\n")
-    else:
+    elif unpatched in ("", "0"):
         patch()
+    else:
+        skip = {g.strip() for g in unpatched.split(",") if g.strip()}
+        sys.stderr.write(f"podbgp: {UNPATCHED_ENV}={unpatched}: without the "
+                         f"{', '.join(sorted(skip))} patches\n")
+        patch(skip)
     from exabgp.application.main import main as exabgp_main
 
     sys.argv = ["exabgp", *args]  # what the console script would see

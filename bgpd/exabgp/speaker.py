@@ -78,10 +78,42 @@ class SpeakerStats:
 
 @dataclass
 class _PeerExports:
-    """Per peer: what the daemon wants sent, and what ExaBGP has acknowledged."""
+    """Per peer: what the daemon wants sent, what ExaBGP has acknowledged, and which
+    prefixes may differ between the two (``all_dirty``: any of them)."""
 
     desired: dict[str, Hashable] = field(default_factory=dict)
     sent: dict[str, Hashable] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+    all_dirty: bool = True
+
+    def forget_sent(self) -> None:
+        """ExaBGP no longer holds what it acknowledged (restarted, or re-created the peer)."""
+        self.sent.clear()
+        self.dirty = set()
+        self.all_dirty = True
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One command: ``head`` + prefixes, for ``peers`` (attrs None: a withdrawal)."""
+
+    head: str
+    prefixes: list[str]
+    attrs: Hashable | None
+    peers: tuple[PeerKey, ...]
+
+
+def _by_peers(targets: Mapping[str, list[PeerKey]]) -> dict[tuple[PeerKey, ...], list[str]]:
+    """prefix -> peers, regrouped as peers -> prefixes (one command group each)."""
+    out: dict[tuple[PeerKey, ...], list[str]] = {}
+    for prefix, peers in targets.items():
+        out.setdefault(tuple(peers), []).append(prefix)
+    return out
+
+
+def _selector(peers: Iterable[PeerKey]) -> str:
+    """ExaBGP's neighbour selector for several peers: ``neighbor A , neighbor B``."""
+    return " , ".join(f"neighbor {key[0]}" for key in peers)
 
 
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
@@ -205,6 +237,7 @@ class Speaker:
         self._refs: dict[str, PeerRef] = {}
         self._up: set[str] = set()
         self._exports: dict[PeerKey, _PeerExports] = {}
+        self._peer_generation: dict[PeerKey, int] = {}  # config generation of its spec
         self._events: asyncio.Queue[ev.Event] = asyncio.Queue()
 
         self._proc: asyncio.subprocess.Process | None = None
@@ -355,7 +388,7 @@ class Speaker:
         """ExaBGP died: its sessions and announcements are gone with it."""
         self._drop_connection(SpeakerError("exabgp exited"))
         for exports in self._exports.values():
-            exports.sent.clear()
+            exports.forget_sent()
         for neighbor in sorted(self._up):
             self._events.put_nowait(ev.SessionDown(neighbor, "exabgp exited"))
         self._up.clear()
@@ -541,23 +574,24 @@ class Speaker:
         for key in removed:
             self._exports.pop(key, None)
             self._refs.pop(key[0], None)
+            self._peer_generation.pop(key, None)
         for key in changed:
             self._refs.pop(key[0], None)
             if key in self._exports:
                 # ExaBGP re-creates a changed neighbor; what it held is gone.
-                self._exports[key].sent.clear()
+                self._exports[key].forget_sent()
         self._write_config()
+        for key in (*added, *changed):
+            self._peer_generation[key] = self._config_generation
         log.info("peers_changed", added=[k[0] for k in added], removed=[k[0] for k in removed],
                  changed=[k[0] for k in changed])
         async with self._flush_lock:
             if self._writer is None or not await self._reload_if_needed():
                 return  # a new channel reloads and flushes everything
-            for key in (*added, *changed):
-                try:
-                    await self._flush_peer(key)
-                except SpeakerError as exc:
-                    log.warning("exports_deferred", neighbor=key[0], error=str(exc))
-                    return
+            try:
+                await self._flush_peers([*added, *changed])
+            except SpeakerError as exc:
+                log.warning("exports_deferred", error=str(exc))
 
     # -------------------------------------------------------------- exports
 
@@ -572,33 +606,61 @@ class Speaker:
         """
         exports = self._exports.setdefault(peer_key, _PeerExports())
         exports.desired = dict(routes)
-        await self._flush(peer_key)
+        exports.all_dirty = True
+        await self._flush((peer_key,))
 
     async def update_exports(self, peer_key: PeerKey, announce: Mapping[Hashable, Iterable[str]],
                              withdraw: Iterable[str] = (), full: bool = False) -> None:
         """Apply a delta (``rib.changes.ExportDelta`` shape) to a peer's desired set."""
-        exports = self._exports.setdefault(peer_key, _PeerExports())
-        if full:
-            exports.desired = {}
-        for prefix in withdraw:
-            exports.desired.pop(prefix, None)
+        routes: dict[str, Hashable | None] = dict.fromkeys(withdraw)
         for attrs, prefixes in announce.items():
             for prefix in prefixes:
-                exports.desired[prefix] = attrs
-        await self._flush(peer_key)
+                routes[prefix] = attrs
+        await self.update_exports_many({peer_key: (full, routes)})
+
+    async def update_exports_many(
+            self, changes: Mapping[PeerKey, tuple[bool, Mapping[str, Hashable | None]]]) -> None:
+        """Apply deltas for many peers at once: peer -> (full, {prefix: attributes, or
+        None to withdraw}); ``full`` replaces the peer's whole set. One flush for all:
+        a route going to many peers with the same attributes is ONE ExaBGP command
+        naming all of them (``neighbor A , neighbor B ... announce attributes ...``),
+        so a reflector's burst costs commands per route, not per route and peer."""
+        for key, (full, routes) in changes.items():
+            exports = self._exports.setdefault(key, _PeerExports())
+            desired = exports.desired
+            if full:
+                desired.clear()
+                exports.all_dirty = True
+            for prefix, attrs in routes.items():
+                if attrs is None:
+                    desired.pop(prefix, None)
+                else:
+                    desired[prefix] = attrs
+            if not exports.all_dirty:
+                exports.dirty.update(routes)
+        await self._flush(tuple(changes))
+
+    async def end_of_rib(self, keys: Iterable[PeerKey]) -> None:
+        """Send End-of-RIB (the session's unicast family) to each of ``keys``, one
+        command per family. Raises ``SpeakerError`` if the channel is down."""
+        keys = list(keys)
+        for ipv6, afi in ((False, "ipv4"), (True, "ipv6")):
+            peers = [k for k in keys if (":" in k[0]) == ipv6]
+            if peers:
+                await self.command(f"{_selector(peers)} announce eor {afi} unicast")
 
     def exports(self, peer_key: PeerKey) -> dict[str, Hashable]:
         e = self._exports.get(peer_key)
         return dict(e.desired) if e else {}
 
-    async def _flush(self, peer_key: PeerKey) -> None:
+    async def _flush(self, keys: Iterable[PeerKey]) -> None:
         async with self._flush_lock:
             try:
-                await self._flush_peer(peer_key)
+                await self._flush_peers(keys)
             except SpeakerError as exc:
                 # The channel went away mid-flush: what was not acknowledged is sent
                 # again on the next channel (or to the restarted ExaBGP).
-                log.warning("exports_deferred", neighbor=peer_key[0], error=str(exc))
+                log.warning("exports_deferred", error=str(exc))
 
     async def _resync(self) -> None:
         """A new channel: reload a config written meanwhile, then send every peer
@@ -606,51 +668,75 @@ class Speaker:
         async with self._flush_lock:
             if self._writer is None or not await self._reload_if_needed():
                 return
-            for key in list(self._exports):
-                try:
-                    await self._flush_peer(key)
-                except SpeakerError as exc:
-                    log.warning("exabgp_resync_interrupted", error=str(exc))
-                    return
+            try:
+                await self._flush_peers(list(self._exports))
+            except SpeakerError as exc:
+                log.warning("exabgp_resync_interrupted", error=str(exc))
 
-    async def _flush_peer(self, key: PeerKey) -> None:
-        spec = self._peers.get(key)
-        exports = self._exports.get(key)
-        if spec is None or exports is None or self._writer is None:
-            return  # sent when the peer is configured / the channel is up
-        desired, sent = exports.desired, exports.sent
-        withdraw: dict[Hashable, list[str]] = {}
-        for prefix, attrs in sent.items():
-            if prefix not in desired:
-                withdraw.setdefault(getattr(attrs, "next_hop", None), []).append(prefix)
-        announce: dict[Hashable, list[str]] = {}
-        for prefix, attrs in desired.items():
-            if sent.get(prefix) != attrs:
-                announce.setdefault(attrs, []).append(prefix)
+    def _in_exabgp(self, key: PeerKey) -> bool:
+        """The running ExaBGP has this peer's current definition (its config is loaded).
+
+        A command naming several neighbours is answered ``done`` if ANY of them
+        exists, so a peer ExaBGP does not have yet must not be named at all."""
+        return self._peer_generation.get(key, self._loaded_generation + 1) \
+            <= self._loaded_generation
+
+    async def _flush_peers(self, keys: Iterable[PeerKey]) -> None:
+        """Send what ExaBGP has not acknowledged for ``keys``: each (attributes,
+        target peers) group once, as commands of up to BATCH_SIZE prefixes."""
+        if self._writer is None:
+            return  # sent when the channel is up
+        # (next hop, IPv6 session) / (attributes, IPv6 session) -> prefix -> peers; the
+        # family is part of the key so that one command never mixes IPv4 and IPv6 sessions
+        withdraw: dict[tuple[Hashable, bool], dict[str, list[PeerKey]]] = {}
+        announce: dict[tuple[Hashable, bool], dict[str, list[PeerKey]]] = {}
+        for key in keys:
+            spec = self._peers.get(key)
+            exports = self._exports.get(key)
+            if spec is None or exports is None or not self._in_exabgp(key):
+                continue  # sent when the peer is configured and loaded
+            desired, sent = exports.desired, exports.sent
+            if exports.all_dirty:
+                candidates: Iterable[str] = [*desired, *(p for p in sent if p not in desired)]
+            else:
+                candidates = exports.dirty
+            exports.dirty = set()
+            exports.all_dirty = False
+            for prefix in candidates:
+                want, have = desired.get(prefix), sent.get(prefix)
+                if want is None:
+                    if have is not None:
+                        withdraw.setdefault((getattr(have, "next_hop", None), spec.ipv6), {}) \
+                            .setdefault(prefix, []).append(key)
+                elif have is not want and have != want:
+                    announce.setdefault((want, spec.ipv6), {}).setdefault(prefix, []) \
+                        .append(key)
         if not withdraw and not announce:
             return
-        who = f"neighbor {spec.address}"
-        batches: list[tuple[str, list[str], Hashable | None]] = []
-        for nh, prefixes in withdraw.items():
-            head = f"{who} withdraw attributes next-hop {nh} nlri" if nh else \
-                f"{who} withdraw attributes nlri"
-            for i in range(0, len(prefixes), BATCH_SIZE):
-                batches.append((head, prefixes[i:i + BATCH_SIZE], None))
-        for attrs, prefixes in announce.items():
+        batches: list[_Batch] = []
+        for (nh, _v6), targets in withdraw.items():
+            for peers, prefixes in _by_peers(targets).items():
+                who = _selector(peers)
+                head = f"{who} withdraw attributes next-hop {nh} nlri" if nh else \
+                    f"{who} withdraw attributes nlri"
+                for i in range(0, len(prefixes), BATCH_SIZE):
+                    batches.append(_Batch(head, prefixes[i:i + BATCH_SIZE], None, peers))
+        for (attrs, ipv6), targets in announce.items():
             try:
-                head = f"{who} announce attributes {attributes_text(attrs)} nlri"
+                text = attributes_text(attrs)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 # One bad attribute set must not block the rest; it stays unsent.
-                log.error("export_rejected", neighbor=spec.address, error=str(exc),
-                          prefixes=len(prefixes))
+                log.error("export_rejected", error=str(exc), prefixes=len(targets))
                 continue
-            good = self._good_prefixes(prefixes, spec.ipv6)
-            if len(good) != len(prefixes):
-                log.error("export_prefixes_rejected", neighbor=spec.address,
-                          count=len(prefixes) - len(good))
-            for i in range(0, len(good), BATCH_SIZE):
-                batches.append((head, good[i:i + BATCH_SIZE], attrs))
-        await self._send_batches(key, batches)
+            for peers, prefixes in _by_peers(targets).items():
+                good = self._good_prefixes(prefixes, ipv6)
+                if len(good) != len(prefixes):
+                    log.error("export_prefixes_rejected", neighbors=[k[0] for k in peers],
+                              count=len(prefixes) - len(good))
+                head = f"{_selector(peers)} announce attributes {text} nlri"
+                for i in range(0, len(good), BATCH_SIZE):
+                    batches.append(_Batch(head, good[i:i + BATCH_SIZE], attrs, peers))
+        await self._send_batches(batches)
 
     @staticmethod
     def _good_prefixes(prefixes: list[str], ipv6: bool) -> list[str]:
@@ -661,32 +747,60 @@ class Speaker:
                 good.append(p)
         return good
 
-    async def _send_batches(self, key: PeerKey,
-                            batches: list[tuple[str, list[str], Hashable | None]]) -> None:
-        exports = self._exports[key]
-        inflight: deque[tuple[asyncio.Future[bool], list[str], Hashable | None, str]] = deque()
+    async def _send_batches(self, batches: list[_Batch]) -> None:
+        """Send with up to WINDOW commands in flight; book each acknowledged batch as
+        sent for its peers. A batch that fails (or is never answered) stays unsent
+        and dirty, so the next flush tries it again."""
+        inflight: deque[tuple[asyncio.Future[bool], _Batch]] = deque()
 
         async def settle_one() -> None:
-            fut, prefixes, attrs, head = inflight.popleft()
-            ok = await self._wait_ack(fut, head)
+            fut, b = inflight.popleft()
+            try:
+                ok = await self._wait_ack(fut, b.head)
+            except BaseException:
+                self._redirty(b)
+                raise
             if not ok:
+                self._redirty(b)
                 return
-            if attrs is None:
-                for p in prefixes:
-                    exports.sent.pop(p, None)
-                self.stats.prefixes_withdrawn += len(prefixes)
+            for key in b.peers:
+                exports = self._exports.get(key)
+                if exports is None:
+                    continue  # removed meanwhile
+                sent = exports.sent
+                if b.attrs is None:
+                    for p in b.prefixes:
+                        sent.pop(p, None)
+                else:
+                    for p in b.prefixes:
+                        sent[p] = b.attrs
+            if b.attrs is None:
+                self.stats.prefixes_withdrawn += len(b.prefixes) * len(b.peers)
             else:
-                for p in prefixes:
-                    exports.sent[p] = attrs
-                self.stats.prefixes_announced += len(prefixes)
+                self.stats.prefixes_announced += len(b.prefixes) * len(b.peers)
 
-        for head, prefixes, attrs in batches:
-            inflight.append((self._send(head + " " + " ".join(prefixes)), prefixes, attrs, head))
-            await self._drain()
-            while len(inflight) >= WINDOW:
+        try:
+            for i, b in enumerate(batches):
+                try:
+                    inflight.append((self._send(b.head + " " + " ".join(b.prefixes)), b))
+                except SpeakerError:
+                    for later in batches[i:]:
+                        self._redirty(later)
+                    raise
+                await self._drain()
+                while len(inflight) >= WINDOW:
+                    await settle_one()
+            while inflight:
                 await settle_one()
-        while inflight:
-            await settle_one()
+        finally:
+            for _, b in inflight:  # abandoned by an exception: not acknowledged
+                self._redirty(b)
+
+    def _redirty(self, b: _Batch) -> None:
+        for key in b.peers:
+            exports = self._exports.get(key)
+            if exports is not None and not exports.all_dirty:
+                exports.dirty.update(b.prefixes)
 
     # --------------------------------------------------------------- events
 

@@ -58,3 +58,45 @@ def test_convergence_quick_podbgp_and_bird2():
     assert m, last
     assert float(m.group(1)) == pytest.approx(rows["podbgp"][1], abs=0.0015)
     assert _bench_namespaces() <= before, "benchmark namespaces left behind"
+
+
+def _rr_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("rs")}
+
+
+def test_rr_scale_quick_podbgp_and_bird2():
+    """bench.rr_scale --quick: 20 simulated clients, podbgp and BIRD 2 as the reflector.
+
+    Both must converge with every reflected route correct (RFC 4456 §8: next hop
+    kept, ORIGINATOR_ID, CLUSTER_LIST: checked by bench.rrclients on every route),
+    with no session reset, and print the comparison and the targets."""
+    require_root()
+    require_binary("bird")
+    before = _rr_namespaces()
+    r = subprocess.run([sys.executable, "-m", "bench.rr_scale", "--quick"], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
+    out = r.stdout
+    rows = {}
+    for label in ("podbgp", "BIRD 2"):
+        m = re.search(rf"\|\s+20 \|\s+{label} \|\s+1/1 \|\s+([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+) \|"
+                      rf"\s+([\d,]+) \|", out)
+        assert m, f"no result row for {label}:\n{out}"
+        rows[label] = [float(g.replace(",", "")) for g in m.groups()]
+    for label, (sessions, conv, start, rate) in rows.items():
+        # every session is up before the last client completes; the start clock is the longer
+        assert 0 < conv <= start < 120, (label, conv, start)
+        assert sessions <= start, (label, sessions, start)
+        # 20 clients x 19 routes each, over the convergence time (3-decimal rounding)
+        assert rate == pytest.approx(380 / conv, rel=0.02, abs=1), (label, rate, conv)
+    assert re.search(r"- reflection attributes correct \(next hop, ORIGINATOR_ID, CLUSTER_LIST\)"
+                     r": met \(0 wrong\)", out), out
+    assert re.search(r"- no session reset under the burst: met \(0 resets\)", out), out
+    m = re.search(r"peak RSS MiB \(BIRD / podbgp RR / podbgp node\)", out)
+    assert m, out
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"rr_scale: N=20 podbgp/BIRD 2 convergence [\d.]+x \(start->all [\d.]+x\)"
+                        r", one withdrawal reaches all in [\d.]+ ms \(BIRD 2 [\d.]+ ms\), RSS "
+                        r"[\d.]+x a plain node, 0 resets", last), last
+    assert _rr_namespaces() <= before, "benchmark namespaces left behind"

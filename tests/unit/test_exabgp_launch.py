@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bgpd.exabgp import launch as exabgp_launch
 
@@ -293,3 +295,180 @@ def test_unpatched_env_switch(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "running exabgp unpatched" in out.stderr
     assert "5.0.15" in out.stdout
+
+
+# ------------------------------------------------------------------ group "api"
+
+# Drives ExaBGP's own API command handlers against a loaded configuration (a fake
+# reactor runs each scheduled callback to the end), then prints, per neighbour, the
+# UPDATE messages its adj-rib-out would send, as hex, and which neighbours share the
+# route objects. argv[1]: "patched" or "plain"; argv[2:]: commands.
+SENDER = r"""
+import sys
+mode = sys.argv[1]
+if mode == "patched":
+    import bgpd.exabgp.launch as launch
+    assert launch.patch(), "patch() refused"
+from exabgp.environment import getenv
+from exabgp.logger import log
+from exabgp.configuration.configuration import Configuration
+from exabgp.configuration.check import _negotiated
+from exabgp.reactor.api import API
+env = getenv(); env.tcp.bind = ""; log.init(env)
+peers = ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.30"]
+conf = " ".join(
+    f"neighbor {p} {{ router-id 10.0.0.1; local-address 10.0.0.1; local-as 65000; "
+    f"peer-as 65000; family {{ ipv4 unicast; }} capability {{ route-refresh; }} }}"
+    for p in peers)
+configuration = Configuration([conf], text=True)
+assert configuration.reload(), configuration.error
+answers = []
+class Processes:
+    def answer_done(self, service, force=False): answers.append("done")
+    def answer_error(self, service): answers.append("error")
+class Async:
+    def schedule(self, uid, command, callback):
+        for _ in callback: pass
+class Reactor:
+    def __init__(self):
+        self.configuration, self.processes, self.asynchronous = configuration, Processes(), Async()
+    def peers(self, service=""): return list(configuration.neighbors)
+    def established_peers(self): return set(configuration.neighbors)
+reactor = Reactor()
+api = API(reactor)
+for command in sys.argv[2:]:
+    api.process(reactor, "podbgp", command)
+print("answers", " ".join(answers))
+seen = {}
+for name, neighbor in sorted(configuration.neighbors.items()):
+    out = []
+    for change in neighbor.rib.outgoing.queued_changes():
+        seen.setdefault(id(change), []).append(name.split()[1])
+    negotiated = _negotiated(neighbor)
+    for update in neighbor.rib.outgoing.updates(True):
+        for message in update.messages(negotiated):
+            out.append(message.hex())
+    print(name.split()[1], " ".join(sorted(out)))
+print("shared", max(len(v) for v in seen.values()) if seen else 0)
+"""
+
+API_COMMANDS = [
+    # one route to three of four neighbours, as the speaker groups them
+    "neighbor 10.0.0.2 , neighbor 10.0.0.3 , neighbor 10.0.0.4 announce attributes next-hop "
+    "10.0.1.2 origin igp as-path [ ] local-preference 100 originator-id 10.0.1.2 "
+    "cluster-list [ 244.0.0.1 ] nlri 10.1.0.0/26 10.1.0.64/26",
+    # a selector that is a prefix of another neighbour's address must not match it
+    "neighbor 10.0.0.3 announce attributes next-hop 10.0.1.3 origin igp as-path [ ] "
+    "local-preference 100 nlri 10.2.0.0/26",
+    "neighbor 10.0.0.2 , neighbor 10.0.0.4 withdraw attributes next-hop 10.0.1.2 nlri "
+    "10.1.0.64/26",
+    # next-hop self is rewritten per neighbour (on a copy, as before)
+    "neighbor 10.0.0.2 , neighbor 10.0.0.30 announce attributes next-hop self origin igp "
+    "as-path [ ] local-preference 100 nlri 10.3.0.0/26",
+    "neighbor 10.9.9.9 announce attributes next-hop 10.0.1.2 nlri 10.4.0.0/26",
+]
+
+
+def send(mode: str, commands: list[str]) -> list[str]:
+    out = subprocess.run([sys.executable, "-c", SENDER, mode, *commands], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.splitlines()
+
+
+def test_api_patches_send_the_same_updates_sharing_the_routes() -> None:
+    patched, plain = send("patched", API_COMMANDS), send("plain", API_COMMANDS)
+    assert patched[:-1] == plain[:-1]
+    lines = dict(line.split(" ", 1) for line in patched[:-1])
+    assert lines["answers"] == "done done done done error"  # 10.9.9.9 is no neighbour
+    # the grouped route reached exactly the three named neighbours, 10.0.0.3's own only it
+    route_a, route_b = "1a0a0100", "1a0a0200"  # 10.1.0.0/26, 10.2.0.0/26 as NLRI
+    assert [route_a in lines[p] for p in ("10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.30")] == \
+        [True, True, True, False]
+    assert [route_b in lines[p] for p in ("10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.30")] == \
+        [False, True, False, False]
+    # next-hop self: each neighbour got its own local address as next hop (10.0.0.1)
+    assert "4003040a000001" in lines["10.0.0.30"]  # NEXT_HOP 10.0.0.1
+    # ExaBGP deep-copied every route per neighbour; patched, one object serves all three
+    assert plain[-1] == "shared 1" and patched[-1] == "shared 3"
+
+
+# ExaBGP's neighbour names and selectors, and odd ones (tabs, commas, unicode spaces,
+# 'neighbor *', multi-word strings) that must go to the original matcher.
+_word = st.sampled_from(["neighbor", "local-ip", "peer-as", "10.0.0.1", "10.0.0.10",
+                         "10.0.0.100", "65000", "in-open", "*", "a,b", "x\ty", "é", "",
+                         "router-id", "10.0.0", "\u2003"])
+_name = st.one_of(
+    st.builds(lambda a, b: f"neighbor {a} local-ip 10.0.0.254 local-as 65000 peer-as {b} "
+              "router-id 10.0.0.254 family-allowed in-open",
+              st.sampled_from(["10.0.0.1", "10.0.0.10", "10.0.0.100", "fd00::1"]),
+              st.sampled_from(["65000", "65001"])),
+    st.lists(_word, min_size=1, max_size=6).map(" ".join),
+)
+_string = st.one_of(
+    st.builds(lambda a: f"neighbor {a}", st.sampled_from(
+        ["10.0.0.1", "10.0.0.10", "10.0.0.100", "fd00::1", "10.0.0", "*"])),
+    st.sampled_from(["neighbor *", " neighbor * ", "peer-as 65001", "local-ip 10.0.0.254",
+                     "65000 router-id", "in-open", "neighbor 10.0.0.1 local-ip 10.0.0.254"]),
+    st.lists(_word, min_size=1, max_size=3).map(" ".join),
+)
+_descriptions = st.lists(st.lists(_string, min_size=1, max_size=3), max_size=5)
+
+
+@settings(max_examples=400, deadline=None)
+@given(peers=st.lists(_name, max_size=8), descriptions=_descriptions)
+def test_indexed_matcher_answers_as_exabgps(peers, descriptions) -> None:
+    from exabgp.reactor.api.command import limit
+
+    fast = exabgp_launch._make_matcher(limit.match_neighbor, limit.match_neighbors)
+    assert fast(peers, descriptions) == limit.match_neighbors(peers, descriptions)
+    # the second call answers from the cached index: the same again
+    assert fast(list(peers), descriptions) == limit.match_neighbors(peers, descriptions)
+
+
+def test_matcher_is_linear_in_neighbours_and_selectors() -> None:
+    from exabgp.reactor.api.command import limit
+
+    names = [f"neighbor 172.30.{i // 250}.{i % 250} local-ip 172.30.9.1 local-as 64512 "
+             f"peer-as 64512 router-id 172.30.9.1 family-allowed in-open" for i in range(1000)]
+    descriptions, _ = limit.extract_neighbors(
+        " , ".join(f"neighbor 172.30.{i // 250}.{i % 250}" for i in range(0, 1000, 2))
+        + " announce attributes next-hop 1.2.3.4 nlri 10.0.0.0/26")
+    assert len(descriptions) == 500
+    fast = exabgp_launch._make_matcher(limit.match_neighbor, limit.match_neighbors)
+    assert fast(names, descriptions) == names[::2]
+    # 1000 x 500 regex searches (the original) take seconds; the index a few ms
+    import time
+
+    t0 = time.perf_counter()
+    for _ in range(20):
+        fast(names, descriptions)
+    assert (time.perf_counter() - t0) / 20 < 0.05
+
+
+def test_a_group_that_does_not_fit_leaves_the_others_applied() -> None:
+    out = _run(TARGETS + """
+import hashlib, bgpd.exabgp.launch as launch
+from exabgp.reactor.api.command import limit, announce
+from exabgp.configuration.configuration import _Configuration
+original = (limit.match_neighbors, announce.match_neighbors, _Configuration.inject_change)
+launch._MATCH_SOURCES["match_neighbors"] = "0" * 64  # as if ExaBGP's source had changed
+before = snapshot()
+assert launch.patch() is False
+assert (limit.match_neighbors, announce.match_neighbors, _Configuration.inject_change) == original
+after = snapshot()
+assert all(a is not b for a, b in zip(before, after)), "the decode group was not applied"
+""")
+    assert out.returncode == 0, out.stderr
+    assert "could not patch exabgp (api: limit.match_neighbors: source differs" in out.stderr
+    assert "running it without the 'api' patches" in out.stderr
+
+
+def test_unpatched_env_switch_per_group(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bgpd.exabgp.launch", "version"],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False,
+                         env={**os.environ, "PYTHONPATH": str(ROOT),
+                              exabgp_launch.UNPATCHED_ENV: "api"})
+    assert out.returncode == 0, out.stderr
+    assert f"{exabgp_launch.UNPATCHED_ENV}=api: without the api patches" in out.stderr

@@ -138,6 +138,83 @@ async def test_update_exports_delta(speaker) -> None:
     assert commands(speaker)[-1].endswith("withdraw attributes next-hop 10.0.0.1 nlri 10.1.0.0/24")
 
 
+KEY2, KEY3 = ("10.0.0.3", 179), ("10.0.0.4", 179)
+
+
+async def test_a_route_for_many_peers_is_one_command(speaker) -> None:
+    """A reflector's shape: each peer gets every route but its own. One command per
+    (attributes, set of peers), naming every peer, not one per route and peer."""
+    await started(speaker, peers=[spec(), spec("10.0.0.3"), spec("10.0.0.4")])
+    before = len(commands(speaker))
+    own = {KEY: "10.2.0.0/26", KEY2: "10.3.0.0/26", KEY3: "10.4.0.0/26"}
+    await speaker.update_exports_many({
+        key: (True, {p: A1 for k, p in own.items() if k != key} | {"10.9.0.0/26": A2})
+        for key in own})
+    new = [c for c in commands(speaker)[before:] if c != "reload"]  # the start-up reload
+    assert sorted(new) == sorted([
+        "neighbor 10.0.0.3 , neighbor 10.0.0.4 announce attributes next-hop 10.0.0.1 origin "
+        "igp as-path [ 65000 ] nlri 10.2.0.0/26",
+        "neighbor 10.0.0.2 , neighbor 10.0.0.4 announce attributes next-hop 10.0.0.1 origin "
+        "igp as-path [ 65000 ] nlri 10.3.0.0/26",
+        "neighbor 10.0.0.2 , neighbor 10.0.0.3 announce attributes next-hop 10.0.0.1 origin "
+        "igp as-path [ 65000 ] nlri 10.4.0.0/26",
+        "neighbor 10.0.0.2 , neighbor 10.0.0.3 , neighbor 10.0.0.4 announce attributes "
+        + attributes_text(A2) + " nlri 10.9.0.0/26",
+    ])
+    # One withdrawal reaching everyone: one command; nothing else is re-sent.
+    before = len(commands(speaker))
+    await speaker.update_exports_many({k: (False, {"10.9.0.0/26": None}) for k in own})
+    assert commands(speaker)[before:] == [
+        "neighbor 10.0.0.2 , neighbor 10.0.0.3 , neighbor 10.0.0.4 withdraw attributes "
+        "next-hop 10.0.0.1 nlri 10.9.0.0/26"]
+    await speaker.end_of_rib(list(own))
+    assert commands(speaker)[-1] == (
+        "neighbor 10.0.0.2 , neighbor 10.0.0.3 , neighbor 10.0.0.4 announce eor ipv4 unicast")
+    assert speaker.exports(KEY2) == {"10.2.0.0/26": A1, "10.4.0.0/26": A1}
+
+
+async def settled(sp: Speaker) -> None:
+    """The start-up resync (reload, then a flush) is over."""
+    await _until(lambda: "reload" in commands(sp))
+    async with sp._flush_lock:
+        pass
+
+
+async def test_an_error_for_a_grouped_command_retries_it_for_every_peer(speaker) -> None:
+    # The fake answers `error` to any command naming 6.6.6.6: the command is not
+    # booked as sent for 10.0.0.2 either, so both get it again on the next flush.
+    await started(speaker, peers=[spec(), spec("6.6.6.6")])
+    await settled(speaker)
+    bad = ("6.6.6.6", 179)
+    await speaker.update_exports_many({KEY: (False, {"10.7.0.0/24": A1}),
+                                       bad: (False, {"10.7.0.0/24": A1})})
+    assert speaker.stats.commands_failed == 1
+    assert commands(speaker)[-1].startswith("neighbor 10.0.0.2 , neighbor 6.6.6.6 announce")
+    await speaker.update_exports_many({KEY: (False, {"10.8.0.0/24": A1})})
+    # 10.0.0.2 gets its new route and, again, the unacknowledged one
+    sent = [c for c in commands(speaker) if c.startswith("neighbor 10.0.0.2 announce")]
+    assert sorted(nlri(sent[-1])) == ["10.7.0.0/24", "10.8.0.0/24"]
+
+
+async def test_a_peer_exabgp_has_not_loaded_is_never_named(speaker) -> None:
+    """A command naming several neighbours is `done` if any exists: a peer whose config
+    ExaBGP has not loaded yet must be left out, not booked as sent."""
+    await started(speaker, peers=[spec(), spec("10.0.0.3")])
+    await settled(speaker)
+    # As if 10.0.0.3 had been added by a config ExaBGP has not reloaded yet.
+    speaker._peer_generation[KEY2] = speaker._loaded_generation + 1
+    await speaker.update_exports_many({KEY: (False, {"10.7.0.0/24": A1}),
+                                       KEY2: (False, {"10.7.0.0/24": A1})})
+    assert commands(speaker)[-1] == (
+        "neighbor 10.0.0.2 announce attributes next-hop 10.0.0.1 origin igp as-path [ 65000 ] "
+        "nlri 10.7.0.0/24")
+    speaker._loaded_generation += 1  # the reload went through
+    await speaker.update_exports_many({KEY2: (False, {})})
+    assert commands(speaker)[-1] == (
+        "neighbor 10.0.0.3 announce attributes next-hop 10.0.0.1 origin igp as-path [ 65000 ] "
+        "nlri 10.7.0.0/24")
+
+
 async def test_exports_for_unconfigured_peer_wait_for_set_peers(speaker) -> None:
     await started(speaker, peers=[])
     await speaker.set_exports(KEY, {"10.9.0.0/24": A1})
