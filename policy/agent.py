@@ -86,6 +86,33 @@ def endpoint_of(wep: WorkloadEndpoint) -> Endpoint:
         labels=wep.labels, profiles=spec.profiles, ports=ports)
 
 
+class Unenforceable(ValueError):
+    """A valid resource the agent cannot enforce exactly; the message says why."""
+
+
+def feed(engine: Engine, res: Any) -> None:
+    """Give one datastore resource to the engine (policy, profile or endpoint).
+
+    Raises `Unenforceable` for a policy or profile with a field in its spec that
+    podbgp does not model (a newer Calico's match would make the rule broader if
+    ignored) or that fails to compile. Used by the agent and `bgpctl policy show`.
+    """
+    if isinstance(res, WorkloadEndpoint):
+        engine.update_endpoint(endpoint_key(res), endpoint_of(res))
+        return
+    unknown = [p for p, _ in unknown_fields(res) if p.startswith("spec.")]
+    if unknown:
+        raise Unenforceable(f"fields podbgp-policy cannot enforce: {', '.join(unknown[:5])}")
+    try:
+        if isinstance(res, (NetworkPolicy, GlobalNetworkPolicy)):
+            p = normalize_policy(res)
+            engine.update_policy(p.id, p)
+        elif isinstance(res, Profile):
+            engine.update_profile(res.metadata.name, normalize_profile(res))
+    except Exception as e:  # anything a valid-looking resource provokes: refuse it
+        raise Unenforceable(f"cannot be compiled: {e}") from None
+
+
 class PolicyAgent:
     """Datastore snapshots in, nft transactions out. See the module docstring."""
 
@@ -135,22 +162,10 @@ class PolicyAgent:
         return changed
 
     def _take(self, key: str, res: Any) -> None:
-        if isinstance(res, WorkloadEndpoint):
-            self.engine.update_endpoint(endpoint_key(res), endpoint_of(res))
-            return
-        unknown = [p for p, _ in unknown_fields(res) if p.startswith("spec.")]
-        if unknown:
-            self._reject(key, res.kind, f"fields podbgp-policy cannot enforce: "
-                         f"{', '.join(unknown[:5])}")
-            return
         try:
-            if isinstance(res, (NetworkPolicy, GlobalNetworkPolicy)):
-                p = normalize_policy(res)
-                self.engine.update_policy(p.id, p)
-            elif isinstance(res, Profile):
-                self.engine.update_profile(res.metadata.name, normalize_profile(res))
-        except Exception as e:  # anything a valid-looking resource provokes: reject it
-            self._reject(key, res.kind, f"cannot be compiled: {e}")
+            feed(self.engine, res)
+        except Unenforceable as e:
+            self._reject(key, res.kind, str(e))
             return
         self._rejected.pop(key, None)
 

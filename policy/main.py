@@ -53,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "Calico's name; default cali, as podbgp-cni names them). Forwarded traffic "
                    "on such an interface the agent has not programmed yet is dropped")
     p.add_argument("--resync-interval", default=_env("PODBGP_POLICY_RESYNC_INTERVAL", "10"),
-                   help="seconds between read-backs of the table (repairing any change made by "
-                   "someone else; default 10)")
+                   help="seconds between read-backs of the table, repairing any change made by "
+                   "someone else (PODBGP_POLICY_RESYNC_INTERVAL; default 10)")
     p.add_argument("--remove-table", action="store_true",
                    help="delete the agent's table and exit (uninstall: pods are no longer "
                    "policed, and new pods are no longer held until programmed)")
@@ -123,13 +123,35 @@ async def _serve(opts: PolicyOptions) -> int:
                   error=e.strerror)
         return 1
     install_signal_handlers(agent)
+    notifier = asyncio.create_task(_sd_notify(agent), name="sd-notify")
     log.info("policy_agent_starting", node=c.node, table=f"inet {opts.table}",
              etcd=",".join(c.etcd_endpoints), interface_prefixes=",".join(opts.iface_prefixes))
     try:
         await agent.run()
     finally:
+        notifier.cancel()
         await http.stop()
     return 0
+
+
+async def _sd_notify(agent) -> None:
+    """READY=1 once the table holds the datastore's policy, STOPPING=1 at the end,
+    WATCHDOG=1 from the event loop (systemd Type=notify; a no-op elsewhere)."""
+    from bgpd.ops.sdnotify import Notifier
+
+    n = Notifier()
+    if not n.enabled:
+        return
+    ready = False
+    try:
+        while True:
+            if not ready and agent.programmed_once:
+                ready = n.ready("enforcing")
+            if n.watchdog_interval:
+                n.watchdog()
+            await asyncio.sleep(min(n.watchdog_interval or 1.0, 1.0))
+    finally:
+        n.stopping()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,8 @@ import yaml
 from bgpd import __version__
 
 PLUGINS = (("node", "bgpd.ctl.status", "this node's podbgp daemon (node status)"),
-           ("ipam", "bgpd.ctl.ipam", "IP address management (ipam show, ipam release)"))
+           ("ipam", "bgpd.ctl.ipam", "IP address management (ipam show, ipam release)"),
+           ("policy", "bgpd.ctl.policy", "network policy (policy show)"))
 OUTPUTS = ("ps", "wide", "yaml", "json")
 API_VERSION = "projectcalico.org/v3"
 

@@ -213,9 +213,13 @@ def test_service_and_servicemonitor_select_the_pods() -> None:
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     port_names = {p["name"]: p for p in svc["spec"]["ports"]}
-    container_ports = {p["name"]: p["containerPort"] for p in container(ds)["ports"]}
+    containers = ds["spec"]["template"]["spec"]["containers"]
+    container_ports = {p["name"]: (p["containerPort"], c) for c in containers
+                       for p in c["ports"]}
     for p in port_names.values():
-        assert container_ports[p["targetPort"]] == p["port"] == listen_port(container(ds))
+        port, owner = container_ports[p["targetPort"]]
+        listen = next(e["value"] for e in owner["env"] if e["name"].endswith("HTTP_LISTEN"))
+        assert port == p["port"] == int(listen.rpartition(":")[2])
     # ServiceMonitor: a CRD, so its shape is checked here.
     assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["kind"] == "ServiceMonitor"
     assert set(sm["spec"]) <= {"jobLabel", "namespaceSelector", "selector", "endpoints",
@@ -269,3 +273,36 @@ def test_sidecar_patch_merges_into_calico_node(tmp_path: Path) -> None:
     assert podbgp_env["ETCD_ENDPOINTS"]["valueFrom"] == env_of(calico)["ETCD_ENDPOINTS"][
         "valueFrom"
     ]
+
+
+POLICY_ENV = {"NODENAME", "HOST_IP", "PODBGP_POLICY_HTTP_LISTEN", "DATASTORE_TYPE",
+              "ETCD_ENDPOINTS", "ETCD_CA_CERT_FILE", "ETCD_CERT_FILE", "ETCD_KEY_FILE",
+              "FELIX_INTERFACEPREFIX", "PODBGP_POLICY_TABLE", "PODBGP_POLICY_RESYNC_INTERVAL"}
+
+
+def test_policy_agent_runs_beside_bgpd_standalone_only() -> None:
+    (ds,) = by_kind(load(K8S / "podbgp.yaml"), "DaemonSet")
+    c = container(ds, "podbgp-policy")
+    bgpd = container(ds)
+    env = env_of(c)
+    names = [e["name"] for e in c["env"]]
+    assert set(names) <= POLICY_ENV, set(names) - POLICY_ENV
+    # the same datastore settings as bgpd, from the same places
+    for var in ("DATASTORE_TYPE", "ETCD_ENDPOINTS", "ETCD_CA_CERT_FILE", "ETCD_CERT_FILE",
+                "ETCD_KEY_FILE", "NODENAME"):
+        assert env[var] == env_of(bgpd)[var]
+    assert names.index("HOST_IP") < names.index("PODBGP_POLICY_HTTP_LISTEN")
+    port = int(env["PODBGP_POLICY_HTTP_LISTEN"]["value"].rpartition(":")[2])
+    assert port != listen_port(bgpd)
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http-policy": port}
+    assert c["command"][-1] == "podbgp-policy"
+    sc = c["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}
+    assert sc["privileged"] is False and sc["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert env["ETCD_CA_CERT_FILE"]["value"].rpartition("/")[0] in mounts
+    # Beside calico-node Felix enforces policy: the sidecar has no agent.
+    sidecar = (K8S / "podbgp-sidecar.yaml").read_text()
+    assert "podbgp-policy" not in sidecar

@@ -64,18 +64,20 @@ def one(service: dict[str, list[str]], key: str) -> str:
     return values[0]
 
 
-def verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess:
+def verify(unit_text: str, tmp_path: Path, binary: str = "bgpd",
+           name: str = "podbgp.service") -> subprocess.CompletedProcess:
     """systemd-analyze verify on a copy whose ExecStart names an existing file.
 
-    verify insists that ExecStart's binary exists; here bgpd is the venv's
-    console script, not /usr/local/bin/bgpd. Nothing else is changed.
+    verify insists that ExecStart's binary exists; here it is the venv's
+    console script, not /usr/local/bin/<binary>. Nothing else is changed.
     """
     analyze = require_binary("systemd-analyze")
-    bgpd = VENV_BIN / "bgpd"
-    require(bgpd.exists(), f"needs the bgpd console script at {bgpd} (pip install -e .)")
-    text, n = re.subn(r"(?m)^ExecStart=/usr/local/bin/bgpd", f"ExecStart={bgpd}", unit_text)
-    assert n == 1, "ExecStart must start /usr/local/bin/bgpd"
-    copy = tmp_path / "podbgp.service"
+    exe = VENV_BIN / binary
+    require(exe.exists(), f"needs the {binary} console script at {exe} (pip install -e .)")
+    text, n = re.subn(rf"(?m)^ExecStart=/usr/local/bin/{binary}\b", f"ExecStart={exe}",
+                      unit_text)
+    assert n == 1, f"ExecStart must start /usr/local/bin/{binary}"
+    copy = tmp_path / name
     copy.write_text(text)
     return subprocess.run(
         [analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60
@@ -216,3 +218,51 @@ def test_runtime_works_with_memory_deny_write_execute(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0 and "MDWE-OK" in result.stdout, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------ podbgp-policy
+
+POLICY_UNIT = REPO / "deploy" / "systemd" / "podbgp-policy.service"
+POLICY_ENV_EXAMPLE = REPO / "deploy" / "systemd" / "podbgp-policy.env.example"
+POLICY_ENV = {"PODBGP_POLICY_HTTP_LISTEN", "PODBGP_POLICY_TABLE", "FELIX_INTERFACEPREFIX",
+              "PODBGP_POLICY_RESYNC_INTERVAL"}
+
+
+def test_policy_unit_verifies_and_is_sandboxed(tmp_path: Path) -> None:
+    result = verify(POLICY_UNIT.read_text(), tmp_path, "podbgp-policy",
+                    "podbgp-policy.service")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    analyze = require_binary("systemd-analyze")
+    copy = tmp_path / "podbgp-policy.service"
+    result = subprocess.run([analyze, "security", "--offline=yes", str(copy)],
+                            capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for podbgp-policy\.service: ([0-9.]+)",
+                      result.stdout)
+    assert match and float(match.group(1)) <= 3.0, result.stdout + result.stderr
+
+
+def test_policy_unit_contract() -> None:
+    unit = parse_unit(POLICY_UNIT.read_text())
+    svc = unit["Service"]
+    assert one(svc, "Type") == "notify" and one(svc, "NotifyAccess") == "main"
+    # Only nf_tables over netlink: exactly CAP_NET_ADMIN.
+    assert one(svc, "CapabilityBoundingSet") == "CAP_NET_ADMIN"
+    assert one(svc, "AmbientCapabilities") == "CAP_NET_ADMIN"
+    assert "AF_NETLINK" in one(svc, "RestrictAddressFamilies")
+    assert "PrivateNetwork" not in svc
+    # The same datastore settings as bgpd (its env file), then its own.
+    assert svc["EnvironmentFile"] == ["-/etc/podbgp/podbgp.env",
+                                      "-/etc/podbgp/podbgp-policy.env"]
+    assert one(svc, "ExecStart") == "/usr/local/bin/podbgp-policy $POLICY_OPTS"
+    # Ordering on etcd, never a dependency (rules stay while etcd is away).
+    assert "Requires" not in unit["Unit"] and "BindsTo" not in unit["Unit"]
+
+
+def test_policy_env_example_names_only_policy_variables() -> None:
+    from policy.main import build_parser
+
+    assigned = set(re.findall(r"(?m)^#?([A-Z_][A-Z0-9_]*)=", POLICY_ENV_EXAMPLE.read_text()))
+    assert assigned == POLICY_ENV | {"POLICY_OPTS"}
+    helps = build_parser().format_help()
+    for var in POLICY_ENV:
+        assert var in helps, f"{var} is not an environment fallback of podbgp-policy"
