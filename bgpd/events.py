@@ -34,7 +34,14 @@ class SessionUp:
 @dataclass(frozen=True, slots=True)
 class SessionDown:
     neighbor: str
-    reason: str
+    reason: str  # the backend's own words, for the log
+    # Why, in a fixed vocabulary for metrics: notification-sent / notification-received
+    # (code, subcode set), connection-lost, removed, shutdown, graceful-close,
+    # collision, internal-error (the backend failed: no NOTIFICATION went out),
+    # speaker-exited, other.
+    cause: str = "other"
+    code: int = 0
+    subcode: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +67,27 @@ class Open:
 
 
 @dataclass(frozen=True, slots=True)
+class UpdateError:
+    """One malformed part of an UPDATE and what was done with it (RFC 7606 §2, §3;
+    RFC 4271 §4.3): the rest of the UPDATE was used.
+
+    ``action``: ``treat-as-withdraw`` (its prefixes are withdrawn, not announced),
+    ``attribute-discard`` (the attribute is dropped, the route kept),
+    ``prefix-masked`` (host bits set beyond the length: cleared),
+    ``nlri-discarded`` (an NLRI that is no prefix at all: dropped).
+    """
+
+    action: str
+    reason: str  # what was wrong, naming the attribute or prefix
+    prefixes: int = 0  # NLRI concerned
+
+
+@dataclass(frozen=True, slots=True)
 class Update:
     neighbor: str
     announced: list[Path]
     withdrawn: list[Withdraw]
+    errors: tuple[UpdateError, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

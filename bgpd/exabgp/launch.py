@@ -48,6 +48,18 @@ clients paid O(N^2) per reflected route (bench/rr_scale.py).
   are shared, not copied per neighbour (the issue measured ~3.1 KB per route
   per neighbour).
 
+Group ``notify`` (a fix, not a speed-up). When ExaBGP's reader finds a broken
+message header (no marker, a length below 19 or above 4,096),
+``Protocol.read_message`` reports it to the API with
+``Processes.notification(...)`` called with one argument too many — and that
+method would in turn call the JSON encoder with one too many. The TypeError
+ends the session in ExaBGP's catch-all with no NOTIFICATION, where RFC 4271
+§6.1 requires NOTIFICATION 1/1 or 1/2 with the bad length (seen: a
+5,000-octet UPDATE from a hostile peer, down reason ""). The report is dropped
+(nothing subscribes to it; the down reason "notification sent (1,2)" says what
+happened) and the NOTIFICATION goes out as ExaBGP meant it to. This is the one
+group that changes what ExaBGP sends.
+
 Each source rewrite replaces exact text of ExaBGP's function and refuses
 (leaving its group unpatched) if the text is not there; a function replaced
 whole is checked against the SHA-256 of the source it replaces. Nothing here
@@ -283,6 +295,39 @@ def _decode_targets() -> list[tuple[Any, str]]:
             (NLRI, "unpack_nlri"), (JSON, "_update")]
 
 
+# ------------------------------------------------------------- group "notify"
+
+# The two calls in Protocol.read_message that raise TypeError (see the module doc).
+_BROKEN_REPORT = (
+    "                        self.peer.reactor.processes.notification(\n"
+    "                            self.peer.neighbor,\n"
+    "                            'receive',\n"
+    "                            notify.code,\n"
+    "                            notify.subcode,\n"
+    "                            str(notify),\n"
+    "                            None,\n"
+    "                            {},\n"
+    "                            {},\n"
+    "                        )\n")
+_DROPPED_REPORT = ("                        pass  # podbgp: Processes.notification cannot be "
+                   "called (TypeError); the NOTIFICATION follows\n")
+
+
+def _patch_notify() -> None:
+    from exabgp.reactor.protocol import Protocol
+
+    Protocol.read_message = _rewrite(Protocol, "read_message", [
+        (_BROKEN_REPORT.format("header", "body"), _DROPPED_REPORT),
+        (_BROKEN_REPORT.format("b''", "b''"), _DROPPED_REPORT),
+    ], {})
+
+
+def _notify_targets() -> list[tuple[Any, str]]:
+    from exabgp.reactor.protocol import Protocol
+
+    return [(Protocol, "read_message")]
+
+
 # ---------------------------------------------------------------- group "api"
 
 # SHA-256 of the exact source of the functions replaced whole (ExaBGP 5.0.15).
@@ -445,6 +490,7 @@ def _api_targets() -> list[tuple[Any, str]]:
 GROUPS: dict[str, tuple[Callable[[], None], Callable[[], list[tuple[Any, str]]]]] = {
     "decode": (_patch_decode, _decode_targets),
     "api": (_patch_api, _api_targets),
+    "notify": (_patch_notify, _notify_targets),
 }
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import sys
 from functools import lru_cache
 
@@ -33,9 +34,10 @@ from bgpd.events import (
     SessionUp,
     Shutdown,
     Update,
+    UpdateError,
 )
 from rib.inputs import canonical_ipv4_len
-from rib.path import Origin, Path, Withdraw, paths_for
+from rib.path import Origin, Path, PeerKind, PeerRef, Withdraw, paths_for
 
 MAX_U32 = 4294967295
 MAX_U16 = 65535
@@ -143,61 +145,200 @@ def _as_path(value: object) -> tuple[tuple[int, ...], int]:
     return tuple(seq), sets
 
 
-def _attributes(attr: dict) -> dict:
-    """Keyword arguments shared by every Path of one UPDATE."""
+# RFC 7606 §7: the malformed attributes podbgp reads, each handled by
+# "treat-as-withdraw" (§7.1 ORIGIN, §7.2 AS_PATH, §7.4 MED, §7.5 LOCAL_PREF,
+# §7.8 COMMUNITIES, RFC 8092 §6 LARGE_COMMUNITY, §7.9 ORIGINATOR_ID, §7.10
+# CLUSTER_LIST). Each is read on its own, so one bad attribute names itself and
+# the others are still checked.
+def _communities(value: object) -> tuple[tuple[int, int], ...]:
+    out = []
+    for c in _list(value, "community"):
+        c = _list(c, "community")
+        if len(c) != 2:
+            raise _Bad(f"community: {c!r}")
+        out.append((_uint(c[0], "community", MAX_U16), _uint(c[1], "community", MAX_U16)))
+    return tuple(out)
+
+
+def _large_communities(value: object) -> tuple[tuple[int, ...], ...]:
+    out = []
+    for c in _list(value, "large-community"):
+        c = _list(c, "large-community")
+        if len(c) != 3:
+            raise _Bad(f"large-community: {c!r}")
+        out.append(tuple(_uint(x, "large-community") for x in c))
+    return tuple(out)
+
+
+def _cluster_list(value: object) -> tuple[str, ...]:
+    return tuple(_ipv4(c, "cluster-list") for c in _list(value, "cluster-list"))
+
+
+_READERS = (
+    ("local-preference", "local_pref", lambda v: _uint(v, "local-preference")),
+    ("med", "med", lambda v: _uint(v, "med")),
+    ("community", "communities", _communities),
+    ("large-community", "large_communities", _large_communities),
+    ("originator-id", "originator_id", lambda v: _ipv4(v, "originator-id")),
+    ("cluster-list", "cluster_list", _cluster_list),
+)
+
+
+def _attributes(attr: object, peer: PeerRef) -> tuple[dict, list[str], list[UpdateError]]:
+    """(keyword arguments shared by every Path of one UPDATE, treat-as-withdraw
+    reasons, other errors). Any treat-as-withdraw reason makes the whole attribute
+    set unusable: every NLRI it came with is withdrawn instead (RFC 7606 §2)."""
+    if not isinstance(attr, dict):
+        return {}, [f"attribute: expected an object, got {type(attr).__name__}"], []
     out: dict = {}
-    origin = attr.get("origin", "igp")
-    if origin not in _ORIGINS:
-        raise _Bad(f"origin: {origin!r}")
-    out["origin"] = _ORIGINS[origin]
+    taw: list[str] = []
+    other: list[UpdateError] = []
+    verdict = _exabgp_verdict(attr)
+    if verdict is not None:
+        if verdict.startswith("treat-as-withdraw"):
+            taw.append(f"exabgp: {verdict}")
+        else:
+            other.append(UpdateError("attribute-discard", f"exabgp: {verdict}"))
+    origin = attr.get("origin")
+    if origin is None:  # RFC 7606 §3 (d): a missing well-known mandatory attribute
+        taw.append("origin: missing")
+    elif origin in _ORIGINS:
+        out["origin"] = _ORIGINS[origin]
+    else:
+        taw.append(f"origin: {origin!r}")  # ExaBGP says "invalid" for values > 2
     if "as-path" in attr:
-        out["as_path"], out["as_set_len"] = _as_path(attr["as-path"])
-    if "local-preference" in attr:
-        out["local_pref"] = _uint(attr["local-preference"], "local-preference")
-    if "med" in attr:
-        out["med"] = _uint(attr["med"], "med")
-    if "community" in attr:
-        comms = []
-        for c in _list(attr["community"], "community"):
-            c = _list(c, "community")
-            if len(c) != 2:
-                raise _Bad(f"community: {c!r}")
-            comms.append((_uint(c[0], "community", MAX_U16), _uint(c[1], "community", MAX_U16)))
-        out["communities"] = tuple(comms)
-    if "large-community" in attr:
-        large = []
-        for c in _list(attr["large-community"], "large-community"):
-            c = _list(c, "large-community")
-            if len(c) != 3:
-                raise _Bad(f"large-community: {c!r}")
-            large.append(tuple(_uint(x, "large-community") for x in c))
-        out["large_communities"] = tuple(large)
-    if "originator-id" in attr:
-        out["originator_id"] = _ipv4(attr["originator-id"], "originator-id")
-    if "cluster-list" in attr:
-        out["cluster_list"] = tuple(
-            _ipv4(c, "cluster-list") for c in _list(attr["cluster-list"], "cluster-list")
-        )
+        try:
+            out["as_path"], out["as_set_len"] = _as_path(attr["as-path"])
+        except _Bad as exc:
+            taw.append(str(exc))
+    elif peer.kind == PeerKind.EBGP:
+        # ExaBGP prints no "as-path" for an absent or an empty one: from an external
+        # peer either is wrong (RFC 4271 §5.1.2: it prepends its own AS), so
+        # treat-as-withdraw (RFC 7606 §3 (d), §7.2).
+        taw.append("as-path: missing or empty from an external peer")
+    for key, name, read in _READERS:
+        if key in attr:
+            try:
+                out[name] = read(attr[key])
+            except _Bad as exc:
+                taw.append(str(exc))
+    return out, taw, other
+
+
+def _exabgp_verdict(attr: object) -> str | None:
+    """ExaBGP's own RFC 7606 verdict on the attributes: "treat-as-withdraw[ due to X]"
+    (it has moved the NLRI to "withdraw" already) or "discard" (a malformed
+    attribute it dropped, e.g. AGGREGATOR, RFC 7606 §7.7)."""
+    if isinstance(attr, dict) and "error" in attr:
+        return str(attr["error"])
+    return None
+
+
+def _nexthop(text: object) -> tuple[str | None, str | None]:
+    """(address, None) for a usable next hop, else (None, why)."""
+    if text == "no-nexthop":  # ExaBGP's key for NLRI without a NEXT_HOP attribute
+        return None, "next-hop: missing"  # RFC 7606 §3 (d)
+    try:
+        addr = _ip(text, "next-hop")
+    except _Bad as exc:
+        return None, str(exc)
+    why = _semantic_nexthop(addr)
+    return (None, why) if why else (addr, None)
+
+
+@lru_cache(maxsize=1 << 10)
+def _semantic_nexthop(addr: str) -> str | None:
+    """RFC 4271 §6.3 (RFC 7606 §7.3): a syntactically fine NEXT_HOP that cannot be a
+    next hop (unspecified, loopback, multicast, reserved) makes the route ignored."""
+    ip = ipaddress.ip_address(addr)
+    if ip.is_unspecified or ip.is_loopback or ip.is_multicast or \
+            (ip.version == 4 and ip.is_reserved):
+        return f"next-hop: {addr} cannot be a next hop"
+    return None
+
+
+def _nlris(entries: object, what: str, errors: list[UpdateError],
+           _canonical=canonical_ipv4_len, _intern=sys.intern) -> list[str]:
+    """The prefixes of one NLRI list, each on its own: host bits set beyond the
+    length are cleared (RFC 4271 §4.3: they are irrelevant) and counted; an entry
+    that is no prefix at all is dropped and counted; the others are kept."""
+    if not isinstance(entries, list):
+        errors.append(UpdateError("nlri-discarded",
+                                  f"{what}: expected a list, got {type(entries).__name__}"))
+        return []
+    out = []
+    append = out.append
+    for entry in entries:
+        # exabgp.api.compact: the prefix itself; canonical IPv4 text is the hot path.
+        if type(entry) is str and _canonical(entry) >= 0:
+            append(_intern(entry))
+            continue
+        text = entry if type(entry) is str else (
+            entry.get("nlri") if isinstance(entry, dict) else None)
+        if not isinstance(text, str):
+            errors.append(UpdateError("nlri-discarded", f"{what}: not an NLRI: {entry!r:.60}", 1))
+            continue
+        prefix = _slow_prefix(text, what, errors)
+        if prefix is not None:
+            append(prefix)
     return out
 
 
-def _nlri(entry: object, what: str) -> str:
-    if type(entry) is str:  # exabgp.api.compact: the prefix itself
-        text = entry
-    else:
-        text = _obj(entry, what).get("nlri")
-        if not isinstance(text, str):
-            raise _Bad(f"{what}: entry without nlri")
+def _slow_prefix(text: str, what: str, errors: list[UpdateError]) -> str | None:
     try:
         return _prefix(text)
     except ValueError:
-        raise _Bad(f"{what}: {text!r} is not a prefix") from None
+        pass
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        errors.append(UpdateError("nlri-discarded", f"{what}: not a prefix: {text!r:.60}", 1))
+        return None
+    errors.append(UpdateError("prefix-masked", f"{what}: host bits set: {text}", 1))
+    return sys.intern(str(net))
+
+
+def _merge(errors: list[UpdateError]) -> tuple[UpdateError, ...]:
+    """One record per (action, what was wrong) with its prefix count, naming the first
+    example: a flood of one mistake is one record, not one per prefix. A reason of the
+    form ``"<what>: <problem>: <example>"`` groups by ``"<what>: <problem>"``."""
+    if not errors:
+        return ()
+    merged: dict[tuple[str, str], list] = {}
+    for e in errors:
+        head, _, example = e.reason.rpartition(": ") if e.reason.count(": ") >= 2 else \
+            (e.reason, "", "")
+        entry = merged.setdefault((e.action, head), [0, example, 0])
+        entry[0] += e.prefixes
+        entry[2] += 1
+    out = []
+    for (action, head), (prefixes, example, n) in merged.items():
+        reason = f"{head}: {example}" if example else head
+        if n > 1 and example:
+            reason += f" and {n - 1} more"
+        out.append(UpdateError(action, reason, prefixes))
+    return tuple(out)
+
+
+def _families(value: object, what: str, errors: list[UpdateError]):
+    """(family, value) for the families podbgp negotiates (others: nothing to keep)."""
+    if not isinstance(value, dict):
+        errors.append(UpdateError("nlri-discarded",
+                                  f"{what}: expected an object, got {type(value).__name__}"))
+        return
+    for family, inner in value.items():
+        if family in FAMILIES:
+            yield family, inner
 
 
 # ---------------------------------------------------------------- messages
 
 
 def _update(neighbor: str, message: dict, lookup: PeerLookup) -> Event:
+    """One UPDATE, degraded part by part (RFC 7606 §2): a malformed attribute
+    withdraws the NLRI it came with instead of announcing them; a bad next hop
+    does that for its own NLRI only; a bad NLRI costs only itself; every
+    withdrawal is applied. Only an UPDATE from an unknown neighbor is Garbage."""
     if "eor" in message:
         eor = _obj(message["eor"], "eor")
         return EndOfRib(neighbor, _str(eor.get("afi"), "eor afi"), _str(eor.get("safi"), "eor safi"))
@@ -207,26 +348,41 @@ def _update(neighbor: str, message: dict, lookup: PeerLookup) -> Event:
         return Garbage("", f"update from unknown neighbor {neighbor}")
     announced: list[Path] = []
     withdrawn: list[Withdraw] = []
+    errors: list[UpdateError] = []
+    attribute = update.get("attribute", {})
     announce = update.get("announce")
+    taw: list[str] = []
     if announce is not None:
-        attrs = _attributes(_obj(update.get("attribute", {}), "attribute"))
-        for family, by_nexthop in _obj(announce, "announce").items():
-            if family not in FAMILIES:
-                continue  # not negotiated by podbgp's config; nothing to keep
-            for nexthop, entries in _obj(by_nexthop, family).items():
-                nh = _ip(nexthop, "next-hop")
-                prefixes = [_nlri(entry, family) for entry in _list(entries, family)]
-                if prefixes:
+        attrs, taw, other = _attributes(attribute, peer)
+        errors.extend(other)
+        for family, by_nexthop in _families(announce, "announce", errors):
+            if not isinstance(by_nexthop, dict):
+                errors.append(UpdateError("nlri-discarded", f"announce {family}: expected an "
+                                          f"object, got {type(by_nexthop).__name__}"))
+                continue
+            for nexthop, entries in by_nexthop.items():
+                prefixes = _nlris(entries, family, errors)
+                if not prefixes:
+                    continue
+                nh, why = (None, None) if taw else _nexthop(nexthop)
+                if taw or why:
+                    withdrawn.extend(Withdraw(p, peer) for p in prefixes)
+                    errors.append(UpdateError("treat-as-withdraw", "; ".join(taw or [why]),
+                                              len(prefixes)))
+                else:
                     # One attribute set, many NLRI: validate it once, share its objects.
                     announced.extend(paths_for(prefixes, Path(prefixes[0], nh, peer, **attrs)))
+    else:
+        verdict = _exabgp_verdict(attribute)
+        if verdict is not None and verdict.startswith("treat-as-withdraw"):
+            taw = [f"exabgp: {verdict}"]  # it moved the NLRI to "withdraw" itself
     withdraw = update.get("withdraw")
     if withdraw is not None:
-        for family, entries in _obj(withdraw, "withdraw").items():
-            if family not in FAMILIES:
-                continue
-            for entry in _list(entries, family):
-                withdrawn.append(Withdraw(_nlri(entry, family), peer))
-    return Update(neighbor, announced, withdrawn)
+        for family, entries in _families(withdraw, "withdraw", errors):
+            withdrawn.extend(Withdraw(p, peer) for p in _nlris(entries, family, errors))
+    if taw and not any(e.action == "treat-as-withdraw" for e in errors):
+        errors.append(UpdateError("treat-as-withdraw", "; ".join(taw), 0))
+    return Update(neighbor, announced, withdrawn, _merge(errors))
 
 
 def _open(neighbor: str, direction: str, msg: dict) -> Open:
@@ -273,6 +429,36 @@ def _open(neighbor: str, direction: str, msg: dict) -> Open:
     )
 
 
+_NOTIFICATION_REASON = re.compile(r"notification (sent|received) \((\d+),(\d+)\)")
+_DOWN_CAUSES = (  # ExaBGP 5.0.15's reasons (reactor/peer.py), by prefix
+    ("closing connection", "connection-lost"),
+    ("stop, message [removed]", "removed"),
+    ("stop, message [shutting down]", "shutdown"),
+    ("graceful restarted negotiated", "graceful-close"),
+    ("connection received before we could fully establish", "collision"),
+    ("closing outgoing connection as we have another incoming", "collision"),
+    ("process problem", "speaker-error"),
+    ("exabgp exited", "speaker-exited"),  # the speaker's own, when ExaBGP dies
+)
+
+
+def down_cause(reason: str) -> tuple[str, int, int]:
+    """ExaBGP's down reason -> (cause, code, subcode) in bgpd.events' vocabulary.
+
+    An empty reason is ExaBGP's catch-all for an exception inside its session loop
+    (reactor/peer.py "UNHANDLED PROBLEMS"): the session ended with no NOTIFICATION.
+    """
+    m = _NOTIFICATION_REASON.match(reason)
+    if m:
+        return f"notification-{m.group(1)}", min(int(m.group(2)), 255), min(int(m.group(3)), 255)
+    if not reason:
+        return "internal-error", 0, 0
+    for prefix, cause in _DOWN_CAUSES:
+        if reason.startswith(prefix):
+            return cause, 0, 0
+    return "other", 0, 0
+
+
 def _parse(line: str, lookup: PeerLookup) -> Event:
     stripped = line.strip()
     if stripped == "done":
@@ -302,7 +488,8 @@ def _parse(line: str, lookup: PeerLookup) -> Event:
             return SessionUp(neighbor, _ip(addr.get("local"), "local address"),
                              _uint(asn.get("peer"), "peer asn"), _uint(asn.get("local"), "asn"))
         if state == "down":
-            return SessionDown(neighbor, str(nb.get("reason", "")))
+            reason = str(nb.get("reason", ""))
+            return SessionDown(neighbor, reason, *down_cause(reason))
         if state == "connected":
             return SessionConnected(neighbor)
         return Garbage(line, f"unknown state {state!r}")

@@ -29,7 +29,7 @@ import re
 import signal
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -74,6 +74,10 @@ class SpeakerStats:
     connections: int = 0
     prefixes_announced: int = 0
     prefixes_withdrawn: int = 0
+    # (peer, action) -> UPDATEs with a malformed part handled that way (RFC 7606)
+    update_errors: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # (peer, cause, code, subcode) -> sessions that ended so (bgpd.events.SessionDown)
+    session_downs: Counter[tuple[str, str, int, int]] = field(default_factory=Counter)
 
 
 @dataclass
@@ -239,6 +243,7 @@ class Speaker:
         self._exports: dict[PeerKey, _PeerExports] = {}
         self._peer_generation: dict[PeerKey, int] = {}  # config generation of its spec
         self._events: asyncio.Queue[ev.Event] = asyncio.Queue()
+        self._error_log: dict[tuple[str, str], tuple[float, int]] = {}
 
         self._proc: asyncio.subprocess.Process | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -390,7 +395,8 @@ class Speaker:
         for exports in self._exports.values():
             exports.forget_sent()
         for neighbor in sorted(self._up):
-            self._events.put_nowait(ev.SessionDown(neighbor, "exabgp exited"))
+            self._events.put_nowait(ev.SessionDown(neighbor, "exabgp exited", "speaker-exited"))
+            self.stats.session_downs[(neighbor, "speaker-exited", 0, 0)] += 1
         self._up.clear()
 
     def _spawn_task(self, coro, name: str) -> asyncio.Task:
@@ -454,10 +460,34 @@ class Speaker:
             log.info("bgp_session_up", neighbor=event.neighbor)
         elif isinstance(event, ev.SessionDown):
             self._up.discard(event.neighbor)
-            log.info("bgp_session_down", neighbor=event.neighbor, reason=event.reason)
+            self.stats.session_downs[(event.neighbor, event.cause, event.code,
+                                      event.subcode)] += 1
+            quiet = event.cause in ("connection-lost", "removed", "shutdown", "collision")
+            (log.info if quiet else log.warning)(
+                "bgp_session_down", neighbor=event.neighbor, reason=event.reason,
+                cause=event.cause, code=event.code, subcode=event.subcode)
         elif isinstance(event, ev.Update):
             self.stats.updates_received += 1
+            if event.errors:
+                self._count_update_errors(event)
         self._events.put_nowait(event)
+
+    def _count_update_errors(self, event: ev.Update) -> None:
+        """Count a partly malformed UPDATE per action; log each (peer, action) at most
+        once a second, with how many were not logged meanwhile (a hostile peer can
+        send thousands a second)."""
+        now = time.monotonic()
+        for action in {e.action for e in event.errors}:
+            self.stats.update_errors[(event.neighbor, action)] += 1
+        for e in event.errors:
+            key = (event.neighbor, e.action)
+            last, skipped = self._error_log.get(key, (0.0, 0))
+            if now - last < 1.0:
+                self._error_log[key] = (last, skipped + 1)
+                continue
+            self._error_log[key] = (now, 0)
+            log.warning("bgp_update_malformed", neighbor=event.neighbor, action=e.action,
+                        reason=e.reason, prefixes=e.prefixes, not_logged_before=skipped)
 
     def _lookup(self, address: str) -> PeerRef | None:
         ref = self._refs.get(address)

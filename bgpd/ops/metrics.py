@@ -11,6 +11,7 @@ reason/kind sets, never prefixes.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
@@ -113,6 +114,7 @@ class DaemonCollector:
         yield CounterMetricFamily("podbgp_speaker_garbage_events",
                                   "Unparseable lines from ExaBGP.",
                                   value=sp.garbage_lines if sp else 0)
+        yield from _session_outcomes(sp)
 
         yield GaugeMetricFamily("podbgp_rib_prefixes", "Loc-RIB size.",
                                 value=d.rib_prefix_count())
@@ -148,6 +150,38 @@ class DaemonCollector:
                                 value=d.convergence_seconds or 0)
         yield GaugeMetricFamily("podbgp_ready", "1 when /readyz is 200.",
                                 value=1 if d.is_ready() else 0)
+
+
+def _code_label(value: int, known: int) -> str:
+    """A NOTIFICATION code or subcode as a label: RFC 4271 §4.5's values (and the
+    ones RFCs added since) by number, anything else "other" (bounded labels)."""
+    return str(value) if 0 <= value <= known else "other"
+
+
+def _session_outcomes(sp) -> list:
+    """What peers' UPDATEs and sessions came to (RFC 7606 actions, session ends)."""
+    errs = CounterMetricFamily(
+        "podbgp_bgp_update_errors", "UPDATEs with a malformed part, by the RFC 7606 action "
+        "taken (the rest of the UPDATE was used).", labels=["peer", "action"])
+    downs = CounterMetricFamily("podbgp_bgp_session_down",
+                                "Sessions that ended, by cause.", labels=["peer", "cause"])
+    notes = CounterMetricFamily(
+        "podbgp_bgp_notifications", "Sessions ended by a NOTIFICATION, by direction, code "
+        "and subcode.", labels=["peer", "direction", "code", "subcode"])
+    by_cause: Counter[tuple[str, str]] = Counter()
+    by_note: Counter[tuple[str, str, str, str]] = Counter()
+    for (peer, cause, code, subcode), n in getattr(sp, "session_downs", {}).items():
+        by_cause[(peer, cause)] += n
+        if cause.startswith("notification-"):
+            direction = "sent" if cause.endswith("sent") else "received"
+            by_note[(peer, direction, _code_label(code, 7), _code_label(subcode, 12))] += n
+    for (peer, action), n in sorted(getattr(sp, "update_errors", {}).items()):
+        errs.add_metric([peer, action], n)
+    for labels, n in sorted(by_cause.items()):
+        downs.add_metric(list(labels), n)
+    for labels, n in sorted(by_note.items()):
+        notes.add_metric(list(labels), n)
+    return [errs, downs, notes]
 
 
 class Metrics:

@@ -188,26 +188,47 @@ def mutate(line: str, old: str, new: str) -> str:
 BIRD_UPDATE = next(line for line in RECORDED if "10.244.5.0/26" in line)
 
 
+# RFC 7606 §2: a malformed attribute in an UPDATE that carries NLRI is handled by
+# "treat-as-withdraw" (§7.1 ORIGIN, §7.4 MED, §7.5 LOCAL_PREF, §7.8 COMMUNITIES,
+# RFC 8092 §6 LARGE_COMMUNITY), never by dropping the whole UPDATE; a prefix with
+# host bits set is that prefix with them cleared (RFC 4271 §4.3); an NLRI that is no
+# prefix costs only itself.
 @pytest.mark.parametrize(
-    ("old", "new", "reason"),
+    ("old", "new", "action", "reason", "announced", "withdrawn"),
     [
-        ('"med": 7', '"med": -1', "med"),
-        ('"med": 7', '"med": "7"', "med"),
-        ('"local-preference": 150', '"local-preference": 4294967296', "local-preference"),
-        ("[ 65002, 5 ]", "[ 65002, 70000 ]", "community"),
-        ("[ 65002, 0 , 5 ]", "[ 65002, 0 ]", "large-community"),
-        ('"origin": "igp"', '"origin": "bgp"', "origin"),
-        ('"10.244.5.0/26"', '"10.244.5.1/26"', "not a prefix"),
-        ('"10.244.5.0/26"', '"10.244.05.0/26"', "not a prefix"),
-        ('"10.244.5.0/26"', '"10.244.5.0/33"', "not a prefix"),
-        ('"10.99.0.2": [', '"10.99.0.999": [', "next-hop"),
-        ('"peer": "10.99.0.2"', '"peer": "10.99.0.77"', "unknown neighbor"),
+        ('"med": 7', '"med": -1', "treat-as-withdraw", "med", [], ["10.244.5.0/26"]),
+        ('"med": 7', '"med": "7"', "treat-as-withdraw", "med", [], ["10.244.5.0/26"]),
+        ('"local-preference": 150', '"local-preference": 4294967296', "treat-as-withdraw",
+         "local-preference", [], ["10.244.5.0/26"]),
+        ("[ 65002, 5 ]", "[ 65002, 70000 ]", "treat-as-withdraw", "community", [],
+         ["10.244.5.0/26"]),
+        ("[ 65002, 0 , 5 ]", "[ 65002, 0 ]", "treat-as-withdraw", "large-community", [],
+         ["10.244.5.0/26"]),
+        ('"origin": "igp"', '"origin": "bgp"', "treat-as-withdraw", "origin", [],
+         ["10.244.5.0/26"]),
+        ('"10.99.0.2": [', '"10.99.0.999": [', "treat-as-withdraw", "next-hop", [],
+         ["10.244.5.0/26"]),
+        ('"10.244.5.0/26"', '"10.244.5.1/26"', "prefix-masked", "host bits",
+         ["10.244.5.0/26"], []),
+        ('"10.244.5.0/26"', '"10.244.05.0/26"', "nlri-discarded", "not a prefix", [], []),
+        ('"10.244.5.0/26"', '"10.244.5.0/33"', "nlri-discarded", "not a prefix", [], []),
     ],
 )
-def test_bad_attribute_values_are_garbage(old: str, new: str, reason: str) -> None:
+def test_a_bad_part_of_an_update_costs_only_that_part(old, new, action, reason, announced,
+                                                       withdrawn) -> None:
     event = parse_line(mutate(BIRD_UPDATE, old, new), PEERS.get)
+    assert isinstance(event, ev.Update), event
+    assert [p.prefix for p in event.announced] == announced
+    assert [w.prefix for w in event.withdrawn] == withdrawn
+    assert [e.action for e in event.errors] == [action]
+    assert reason in event.errors[0].reason
+
+
+def test_update_from_unknown_neighbor_is_garbage() -> None:
+    event = parse_line(mutate(BIRD_UPDATE, '"peer": "10.99.0.2"', '"peer": "10.99.0.77"'),
+                       PEERS.get)
     assert isinstance(event, ev.Garbage)
-    assert reason in event.reason
+    assert "unknown neighbor" in event.reason
 
 
 def test_lookup_that_raises_is_garbage() -> None:

@@ -259,6 +259,45 @@ assert snapshot() == before
     assert "could not patch exabgp" in out.stderr and "JSON._update" in out.stderr
 
 
+def test_a_broken_header_gets_its_notification() -> None:
+    """ExaBGP 5.0.15 answers a bad marker or length (RFC 4271 §6.1: NOTIFICATION 1/1,
+    1/2) with a TypeError in Protocol.read_message and closes without any
+    NOTIFICATION. Drive the patched read_message with a reader that reports a bad
+    length: it must raise Notify(1, 2, <the length>) and nothing else."""
+    out = _run("""
+import bgpd.exabgp.launch as launch
+from exabgp.reactor.protocol import Protocol
+from exabgp.bgp.message.notification import Notify
+from exabgp.reactor.network.error import NotifyError
+class Box:  # what read_message touches on self
+    pass
+def probe(patched):
+    if patched:
+        assert launch.patch(skip={"decode", "api"})  # the notify group alone
+    proto = Box()
+    proto.neighbor = Box()
+    proto.neighbor.api = {'receive-packets': False, 'receive-consolidate': False,
+                          'receive-parsed': True, 'receive-notification': True}
+    proto.connection = Box()
+    proto.connection.reader = lambda: iter([(5019, 0, b'\\xff' * 19, b'',
+                                             NotifyError(1, 2, 'too long'))])
+    proto.peer = Box()
+    proto.peer.neighbor = proto.neighbor
+    proto.peer.reactor = Box()
+    proto.peer.reactor.processes = __import__('exabgp.reactor.api.processes',
+                                              fromlist=['Processes']).Processes()
+    try:
+        next(Protocol.read_message(proto))
+    except Notify as n:
+        return ('notify', n.code, n.subcode, n.data)
+    except TypeError as e:
+        return ('typeerror',)
+print(probe(False)[0], probe(True))
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "typeerror ('notify', 1, 2, b'\\x13\\x9b')", out.stdout
+
+
 def test_debug_level_keeps_the_debug_lines() -> None:
     # With DEBUG on, the guarded per-NLRI lines must still be logged.
     body = encode({"update": {"attribute": {"origin": "igp"}, "announce": {
