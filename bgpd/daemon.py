@@ -117,6 +117,11 @@ class Daemon:
         self.rib: rib.Rib | None = None
         self.speaker: Speaker | None = None
         self.peers: dict[PeerKey, PeerStatus] = {}
+        # Sessions Calico would configure that podbgp does not run, with the reason
+        # (plan.rejected, or the speaker could not render them): one bad peer is one
+        # bad peer. Shown in /status and `bgpctl node status` as "not configured".
+        self.unconfigured: dict[PeerKey, tuple[PeerSpec, str]] = {}
+        self.peers_not_configured_total = 0
         self.rejections: Counter[tuple[str, str]] = Counter()
         self._logged_rejections: set[tuple] = set()
         self._logged_problems: set[str] = set()
@@ -318,12 +323,15 @@ class Daemon:
     async def _set_peers(self, snap, plan: PeerPlan) -> None:
         assert self.speaker is not None and self.rib is not None
         try:
-            await self.speaker.set_peers(plan.peers)
-        except ExaBGPConfigError as e:
+            unrendered = await self.speaker.set_peers(plan.peers)
+        except ExaBGPConfigError as e:  # the node itself cannot be rendered (router id...)
             log.error("peers_rejected", error=str(e), note="keeping the running sessions")
             return
-        wanted = {s.key: s for s in plan.peers}
-        for key in [k for k in self.peers if k not in wanted]:
+        self._set_unconfigured([*plan.rejected, *unrendered])
+        bad = {spec.key for spec, _ in unrendered}
+        wanted = {s.key: s for s in plan.peers if s.key not in bad}
+        # A running session whose new settings were refused keeps its old ones (speaker).
+        for key in [k for k in self.peers if k not in wanted and k not in bad]:
             st = self.peers.pop(key)
             if st.stale_timer:
                 st.stale_timer.cancel()
@@ -342,6 +350,15 @@ class Daemon:
                     for p in problems:
                         self._problem(p, peer=spec.address)
                     self._apply(self.rib.set_peer_policy(policy))
+
+    def _set_unconfigured(self, rejected: list[tuple[PeerSpec, str]]) -> None:
+        new = {spec.key: (spec, why) for spec, why in rejected}
+        for key, (spec, why) in new.items():
+            if self.unconfigured.get(key, (None, None))[1] != why:
+                self.peers_not_configured_total += 1
+                log.error("peer_not_configured", peer=spec.address, port=spec.port,
+                          name=spec.name, reason=why, note="every other session is unaffected")
+        self.unconfigured = new
 
     async def _first_fib_sync(self) -> None:
         """The first reconcile: desired = what rib wants now; adopted stale routes stay
@@ -583,6 +600,15 @@ class Daemon:
                 "since_epoch": st.since_epoch, "info": st.info, "flaps": st.flaps,
                 "end_of_rib": st.eor, "prefixes_received": received,
                 "prefixes_accepted": accepted, "prefixes_advertised": advertised,
+            })
+        for spec, why in self.unconfigured.values():
+            out.append({
+                "address": spec.address, "port": spec.port, "name": spec.name,
+                "type": str(spec.peer_type), "asn": spec.peer_as, "local_as": spec.local_as,
+                "passive": spec.passive, "rr_client": spec.rr_client,
+                "state": "not configured", "since": "", "since_epoch": 0.0,
+                "info": why, "flaps": 0, "end_of_rib": False, "prefixes_received": 0,
+                "prefixes_accepted": 0, "prefixes_advertised": 0,
             })
         return out
 

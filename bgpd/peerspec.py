@@ -34,17 +34,22 @@ class PeerSpec:
     passive: bool = False  # True: wait for the peer to dial (mesh: the higher IP)
     password: str | None = None  # never logged / shown
     hold_time: int = 90
-    keepalive_time: int | None = None  # None: hold_time / 3
+    keepalive_time: int | None = None  # planned (Calico keepaliveTime); ExaBGP: hold / 3
     graceful_restart_time: int = 120  # our restart time advertised (maxRestartTime)
     ttl_security: int = 0  # GTSM hops, 0 = off
     rr_client: bool = False  # we reflect routes for this peer
+    rr_cluster_id: str | None = None  # the cluster id we reflect with (rr_client only)
     next_hop_mode: NextHopMode = NextHopMode.AUTO
     num_allowed_local_as: int = 0
     max_prefixes: int | None = None
     max_prefix_action: str = "stop"  # "stop" accepting, or "teardown"
     filters: tuple[str, ...] = ()  # BGPFilter names, in order
-    name: str = ""  # BGPPeer name, or "node-to-node mesh <node>"
-    peer_node: str | None = None  # the podbgp node on the other side (mesh / peerSelector)
+    name: str = ""  # Calico's BIRD protocol name: Mesh_10_0_0_2, Global_..., Node_..._port_N
+    resource: str = ""  # the BGPPeer it comes from ("" for the mesh)
+    peer_node: str | None = None  # the Calico/podbgp node on the other side, if one is
+    bind_source: bool = True  # False: sourceAddress None, the kernel picks the source
+    reachable_by: str | None = None  # gateway of a /32 route to the peer (BGPPeer reachableBy)
+    add_paths: bool = True  # RFC 7911 ADD-PATH send/receive, as Calico's template sets
 
     @property
     def ipv6(self) -> bool:

@@ -40,6 +40,11 @@ _DEFAULTS = {
 }
 
 
+# BGPConfiguration fields a ``node.<name>`` resource sets for its node (confd
+# client.go updateBGPConfigCache); Calico ignores the others there.
+PER_NODE_FIELDS = ("listen_port", "log_severity_screen", "prefix_advertisements", "communities")
+
+
 def _frozen(mapping: Mapping | None) -> Mapping:
     return MappingProxyType(dict(mapping)) if mapping else _EMPTY
 
@@ -103,17 +108,21 @@ class Snapshot:
     def effective_bgp_config(self, node: str) -> BGPConfigurationSpec:
         """The BGP configuration in force on ``node``.
 
-        Global ``default`` overlaid by ``node.<node>`` field by field (only
-        fields the per-node resource sets), then Calico's defaults for whatever
-        neither sets: AS 64512, mesh on, port 179, log Info, bindMode None.
-        The result has no None in those defaulted fields.
+        Global ``default``, overlaid by ``node.<node>`` for the fields Calico
+        honours per node (confd client.go ``updateBGPConfigCache``: listenPort,
+        logSeverityScreen, prefixAdvertisements with the communities they name);
+        every other field of a per-node resource is ignored, as Calico ignores
+        it. Then Calico's defaults for whatever neither sets: AS 64512, mesh on,
+        port 179, log Info, bindMode None. The result has no None in those
+        defaulted fields.
         """
         values: dict[str, object] = {}
         for name in ("default", f"node.{node}"):
             conf = self.bgp_configurations.get(name)
             if conf is None:
                 continue
-            for attr in BGPConfigurationSpec.model_fields:
+            fields = BGPConfigurationSpec.model_fields if name == "default" else PER_NODE_FIELDS
+            for attr in fields:
                 value = getattr(conf.spec, attr)
                 if value is not None:
                     values[attr] = value

@@ -40,6 +40,14 @@ def render_table(rows: list[tuple[str, ...]]) -> str:
     return "\n".join([sep, line(COLUMNS), sep, *(line(r) for r in rows), sep])
 
 
+def _address(peer: dict) -> str:
+    """The peer's address, with the port when it is not BGP's 179 (Calico's ``peerIP`` form)."""
+    port = peer.get("port") or 179
+    if port == 179:
+        return peer["address"]
+    return f"[{peer['address']}]:{port}" if ":" in peer["address"] else f"{peer['address']}:{port}"
+
+
 def render_status(status: dict) -> str:
     out = ["podbgp process is running."]
     node = status.get("node", "?")
@@ -48,9 +56,9 @@ def render_status(status: dict) -> str:
     peers = status.get("peers", [])
     for fam, v6 in (("IPv4", False), ("IPv6", True)):
         rows = [
-            (p["address"], p.get("type", ""), p.get("state", ""), p.get("since", ""),
+            (_address(p), p.get("type", ""), p.get("state", ""), p.get("since", ""),
              p.get("info", ""))
-            for p in sorted(peers, key=lambda p: p["address"])
+            for p in sorted(peers, key=lambda p: (p["address"], p.get("port") or 179))
             if (":" in p["address"]) == v6
         ]
         out.append("")

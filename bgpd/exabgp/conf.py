@@ -26,7 +26,7 @@ MAX_ASN = 4294967295
 MAX_HOLD_TIME = 65535
 MIN_NONZERO_HOLD_TIME = 3
 MAX_GRACEFUL_RESTART_TIME = 4095  # 12 bits (RFC 4724 §3)
-MAX_TTL_HOPS = 254
+MAX_TTL_HOPS = 255  # Calico's ttlSecurity is a uint8: 255 hops accepts any TTL
 MAX_MD5_KEY_BYTES = 80  # TCP_MD5SIG_MAXKEYLEN
 # A word of the relay command reaches the text unquoted: keep it to characters
 # that ExaBGP's tokeniser treats as plain word characters.
@@ -128,10 +128,12 @@ def _neighbor(spec: PeerSpec, node_router_id: str) -> list[str]:
     ttl_hops = _int(spec.ttl_security, "ttl_security", 0, MAX_TTL_HOPS, spec)
     passive = _bool(spec.passive, "passive", spec)
 
+    bind = _bool(spec.bind_source, "bind_source", spec)
     lines = [
         f"neighbor {peer} {{",
         f"    router-id {router_id};",
-        f"    local-address {local};",
+        # sourceAddress None: no source address; the kernel picks one (ExaBGP "auto").
+        f"    local-address {local if bind else 'auto'};",
         f"    local-as {local_as};",
         f"    peer-as {peer_as};",
         f"    hold-time {hold};",
@@ -166,6 +168,35 @@ def _neighbor(spec: PeerSpec, node_router_id: str) -> list[str]:
     )
     lines.append("}")
     return lines
+
+
+def check_peers(router_id: str, peers: Iterable[PeerSpec]
+                ) -> tuple[list[PeerSpec], list[tuple[PeerSpec, str]]]:
+    """Split sessions into those that render and those that cannot, each with the reason.
+
+    One bad session is one bad session: the others are configured as usual. Two
+    sessions to one peer address cannot both be expressed (ExaBGP 5.0.15 names a
+    neighbor by address, local address, ASes and router id, never by port): the
+    first one (by address, port) is kept.
+    """
+    node_rid = str(_ipv4(router_id, "router_id"))
+    ok: list[PeerSpec] = []
+    bad: list[tuple[PeerSpec, str]] = []
+    seen: set[str] = set()
+    for spec in sorted(peers, key=lambda s: (str(getattr(s, "address", "")),
+                                              str(getattr(s, "port", "")))):
+        try:
+            _neighbor(spec, node_rid)
+            addr = str(ipaddress.ip_address(spec.address))
+            if addr in seen:
+                raise ExaBGPConfigError(f"session {spec.address!r}: address: configured twice "
+                                        "(one session per peer address)")
+        except ExaBGPConfigError as e:
+            bad.append((spec, str(e)))
+            continue
+        seen.add(addr)
+        ok.append(spec)
+    return ok, bad
 
 
 def render_config(

@@ -37,7 +37,7 @@ from pathlib import Path as FsPath
 import structlog
 
 from bgpd import events as ev
-from bgpd.exabgp.conf import ExaBGPConfigError, render_config, render_env
+from bgpd.exabgp.conf import check_peers, render_config, render_env
 from bgpd.exabgp.parse import parse_line
 from bgpd.peerspec import PeerSpec
 from rib.path import Origin, PeerKind, PeerRef
@@ -584,21 +584,28 @@ class Speaker:
         self._loaded_generation = generation
         return True
 
-    async def set_peers(self, specs: Iterable[PeerSpec]) -> None:
-        """Make the configured sessions exactly ``specs``. Unchanged ones keep running.
+    async def set_peers(self, specs: Iterable[PeerSpec]) -> list[tuple[PeerSpec, str]]:
+        """Make the configured sessions ``specs``, less the ones that cannot be rendered.
 
-        Raises ``ExaBGPConfigError`` (nothing changed) if any spec cannot be rendered.
+        Unchanged sessions keep running. Returns the sessions left out, each with the
+        reason (`conf.check_peers`): one bad session never stops the others, and a
+        running session whose new settings are bad keeps running with its old ones.
         """
-        new = {s.key: s for s in specs}
-        if len(new) != len({k[0] for k in new}):
-            raise ExaBGPConfigError("sessions: two sessions to one peer address")
+        good, rejected = check_peers(self.router_id, specs)
+        new = {s.key: s for s in good}
+        for spec, _ in rejected:
+            # A running session whose new settings cannot be rendered keeps its last
+            # good ones, as a rejected resource keeps its last good version.
+            if spec.key in self._peers and spec.key not in new and not any(
+                    k[0] == spec.address for k in new):
+                new[spec.key] = self._peers[spec.key]
         render_config(self.router_id, self.bind_addresses, new.values(), self._relay)
         old = self._peers
         added = [k for k in new if k not in old]
         removed = [k for k in old if k not in new]
         changed = [k for k in new if k in old and new[k] != old[k]]
         if not (added or removed or changed):
-            return
+            return rejected
         self._peers = new
         self._by_address = {s.address: s for s in new.values()}
         for key in removed:
@@ -617,11 +624,12 @@ class Speaker:
                  changed=[k[0] for k in changed])
         async with self._flush_lock:
             if self._writer is None or not await self._reload_if_needed():
-                return  # a new channel reloads and flushes everything
+                return rejected  # a new channel reloads and flushes everything
             try:
                 await self._flush_peers([*added, *changed])
             except SpeakerError as exc:
                 log.warning("exports_deferred", error=str(exc))
+        return rejected
 
     # -------------------------------------------------------------- exports
 

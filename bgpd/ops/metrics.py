@@ -88,7 +88,11 @@ class DaemonCollector:
                                 "Prefixes accepted by import policy.", labels=["peer"])
         adv = GaugeMetricFamily("podbgp_bgp_prefixes_advertised",
                                 "Prefixes in Adj-RIB-Out.", labels=["peer"])
+        not_configured = 0
         for st in d.peer_states():
+            if st["state"] == "not configured":
+                not_configured += 1
+                continue
             peer, ptype = st["address"], st["type"]
             is_up = st["state"] == "up"
             up.add_metric([peer, ptype], 1 if is_up else 0)
@@ -98,6 +102,12 @@ class DaemonCollector:
             acc.add_metric([peer], st["prefixes_accepted"])
             adv.add_metric([peer], st["prefixes_advertised"])
         yield from (up, uptime, flaps, rx, acc, adv)
+        yield GaugeMetricFamily("podbgp_bgp_peers_not_configured",
+                                "Planned sessions podbgp does not run (one bad peer is one bad "
+                                "peer; /status says why).", value=not_configured)
+        yield CounterMetricFamily("podbgp_bgp_peers_rejected",
+                                  "Sessions found not configurable (each peer and reason once).",
+                                  value=getattr(d, "peers_not_configured_total", 0))
 
         rej = CounterMetricFamily("podbgp_bgp_prefixes_rejected",
                                   "Import rejections by reason.", labels=["peer", "reason"])

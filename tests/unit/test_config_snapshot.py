@@ -36,7 +36,9 @@ def test_global_then_node_overlay():
     assert (n1.as_number, n1.node_to_node_mesh_enabled, n1.listen_port, n1.log_severity_screen) \
         == (65000, False, 1791, "Warning")
     n2 = snap.effective_bgp_config("n2")
-    assert (n2.as_number, n2.listen_port, n2.log_severity_screen) == (65546, 1790, "Debug")
+    # Calico honours only listenPort, logSeverityScreen and prefixAdvertisements per
+    # node (confd client.go updateBGPConfigCache); a node's AS is Node.spec.bgp.asNumber.
+    assert (n2.as_number, n2.listen_port, n2.log_severity_screen) == (65000, 1790, "Debug")
     other = snap.effective_bgp_config("n3")
     assert (other.as_number, other.listen_port) == (65000, 1790)
     # the per-node resource knows which node it is for

@@ -30,6 +30,23 @@ def test_status_table_splits_families_and_sorts_peers() -> None:
     assert cells == ["10.99.0.13", "node-to-node mesh", "up", "19:01:02", "Established"]
 
 
+def test_a_session_that_is_not_configured_says_why() -> None:
+    # One bad peer is one bad peer (issue 13): it shows up, not configured, with the
+    # reason, beside the running session to the same address on another port.
+    peers = [*STATUS["peers"],
+             {"address": "10.99.0.12", "port": 1790, "type": "global",
+              "state": "not configured", "since": "",
+              "info": "another session to 10.99.0.12 is configured"}]
+    v4 = render_status({**STATUS, "peers": peers}).split("IPv6 BGP status")[0]
+    row = next(ln for ln in v4.splitlines() if "10.99.0.12:1790" in ln)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells == ["10.99.0.12:1790", "global", "not configured", "",
+                     "another session to 10.99.0.12 is configured"]
+    firsts = [ln.strip("|").split("|")[0].strip() for ln in v4.splitlines()
+              if ln.startswith("|") and "10.99" in ln]
+    assert firsts == ["10.99.0.12", "10.99.0.12:1790", "10.99.0.13"]
+
+
 def test_no_peers_of_a_family_is_said() -> None:
     text = render_status({**STATUS, "peers": STATUS["peers"][:1]})
     assert "No IPv6 peers found." in text

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bgpd.exabgp.conf import ExaBGPConfigError, render_config, render_env
+from bgpd.exabgp.conf import ExaBGPConfigError, check_peers, render_config, render_env
 from bgpd.peerspec import PeerSpec, PeerType
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -98,7 +98,8 @@ def test_ttl_security_hops() -> None:
         ("port", 70000, "port"),
         ("hold_time", 2, "must be 0 or at least 3"),
         ("graceful_restart_time", 5000, "graceful_restart_time"),
-        ("ttl_security", 255, "ttl_security"),
+        ("ttl_security", 256, "ttl_security"),
+        ("bind_source", "no", "bind_source"),
         ("password", "", "non-empty"),
         ("password", "x" * 81, "TCP MD5 allows 80"),
         ("passive", "yes", "passive"),
@@ -108,6 +109,30 @@ def test_bad_values_are_rejected_with_the_field(field: str, value: object, needl
     bad = dataclasses.replace(spec(), **{field: value})
     with pytest.raises(ExaBGPConfigError, match=re.escape(needle)):
         render_config("10.99.0.1", ["10.99.0.1"], [bad], RELAY)
+
+
+def test_ttl_security_255_is_calicos_maximum() -> None:
+    # Calico's ttlSecurity is a uint8 and confd renders `multihop 255`; issue 13: podbgp
+    # used to refuse the whole peer set for it.
+    text = render_config("10.99.0.1", ["10.99.0.1"], [spec(ttl_security=255)], RELAY)
+    assert "incoming-ttl 1;" in text
+
+
+def test_source_address_none_lets_the_kernel_choose() -> None:
+    text = render_config("10.99.0.1", ["10.99.0.1"], [spec(bind_source=False)], RELAY)
+    assert "local-address auto;" in text and "local-address 10.99.0.1" not in text
+
+
+def test_one_bad_session_is_left_out_alone() -> None:
+    good = spec()
+    other = spec(address="10.99.0.3", peer_as=65003)
+    bad_pw = spec(address="10.99.0.4", password="p" * 81)
+    second_port = spec(port=1791)
+    ok, bad = check_peers("10.99.0.1", [bad_pw, good, second_port, other])
+    assert ok == [good, other]
+    assert [(s.address, s.port) for s, _ in bad] == [("10.99.0.2", 1791), ("10.99.0.4", 179)]
+    assert "configured twice" in bad[0][1] and "TCP MD5 allows 80" in bad[1][1]
+    assert "ppp" not in bad[1][1]  # never the password itself
 
 
 def test_password_not_in_error() -> None:

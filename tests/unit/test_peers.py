@@ -44,16 +44,32 @@ def snap(*docs):
 THREE = (node("n1", "10.0.0.1"), node("n2", "10.0.0.2"), node("n3", "10.0.0.3"))
 
 
-def test_full_mesh_lower_address_dials_higher_is_passive() -> None:
+def test_full_mesh_greater_address_dials_lower_is_passive() -> None:
+    # confd bgp_processor.go processMeshPeers: `if peerIP > currentNodeIP { Passive }`.
     plan = plan_peers(snap(*THREE), "n2")
-    assert [(p.address, p.passive, p.peer_type) for p in plan.peers] == [
-        ("10.0.0.1", True, PeerType.MESH),   # n1 is lower: it dials us
-        ("10.0.0.3", False, PeerType.MESH),  # we are lower: we dial
+    assert [(p.address, p.passive, p.peer_type, p.name) for p in plan.peers] == [
+        ("10.0.0.1", False, PeerType.MESH, "Mesh_10_0_0_1"),  # we are greater: we dial
+        ("10.0.0.3", True, PeerType.MESH, "Mesh_10_0_0_3"),   # n3 is greater: it dials us
     ]
     assert all(p.local_address == "10.0.0.2" and p.local_as == 64512 == p.peer_as
                for p in plan.peers)
     assert plan.node.router_id == "10.0.0.2"
 
+
+def test_mesh_roles_compare_addresses_as_calico_does_as_strings() -> None:
+    # Go compares the address strings: "10.0.0.10" < "10.0.0.9". A numeric comparison
+    # would flip this pair, and in a mixed calico-node/podbgp mesh both sides would wait.
+    s = snap(node("a", "10.0.0.9"), node("b", "10.0.0.10"))
+    assert [p.passive for p in plan_peers(s, "a").peers] == [False]  # a ("10.0.0.9") dials
+    assert [p.passive for p in plan_peers(s, "b").peers] == [True]
+
+
+def test_mesh_dials_the_peer_nodes_listen_port() -> None:
+    # confd processMeshPeers: the peer's listen_port (node.<peer>), else the global one.
+    s = snap(*THREE, bgpconf(listenPort=1790), bgpconf("node.n3", listenPort=2790))
+    by = {p.address: p for p in plan_peers(s, "n1").peers}
+    assert (by["10.0.0.2"].port, by["10.0.0.3"].port) == (1790, 2790)
+    assert by["10.0.0.2"].name == "Mesh_10_0_0_2"  # mesh names carry no port
 
 def test_mesh_disabled_gives_no_mesh_sessions() -> None:
     plan = plan_peers(snap(*THREE, bgpconf(nodeToNodeMeshEnabled=False)), "n1")
@@ -93,8 +109,9 @@ def test_peer_selector_peers_with_selected_nodes_using_their_as() -> None:
              bgpconf(nodeToNodeMeshEnabled=False),
              peer("to-rr", nodeSelector="!has(role)", peerSelector="role == 'rr'"))
     n2 = plan_peers(s, "n2").peers
+    # Node-specific (nodeSelector) sessions always dial, whatever the addresses.
     assert [(p.address, p.peer_as, p.local_as, p.passive) for p in n2] == [
-        ("10.0.0.1", 64512, 65010, True), ("10.0.0.3", 64512, 65010, False)]
+        ("10.0.0.1", 64512, 65010, False), ("10.0.0.3", 64512, 65010, False)]
     # The selected side peers back (Calico confd's reverse peerings), with the
     # nodeSelector's nodes only: n1 dials n2 (lower address), never n3.
     n1 = plan_peers(s, "n1").peers
@@ -118,9 +135,19 @@ def test_route_reflector_skips_mesh_and_marks_clients() -> None:
 
 def test_node_specific_definition_wins_over_mesh_for_same_address() -> None:
     s = snap(*THREE, peer("n1-n2", node="n1", peerIP="10.0.0.2", asNumber=64512,
-                          keepOriginalNextHop=True))
-    p = {p.address: p for p in plan_peers(s, "n1").peers}["10.0.0.2"]
-    assert p.peer_type == PeerType.NODE and p.next_hop_mode == NextHopMode.KEEP
+                          nextHopMode="Keep"),
+             peer("legacy", node="n1", peerIP="10.0.0.3", asNumber=64512,
+                  keepOriginalNextHop=True))
+    plan = plan_peers(s, "n1")
+    by = {p.address: p for p in plan.peers}
+    assert by["10.0.0.2"].peer_type == PeerType.NODE
+    assert by["10.0.0.2"].next_hop_mode == NextHopMode.KEEP
+    # confd: the deprecated keepOriginalNextHop counts for eBGP sessions only.
+    assert by["10.0.0.3"].next_hop_mode == NextHopMode.AUTO
+    # Calico would also run the mesh sessions to both; podbgp runs one per address
+    # and says why the other is not configured.
+    assert sorted(s.name for s, _ in plan.rejected) == ["Mesh_10_0_0_2", "Mesh_10_0_0_3"]
+    assert all("one session per peer address" in why for _, why in plan.rejected)
 
 
 def test_passwords_resolved_through_reader_and_missing_reported() -> None:
@@ -144,7 +171,8 @@ def test_timers_ttl_and_max_prefix_annotations() -> None:
                   annotations={"podbgp.io/max-prefixes": "lots"}))
     by = {p.address: p for p in plan_peers(s, "n1").peers}
     tor = by["10.0.0.100"]
-    assert (tor.keepalive_time, tor.hold_time, tor.graceful_restart_time) == (10, 30, 300)
+    # keepaliveTime does not change the hold time (issue 13: it used to shorten it).
+    assert (tor.keepalive_time, tor.hold_time, tor.graceful_restart_time) == (10, 90, 300)
     assert (tor.ttl_security, tor.max_prefixes, tor.max_prefix_action) == (1, 100, "teardown")
     assert by["10.0.0.101"].max_prefixes is None
     assert any("lots" in pr for pr in plan_peers(s, "n1").problems)
@@ -169,7 +197,8 @@ def test_documented_rr_peer_gives_reflector_sessions_to_every_node() -> None:
     assert [(p.address, p.passive, p.rr_client, p.graceful_restart_time) for p in rr] == [
         ("10.0.0.2", False, True, 10), ("10.0.0.3", False, True, 10)]
     c2 = plan_peers(s, "c2").peers
-    assert [(p.address, p.passive, p.rr_client) for p in c2] == [("10.0.0.1", True, False)]
+    # A nodeSelector peering is node-specific: confd makes neither side passive.
+    assert [(p.address, p.passive, p.rr_client) for p in c2] == [("10.0.0.1", False, False)]
 
 
 def test_peer_ip_naming_a_node_gives_that_node_the_reverse_session() -> None:
@@ -177,4 +206,5 @@ def test_peer_ip_naming_a_node_gives_that_node_the_reverse_session() -> None:
              peer("n2-to-n1", node="n2", peerIP="10.0.0.1", asNumber=64512),
              peer("other-as", node="n3", peerIP="10.0.0.1", asNumber=65000))
     n1 = plan_peers(s, "n1").peers
-    assert [(p.address, p.name) for p in n1] == [("10.0.0.2", "n2-to-n1")]
+    assert [(p.address, p.name, p.resource) for p in n1] == [
+        ("10.0.0.2", "Node_10_0_0_2", "n2-to-n1")]

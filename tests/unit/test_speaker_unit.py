@@ -21,7 +21,6 @@ from pathlib import Path as FsPath
 import pytest
 
 from bgpd import events as ev
-from bgpd.exabgp.conf import ExaBGPConfigError
 from bgpd.exabgp.speaker import Speaker, _redact, attributes_text
 from bgpd.peerspec import PeerSpec, PeerType
 from rib.path import Origin
@@ -255,9 +254,13 @@ async def test_set_peers_reload_only_on_change(speaker) -> None:
     await speaker.set_peers([spec(hold_time=30)])
     assert speaker.stats.reloads == reloads + 1
     assert "hold-time 30;" in speaker.conf_path.read_text()
-    with pytest.raises(ExaBGPConfigError):
-        await speaker.set_peers([spec(peer_as=0)])
-    assert "hold-time 30;" in speaker.conf_path.read_text()  # the last good config stays
+    # One bad session is one bad session: it is reported, the running one keeps its
+    # last good settings, and a new good one is configured beside it.
+    ((bad, why),) = await speaker.set_peers([spec(peer_as=0),
+                                              spec(address="10.0.0.9", peer_as=65009)])
+    assert bad.peer_as == 0 and "peer_as" in why
+    text = speaker.conf_path.read_text()
+    assert "hold-time 30;" in text and "neighbor 10.0.0.9 {" in text
 
 
 async def test_restart_resends_everything_and_reports_down(speaker) -> None:

@@ -89,11 +89,18 @@ def test_rib_config_services_deduplicated_and_canonical() -> None:
     assert cfg.service_prefixes == ("10.96.0.0/12", "192.0.2.7/32", "fd00:0:0:1::/64")
 
 
-def test_rib_config_per_node_configuration_wins() -> None:
+def test_rib_config_per_node_configuration_only_where_calico_honours_it() -> None:
+    # confd client.go updateBGPConfigCache: a node.<name> BGPConfiguration sets
+    # prefixAdvertisements, listenPort and logSeverityScreen for its node; service
+    # IPs come from the global resource only.
     glob = res("BGPConfiguration", "default", {"serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]})
     mine = res("BGPConfiguration", "node.n1",
-               {"serviceClusterIPs": [{"cidr": "10.100.0.0/16"}]})
-    assert rib_config(snapshot(glob, mine), ME).service_prefixes == ("10.100.0.0/16",)
+               {"serviceClusterIPs": [{"cidr": "10.100.0.0/16"}],
+                "prefixAdvertisements": [{"cidr": "10.96.0.0/12", "communities": ["1:2"]}]})
+    conf = rib_config(snapshot(glob, mine), ME)
+    assert conf.service_prefixes == ("10.96.0.0/12",)
+    assert conf.prefix_advertisements == (
+        rib.PrefixAdvertisement("10.96.0.0/12", communities=((1, 2),)),)
 
 
 def test_rib_config_prefix_advertisements_resolve_community_names() -> None:
