@@ -25,6 +25,7 @@ matches every node, since nodes are never namespaced.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -322,4 +323,11 @@ def parse_selector(text: str) -> Selector:
     """Parse Calico selector ``text``; raises `SelectorError` naming position and reason."""
     if not isinstance(text, str):
         raise SelectorError(repr(text), 0, "a selector must be a string")
+    return _parse_cached(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_cached(text: str) -> Selector:
+    # Parsed selectors are immutable, and the same texts recur in every policy
+    # (validation, then the policy engine): parse each once. Errors are not cached.
     return _Parser(text).parse()

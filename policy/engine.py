@@ -125,6 +125,9 @@ class Engine:
         self._dirty_pols: set[str] = set()
         self._dirty_profiles: set[str] = set()
         self._chain_cache: dict[tuple[int, str], tuple[object, tuple[str, ...], set]] = {}
+        # selector (or (selector, port name)) -> (v4, v6) elements of its sets; dropped
+        # when a member joins, leaves or changes, so unchanged sets keep their objects
+        self._elements: dict[object, tuple[frozenset[str], frozenset[str]]] = {}
 
     # ------------------------------------------------------------- inputs
 
@@ -194,10 +197,16 @@ class Engine:
                 else:
                     self._applied.pop(key, None)
             for s, members in self._members.items():
+                was = key in members
                 if ep is not None and s.matches(self._labels[key]):
                     members.add(key)
                 else:
                     members.discard(key)
+                if was or key in members:  # joined, left, or a member changed
+                    self._elements.pop(s, None)
+                    for k in [k for k in self._elements
+                              if isinstance(k, tuple) and k[0] == s]:
+                        del self._elements[k]
         dirty_pols, self._dirty_pols = self._dirty_pols, set()
         for pid in dirty_pols:
             p = self.policies.get(pid)
@@ -299,18 +308,23 @@ class Engine:
         for s in list(self._members):
             if s not in keep:
                 del self._members[s]
+        for k in list(self._elements):
+            if (k[0] if isinstance(k, tuple) else k) not in keep:
+                del self._elements[k]
         for k in [k for k, v in self._chain_cache.items() if k[1] not in rs.chains
                   or rs.chains[k[1]].rules is not v[1]]:
             del self._chain_cache[k]
         for s in used_selectors:
-            members = self._track(s)
-            v4, v6 = self._addrs(members)
+            if s not in self._elements:
+                self._elements[s] = self._addrs(self._track(s))
+            v4, v6 = self._elements[s]
             base = selector_set(s)
             rs.sets[f"{base}-4"] = SetDef(f"{base}-4", "ipv4_addr", v4)
             rs.sets[f"{base}-6"] = SetDef(f"{base}-6", "ipv6_addr", v6)
         for s, port_name in used_named:
-            members = self._track(s)
-            v4, v6 = self._named(members, port_name)
+            if (s, port_name) not in self._elements:
+                self._elements[(s, port_name)] = self._named(self._track(s), port_name)
+            v4, v6 = self._elements[(s, port_name)]
             base = named_port_set(s, port_name)
             rs.sets[f"{base}-4"] = SetDef(f"{base}-4", "ipv4_addr . inet_proto . inet_service", v4)
             rs.sets[f"{base}-6"] = SetDef(f"{base}-6", "ipv6_addr . inet_proto . inet_service", v6)

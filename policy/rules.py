@@ -197,7 +197,9 @@ class NRule:
 
 
 def _nets(items: Iterable[str] | None) -> tuple[Network, ...]:
-    nets = [ipaddress.ip_network(n, strict=False) for n in items or ()]
+    if not items:
+        return ()
+    nets = [ipaddress.ip_network(n, strict=False) for n in items]
     out: list[Network] = []
     for version in (4, 6):
         out.extend(ipaddress.collapse_addresses([n for n in nets if n.version == version]))
