@@ -8,12 +8,14 @@ knftables' (kubernetes-sigs/knftables).
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 
 import pytest
 
 from fib_sync.nft import Nft, NftError, NotOwnedError, TableState
-from tests.conftest import require_binary
+from tests.conftest import REPO, require_binary
 
 BASE = """
 table inet podbgp-t {
@@ -134,3 +136,37 @@ def test_missing_namespace_is_named():
     drv = Nft(netns="podbgp-no-such-ns")
     with pytest.raises(NftError, match="podbgp-no-such-ns"):
         drv.apply("add table inet podbgp-t")
+
+
+IN_PROCESS = """
+import json, sys
+from fib_sync.nft import Nft, NftError
+d = Nft()
+assert d.in_process, "libnftables did not load"
+base = sys.stdin.read()
+d.apply(base)
+doc = d.list_table("inet", "podbgp-t")
+out = {"rules": sum(1 for o in doc["nftables"] if "rule" in o)}
+try:
+    d.apply("add element inet podbgp-t s4 { 10.9.9.9 }\\n"
+            "add rule inet podbgp-t fw ip saddr 10.0.0.1 jump nowhere\\n")
+except NftError as e:
+    out["error_line"] = e.line
+out["after"] = "10.9.9.9" in json.dumps(d.list_table("inet", "podbgp-t"))
+d.check("add rule inet podbgp-t fw accept")
+out["checked_only"] = sum(1 for o in d.list_table("inet", "podbgp-t")["nftables"] if "rule" in o)
+out["missing"] = d.list_table("inet", "podbgp-none")
+print(json.dumps(out))
+"""
+
+
+def test_in_process_library_behaves_like_the_binary(netns):
+    # Inside the namespace (as the agent runs on a node) the driver uses
+    # libnftables: same transactions, same errors naming the failing line.
+    require_binary("nft")
+    r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", IN_PROCESS],
+                       input=BASE, capture_output=True, text=True, cwd=str(REPO))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out == {"rules": 3, "error_line": "add rule inet podbgp-t fw ip saddr 10.0.0.1 "
+                   "jump nowhere", "after": False, "checked_only": 3, "missing": None}
