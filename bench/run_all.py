@@ -29,6 +29,8 @@ BENCHES: dict[str, tuple[list[str], list[str], bool]] = {
     "fib": ([], ["--routes", "20000"], False),
     "rib": ([], ["--prefixes", "5000"], False),
     "config_load": ([], ["--count", "200", "--runs", "2"], False),
+    "policy": ([], ["--changes", "20", "--policies", "200", "--endpoints", "1000",
+                    "--seconds", "1", "--rounds", "1"], True),
 }
 TITLES = {
     "convergence": "Convergence of K routes into the kernel (and memory)",
@@ -37,6 +39,7 @@ TITLES = {
     "fib": "FIB programming: podbgp FibSyncer against `ip -batch`",
     "rib": "RIB: path updates per second and memory per path",
     "config_load": "Config load",
+    "policy": "Network policy: enforcement latency and the cost of a loaded table",
 }
 
 

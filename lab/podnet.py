@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from config.endpoints import host_interface_name
+from lab import harness
 from lab.netpol import Peer
 
 OUTSIDE_IP = "10.78.0.1"
@@ -57,12 +61,18 @@ class PodNet:
         self.down()
 
     def _ns(self, name: str) -> str:
-        sh("ip", "netns", "add", name)
         self.made.append(name)
+        # recorded before it exists: a run killed half-way is cleaned up by the
+        # next lab or benchmark run (lab.harness.cleanup_leftovers)
+        harness.write_state(self._state, self.made, [], self._workdir)
+        sh("ip", "netns", "add", name)
         sh("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
     def up(self) -> None:
+        harness.cleanup_leftovers()
+        self._workdir = Path(tempfile.mkdtemp(prefix="podbgp-podnet-"))
+        self._state = harness.STATE_DIR / f"podnet-{self.tag}.json"
         self._ns(self.node)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=self.node)
         out = self._ns(f"po{self.tag}")
@@ -112,3 +122,6 @@ class PodNet:
                     os.kill(int(pid), signal.SIGKILL)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         self.made.clear()
+        if getattr(self, "_state", None) is not None:
+            self._state.unlink(missing_ok=True)
+            shutil.rmtree(self._workdir, ignore_errors=True)

@@ -283,7 +283,12 @@ class PolicyAgent:
             if delay > 0:
                 await asyncio.sleep(delay)
             self._dirty.clear()
-            ok = await asyncio.to_thread(self.program)
+            if self.applied is not None:
+                # a difference: a few ms, in-process nft; a thread hand-off would
+                # cost more than it saves under load
+                ok = self.program()
+            else:  # a whole table (start, repair): seconds at scale, off the loop
+                ok = await asyncio.to_thread(self.program)
             if ok:
                 self._backoff = RETRY_MIN
             else:

@@ -100,3 +100,38 @@ def test_rr_scale_quick_podbgp_and_bird2():
                         r", one withdrawal reaches all in [\d.]+ ms \(BIRD 2 [\d.]+ ms\), RSS "
                         r"[\d.]+x a plain node, 0 resets", last), last
     assert _rr_namespaces() <= before, "benchmark namespaces left behind"
+
+
+def _podnet_namespaces() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith(("pn", "pp", "po"))}
+
+
+def test_policy_quick():
+    """bench.policy at toy size: every change takes effect, every variant carries
+    traffic (a policy set that blocked the bench traffic fails the run), the
+    headline parses, nothing is left behind."""
+    require_root()
+    require_binary("nft")
+    require_binary("iperf3")
+    before = _podnet_namespaces()
+    r = subprocess.run([sys.executable, "-m", "bench.policy", "--changes", "6",
+                        "--policies", "30", "--endpoints", "100", "--seconds", "0.5",
+                        "--rounds", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
+    out = r.stdout
+    assert "never took effect" not in out, out
+    for variant in ("no table", "table, no policies", "30 policies / 100 endpoints",
+                    "30 policies all selecting the server"):
+        m = re.search(rf"\|\s+{re.escape(variant)} \|\s+([\d,]+) \|\s+[\d.]+ \|\s+([\d.]+) \|",
+                      out)
+        assert m, f"no row for {variant}:\n{out}"
+        assert int(m.group(1).replace(",", "")) > 0 and float(m.group(2)) > 0, variant
+    m = re.search(r"\|\s+all \|\s+(\d+) \|\s+([\d.]+) \|\s+([\d.]+) \|", out)
+    assert m and int(m.group(1)) == 6, out
+    assert 0 <= float(m.group(3)) < 5000, out  # p50 in ms
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"policy: enforcement p50 [\d.]+ ms p99 [\d.]+ ms over 6 changes; "
+                        r"30 policies/100 endpoints vs none: connection rate [+-][\d.]+% cost, "
+                        r"throughput ratio [\d.]+ \(data [\d.]+ s\)", last), last
+    assert _podnet_namespaces() <= before, "namespaces left behind"
