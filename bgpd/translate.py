@@ -71,10 +71,14 @@ def rib_config(snap: Snapshot, me: LocalNode, *, max_paths: int = 1,
 
 def _filter_rule(rule: BGPFilterRule, version: int) -> rib.FilterRule:
     pl = rule.prefix_length
+    lo = pl.min if pl else None
+    if lo is not None and rule.network is not None:
+        # confd (template_funcs.go filterMatchPrefixLength): max(cidr length, min).
+        lo = max(lo, rule.network.prefixlen)
     return rib.FilterRule(
         action=rule.action, cidr=str(rule.cidr) if rule.cidr else None,
         match_operator=rule.match_operator,
-        prefix_length_min=pl.min if pl else None, prefix_length_max=pl.max if pl else None,
+        prefix_length_min=lo, prefix_length_max=pl.max if pl else None,
         source=rule.source or "", interface=rule.interface, ip_version=version,
     )
 

@@ -2,8 +2,17 @@
 
 Owned by rib/; pure functions called by ``rib.table.Rib``. Import is safe by
 default (stricter than Calico, which imports everything): only prefixes inside
-an enabled IPPool, or ones a BGPFilter import rule explicitly accepts. Every
-rejection has a ``RejectReason`` the daemon logs and counts.
+an IPPool, or ones a BGPFilter import rule explicitly accepts. A *disabled*
+pool still routes, as in Calico (``disabled`` only stops IPAM allocating from
+it; its pods keep their addresses until recreated — Calico's documented pool
+migration). Every rejection has a ``RejectReason`` the daemon logs and counts.
+
+Export follows Calico's ``calico_export_to_bgp_peers`` (confd's
+``bird_ipam.cfg.template``): a route learned from a peer is passed on only if
+it lies inside an IPPool (not ``disableBGPExport``) or a service range, unless a
+BGPFilter export rule explicitly accepts it. A prefix that only an import
+filter let in is used on this node and never re-advertised: accepting a
+route does not make the node a transit for it.
 """
 
 from __future__ import annotations
@@ -22,7 +31,6 @@ from rib.inputs import (
     contains,
     first_match,
     parse_prefix,
-    pool_for,
 )
 from rib.path import Origin, Path, PeerKind
 
@@ -39,7 +47,7 @@ class RejectReason(enum.StrEnum):
     CLUSTER_LOOP = "cluster-loop"  # our cluster id in CLUSTER_LIST (RFC 4456 §8)
     FILTER_REJECT = "filter-reject"  # a BGPFilter import rule said Reject
     NOT_IN_POOL = "not-in-pool"  # inside no IPPool
-    POOL_DISABLED = "pool-disabled"  # only inside disabled IPPools
+    POOL_DISABLED = "pool-disabled"  # (no longer returned: disabled pools route, as in Calico)
     SHORTER_THAN_POOL = "shorter-than-pool"  # less specific than the pool's CIDR
     MAX_PREFIX = "max-prefix"  # the peer's prefix limit is reached
 
@@ -47,13 +55,12 @@ class RejectReason(enum.StrEnum):
 class ImportContext:
     """Per-config precomputation for ``import_reason`` (parsed own blocks, pools)."""
 
-    __slots__ = ("cluster_id", "config", "enabled_pools", "own_blocks", "pools")
+    __slots__ = ("cluster_id", "config", "own_blocks", "pools")
 
     def __init__(self, config: RibConfig) -> None:
         self.config = config
         self.own_blocks = tuple(parse_prefix(b) for b in config.own_blocks)
         self.pools = tuple(sorted(config.pools, key=lambda p: -p.parsed[2]))
-        self.enabled_pools = tuple(p for p in self.pools if not p.disabled)
         self.cluster_id = config.cluster_id or config.router_id
 
 
@@ -81,7 +88,7 @@ def import_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectR
             return None
         if action is FilterAction.REJECT:
             return RejectReason.FILTER_REJECT
-    for pool in ctx.enabled_pools:
+    for pool in ctx.pools:
         if contains(pool.parsed, parsed):
             return None
     return _outside_pools(parsed, ctx)
@@ -103,7 +110,7 @@ def import_reasons(
     append = out.append
     own_blocks = ctx.own_blocks
     filters = policy.import_filters
-    enabled = ctx.enabled_pools
+    enabled = ctx.pools  # disabled pools route too
     last = None  # the path whose attribute objects ``attr_reason`` was computed for
     attr_reason: RejectReason | None = None
     for path in paths:
@@ -185,9 +192,7 @@ def _attr_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectRe
 
 
 def _outside_pools(parsed: tuple[int, int, int], ctx: ImportContext) -> RejectReason:
-    """Not inside an enabled pool: the most helpful reason."""
-    if pool_for(ctx.pools, parsed) is not None:
-        return RejectReason.POOL_DISABLED
+    """Not inside a pool: the most helpful reason."""
     for pool in ctx.pools:
         if contains(parsed, pool.parsed):
             return RejectReason.SHORTER_THAN_POOL
@@ -217,11 +222,28 @@ class ExportAttrs:
 class ExportContext:
     """Per-config precomputation for ``export_attrs``."""
 
-    __slots__ = ("config", "no_export_pools")
+    __slots__ = ("_passable", "config", "exportable", "no_export_pools")
 
     def __init__(self, config: RibConfig) -> None:
         self.config = config
         self.no_export_pools = tuple(p for p in config.pools if p.disable_bgp_export)
+        # Where a learned route may be passed on (calico_export_to_bgp_peers): the
+        # pools and the service ranges.
+        self.exportable = tuple(parse_prefix(c) for c in (
+            *(p.cidr for p in config.pools if not p.disable_bgp_export),
+            *config.service_prefixes))
+        self._passable: dict[str, bool] = {}
+
+    def passable(self, prefix: str) -> bool:
+        """A learned ``prefix`` lies inside a pool or service range (cached per prefix)."""
+        known = self._passable.get(prefix)
+        if known is None:
+            parsed = parse_prefix(prefix)
+            known = any(contains(r, parsed) for r in self.exportable)
+            if len(self._passable) > 200_000:
+                self._passable.clear()
+            self._passable[prefix] = known
+        return known
 
 
 def export_key(path: Path, target: PeerPolicy, ctx: ExportContext) -> tuple | None:
@@ -246,15 +268,18 @@ def export_key(path: Path, target: PeerPolicy, ctx: ExportContext) -> tuple | No
                 return None
             if not source.rr_client and not tpeer.rr_client:
                 return None
+    action = None
     if ctx.no_export_pools or target.export_filters:
         parsed = parse_prefix(path.prefix)
         for pool in ctx.no_export_pools:
             if contains(pool.parsed, parsed):
                 return None
-        if target.export_filters and (
-            first_match(target.export_filters, parsed, originated) is FilterAction.REJECT
-        ):
-            return None
+        if target.export_filters:
+            action = first_match(target.export_filters, parsed, originated)
+            if action is FilterAction.REJECT:
+                return None
+    if not originated and action is not FilterAction.ACCEPT and not ctx.passable(path.prefix):
+        return None  # not a transit for prefixes outside the pools
     # Next hop (Calico nextHopMode): originated routes always carry ours.
     mode = target.next_hop_mode
     if originated or mode is NextHopMode.SELF or (mode is NextHopMode.AUTO and to_ebgp):

@@ -168,6 +168,20 @@ def test_learned_route_in_no_export_pool_not_exported():
     assert all("10.99.1.0/26" not in rib.adj_rib_out(p.address) for p in ALL.values())
 
 
+def test_an_imported_external_prefix_is_used_but_never_passed_on():
+    # calico_export_to_bgp_peers (confd bird_ipam.cfg.template) exports only pool and
+    # service ranges: an import Accept of an outside prefix does not make this node a
+    # transit for it (issue 13) — not to eBGP peers, not reflected to clients.
+    ext = "203.0.113.0/24"
+    accept = (FilterRule("Accept", "203.0.113.0/24", "Equal"),)
+    rib = setup(E1=policy(E1, import_filters=accept),
+                E2=policy(E2, export_filters=(FilterRule("Accept", ext, "Equal"),)))
+    ch = rib.announce(E1.address, [Path(ext, E1.address, E1, as_path=(65001,))])
+    assert not ch.rejected and rib.best(ext) is not None and ch.kernel_add
+    got = {n for n, p in ALL.items() if ext in rib.adj_rib_out(p.address)}
+    assert got == {"E2"}  # only where an export filter explicitly accepts it
+
+
 EXPORT_FILTERS = [
     ((FilterRule("Reject", "10.244.1.0/26", "Equal"),), False),
     ((FilterRule("Reject", source="RemotePeers"),), False),

@@ -59,7 +59,6 @@ REJECTIONS = [
     (p(originator_id="10.1.0.1"), RejectReason.ORIGINATOR_LOOP),
     (p(cluster_list=("2.0.0.2", "1.0.0.1")), RejectReason.CLUSTER_LOOP),
     (p("192.168.0.0/24"), RejectReason.NOT_IN_POOL),
-    (p("10.250.1.0/26"), RejectReason.POOL_DISABLED),
     (p("10.0.0.0/8"), RejectReason.SHORTER_THAN_POOL),
 ]
 
@@ -206,16 +205,25 @@ def test_policy_change_reevaluates_pre_policy_adj_rib_in():
     ]
 
 
+def test_a_disabled_pool_keeps_routing():
+    # Calico: `disabled` stops IPAM allocating from a pool; its pods keep their addresses
+    # and their routes until recreated (the documented pool migration). Issue 13: podbgp
+    # used to reject them on import.
+    rib, policy = rib_with()
+    ch = rib.announce(policy.key, [p("10.250.1.0/26")])
+    assert not ch.rejected and [k.prefix for k in ch.kernel_add] == ["10.250.1.0/26"]
+
+
 def test_config_change_reevaluates_all_peers():
     rib, policy = rib_with()
-    rib.announce(policy.key, [p("10.250.1.0/26")])
-    assert rib.best("10.250.1.0/26") is None
-    enabled = RibConfig(**{**{f: getattr(CONFIG, f) for f in CONFIG.__dataclass_fields__},
-                           "pools": (Pool("10.244.0.0/16"), Pool("10.250.0.0/16"))})
-    ch = rib.set_config(enabled)
-    assert rib.best("10.250.1.0/26") is not None
-    assert [k.prefix for k in ch.kernel_add] == ["10.250.1.0/26"]
-    assert rib.set_config(enabled).best == []  # identical config: nothing
+    rib.announce(policy.key, [p("10.251.1.0/26")])
+    assert rib.best("10.251.1.0/26") is None
+    more = RibConfig(**{**{f: getattr(CONFIG, f) for f in CONFIG.__dataclass_fields__},
+                        "pools": (*CONFIG.pools, Pool("10.251.0.0/16"))})
+    ch = rib.set_config(more)
+    assert rib.best("10.251.1.0/26") is not None
+    assert [k.prefix for k in ch.kernel_add] == ["10.251.1.0/26"]
+    assert rib.set_config(more).best == []  # identical config: nothing
 
 
 def test_unknown_peer_is_a_clear_error():

@@ -156,6 +156,18 @@ def test_filter_rules_in_order_with_versions() -> None:
     assert exp[1].interface == "eth*"
 
 
+def test_prefix_length_min_shorter_than_the_cidr_is_clamped() -> None:
+    # confd template_funcs.go filterMatchPrefixLength renders [ cidr{max(len, min),max} ];
+    # issue 13: podbgp rejected the whole filter for it.
+    f = res("BGPFilter", "wide", {"importV4": [
+        {"action": "Accept", "cidr": "10.0.0.0/16", "matchOperator": "In",
+         "prefixLength": {"min": 8, "max": 24}}]})
+    (rule,), _, problems = filter_rules(snapshot(f), ("wide",))
+    assert problems == []
+    assert (rule.prefix_length_min, rule.prefix_length_max) == (16, 24)
+    assert rule.matches((4, 10 << 24, 16), False) and not rule.matches((4, 10 << 24, 8), False)
+
+
 def test_peer_policy_from_spec_and_filters() -> None:
     s = spec(filters=("f2", "missing", "f1"), max_prefixes=100,
              max_prefix_action="teardown", next_hop_mode=NextHopMode.SELF,
