@@ -57,8 +57,17 @@ ends the session in ExaBGP's catch-all with no NOTIFICATION, where RFC 4271
 §6.1 requires NOTIFICATION 1/1 or 1/2 with the bad length (seen: a
 5,000-octet UPDATE from a hostile peer, down reason ""). The report is dropped
 (nothing subscribes to it; the down reason "notification sent (1,2)" says what
-happened) and the NOTIFICATION goes out as ExaBGP meant it to. This is the one
-group that changes what ExaBGP sends.
+happened) and the NOTIFICATION goes out as ExaBGP meant it to.
+
+Same group: ``Peer.teardown`` (only ever reached from the API's ``neighbor X
+teardown N``, which podbgp sends for max-prefix) closed the session silently
+whenever podbgp had announced graceful restart, as if ExaBGP were restarting:
+the peer saw a dropped TCP connection, not Cease / Maximum Number of Prefixes
+Reached (RFC 4486 §4, 6/1). A teardown now sends its NOTIFICATION: the
+session's record of our OPEN drops the GR capability before the teardown, so
+ExaBGP's "silent close under GR" test fails for that session only (the next
+session negotiates afresh). A restart of ExaBGP itself is unchanged. This is
+the one group that changes what ExaBGP sends.
 
 Each source rewrite replaces exact text of ExaBGP's function and refuses
 (leaving its group unpatched) if the text is not there; a function replaced
@@ -322,10 +331,28 @@ def _patch_notify() -> None:
     ], {})
 
 
+    from exabgp.bgp.message.open.capability import Capability
+    from exabgp.reactor.peer import Peer
+
+    original = Peer.__dict__["teardown"]
+    if list(inspect.signature(original).parameters) != ["self", "code", "restart"]:
+        raise PatchError("Peer.teardown: not (self, code, restart)")
+
+    def teardown(self: Any, code: int, restart: bool = True) -> None:
+        negotiated = getattr(self.proto, "negotiated", None)
+        sent = getattr(negotiated, "sent_open", None)
+        if sent is not None:
+            sent.capabilities.pop(Capability.CODE.GRACEFUL_RESTART, None)
+        original(self, code, restart)
+
+    Peer.teardown = teardown
+
+
 def _notify_targets() -> list[tuple[Any, str]]:
+    from exabgp.reactor.peer import Peer
     from exabgp.reactor.protocol import Protocol
 
-    return [(Protocol, "read_message")]
+    return [(Protocol, "read_message"), (Peer, "teardown")]
 
 
 # ---------------------------------------------------------------- group "api"

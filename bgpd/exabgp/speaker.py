@@ -120,6 +120,23 @@ def _selector(peers: Iterable[PeerKey]) -> str:
     return " , ".join(f"neighbor {key[0]}" for key in peers)
 
 
+class _Turn:
+    """Gives the event loop back once a loop has run for ``slice_s`` without
+    suspending (an await on data that is already there does not suspend)."""
+
+    __slots__ = ("_until", "slice_s")
+
+    def __init__(self, slice_s: float = 0.01) -> None:
+        self.slice_s = slice_s
+        self._until = time.monotonic() + slice_s
+
+    async def share(self) -> None:
+        now = time.monotonic()
+        if now >= self._until:
+            await asyncio.sleep(0)
+            self._until = time.monotonic() + self.slice_s
+
+
 def _set_pdeathsig() -> None:  # runs in the child between fork and exec
     # SIGKILL, not SIGTERM: a dying daemon should not make ExaBGP send a Cease
     # NOTIFICATION; a dropped TCP session lets graceful-restart peers keep our
@@ -425,7 +442,11 @@ class Speaker:
             writer.close()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        turn = _Turn()
         while True:
+            # readline() does not suspend while whole lines are buffered: a flood of
+            # UPDATEs would otherwise hold the event loop (HTTP, timers) for seconds.
+            await turn.share()
             try:
                 line = await reader.readline()
             except (asyncio.LimitOverrunError, ValueError) as exc:
@@ -843,8 +864,11 @@ class Speaker:
     # --------------------------------------------------------------- events
 
     async def events(self) -> AsyncIterator[ev.Event]:
-        """Parsed events, in ExaBGP's order (command answers are consumed here)."""
+        """Parsed events, in ExaBGP's order (command answers are consumed here). The
+        consumer gets the event loop back every few milliseconds of a backlog."""
+        turn = _Turn()
         while True:
+            await turn.share()
             yield await self._events.get()
 
     async def next_event(self, timeout: float | None = None) -> ev.Event:

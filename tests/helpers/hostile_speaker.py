@@ -335,6 +335,7 @@ class Session:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self._buf = b""
+        self._wlock = threading.Lock()  # whole messages only, from any thread
         self.peer_open: Message | None = None
         self.received: list[Message] = []
 
@@ -436,7 +437,26 @@ class Session:
 
     # -- writing
     def send(self, *messages: bytes) -> None:
-        self.sock.sendall(b"".join(messages))
+        with self._wlock:
+            self.sock.sendall(b"".join(messages))
+
+    def send_in_background(self, messages: Sequence[bytes], timeout: float = 300) -> threading.Thread:
+        """Send many messages from a thread (the peer reads them as fast as it can; a
+        blocking send would stop this side answering KEEPALIVEs). Join the thread."""
+        self.sock.settimeout(timeout)
+        errors: list[BaseException] = []
+
+        def work() -> None:
+            try:
+                for m in messages:
+                    self.send(m)
+            except OSError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=work, name="hostile-sender", daemon=True)
+        t.errors = errors  # type: ignore[attr-defined]
+        t.start()
+        return t
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
