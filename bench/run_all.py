@@ -122,7 +122,26 @@ def plot_latency(data: dict, path: Path) -> bool:
     return True
 
 
+def _old_results(path: Path) -> tuple[dict[str, str], list[str]]:
+    """Sections (title -> text) and headline lines of an existing RESULTS.md."""
+    if not path.exists():
+        return {}, []
+    text = path.read_text()
+    sections = {}
+    for part in text.split("\n## ")[1:]:
+        title, _, body = part.partition("\n")
+        sections[title.strip()] = body.rstrip("\n")
+    heads = sections.get("Headlines", "")
+    return sections, [ln for ln in heads.splitlines() if ln.startswith("- `")]
+
+
 def write_results(results: list[dict], quick: bool) -> Path:
+    """RESULTS.md for this run; benchmarks not run this time (``--only``) keep their
+    sections and headlines from the previous file, marked with that file's date."""
+    out = RESULTS_DIR / "RESULTS.md"
+    old_sections, old_heads = _old_results(out)
+    ran = {r["name"] for r in results}
+    kept = [n for n in BENCHES if n not in ran and TITLES[n] in old_sections]
     m = machine()
     lines = ["# podbgp benchmark results", "",
              f"Written by `bench/run_all{' --quick' if quick else ''}` on {m['date']}. "
@@ -132,6 +151,9 @@ def write_results(results: list[dict], quick: bool) -> Path:
     lines += [f"- {k}: {v}" for k, v in m.items() if k != "date"]
     lines += ["", "## Headlines", ""]
     lines += [f"- `{r['headline'] or r['name'] + ': no result'}`" for r in results]
+    for name in kept:  # from the previous run, which wrote them
+        lines += [h for h in old_heads if h.startswith(f"- `{name}:")
+                  or h.startswith(f"- `{name.split('_')[0]}:")]
     plots = {"convergence": ("convergence.png", plot_convergence),
              "latency": ("latency.png", plot_latency)}
     for r in results:
@@ -147,7 +169,9 @@ def write_results(results: list[dict], quick: bool) -> Path:
         lines += ["```", r["stdout"].strip() or "(no output)", "```"]
         if r["rc"] != 0:
             lines += ["", "stderr (tail):", "```", r["stderr"].strip()[-1500:], "```"]
-    out = RESULTS_DIR / "RESULTS.md"
+    for name in kept:
+        lines += ["", f"## {TITLES[name]}", "", "(from the previous run of bench/run_all)",
+                  old_sections[TITLES[name]].strip("\n")]
     out.write_text("\n".join(lines) + "\n")
     return out
 

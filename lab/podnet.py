@@ -30,6 +30,10 @@ OUTSIDE_IP = "10.78.0.1"
 NODE_EXT_IP = "10.78.0.254"
 
 
+def node_ip(i: int) -> str:
+    return f"{SWITCH_NET}.{10 + i}"
+
+
 def sh(*cmd: str, ns: str | None = None) -> str:
     full = ["ip", "netns", "exec", ns, *cmd] if ns else list(cmd)
     r = subprocess.run(full, capture_output=True, text=True)
@@ -38,16 +42,28 @@ def sh(*cmd: str, ns: str | None = None) -> str:
     return r.stdout
 
 
+SWITCH_NET = "10.98.0"
+
+
 @dataclass
 class PodNet:
+    """`nodes` node namespaces; with more than one, they share an L2 segment (a
+    bridge in a "switch" namespace, ``10.98.0.1X/24``) and route each other's pods
+    by /32 via the owning node, as BGP would program them. The outside host
+    hangs off the first node."""
+
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     node: str = ""
+    nodes: int = 1
     outside: Peer | None = None
     pods: dict[str, Peer] = field(default_factory=dict)
     made: list[str] = field(default_factory=list)
+    node_names: list[str] = field(default_factory=list)
+    pod_node: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.node = self.node or f"pn{self.tag}"
+        self.switch = f"ps{self.tag}"
 
     def __enter__(self) -> PodNet:
         try:
@@ -87,27 +103,59 @@ class PodNet:
         # as a real node's default route does.
         sh("ip", "-n", self.node, "route", "add", "default", "via", OUTSIDE_IP)
         self.outside = Peer("ext", "host", out, OUTSIDE_IP)
+        self.node_names = [self.node]
+        if self.nodes > 1:
+            self._ns(self.switch)
+            sh("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
+            sh("ip", "-n", self.switch, "link", "set", "br0", "up")
+            self.on_switch(self.node, node_ip(0), "sw0")
+            for i in range(1, self.nodes):
+                name = f"pn{self.tag}n{i}"
+                self._ns(name)
+                sh("sysctl", "-qw", "net.ipv4.ip_forward=1", ns=name)
+                self.on_switch(name, node_ip(i), "sw0")
+                sh("ip", "-n", name, "route", "add", "default", "via", node_ip(0))
+                self.node_names.append(name)
+
+    def on_switch(self, ns: str, ip: str, ifname: str = "eth0") -> None:
+        """Plug namespace `ns` into the segment with address `ip`/24."""
+        port = f"sw{self.tag}{len(self.made)}"[:15]
+        sh("ip", "-n", self.switch, "link", "add", port, "type", "veth", "peer", "name",
+           ifname, "netns", ns)
+        sh("ip", "-n", self.switch, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", ifname)
+        sh("ip", "-n", ns, "link", "set", ifname, "up")
+
+    def add_host(self, short: str, ip: str) -> str:
+        """A namespace on the segment (etcd, say), reachable from every node."""
+        ns = self._ns(f"ph{self.tag}{short}")
+        self.on_switch(ns, ip)
+        return ns
 
     def add_pod(self, namespace: str, name: str, ip: str, labels: dict | None = None,
-                wire: bool = True) -> Peer:
-        """A pod namespace with its veth; `wire=False` leaves out the node's route (a pod
-        whose CNI ADD is half done)."""
+                wire: bool = True, node: int = 0) -> Peer:
+        """A pod namespace with its veth on node number `node`; `wire=False` leaves
+        out the node's route (a pod whose CNI ADD is half done)."""
+        host = self.node_names[node]
         pod_ns = self._ns(f"pp{self.tag}{len(self.made)}")
         host_if = host_interface_name(namespace, name)
-        sh("ip", "-n", self.node, "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
+        sh("ip", "-n", host, "link", "add", host_if, "type", "veth", "peer", "name", "eth0",
            "netns", pod_ns)
-        sh("sysctl", "-qw", f"net.ipv4.conf.{host_if}.proxy_arp=1", ns=self.node)
-        sh("sysctl", "-qw", f"net.ipv4.neigh.{host_if}.proxy_delay=0", ns=self.node)
-        sh("ip", "-n", self.node, "link", "set", host_if, "up")
+        sh("sysctl", "-qw", f"net.ipv4.conf.{host_if}.proxy_arp=1", ns=host)
+        sh("sysctl", "-qw", f"net.ipv4.neigh.{host_if}.proxy_delay=0", ns=host)
+        sh("ip", "-n", host, "link", "set", host_if, "up")
         sh("ip", "-n", pod_ns, "addr", "add", f"{ip}/32", "dev", "eth0")
         sh("ip", "-n", pod_ns, "link", "set", "eth0", "up")
         sh("ip", "-n", pod_ns, "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
         sh("ip", "-n", pod_ns, "route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
         if wire:
-            sh("ip", "-n", self.node, "route", "add", f"{ip}/32", "dev", host_if, "scope",
-               "link")
-        peer = Peer(namespace, name, pod_ns, ip, "", tuple(sorted((labels or {}).items())))
+            sh("ip", "-n", host, "route", "add", f"{ip}/32", "dev", host_if, "scope", "link")
+            for i, other in enumerate(self.node_names):
+                if i != node:  # what BGP would teach the other nodes
+                    sh("ip", "-n", other, "route", "add", f"{ip}/32", "via", node_ip(node))
+        peer = Peer(namespace, name, pod_ns, ip, host, tuple(sorted((labels or {}).items())))
         self.pods[peer.id] = peer
+        self.pod_node[peer.id] = node
         return peer
 
     def iface(self, peer: Peer) -> str:
