@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from bgpd import __version__
 from bgpd.ops.http import parse_listen
@@ -23,7 +23,9 @@ RESERVED_PROTOCOLS = {0, 1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 4
 
 
 @dataclass(frozen=True)
-class Options:
+class CommonOptions:
+    """The options every podbgp node process shares (`add_common_arguments`)."""
+
     node: str
     datastore: str
     etcd_endpoints: tuple[str, ...]
@@ -32,10 +34,14 @@ class Options:
     etcd_key: str | None
     config_file: str | None
     http_listen: tuple[str, int]
-    route_protocol: int
-    route_table: int
     log_format: str | None
     log_level: str
+
+
+@dataclass(frozen=True)
+class Options(CommonOptions):
+    route_protocol: int
+    route_table: int
     state_dir: str
     convergence_timeout: float
     resync_interval: float
@@ -87,20 +93,6 @@ def add_common_arguments(p: argparse.ArgumentParser, http_default: str,
                    help="json or console (default: console on a TTY, else json)")
     p.add_argument("--log-level", default=_env("PODBGP_LOG_LEVEL", "info"),
                    help="debug, info, warning, error (default info)")
-
-
-@dataclass(frozen=True)
-class CommonOptions:
-    node: str
-    datastore: str
-    etcd_endpoints: tuple[str, ...]
-    etcd_ca: str | None
-    etcd_cert: str | None
-    etcd_key: str | None
-    config_file: str | None
-    http_listen: tuple[str, int]
-    log_format: str | None
-    log_level: str
 
 
 def check_common(a: argparse.Namespace) -> CommonOptions:
@@ -226,10 +218,7 @@ def parse_options(argv: list[str] | None = None) -> Options:
                          "daemon (BIRD 12, kube-router 17, Felix 80, FRR 186-192); pick another")
     table = _int("--route-table", a.route_table, 1, 2**32 - 1)
     return Options(
-        node=c.node, datastore=c.datastore, etcd_endpoints=c.etcd_endpoints, etcd_ca=c.etcd_ca,
-        etcd_cert=c.etcd_cert, etcd_key=c.etcd_key, config_file=c.config_file,
-        http_listen=c.http_listen, route_protocol=proto, route_table=table,
-        log_format=c.log_format, log_level=c.log_level, state_dir=a.state_dir,
+        **asdict(c), route_protocol=proto, route_table=table, state_dir=a.state_dir,
         convergence_timeout=_float("--convergence-timeout", a.convergence_timeout, 0),
         resync_interval=_float("--resync-interval", a.resync_interval, 1),
         max_paths=_int("--max-paths", a.max_paths, 1, 64),

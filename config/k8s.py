@@ -34,8 +34,17 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from config.errors import ConfigError, FieldProblem
-from config.model import API_VERSION, Int, Metadata, Str, _check_label_key, _Model, field_error
-from config.policy import NetworkPolicy, Profile, _labels, _port
+from config.model import (
+    API_VERSION,
+    Int,
+    Metadata,
+    Str,
+    _check_label_key,
+    _Model,
+    check_labels,
+    field_error,
+)
+from config.policy import NetworkPolicy, Profile, _port
 
 K8S_NETPOL_API = "networking.k8s.io/v1"
 K8S_CORE_API = "v1"
@@ -62,7 +71,7 @@ def _label_values(value: Any) -> Any:
     for v in value:
         if not isinstance(v, str):
             raise ValueError(f"value {v!r} must be a string")
-        _labels({"k": v})  # value syntax
+        check_labels({"k": v})  # value syntax
         out.append(v)
     return tuple(out)
 
@@ -88,7 +97,7 @@ class LabelSelectorRequirement(_K8sModel):
 
 
 class LabelSelector(_K8sModel):
-    match_labels: Annotated[dict[str, str], BeforeValidator(_labels)] | None = None
+    match_labels: Annotated[dict[str, str], BeforeValidator(check_labels)] | None = None
     match_expressions: tuple[LabelSelectorRequirement, ...] | None = None
 
     @property

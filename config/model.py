@@ -328,6 +328,28 @@ def _rfc3339(value: Any) -> Any:
     return value
 
 
+def check_labels(value: Any) -> Any:
+    """Kubernetes labels: a mapping of valid keys to valid values (YAML booleans and
+    numbers as their text); ValueError naming the bad one. None stays None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("labels must be a mapping of strings")
+    out = {}
+    for key, val in value.items():
+        if not isinstance(key, str):
+            raise ValueError(f"label key {key!r} must be a string")
+        _check_label_key(key)
+        text = _label_text(val)
+        if len(text) > 63 or not _LABEL_NAME.fullmatch(text):
+            raise ValueError(
+                f"label {key!r} value {text!r} must be at most 63 characters of "
+                "[A-Za-z0-9-_.], starting and ending with an alphanumeric"
+            )
+        out[key] = text
+    return out
+
+
 class Metadata(_Model):
     """Kubernetes-style object metadata; ``name`` is required."""
 
@@ -374,23 +396,7 @@ class Metadata(_Model):
     @field_validator("labels", mode="before")
     @classmethod
     def _labels(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, dict):
-            raise ValueError("labels must be a mapping of strings")
-        out = {}
-        for key, val in value.items():
-            if not isinstance(key, str):
-                raise ValueError(f"label key {key!r} must be a string")
-            _check_label_key(key)
-            text = _label_text(val)
-            if len(text) > 63 or not _LABEL_NAME.fullmatch(text):
-                raise ValueError(
-                    f"label {key!r} value {text!r} must be at most 63 characters of "
-                    "[A-Za-z0-9-_.], starting and ending with an alphanumeric"
-                )
-            out[key] = text
-        return out
+        return check_labels(value)
 
     @field_validator("annotations", mode="before")
     @classmethod

@@ -34,14 +34,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_serializer, field_validator, model_validator
 
 from config.model import (
-    _LABEL_NAME,
     Int,
     Metadata,
     Str,
-    _check_label_key,
-    _label_text,
     _Model,
     _Resource,
+    check_labels,
     field_error,
 )
 from config.selector import Global, SelectorError, parse_selector
@@ -173,25 +171,7 @@ NamespaceSelector = Annotated[
 ]
 
 
-def _labels(value: Any) -> Any:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ValueError("labels must be a mapping of strings")
-    out = {}
-    for key, val in value.items():
-        if not isinstance(key, str):
-            raise ValueError(f"label key {key!r} must be a string")
-        _check_label_key(key)
-        text = _label_text(val)
-        if len(text) > 63 or not _LABEL_NAME.fullmatch(text):
-            raise ValueError(f"label {key!r} value {text!r} must be at most 63 characters of "
-                             "[A-Za-z0-9-_.], starting and ending with an alphanumeric")
-        out[key] = text
-    return out
-
-
-Labels = Annotated[dict[str, str], BeforeValidator(_labels)]
+Labels = Annotated[dict[str, str], BeforeValidator(check_labels)]
 
 
 def _none_lists(data: Any, *fields: str) -> Any:
@@ -479,13 +459,7 @@ def _check_namespace(meta: Metadata, kind: str, required: bool) -> None:
                           "(lowercase letters, digits and '-', at most 63)")
 
 
-class NetworkPolicy(_Resource):
-    """A namespaced Calico policy; Kubernetes NetworkPolicies are stored as these
-    (``knp.default.<name>``, order 1000; config.k8s)."""
-
-    kind: Literal["NetworkPolicy"] = "NetworkPolicy"
-    spec: NetworkPolicySpec
-
+class _Policy(_Resource):
     @model_validator(mode="before")
     @classmethod
     def _spec_default(cls, data: Any) -> Any:
@@ -493,6 +467,14 @@ class NetworkPolicy(_Resource):
         if isinstance(data, dict) and data.get("spec") is None:
             data = {**data, "spec": {}}
         return data
+
+
+class NetworkPolicy(_Policy):
+    """A namespaced Calico policy; Kubernetes NetworkPolicies are stored as these
+    (``knp.default.<name>``, order 1000; config.k8s)."""
+
+    kind: Literal["NetworkPolicy"] = "NetworkPolicy"
+    spec: NetworkPolicySpec
 
     @model_validator(mode="after")
     def _name(self) -> NetworkPolicy:
@@ -508,17 +490,9 @@ class NetworkPolicy(_Resource):
         return self.metadata.namespace
 
 
-class GlobalNetworkPolicy(_Resource):
+class GlobalNetworkPolicy(_Policy):
     kind: Literal["GlobalNetworkPolicy"] = "GlobalNetworkPolicy"
     spec: GlobalNetworkPolicySpec
-
-    @model_validator(mode="before")
-    @classmethod
-    def _spec_default(cls, data: Any) -> Any:
-        # No spec at all is spec: {} (select every endpoint, Ingress, no rules).
-        if isinstance(data, dict) and data.get("spec") is None:
-            data = {**data, "spec": {}}
-        return data
 
     @model_validator(mode="after")
     def _name(self) -> GlobalNetworkPolicy:

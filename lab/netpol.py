@@ -156,3 +156,25 @@ def compare(expected: dict[Key, bool], observed: dict[Key, bool], peers: Iterabl
         parts.append("expected (with ! where observed differs):")
         parts.append(render(expected, peers, proto, port, observed))
     return "\n".join(parts)
+
+
+def eventually(probers: dict[str, Prober], peers: Iterable[Peer], allowed,
+               ports: Iterable[tuple[str, int]] = PORTS, timeout: float = 10.0,
+               probe_timeout: float = 0.5, confirm: bool = True) -> str | None:
+    """Probe until the table is the expected one (policy takes a moment to arrive) and,
+    with `confirm`, stays so for one more round; None, or the last report on timeout."""
+    import time
+
+    peers, ports = list(peers), list(ports)
+    want = expect(peers, allowed, ports)
+    deadline = time.monotonic() + timeout
+    report: str | None = "never probed"
+    while time.monotonic() < deadline:
+        report = compare(want, probe_all(probers, peers, ports, probe_timeout), peers, ports)
+        if report is None and confirm:
+            report = compare(want, probe_all(probers, peers, ports, probe_timeout), peers,
+                             ports)
+        if report is None:
+            return None
+        time.sleep(0.2)
+    return report

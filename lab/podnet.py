@@ -12,10 +12,7 @@ the whole cluster is not needed; every namespace is removed by `down()`.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import uuid
@@ -163,12 +160,7 @@ class PodNet:
 
     def down(self) -> None:
         for ns in reversed(self.made):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            harness._del_ns(ns)  # its processes killed by PID, then the namespace
         self.made.clear()
         if getattr(self, "_state", None) is not None:
             self._state.unlink(missing_ok=True)

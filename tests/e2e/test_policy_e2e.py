@@ -21,13 +21,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
 from config.endpoints import endpoint_to_json, pod_endpoint
 from config.keys import workload_endpoint_key
-from lab.netpol import PORTS, Prober, compare, expect, probe_all
+from lab.netpol import PORTS, Prober, eventually
 from lab.podnet import PodNet
 from tests.conftest import REPO, EtcdServer, free_ports, require_binary, require_root
 
@@ -66,21 +65,9 @@ class Cluster:
         return [*self.net.pods.values(), self.net.outside]
 
     def check(self, allowed, ports=PORTS, timeout: float = 20) -> None:
-        """Probe until the observed table is the expected one (policies take a
-        moment to arrive), then once more: it must stay so."""
-        want = expect(self.everyone, allowed, ports)
-        deadline = time.monotonic() + timeout
-        report = "never probed"
-        while time.monotonic() < deadline:
-            observed = probe_all(self.probers, self.everyone, ports, timeout=0.5)
-            report = compare(want, observed, self.everyone, ports)
-            if report is None:
-                observed = probe_all(self.probers, self.everyone, ports, timeout=0.5)
-                report = compare(want, observed, self.everyone, ports)
-                if report is None:
-                    return
-            time.sleep(0.3)
-        raise AssertionError(report)
+        """The observed table becomes the expected one and stays so."""
+        report = eventually(self.probers, self.everyone, allowed, ports, timeout)
+        assert report is None, report
 
 
 @pytest.fixture(scope="module")

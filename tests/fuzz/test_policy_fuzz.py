@@ -8,8 +8,6 @@ the routing kinds.
 
 from __future__ import annotations
 
-import copy
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +16,7 @@ from config.parse import parse_resource, to_calico_dict
 from policy.engine import Engine, endpoint_from_parts
 from policy.rules import normalize_policy, normalize_profile
 from policy.ruleset import render_full
+from tests.fuzz.test_config_fuzz import _paths, _set
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -61,27 +60,6 @@ SEEDS = [
               "policyTypes": ["Ingress"]}},
     {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n", "labels": {"a": "b"}}},
 ]
-
-
-def _paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _paths(v, (*prefix, i))
-
-
-def _set(obj, path, value):
-    if not path:
-        return value
-    obj = copy.deepcopy(obj)
-    node = obj
-    for part in path[:-1]:
-        node = node[part]
-    node[path[-1]] = value
-    return obj
 
 
 def _compile(res) -> None:

@@ -25,7 +25,7 @@ import pytest
 
 from config.endpoints import endpoint_to_json, pod_endpoint
 from config.keys import workload_endpoint_key
-from lab.netpol import Peer, Prober, compare, expect, probe_all
+from lab.netpol import Peer, Prober, eventually
 from lab.podnet import PodNet
 from tests.conftest import REPO, EtcdServer, free_ports, require_binary, require_root
 
@@ -127,20 +127,11 @@ class Env:
 
     # --------------------------------------------------------------- probes
 
-    def table(self, allowed, timeout: float = 0.4) -> str | None:
-        everyone = [*self.net.pods.values(), self.net.outside]
-        observed = probe_all(self.probers, everyone, timeout=timeout)
-        return compare(expect(everyone, allowed), observed, everyone)
-
     def eventually(self, allowed, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        report = None
-        while time.monotonic() < deadline:
-            report = self.table(allowed)
-            if report is None:
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"{report}\nagent log:\n{self.log()}")
+        everyone = [*self.net.pods.values(), self.net.outside]
+        report = eventually(self.probers, everyone, allowed, timeout=timeout,
+                            probe_timeout=0.4, confirm=False)
+        assert report is None, f"{report}\nagent log:\n{self.log()}"
 
 
 def wait_for(pred, timeout: float, what: str) -> None:

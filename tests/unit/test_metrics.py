@@ -85,18 +85,23 @@ def sample(fams: dict, name: str, **labels: str) -> float:
     raise KeyError(f"{name} {labels}")
 
 
-def test_exposed_names_types_and_labels_match_the_doc() -> None:
-    doc = documented()
-    assert len(doc) >= 25  # the table parsed
-    fams = scrape(FakeDaemon())
+def exposed_families(fams: dict) -> dict[str, tuple[str, frozenset[str]]]:
+    """name -> (type, label names) of scraped families, named as docs name samples
+    (the parser strips _total from counter family names)."""
     exposed = {}
     for fam in fams.values():
-        # the parser strips _total from counter family names; the doc names samples
         name = fam.name + "_total" if fam.type == "counter" else fam.name
-        labels = set()
+        labels: set[str] = set()
         for s in fam.samples:
             labels |= set(s.labels) - {"le"}
         exposed[name] = (fam.type, frozenset(labels))
+    return exposed
+
+
+def test_exposed_names_types_and_labels_match_the_doc() -> None:
+    doc = documented()
+    assert len(doc) >= 25  # the table parsed
+    exposed = exposed_families(scrape(FakeDaemon()))
     podbgp = {n: v for n, v in exposed.items() if n.startswith("podbgp_")}
     assert set(podbgp) - set(doc) == set(), "exposed but undocumented"
     assert set(doc) - set(podbgp) == set(), "documented but not exposed"

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from policy.agent import AgentStats
 from policy.engine import Engine, endpoint_from_parts
 from policy.metrics import PolicyMetrics
-from tests.unit.test_metrics import documented, sample
+from tests.unit.test_metrics import documented, exposed_families, sample
 
 POLICY_DOC = Path(__file__).resolve().parents[2] / "docs" / "policy.md"
 
@@ -61,14 +61,7 @@ def test_exposed_match_the_docs() -> None:
     shared = {n: v for n, v in documented().items()
               if n.startswith(("podbgp_datastore_", "podbgp_config_rejected",
                                "podbgp_config_unknown"))}
-    fams = scrape(FakeAgent())
-    exposed = {}
-    for fam in fams.values():
-        name = fam.name + "_total" if fam.type == "counter" else fam.name
-        labels = set()
-        for s in fam.samples:
-            labels |= set(s.labels) - {"le"}
-        exposed[name] = (fam.type, frozenset(labels))
+    exposed = exposed_families(scrape(FakeAgent()))
     want = {**doc, **shared}
     assert set(exposed) == set(want)
     for name, (typ, labels) in want.items():
