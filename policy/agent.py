@@ -143,17 +143,26 @@ class PolicyAgent:
 
     def absorb(self, snap: Any) -> int:
         """Feed what changed since the last snapshot to the engine; returns the count."""
+        last_seq = getattr(self.snapshot, "seq", None)
         self.snapshot = snap
         current: Mapping[str, Any] = snap.resources
+        hint = getattr(snap, "changed", None)
+        if hint is not None and last_seq is not None and snap.seq == last_seq + 1:
+            keys = hint  # only these can differ from what we saw
+        else:
+            keys = self._seen.keys() | current.keys()
         changed = 0
-        for key in [k for k in self._seen if k not in current]:
-            self._forget(key, self._seen.pop(key))
-            changed += 1
-        for key, res in current.items():
-            if self._seen.get(key) is res:
+        for key in keys:
+            res = current.get(key)
+            old = self._seen.get(key)
+            if res is old:
                 continue
-            self._seen[key] = res
-            self._take(key, res)
+            if res is None:
+                del self._seen[key]
+                self._forget(key, old)
+            else:
+                self._seen[key] = res
+                self._take(key, res)
             changed += 1
         if changed:
             if self._pending_since is None:

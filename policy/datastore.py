@@ -29,10 +29,36 @@ class PolicySnapshot:
     revision: int
     resources: Mapping[str, Any] = field(default_factory=dict)  # etcd key -> resource
     rejected: Mapping[str, str] = field(default_factory=dict)  # etcd key -> reason
+    # Publication number, and the keys put or deleted since publication seq - 1
+    # (None after a full load). A reader that saw seq - 1 need look at those only;
+    # one that missed a publication (the channel keeps only the latest) diffs all.
+    seq: int = 0
+    changed: frozenset[str] | None = None
 
 
 class PolicyDatastore(EtcdDatastore):
     """The etcd datastore, keeping the policy kinds and WorkloadEndpoints."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._seq = 0
+        self._changed: set[str] | None = None  # None: everything (a full load)
+
+    async def _load(self, client: Any) -> None:
+        self._changed = None
+        await super()._load(client)
+
+    def _apply_put(self, key: str, raw: bytes, *args: Any) -> bool:
+        kept = super()._apply_put(key, raw, *args)
+        if kept and self._changed is not None:
+            self._changed.add(key)
+        return kept
+
+    def _apply_delete(self, key: str) -> bool:
+        hit = super()._apply_delete(key)
+        if hit and self._changed is not None:
+            self._changed.add(key)
+        return hit
 
     def _parser_for(self, key: str) -> tuple[str, Any] | None:
         ns_key = ckeys.parse_namespaced_key(key)
@@ -45,4 +71,8 @@ class PolicyDatastore(EtcdDatastore):
         return None
 
     def _build_snapshot(self) -> PolicySnapshot:
-        return PolicySnapshot(self.revision, dict(self._resources), dict(self._rejected))
+        self._seq += 1
+        changed = None if self._changed is None else frozenset(self._changed)
+        self._changed = set()
+        return PolicySnapshot(self.revision, dict(self._resources), dict(self._rejected),
+                              seq=self._seq, changed=changed)
