@@ -10,7 +10,9 @@ PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iprou
       # The container image (scripts/build-image.sh, tests/image): runc, not
       # crun (crun 1.8.1 refuses this host's hybrid cgroups); openssl for the
       # tests' throwaway etcd CA.
-      podman buildah mmdebstrap runc openssl)
+      podman buildah mmdebstrap runc openssl
+      # bench/policy.py and its smoke test: pod-to-pod throughput.
+      iperf3)
 
 missing=()
 for p in "${PKGS[@]}"; do
