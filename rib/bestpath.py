@@ -8,8 +8,8 @@ MED is only comparable between paths from the same neighbouring AS (§9.1.2.2
 c), which makes a pairwise fold order-dependent. ``select_best`` therefore does
 "deterministic MED": best within each neighbour-AS group first, then the group
 winners are compared with the MED rule skipped. Both stages are lexicographic
-orders with a unique last tie-breaker (peer address), so the result does not
-depend on the order paths arrived in.
+orders with a unique last tie-breaker (peer address, then the ADD-PATH
+identifier), so the result does not depend on the order paths arrived in.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ class BestReason(enum.StrEnum):
     CLUSTER_LIST = "cluster-list"  # RFC 4456 §9 b
     ROUTER_ID = "router-id"  # RFC 4271 §9.1.2.2 f, ORIGINATOR_ID per RFC 4456 §9 a
     PEER_ADDRESS = "peer-address"  # RFC 4271 §9.1.2.2 g
+    PATH_ID = "path-id"  # two ADD-PATH paths of one peer: the lower identifier (RFC 7911)
 
 
 def _local_pref(p: Path) -> int:
@@ -124,6 +125,12 @@ def _by_peer_address(a: Path, b: Path) -> int:
     return (ra > rb) - (ra < rb)
 
 
+def _by_path_id(a: Path, b: Path) -> int:
+    """ADD-PATH (RFC 7911) paths of one peer tie on every rule above: lowest identifier,
+    so the choice never depends on the order they arrived in."""
+    return (a.path_id > b.path_id) - (a.path_id < b.path_id)
+
+
 Rule = Callable[[Path, Path], int]
 
 # §9.1.2.2 e (IGP cost to the next hop) is omitted: pod networks have no IGP,
@@ -138,6 +145,7 @@ LADDER: tuple[tuple[Rule, BestReason], ...] = (
     (_by_cluster_list, BestReason.CLUSTER_LIST),
     (_by_router_id, BestReason.ROUTER_ID),
     (_by_peer_address, BestReason.PEER_ADDRESS),
+    (_by_path_id, BestReason.PATH_ID),
 )
 _NO_MED = tuple(r for r in LADDER if r[1] is not BestReason.MED)
 # ECMP: equal on every rule before the router id (the issue's definition).
@@ -187,7 +195,7 @@ def select_best(
     members = [best]
     if max_paths > 1:
         eq = [p for p in rest if _equal_for_multipath(best, p)]
-        eq.sort(key=lambda p: (_router_id(p), _ip_int(p.peer.address)))
+        eq.sort(key=lambda p: (_router_id(p), _ip_int(p.peer.address), p.path_id))
         members.extend(eq[: max_paths - 1])
     others = [p for p in rest if p not in members]
     if not others:

@@ -61,17 +61,21 @@ class Path:
     cluster_list: tuple[str, ...] = ()
     stale: bool = False  # kept under graceful restart, not yet re-announced
     as_set_len: int = 0  # number of AS_SET segments (each counts 1 in path length)
+    # RFC 7911 ADD-PATH path identifier (0: none). A peer's paths with different ids
+    # are different candidates for the prefix, each replaced or withdrawn on its own.
+    path_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Withdraw:
     prefix: str
     peer: PeerRef
+    path_id: int = 0  # RFC 7911: withdraws only the path with this identifier
 
 
 _FIELDS = (
     "prefix", "next_hop", "peer", "origin", "as_path", "local_pref", "med", "communities",
-    "large_communities", "originator_id", "cluster_list", "stale", "as_set_len",
+    "large_communities", "originator_id", "cluster_list", "stale", "as_set_len", "path_id",
 )
 # paths_for below sets every field by hand: a field added to Path must be added there.
 assert tuple(f.name for f in fields(Path)) == _FIELDS, "update rib.path.paths_for"
@@ -86,7 +90,7 @@ def paths_for(
     _p=_SET["prefix"], _nh=_SET["next_hop"], _pe=_SET["peer"], _o=_SET["origin"],
     _ap=_SET["as_path"], _lp=_SET["local_pref"], _med=_SET["med"], _c=_SET["communities"],
     _lc=_SET["large_communities"], _oid=_SET["originator_id"], _cl=_SET["cluster_list"],
-    _st=_SET["stale"], _asl=_SET["as_set_len"],
+    _st=_SET["stale"], _asl=_SET["as_set_len"], _pid=_SET["path_id"],
 ) -> list[Path]:
     """One Path per prefix, each equal to ``template`` but for its prefix.
 
@@ -99,9 +103,9 @@ def paths_for(
     t = template
     nh, peer, origin, as_path, lp, med = (t.next_hop, t.peer, t.origin, t.as_path,
                                           t.local_pref, t.med)
-    comms, large, oid, clusters, stale, asl = (t.communities, t.large_communities,
-                                               t.originator_id, t.cluster_list, t.stale,
-                                               t.as_set_len)
+    comms, large, oid, clusters, stale, asl, pid = (t.communities, t.large_communities,
+                                                    t.originator_id, t.cluster_list, t.stale,
+                                                    t.as_set_len, t.path_id)
     out = []
     append = out.append
     for prefix in prefixes:
@@ -119,5 +123,6 @@ def paths_for(
         _cl(o, clusters)
         _st(o, stale)
         _asl(o, asl)
+        _pid(o, pid)
         append(o)
     return out

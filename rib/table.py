@@ -48,18 +48,33 @@ _INTERN_LIMIT = 200_000  # distinct export attribute sets kept for sharing
 
 
 class _Peer:
-    """Per-session state (Adj-RIB-In pre/post policy, Adj-RIB-Out). Owned by ``Rib``."""
+    """Per-session state (Adj-RIB-In pre/post policy, Adj-RIB-Out). Owned by ``Rib``.
 
-    __slots__ = ("accepted", "adj_in", "adj_out", "end_of_rib", "policy", "rejected", "up")
+    ADD-PATH (RFC 7911): paths with identifier 0 (or none) live here; each other
+    identifier the peer uses gets a stream, a ``_Peer`` of its own in ``streams``
+    with its own Adj-RIB-In (so a path is replaced and withdrawn by its id alone)
+    and no Adj-RIB-Out. A stream counts its accepted paths in its session's
+    ``accepted`` (``acct``), so max-prefix bounds the session's paths, whatever ids
+    the peer invents.
+    """
 
-    def __init__(self, policy: PeerPolicy) -> None:
+    __slots__ = ("accepted", "acct", "adj_in", "adj_out", "end_of_rib", "policy", "rejected",
+                 "streams", "up")
+
+    def __init__(self, policy: PeerPolicy, acct: _Peer | None = None) -> None:
         self.policy = policy
         self.up = True
         self.adj_in: dict[str, Path] = {}  # everything received (pre-policy)
         self.rejected: dict[str, RejectReason] = {}  # prefixes import policy dropped
         self.adj_out: dict[str, ExportAttrs] = {}  # what the peer has been told
-        self.accepted = 0  # len(adj_in) - len(rejected), kept for max-prefix
+        self.accepted = 0  # accepted paths (session and its streams), for max-prefix
+        self.acct: _Peer = self if acct is None else acct
         self.end_of_rib = False
+        self.streams: dict[int, _Peer] = {}  # ADD-PATH identifier -> its paths
+
+    def all(self) -> list[_Peer]:
+        """The session's own state and its ADD-PATH streams."""
+        return [self, *self.streams.values()] if self.streams else [self]
 
 
 class _Dest:
@@ -117,12 +132,16 @@ class Rib:
         peer = self._peers.get(key)
         if peer is None:
             return (0, 0, 0)
+        if peer.streams:
+            received = sum(len(p.adj_in) for p in peer.all())
+            return (received, received - sum(len(p.rejected) for p in peer.all()),
+                    len(peer.adj_out))
         received = len(peer.adj_in)
         return (received, received - len(peer.rejected), len(peer.adj_out))
 
     def path_count(self) -> int:
         """Paths in all Adj-RIBs-In."""
-        return sum(len(p.adj_in) for p in self._peers.values())
+        return sum(len(s.adj_in) for p in self._peers.values() for s in p.all())
 
     def adj_rib_in(self, key: Hashable, post_policy: bool = False) -> dict[str, Path]:
         """A copy of what ``key`` sent (``post_policy``: only what import accepted)."""
@@ -174,7 +193,7 @@ class Rib:
 
     def __len__(self) -> int:
         """Number of paths held in all Adj-RIBs-In."""
-        return sum(len(p.adj_in) for p in self._peers.values())
+        return self.path_count()
 
     # ---- sessions -----------------------------------------------------------------
 
@@ -188,10 +207,12 @@ class Rib:
         if peer is None:
             peer = self._peers[policy.key] = _Peer(policy)
         else:
-            peer.up = True
-            peer.end_of_rib = False
+            for part in peer.all():
+                part.up = True
+                part.end_of_rib = False
             if policy != peer.policy:
-                peer.policy = policy
+                for part in peer.all():
+                    part.policy = policy
                 self._reimport(peer, changes)
         peer.adj_out = {}
         # A fresh, full delta: anything queued for the old session is superseded.
@@ -204,7 +225,8 @@ class Rib:
         """A peer's policy changed: re-run import on its Adj-RIB-In, diff its exports."""
         peer = self._peer(policy.key)
         changes = Changes()
-        peer.policy = policy
+        for part in peer.all():
+            part.policy = policy
         self._reimport(peer, changes)
         if peer.up:
             self._reexport(peer, changes.export_for(policy.key))
@@ -217,10 +239,11 @@ class Rib:
         if peer is None:
             return changes
         touched: dict[str, _Before] = {}
-        rej = peer.rejected
-        for prefix, path in peer.adj_in.items():
-            if prefix not in rej:
-                self._replace_candidate(prefix, path, None, touched)
+        for part in peer.all():
+            rej = part.rejected
+            for prefix, path in part.adj_in.items():
+                if prefix not in rej:
+                    self._replace_candidate(prefix, path, None, touched)
         self._settle(touched, changes)
         log.debug("rib.peer_down", peer=key, withdrawn=len(touched))
         return changes
@@ -233,19 +256,20 @@ class Rib:
         """
         peer = self._peer(key)
         changes = Changes()
-        peer.up = False
-        peer.end_of_rib = False
         peer.adj_out = {}
         touched: dict[str, _Before] = {}
-        rej = peer.rejected
-        adj_in = peer.adj_in
-        for prefix, path in adj_in.items():
-            if path.stale:
-                continue
-            stale = dataclasses.replace(path, stale=True)
-            adj_in[prefix] = stale
-            if prefix not in rej:
-                self._replace_candidate(prefix, path, stale, touched)
+        for part in peer.all():
+            part.up = False
+            part.end_of_rib = False
+            rej = part.rejected
+            adj_in = part.adj_in
+            for prefix, path in adj_in.items():
+                if path.stale:
+                    continue
+                stale = dataclasses.replace(path, stale=True)
+                adj_in[prefix] = stale
+                if prefix not in rej:
+                    self._replace_candidate(prefix, path, stale, touched)
         self._settle(touched, changes)
         return changes
 
@@ -261,10 +285,13 @@ class Rib:
         keys = list(self._peers) if key is None else [key]
         for k in keys:
             peer = self._peer(k)
-            stale = [p for p, path in peer.adj_in.items() if path.stale]
-            for prefix in stale:
-                self._remove(peer, prefix, touched)
-            if not peer.up and not peer.adj_in:
+            for part in peer.all():
+                stale = [p for p, path in part.adj_in.items() if path.stale]
+                for prefix in stale:
+                    self._remove(part, prefix, touched)
+            if peer.streams:
+                peer.streams = {i: st for i, st in peer.streams.items() if st.adj_in}
+            if not peer.up and not peer.adj_in and not peer.streams:
                 del self._peers[k]
         self._settle(touched, changes)
         return changes
@@ -284,11 +311,34 @@ class Rib:
         changes = Changes()
         touched: dict[str, _Before] = {}
         for w in withdrawn:
-            self._remove(peer, w if isinstance(w, str) else w.prefix, touched)
+            if isinstance(w, str) or not w.path_id:
+                self._remove(peer, w if isinstance(w, str) else w.prefix, touched)
+            else:
+                stream = peer.streams.get(w.path_id)
+                if stream is not None:
+                    self._remove(stream, w.prefix, touched)
         if announced:
-            self._announce(peer, announced, touched, changes)
+            if not isinstance(announced, (list, tuple)):
+                announced = list(announced)
+            if any(p.path_id for p in announced):  # ADD-PATH: one stream per identifier
+                groups: dict[int, list[Path]] = {}
+                for p in announced:
+                    groups.setdefault(p.path_id, []).append(p)
+                for pid, paths in groups.items():
+                    self._announce(self._stream(peer, pid), paths, touched, changes)
+            else:
+                self._announce(peer, announced, touched, changes)
         self._settle(touched, changes)
         return changes
+
+    @staticmethod
+    def _stream(peer: _Peer, path_id: int) -> _Peer:
+        if not path_id:
+            return peer
+        stream = peer.streams.get(path_id)
+        if stream is None:
+            stream = peer.streams[path_id] = _Peer(peer.policy, acct=peer)
+        return stream
 
     def announce(self, key: Hashable, paths: Iterable[Path]) -> Changes:
         return self.update(key, announced=paths)
@@ -394,7 +444,7 @@ class Rib:
         if path is None:
             return
         if peer.rejected.pop(prefix, None) is None:
-            peer.accepted -= 1
+            peer.acct.accepted -= 1
             self._replace_candidate(prefix, path, None, touched)
 
     def _announce(
@@ -404,6 +454,7 @@ class Rib:
         ictx = self._ictx
         adj_in = peer.adj_in
         rejected = peer.rejected
+        acct = peer.acct
         limit = policy.max_prefixes
         key = policy.key
         dests = self._dest
@@ -415,7 +466,7 @@ class Rib:
             was_accepted = old is not None and prefix not in rejected
             adj_in[prefix] = path
             if reason is None and not was_accepted and limit is not None and (
-                peer.accepted >= limit
+                acct.accepted >= limit
             ):
                 reason = RejectReason.MAX_PREFIX
                 if policy.max_prefix_action is MaxPrefixAction.TEARDOWN and (
@@ -424,7 +475,7 @@ class Rib:
                     changes.teardown.append(key)
             if reason is None:
                 if not was_accepted:
-                    peer.accepted += 1
+                    acct.accepted += 1
                     if old is not None:
                         del rejected[prefix]
                     old = None
@@ -439,7 +490,7 @@ class Rib:
                 rejected[prefix] = reason
                 changes.rejected.append(Rejection(key, prefix, reason))
                 if was_accepted:
-                    peer.accepted -= 1
+                    acct.accepted -= 1
                     self._replace_candidate(prefix, old, None, touched)
 
     def _reimport(
@@ -449,23 +500,28 @@ class Rib:
         settle: bool = True,
         touched: dict[str, _Before] | None = None,
     ) -> None:
-        """Re-run import policy over the peer's whole Adj-RIB-In (pre-policy)."""
+        """Re-run import policy over the peer's whole Adj-RIB-In (pre-policy), its
+        ADD-PATH streams included."""
         if touched is None:
             touched = {}
-        old_rejected = peer.rejected
-        old_in = peer.adj_in
-        peer.rejected = {}
-        peer.adj_in = {}
         peer.accepted = 0
-        for prefix, path in old_in.items():
-            if prefix not in old_rejected:
-                self._replace_candidate(prefix, path, None, touched)
+        parts = peer.all()
+        olds = []
+        for part in parts:
+            olds.append((part.rejected, part.adj_in))
+            for prefix, path in part.adj_in.items():
+                if prefix not in part.rejected:
+                    self._replace_candidate(prefix, path, None, touched)
+            part.rejected = {}
+            part.adj_in = {}
         sub = Changes()
-        self._announce(peer, old_in.values(), touched, sub)
-        # Report only rejections that are new or whose reason changed.
-        changes.rejected.extend(
-            r for r in sub.rejected if old_rejected.get(r.prefix) is not r.reason
-        )
+        for part, (old_rejected, old_in) in zip(parts, olds, strict=True):
+            mark = len(sub.rejected)
+            self._announce(part, old_in.values(), touched, sub)
+            # Report only rejections that are new or whose reason changed.
+            changes.rejected.extend(
+                r for r in sub.rejected[mark:] if old_rejected.get(r.prefix) is not r.reason
+            )
         for k in sub.teardown:
             if k not in changes.teardown:
                 changes.teardown.append(k)

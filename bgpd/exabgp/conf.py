@@ -161,6 +161,10 @@ def _neighbor(spec: PeerSpec, node_router_id: str) -> list[str]:
     capability = "route-refresh;"
     if gr:
         capability = f"graceful-restart {gr}; " + capability
+    if _bool(spec.add_paths, "add_paths", spec):
+        # RFC 7911 both ways, as Calico's template (`add paths on;`): received paths keep
+        # their identifiers apart in the RIB; podbgp itself sends its best path only.
+        capability = "add-path send/receive; " + capability
     lines.append(f"    capability {{ {capability} }}")
     lines.append(
         f"    api {{ processes [ {PROCESS_NAME} ]; neighbor-changes; "

@@ -257,11 +257,25 @@ def _semantic_nexthop(addr: str) -> str | None:
     return None
 
 
+def _path_id(value: object) -> int | None:
+    """An ADD-PATH identifier as ExaBGP writes it ("0.0.0.7": its 4 bytes), or None."""
+    if not isinstance(value, str):
+        return None
+    parts = value.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) < 256 for p in parts):
+        return None
+    return int.from_bytes(bytes(int(p) for p in parts), "big")
+
+
 def _nlris(entries: object, what: str, errors: list[UpdateError],
+           ids: dict[int, int] | None = None,
            _canonical=canonical_ipv4_len, _intern=sys.intern) -> list[str]:
     """The prefixes of one NLRI list, each on its own: host bits set beyond the
     length are cleared (RFC 4271 §4.3: they are irrelevant) and counted; an entry
-    that is no prefix at all is dropped and counted; the others are kept."""
+    that is no prefix at all is dropped and counted; the others are kept.
+
+    ADD-PATH (RFC 7911): an entry with a ``path-information`` puts its identifier in
+    ``ids`` under the index of its prefix in the result (absent: identifier 0)."""
     if not isinstance(entries, list):
         errors.append(UpdateError("nlri-discarded",
                                   f"{what}: expected a list, got {type(entries).__name__}"))
@@ -279,9 +293,26 @@ def _nlris(entries: object, what: str, errors: list[UpdateError],
             errors.append(UpdateError("nlri-discarded", f"{what}: not an NLRI: {entry!r:.60}", 1))
             continue
         prefix = _slow_prefix(text, what, errors)
-        if prefix is not None:
-            append(prefix)
+        if prefix is None:
+            continue
+        if ids is not None and type(entry) is dict and "path-information" in entry:
+            pid = _path_id(entry["path-information"])
+            if pid is None:
+                errors.append(UpdateError("nlri-discarded", f"{what}: not a path identifier: "
+                                          f"{entry['path-information']!r:.40}", 1))
+                continue
+            if pid:
+                ids[len(out)] = pid
+        append(prefix)
     return out
+
+
+def _by_path_id(prefixes: list[str], ids: dict[int, int]) -> dict[int, list[str]]:
+    """ADD-PATH: the prefixes of one NLRI list grouped by their identifier."""
+    groups: dict[int, list[str]] = {}
+    for i, prefix in enumerate(prefixes):
+        groups.setdefault(ids.get(i, 0), []).append(prefix)
+    return groups
 
 
 def _slow_prefix(text: str, what: str, errors: list[UpdateError]) -> str | None:
@@ -361,14 +392,20 @@ def _update(neighbor: str, message: dict, lookup: PeerLookup) -> Event:
                                           f"object, got {type(by_nexthop).__name__}"))
                 continue
             for nexthop, entries in by_nexthop.items():
-                prefixes = _nlris(entries, family, errors)
+                ids: dict[int, int] = {}
+                prefixes = _nlris(entries, family, errors, ids)
                 if not prefixes:
                     continue
                 nh, why = (None, None) if taw else _nexthop(nexthop)
                 if taw or why:
-                    withdrawn.extend(Withdraw(p, peer) for p in prefixes)
+                    withdrawn.extend(Withdraw(p, peer, ids.get(i, 0))
+                                     for i, p in enumerate(prefixes))
                     errors.append(UpdateError("treat-as-withdraw", "; ".join(taw or [why]),
                                               len(prefixes)))
+                elif ids:
+                    for pid, group in _by_path_id(prefixes, ids).items():
+                        announced.extend(paths_for(
+                            group, Path(group[0], nh, peer, **attrs, path_id=pid)))
                 else:
                     # One attribute set, many NLRI: validate it once, share its objects.
                     announced.extend(paths_for(prefixes, Path(prefixes[0], nh, peer, **attrs)))
@@ -379,7 +416,12 @@ def _update(neighbor: str, message: dict, lookup: PeerLookup) -> Event:
     withdraw = update.get("withdraw")
     if withdraw is not None:
         for family, entries in _families(withdraw, "withdraw", errors):
-            withdrawn.extend(Withdraw(p, peer) for p in _nlris(entries, family, errors))
+            ids = {}
+            prefixes = _nlris(entries, family, errors, ids)
+            if ids:
+                withdrawn.extend(Withdraw(p, peer, ids.get(i, 0)) for i, p in enumerate(prefixes))
+            else:
+                withdrawn.extend(Withdraw(p, peer) for p in prefixes)
     if taw and not any(e.action == "treat-as-withdraw" for e in errors):
         errors.append(UpdateError("treat-as-withdraw", "; ".join(taw), 0))
     return Update(neighbor, announced, withdrawn, _merge(errors))

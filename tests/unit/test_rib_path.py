@@ -14,7 +14,7 @@ def test_paths_for_equals_constructor_for_every_field() -> None:
     template = Path("10.244.0.0/26", "10.0.0.2", REF, origin=Origin.INCOMPLETE,
                     as_path=(65002, 7), local_pref=150, med=9, communities=((1, 2),),
                     large_communities=((1, 2, 3),), originator_id="1.1.1.1",
-                    cluster_list=("2.2.2.2",), stale=True, as_set_len=1)
+                    cluster_list=("2.2.2.2",), stale=True, as_set_len=1, path_id=7)
     assert all(getattr(template, f.name) != f.default for f in fields(Path)
                if f.name not in ("prefix", "next_hop", "peer"))
     prefixes = ["10.244.1.0/26", "10.244.2.0/26"]
