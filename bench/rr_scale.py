@@ -485,6 +485,15 @@ def report(summary: dict, trials: list[Trial], kinds: list[str], ns: list[int],
     return "\n".join(lines), head
 
 
+def reflectors(ap: argparse.ArgumentParser, text: str) -> list[str]:
+    """The --reflector list, each one known (else an argparse error)."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in LABELS]
+    if bad or not kinds:
+        ap.error(f"--reflector: unknown {', '.join(bad) or text!r} (known: {', '.join(LABELS)})")
+    return kinds
+
+
 def _loadavg() -> str:
     from pathlib import Path
 
@@ -507,10 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the trials and medians to this file")
     a = ap.parse_args(argv)
     require_root("bench.rr_scale")
-    kinds = [k.strip() for k in a.reflector.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in LABELS]
-    if bad:
-        ap.error(f"--reflector: unknown {', '.join(bad)} (known: {', '.join(LABELS)})")
+    kinds = reflectors(ap, a.reflector)
     try:
         ns = [int(x) for x in a.n.split(",")]
     except ValueError:

@@ -55,8 +55,7 @@ MARKER = b"\xff" * 16
 OPEN, UPDATE, NOTIFICATION, KEEPALIVE = 1, 2, 3, 4
 KEEPALIVE_MSG = MARKER + struct.pack("!HB", 19, KEEPALIVE)
 EOR_MSG = MARKER + struct.pack("!HB", 23, UPDATE) + b"\x00\x00\x00\x00"
-HOLD_TIME = 180
-KEEPALIVE_EVERY = 20.0
+HOLD_TIME = 180  # offered in our OPEN (--hold); the session uses the smaller of the two
 PER_UPDATE = 800  # NLRI per UPDATE for a flap set (< 4096 bytes)
 ATTR_ORIGIN, ATTR_AS_PATH, ATTR_NEXT_HOP, ATTR_MED, ATTR_LOCAL_PREF = 1, 2, 3, 4, 5
 ATTR_ORIGINATOR_ID, ATTR_CLUSTER_LIST = 9, 10
@@ -85,14 +84,14 @@ def nlri(prefix: str) -> bytes:
     return bytes([net.prefixlen]) + net.network_address.packed[:n]
 
 
-def open_message(asn: int, router_id: str) -> bytes:
+def open_message(asn: int, router_id: str, hold: int = HOLD_TIME) -> bytes:
     caps = (
         b"\x01\x04\x00\x01\x00\x01"  # multiprotocol IPv4 unicast
         + b"\x02\x00"  # route refresh
         + b"\x41\x04" + struct.pack("!I", asn)  # four-octet AS
     )
     params = b"\x02" + bytes([len(caps)]) + caps
-    body = struct.pack("!BHH4sB", 4, asn if asn < 65536 else 23456, HOLD_TIME,
+    body = struct.pack("!BHH4sB", 4, asn if asn < 65536 else 23456, hold,
                        ipaddress.IPv4Address(router_id).packed, len(params)) + params
     return message(OPEN, body)
 
@@ -221,6 +220,9 @@ class Client(asyncio.Protocol):
         self.notifications: list[str] = []
         self.updates = 0
         self.closing = False
+        self.hold = 0  # negotiated hold time of the session (0: none)
+        self.last_rx = 0.0  # when the reflector last sent anything
+        self.max_gap = 0.0  # longest silence of the reflector on an Established session
 
     # -- asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -232,7 +234,8 @@ class Client(asyncio.Protocol):
         self.transport = transport
         self.buf.clear()
         self.got_open = False
-        transport.write(open_message(self.sim.asn, self.addr))
+        self.last_rx = time.monotonic()
+        transport.write(open_message(self.sim.asn, self.addr, self.sim.hold))
 
     def connection_lost(self, exc) -> None:
         if self.transport is None:
@@ -241,6 +244,10 @@ class Client(asyncio.Protocol):
         self._down("closed" if exc is None else str(exc))
 
     def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        if self.established is not None:
+            self.max_gap = max(self.max_gap, now - self.last_rx)
+        self.last_rx = now
         buf = self.buf
         buf += data
         pos, n = 0, len(buf)
@@ -261,6 +268,8 @@ class Client(asyncio.Protocol):
                     self._up()
             elif kind == OPEN:
                 self.got_open = True
+                theirs = (body[3] << 8) | body[4] if len(body) >= 5 else 0
+                self.hold = min(theirs, self.sim.hold)
                 if self.transport is not None:
                     self.transport.write(KEEPALIVE_MSG)
             elif kind == NOTIFICATION:
@@ -298,6 +307,7 @@ class Client(asyncio.Protocol):
 
     def _abort(self, why: str) -> None:
         if self.transport is not None:
+            report("aborted", client=self.idx, why=why)
             self.transport.abort()
 
     def reset(self) -> None:
@@ -358,6 +368,8 @@ class Client(asyncio.Protocol):
 class Sim:
     def __init__(self, a: argparse.Namespace) -> None:
         self.asn = a.asn
+        self.hold = a.hold
+        self.keepalive = a.keepalive
         self.cluster_id = a.cluster_id
         self.clients: list[Client] = []
         self.owner_of: dict[str, Client] = {}
@@ -456,6 +468,8 @@ class Sim:
             "bad_examples": [e for c in cs for e in c.bad_examples][:5],
             "updates": sum(c.updates for c in cs),
             "routes_held": sum(len(c.have) for c in cs),
+            "eor_received": sum(1 for c in cs if c.eor_at is not None),
+            "max_rx_gap": max((c.max_gap for c in cs), default=0.0),
             "incomplete": self.incomplete,
             "flaps": self.flaps,
         }
@@ -543,11 +557,24 @@ class Sim:
                 "examples": examples, **self.counters()}
 
     async def keepalives(self) -> None:
+        """KEEPALIVE every third of the hold time; a session whose reflector stays
+        silent for its whole hold time is dropped (RFC 4271 §6.5) and counted as a reset."""
+        every = self.keepalive or min(self.hold / 3, 20.0)
+        tick = max(0.25, every / 4)
+        last_sent = 0.0
         while True:
-            await asyncio.sleep(KEEPALIVE_EVERY)
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            send = now - last_sent >= max(0.5, every - tick)
+            if send:
+                last_sent = now
             for c in self.clients:
-                if c.transport is not None and c.got_open:
+                if c.transport is None or not c.got_open:
+                    continue
+                if send:
                     c.transport.write(KEEPALIVE_MSG)
+                if c.established is not None and c.hold and now - c.last_rx > c.hold:
+                    c._abort("hold timer expired")
 
 
 async def amain(a: argparse.Namespace) -> int:
@@ -588,6 +615,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=1)
     ap.add_argument("--port", type=int, default=179)
     ap.add_argument("--asn", type=int, default=64512)
+    ap.add_argument("--hold", type=int, default=HOLD_TIME,
+                    help="hold time offered (the client drops a silent reflector after it)")
+    ap.add_argument("--keepalive", type=float, default=0.0,
+                    help="seconds between our KEEPALIVEs (default: a third of --hold)")
     ap.add_argument("--cluster-id", required=True)
     ap.add_argument("--flap", type=int, default=0, help="client 0 also has this many "
                     "blocks to flap (10.128.0.0/9)")

@@ -31,6 +31,8 @@ BENCHES: dict[str, tuple[list[str], list[str], bool]] = {
     "config_load": ([], ["--count", "200", "--runs", "2"], False),
     "policy": ([], ["--changes", "20", "--policies", "200", "--endpoints", "1000",
                     "--seconds", "1", "--rounds", "1"], True),
+    "rr_scale": ([], ["--quick"], True),
+    "soak": ([], ["--quick"], True),
 }
 TITLES = {
     "convergence": "Convergence of K routes into the kernel (and memory)",
@@ -40,6 +42,8 @@ TITLES = {
     "rib": "RIB: path updates per second and memory per path",
     "config_load": "Config load",
     "policy": "Network policy: enforcement latency and the cost of a loaded table",
+    "rr_scale": "Route reflection at scale: podbgp and BIRD 2 as the reflector for N clients",
+    "soak": "Churn at scale: a flapping peer and clients resetting in turn, podbgp and BIRD 2",
 }
 
 

@@ -64,6 +64,8 @@ class Open:
     families: tuple[tuple[str, str], ...]  # multiprotocol (afi, safi)
     graceful_restart: GracefulRestartCap | None
     route_refresh: bool
+    asn4: bool = False  # the four-octet AS capability (RFC 6793)
+    enhanced_route_refresh: bool = False  # RFC 7313
 
 
 @dataclass(frozen=True, slots=True)

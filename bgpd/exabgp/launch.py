@@ -112,13 +112,16 @@ def _rewrite(owner: type, name: str, replacements: list[tuple[str, str]],
 
     The function is compiled inside a class of the same name so that private
     names mangle as in the original, with the original module's globals (plus
-    extra_globals, added to that module). Each ``old`` must occur exactly once.
+    extra_globals, added to that module). Each ``old`` must occur exactly once
+    in ExaBGP's source; edits an earlier group made to the same function are
+    applied first (``_REWRITES``).
     """
-    raw = owner.__dict__[name]
-    func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
+    original, applied = _REWRITES.get((owner, name), (owner.__dict__[name], []))
+    func = original.__func__ if isinstance(original, (classmethod, staticmethod)) else original
     source = inspect.getsource(func)  # replacements match the file's own indentation
     if "super()" in source or func.__closure__:
         raise PatchError(f"{owner.__name__}.{name}: needs a closure, cannot recompile")
+    replacements = [*applied, *replacements]
     for old, new in replacements:
         count = source.count(old)
         if count != 1:
@@ -132,7 +135,13 @@ def _rewrite(owner: type, name: str, replacements: list[tuple[str, str]],
     code = compile(wrapper, f"<podbgp patch of {func.__code__.co_filename}>", "exec")
     exec(code, module_globals, namespace)  # ExaBGP's own source, edited above
     new = namespace[owner.__name__].__dict__[name]
+    _REWRITES[(owner, name)] = (original, replacements)
     return new
+
+
+# (owner, name) -> (ExaBGP's own function, every replacement applied to it so far): a
+# function two groups edit is recompiled from ExaBGP's source with the edits of both.
+_REWRITES: dict[tuple[Any, str], tuple[Any, list[tuple[str, str]]]] = {}
 
 
 def _debug_on() -> bool:
@@ -466,6 +475,7 @@ def _patch_api() -> None:
 
     from exabgp.configuration.configuration import _Configuration
     from exabgp.reactor.api.command import limit
+    from exabgp.reactor.api.processes import Processes
 
     for name, digest in _MATCH_SOURCES.items():
         source = inspect.getsource(getattr(limit, name))
@@ -490,6 +500,12 @@ def _patch_api() -> None:
          "                        neighbor.remove_self(change) if change.nlri.nexthop.SELF\n"
          "                        else change)\n"),
     ], {"_podbgp_set": _membership})
+    # A grouped command naming 200 neighbours is ~5 KiB; ExaBGP read 16 KiB of commands
+    # per reactor loop (each loop also runs every peer): read what is there.
+    Processes.received = _rewrite(Processes, "received", [
+        ("                    buf = str(os.read(proc.stdout.fileno(), 16384), 'ascii')\n",
+         "                    buf = str(os.read(proc.stdout.fileno(), 1 << 20), 'ascii')\n"),
+    ], {})
     limit.match_neighbors = matcher
     for module in users:
         module.match_neighbors = matcher
@@ -508,9 +524,208 @@ def _api_targets() -> list[tuple[Any, str]]:
 
     from exabgp.configuration.configuration import _Configuration
     from exabgp.reactor.api.command import limit
+    from exabgp.reactor.api.processes import Processes
 
     return [(limit, "match_neighbors"), (_Configuration, "inject_change"),
+            (Processes, "received"),
             *((importlib.import_module(m), "match_neighbors") for m in _MATCH_USERS)]
+
+
+# ---------------------------------------------------------------- group "raw"
+
+RAW_COMMAND = "podbgp-send"
+HELLO_COMMAND = "podbgp-hello"
+_MARKER = b"\xff" * 16
+_RAW_TYPES = (2, 5)  # UPDATE, ROUTE-REFRESH (RFC 7313 BoRR/EoRR)
+_RAW_MAX = 4096  # no message longer than a session without extended messages allows
+
+
+def _raw_messages_ok(data: bytes) -> bool:
+    """``data`` is whole BGP messages, each UPDATE or ROUTE-REFRESH, each <= 4096 octets."""
+    i, n = 0, len(data)
+    if not n:
+        return False
+    while i < n:
+        if n - i < 19 or data[i:i + 16] != _MARKER:
+            return False
+        length = int.from_bytes(data[i + 16:i + 18], "big")
+        if not 19 <= length <= _RAW_MAX or i + length > n or data[i + 18] not in _RAW_TYPES:
+            return False
+        i += length
+    return True
+
+
+def _podbgp_send(self: Any, reactor: Any, service: str, line: str, use_json: bool) -> bool:
+    """``podbgp-send <base64 messages> <peer address> ...``: queue the messages, as they
+    are, for every named neighbour whose session is Established (others are skipped:
+    the speaker sends a new session its whole set). Answers ``error`` if the payload is
+    not whole UPDATE / ROUTE-REFRESH messages; nothing is queued then."""
+    import base64
+    import binascii
+
+    from exabgp.bgp.fsm import FSM
+
+    words = line.split(" ")
+    try:
+        if words[0] != RAW_COMMAND:
+            raise ValueError(line[:40])
+        data = base64.b64decode(words[1], validate=True)
+    except (IndexError, ValueError, binascii.Error):
+        reactor.processes.answer_error(service)
+        return False
+    if not _raw_messages_ok(data):
+        reactor.processes.answer_error(service)
+        return False
+    wanted = {w for w in words[2:] if w and w != ","}
+    for peer in list(reactor._peers.values()):
+        neighbor = peer.neighbor
+        if str(neighbor["peer-address"]) not in wanted:
+            continue
+        if peer.fsm == FSM.ESTABLISHED and peer.proto is not None:
+            buf = neighbor.__dict__.get("_podbgp_raw")
+            if buf is None:
+                buf = neighbor._podbgp_raw = bytearray()
+            buf += data
+            neighbor._podbgp_raw_mode = True
+    reactor.processes.answer_done(service)
+    return True
+
+
+def _podbgp_hello(self: Any, reactor: Any, service: str, line: str, use_json: bool) -> bool:
+    """Answers ``done``: this ExaBGP takes ``podbgp-send`` (an unknown command is ``error``)."""
+    reactor.processes.answer_done(service)
+    return True
+
+
+# Peer._main: the queued bytes go out in order, one write at a time, never interleaved
+# with another of the session's writers (a keepalive waits for a partial write to end).
+_MAIN_RAW = [
+    ("        send_ka = KA(self.proto.connection.session, self.proto)\n",
+     "        send_ka = KA(self.proto.connection.session, self.proto)\n"
+     "        _podbgp_raw = None  # podbgp-send bytes being written\n"),
+    ("                if send_ka() is not False:\n",
+     "                if _podbgp_raw is None and send_ka() is not False:\n"),
+    ("                # Need to send update\n"
+     "                if not new_routes and self.neighbor.rib.outgoing.pending():\n",
+     "                # podbgp-send: bytes handed over by the API, written as they are\n"
+     "                if _podbgp_raw is None and not (new_routes or refresh or operational\n"
+     "                                                or command_eor):\n"
+     "                    _podbgp_buf = self.neighbor.__dict__.get('_podbgp_raw')\n"
+     "                    if _podbgp_buf:\n"
+     "                        self.neighbor._podbgp_raw = bytearray()\n"
+     "                        self.stats['send-update'] += 1\n"
+     "                        _podbgp_raw = self.proto.connection.writer(bytes(_podbgp_buf))\n"
+     "                if _podbgp_raw is not None:\n"
+     "                    try:\n"
+     "                        if next(_podbgp_raw):\n"
+     "                            _podbgp_raw = None\n"
+     "                    except StopIteration:\n"
+     "                        _podbgp_raw = None\n"
+     "\n"
+     "                # Need to send update\n"
+     "                if not new_routes and _podbgp_raw is None and "
+     "self.neighbor.rib.outgoing.pending():\n"),
+    ("                if (\n"
+     "                    new_routes\n",
+     "                if (\n"
+     "                    new_routes\n"
+     "                    or _podbgp_raw is not None\n"
+     "                    or self.neighbor.__dict__.get('_podbgp_raw')\n"),
+]
+
+
+def _patch_raw() -> None:
+    from exabgp.bgp.neighbor import Neighbor
+    from exabgp.reactor.api.command import Command
+    from exabgp.reactor.peer import Peer
+
+    for name in (RAW_COMMAND, HELLO_COMMAND):
+        if name in Command.callback["text"]:
+            raise PatchError(f"ExaBGP already has a command {name!r}")
+    Peer._main = _rewrite(Peer, "_main", _MAIN_RAW, {})
+    # A session that ends drops what was queued for it (the speaker re-sends the whole
+    # set to the next one).
+    Neighbor.reset_rib = _rewrite(Neighbor, "reset_rib", [
+        ("        self.refresh = deque()\n",
+         "        self.refresh = deque()\n"
+         "        self._podbgp_raw = bytearray()\n"),
+    ], {})
+    # ROUTE-REFRESH from a peer fed by podbgp-send: ExaBGP's adj-rib-out has none of its
+    # routes (an enhanced refresh would send BoRR/EoRR around nothing and the peer would
+    # drop every route); the speaker answers it (it gets the refresh event).
+    Peer.resend = _rewrite(Peer, "resend", [
+        ("        self.neighbor.rib.outgoing.resend(enhanced, family)\n",
+         "        if not self.neighbor.__dict__.get('_podbgp_raw_mode'):\n"
+         "            self.neighbor.rib.outgoing.resend(enhanced, family)\n"),
+    ], {})
+    Command.register(RAW_COMMAND)(_podbgp_send)
+    Command.register(HELLO_COMMAND, False)(_podbgp_hello)
+
+
+def _raw_targets() -> list[tuple[Any, str]]:
+    from exabgp.bgp.neighbor import Neighbor
+    from exabgp.reactor.peer import Peer
+
+    return [(Peer, "_main"), (Peer, "resend"), (Neighbor, "reset_rib")]
+
+
+# --------------------------------------------------------------- group "poll"
+
+PARK_SECONDS = 0.5  # an idle Established peer runs at least this often (keepalives)
+
+
+def _podbgp_wake(peer: Any, since: float, now: float) -> bool:
+    """Run a parked peer: it has something to send or to act on, or it is due."""
+    if now - since >= PARK_SECONDS:
+        return True
+    n = peer.neighbor
+    return bool(peer._teardown is not None or peer._neighbor is not None
+                or n.rib.outgoing.pending() or n.__dict__.get("_podbgp_raw")
+                or n.eor or n.messages or n.refresh)
+
+
+def _patch_poll() -> None:
+    """Reactor.run gave every active peer a turn on every loop (<= 10 ms), so N idle
+    sessions cost N generator steps, a poll() and a recv() each, 100 times a second
+    (a reflector with 200 clients: ~20% of a core doing nothing). An Established peer
+    that had nothing to do ("LATER") is now parked until its socket is readable, it has
+    something queued (adj-rib-out, podbgp-send bytes, EoR, operational, refresh), a
+    teardown or new definition arrives, or PARK_SECONDS pass (keepalives and timers
+    are checked when it runs). Peers in any other state run every loop, as before."""
+    from exabgp.reactor.loop import Reactor
+
+    Reactor.run = _rewrite(Reactor, "run", [
+        ("        ms_sleep = int(self._sleep_time * 1000)\n",
+         "        ms_sleep = int(self._sleep_time * 1000)\n"
+         "        _podbgp_parked = {}  # peer key -> when it was parked\n"),
+        ("                peers = self.active_peers()\n",
+         "                peers = self.active_peers()\n"
+         "                if _podbgp_parked:\n"
+         "                    _podbgp_now = time.monotonic()\n"
+         "                    for _podbgp_key in [k for k in peers if k in _podbgp_parked]:\n"
+         "                        if _podbgp_wake(self._peers[_podbgp_key],\n"
+         "                                        _podbgp_parked[_podbgp_key], _podbgp_now):\n"
+         "                            del _podbgp_parked[_podbgp_key]\n"
+         "                        else:\n"
+         "                            peers.discard(_podbgp_key)\n"),
+        ("                        # no need to come back to it before a a full cycle\n"
+         "                        peers.discard(key)\n",
+         "                        # no need to come back to it before a a full cycle\n"
+         "                        peers.discard(key)\n"
+         "                        if peer.fsm == FSM.ESTABLISHED:\n"
+         "                            _podbgp_parked[key] = time.monotonic()\n"),
+        ("                    if io not in api_fds:\n"
+         "                        peers.add(workers[io])\n",
+         "                    if io not in api_fds:\n"
+         "                        peers.add(workers[io])\n"
+         "                        _podbgp_parked.pop(workers[io], None)\n"),
+    ], {"_podbgp_wake": _podbgp_wake})
+
+
+def _poll_targets() -> list[tuple[Any, str]]:
+    from exabgp.reactor.loop import Reactor
+
+    return [(Reactor, "run")]
 
 
 # name -> (apply, what it rebinds: restored if the group does not fit)
@@ -518,6 +733,8 @@ GROUPS: dict[str, tuple[Callable[[], None], Callable[[], list[tuple[Any, str]]]]
     "decode": (_patch_decode, _decode_targets),
     "api": (_patch_api, _api_targets),
     "notify": (_patch_notify, _notify_targets),
+    "raw": (_patch_raw, _raw_targets),
+    "poll": (_patch_poll, _poll_targets),
 }
 
 
@@ -542,10 +759,13 @@ def patch(skip: Iterable[str] = ()) -> bool:
         if group in skip:
             continue
         saved = [(owner, name, vars(owner).get(name)) for owner, name in targets()]
+        rewrites = dict(_REWRITES)
         try:
             apply()
         except (PatchError, OSError, SyntaxError, KeyError, TypeError) as exc:
             _restore(saved)
+            _REWRITES.clear()
+            _REWRITES.update(rewrites)
             sys.stderr.write(f"podbgp: could not patch exabgp ({group}: {exc}); "
                              f"running it without the {group!r} patches\n")
             ok = False

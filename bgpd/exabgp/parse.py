@@ -432,7 +432,7 @@ def _open(neighbor: str, direction: str, msg: dict) -> Open:
     asn = _uint(msg.get("asn"), "open asn")
     families: list[tuple[str, str]] = []
     gr: GracefulRestartCap | None = None
-    route_refresh = False
+    route_refresh = asn4 = enhanced = False
     for cap in caps.values():
         cap = _obj(cap, "capability")
         name = cap.get("name")
@@ -440,6 +440,7 @@ def _open(neighbor: str, direction: str, msg: dict) -> Open:
             families.extend(_family(f, "multiprotocol") for f in _list(cap.get("families"), "mp"))
         elif name == "asn4":
             asn = _uint(cap.get("asn4"), "asn4")
+            asn4 = True
         elif name == "graceful restart":
             flags = _obj(cap.get("address-family-flags", {}), "graceful restart families")
             # ExaBGP 5.0 swaps the labels: a family's F bit (0x80, forwarding state
@@ -459,6 +460,7 @@ def _open(neighbor: str, direction: str, msg: dict) -> Open:
             )
         elif name in ("route-refresh", "enhanced-route-refresh"):
             route_refresh = True
+            enhanced = enhanced or name == "enhanced-route-refresh"
     return Open(
         neighbor=neighbor,
         direction=direction,
@@ -468,6 +470,8 @@ def _open(neighbor: str, direction: str, msg: dict) -> Open:
         families=tuple(families),
         graceful_restart=gr,
         route_refresh=route_refresh,
+        asn4=asn4,
+        enhanced_route_refresh=enhanced,
     )
 
 

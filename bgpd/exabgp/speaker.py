@@ -30,14 +30,16 @@ import signal
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 
 import structlog
 
 from bgpd import events as ev
+from bgpd.exabgp import wire
 from bgpd.exabgp.conf import check_peers, render_config, render_env
+from bgpd.exabgp.launch import HELLO_COMMAND, RAW_COMMAND
 from bgpd.exabgp.parse import parse_line
 from bgpd.peerspec import PeerSpec
 from rib.path import Origin, PeerKind, PeerRef
@@ -46,7 +48,9 @@ log = structlog.get_logger(__name__)
 
 PR_SET_PDEATHSIG = 1
 BATCH_SIZE = 500  # NLRI per `announce attributes` command (EXABGP.md: throughput)
-WINDOW = 8  # commands in flight before waiting for acks
+RAW_PART = 4000  # prefixes encoded at once for podbgp-send (~20 KiB of UPDATEs)
+RAW_CHUNK = 192 << 10  # octets of UPDATEs per podbgp-send command
+WINDOW = 32  # commands in flight before waiting for acks (each ack is a round trip)
 READ_LIMIT = 64 << 20  # one UPDATE with many NLRI is one JSON line far beyond 64 KiB
 _ORIGIN_TEXT = {Origin.IGP: "igp", Origin.EGP: "egp", Origin.INCOMPLETE: "incomplete"}
 
@@ -99,12 +103,21 @@ class _PeerExports:
 
 @dataclass(slots=True)
 class _Batch:
-    """One command: ``head`` + prefixes, for ``peers`` (attrs None: a withdrawal)."""
+    """One command for ``peers``: the text ``head`` + " " + prefixes of its one part, or
+    (``raw`` set) ``podbgp-send`` with the encoded UPDATEs of all its parts. A part is
+    (attributes, or None for a withdrawal, prefixes). ``epochs``: for raw bytes, the
+    session of each peer they were for (ExaBGP drops them for a session that ended)."""
 
     head: str
-    prefixes: list[str]
-    attrs: Hashable | None
+    parts: list[tuple[Hashable | None, list[str]]]
     peers: tuple[PeerKey, ...]
+    raw: str = ""
+    epochs: tuple[int, ...] | None = None
+
+    def command(self) -> str:
+        if self.raw:
+            return f"{RAW_COMMAND} {self.raw} {' '.join(k[0] for k in self.peers)}"
+        return self.head + " " + " ".join(self.parts[0][1])
 
 
 def _by_peers(targets: Mapping[str, list[PeerKey]]) -> dict[tuple[PeerKey, ...], list[str]]:
@@ -259,6 +272,14 @@ class Speaker:
         self._up: set[str] = set()
         self._exports: dict[PeerKey, _PeerExports] = {}
         self._peer_generation: dict[PeerKey, int] = {}  # config generation of its spec
+        # podbgp-send (bgpd.exabgp.launch group "raw"): UPDATEs encoded here once and
+        # handed to ExaBGP as bytes, for sessions with 4-octet AS numbers.
+        # the running ExaBGP answered podbgp-hello (None: not asked yet; nothing is sent
+        # before it is known, so no session gets text it would keep across a reconnect)
+        self._raw_ok: bool | None = None
+        self._wire_caps: dict[str, tuple[bool, bool]] = {}  # peer -> (asn4, enhanced RR)
+        self._epoch: dict[str, int] = {}  # peer -> session counter (up and down bump it)
+        self._text_peers: set[PeerKey] = set()  # got text commands from this ExaBGP: stay text
         self._events: asyncio.Queue[ev.Event] = asyncio.Queue()
         self._error_log: dict[tuple[str, str], tuple[float, int]] = {}
 
@@ -414,7 +435,11 @@ class Speaker:
         for neighbor in sorted(self._up):
             self._events.put_nowait(ev.SessionDown(neighbor, "exabgp exited", "speaker-exited"))
             self.stats.session_downs[(neighbor, "speaker-exited", 0, 0)] += 1
+            self._epoch[neighbor] = self._epoch.get(neighbor, 0) + 1
         self._up.clear()
+        self._raw_ok = None
+        self._wire_caps.clear()
+        self._text_peers.clear()
 
     def _spawn_task(self, coro, name: str) -> asyncio.Task:
         task = asyncio.create_task(coro, name=name)
@@ -476,17 +501,33 @@ class Speaker:
             spec = self._by_address.get(event.neighbor)
             if spec is not None:
                 self._refs[event.neighbor] = self._peer_ref_factory(spec, event)
+            self._wire_caps[event.neighbor] = (event.asn4, event.enhanced_route_refresh)
         elif isinstance(event, ev.SessionUp):
             self._up.add(event.neighbor)
+            self._epoch[event.neighbor] = self._epoch.get(event.neighbor, 0) + 1
             log.info("bgp_session_up", neighbor=event.neighbor)
+            spec = self._by_address.get(event.neighbor)
+            if spec is not None and spec.key in self._exports and self._mode(spec) == "raw":
+                # ExaBGP re-sends nothing it got as bytes: the new session gets the set now.
+                self._spawn_task(self._flush((spec.key,)), "session-resend")
         elif isinstance(event, ev.SessionDown):
             self._up.discard(event.neighbor)
+            self._epoch[event.neighbor] = self._epoch.get(event.neighbor, 0) + 1
+            spec = self._by_address.get(event.neighbor)
+            if spec is not None and self._raw_ok and spec.key not in self._text_peers:
+                exports = self._exports.get(spec.key)
+                if exports is not None:
+                    exports.forget_sent()  # ExaBGP keeps none of what podbgp-send gave it
             self.stats.session_downs[(event.neighbor, event.cause, event.code,
                                       event.subcode)] += 1
             quiet = event.cause in ("connection-lost", "removed", "shutdown", "collision")
             (log.info if quiet else log.warning)(
                 "bgp_session_down", neighbor=event.neighbor, reason=event.reason,
                 cause=event.cause, code=event.code, subcode=event.subcode)
+        elif isinstance(event, ev.RouteRefresh):
+            spec = self._by_address.get(event.neighbor)
+            if spec is not None and self._mode(spec) == "raw":
+                self._spawn_task(self._answer_refresh(spec.key), "route-refresh")
         elif isinstance(event, ev.Update):
             self.stats.updates_received += 1
             if event.errors:
@@ -701,12 +742,19 @@ class Speaker:
 
     async def end_of_rib(self, keys: Iterable[PeerKey]) -> None:
         """Send End-of-RIB (the session's unicast family) to each of ``keys``, one
-        command per family. Raises ``SpeakerError`` if the channel is down."""
-        keys = list(keys)
+        command per family and kind of session; after whatever was sent them before
+        (podbgp-send sessions get it as bytes, behind their UPDATEs). Raises
+        ``SpeakerError`` if the channel is down."""
+        keys = [k for k in keys if k in self._peers]
+        modes = {k: self._mode(self._peers[k]) for k in keys}
         for ipv6, afi in ((False, "ipv4"), (True, "ipv6")):
-            peers = [k for k in keys if (":" in k[0]) == ipv6]
+            peers = [k for k in keys if (":" in k[0]) == ipv6 and modes[k] == "text"]
             if peers:
                 await self.command(f"{_selector(peers)} announce eor {afi} unicast")
+            raw = [k for k in keys if (":" in k[0]) == ipv6 and modes[k] == "raw"]
+            if raw:
+                payload = wire.encode_payload(wire.end_of_rib(ipv6))
+                await self.command(f"{RAW_COMMAND} {payload} {' '.join(k[0] for k in raw)}")
 
     def exports(self, peer_key: PeerKey) -> dict[str, Hashable]:
         e = self._exports.get(peer_key)
@@ -728,9 +776,36 @@ class Speaker:
             if self._writer is None or not await self._reload_if_needed():
                 return
             try:
+                self._raw_ok = await self._probe_raw()
                 await self._flush_peers(list(self._exports))
             except SpeakerError as exc:
                 log.warning("exabgp_resync_interrupted", error=str(exc))
+
+    async def _probe_raw(self) -> bool:
+        """Does this ExaBGP take podbgp-send (bgpd.exabgp.launch group "raw")?"""
+        fut = self._send(HELLO_COMMAND)
+        try:
+            ok = await asyncio.wait_for(asyncio.shield(fut), self.command_timeout)
+        except TimeoutError:
+            self._drop_connection(CommandFailed(f"{HELLO_COMMAND}: no answer"))
+            raise CommandFailed(f"{HELLO_COMMAND}: no answer") from None
+        log.info("exabgp_raw_updates", available=ok)
+        return ok
+
+    def _mode(self, spec: PeerSpec) -> str:
+        """How exports reach this session: "raw" (podbgp-send bytes), "text" (ExaBGP
+        commands), or "wait" (raw-capable ExaBGP, session down: nothing is sent; the
+        session gets its whole set once up, as ExaBGP keeps none of it)."""
+        if self._raw_ok is None:
+            return "wait"  # probed when the channel comes up (_resync)
+        if not self._raw_ok or spec.key in self._text_peers:
+            return "text"
+        if spec.address not in self._up:
+            return "wait"
+        caps = self._wire_caps.get(spec.address)
+        if caps is None or not caps[0]:
+            return "text"  # no 4-octet AS (or no OPEN seen): ExaBGP encodes for it
+        return "raw"
 
     def _in_exabgp(self, key: PeerKey) -> bool:
         """The running ExaBGP has this peer's current definition (its config is loaded).
@@ -741,19 +816,26 @@ class Speaker:
             <= self._loaded_generation
 
     async def _flush_peers(self, keys: Iterable[PeerKey]) -> None:
-        """Send what ExaBGP has not acknowledged for ``keys``: each (attributes,
-        target peers) group once, as commands of up to BATCH_SIZE prefixes."""
+        """Send what ExaBGP has not acknowledged for ``keys``: each (attributes, target
+        peers) group once, as text commands of up to BATCH_SIZE prefixes or as
+        podbgp-send commands of encoded UPDATEs."""
         if self._writer is None:
             return  # sent when the channel is up
-        # (next hop, IPv6 session) / (attributes, IPv6 session) -> prefix -> peers; the
-        # family is part of the key so that one command never mixes IPv4 and IPv6 sessions
-        withdraw: dict[tuple[Hashable, bool], dict[str, list[PeerKey]]] = {}
-        announce: dict[tuple[Hashable, bool], dict[str, list[PeerKey]]] = {}
+        # (next hop, IPv6 session) / (attributes, IPv6 session[, iBGP]) -> prefix -> peers;
+        # the family is part of the key so that one command never mixes IPv4 and IPv6
+        # sessions (and iBGP is, for raw bytes: LOCAL_PREF goes to iBGP sessions only)
+        withdraw: dict[tuple, dict[str, list[PeerKey]]] = {}
+        announce: dict[tuple, dict[str, list[PeerKey]]] = {}
+        raw_withdraw: dict[tuple, dict[str, list[PeerKey]]] = {}
+        raw_announce: dict[tuple, dict[str, list[PeerKey]]] = {}
         for key in keys:
             spec = self._peers.get(key)
             exports = self._exports.get(key)
             if spec is None or exports is None or not self._in_exabgp(key):
                 continue  # sent when the peer is configured and loaded
+            mode = self._mode(spec)
+            if mode == "wait":
+                continue  # stays dirty
             desired, sent = exports.desired, exports.sent
             if exports.all_dirty:
                 candidates: Iterable[str] = [*desired, *(p for p in sent if p not in desired)]
@@ -761,17 +843,28 @@ class Speaker:
                 candidates = exports.dirty
             exports.dirty = set()
             exports.all_dirty = False
+            if mode == "raw":
+                w_map, a_map, extra = raw_withdraw, raw_announce, (spec.peer_as == spec.local_as,)
+            else:
+                w_map, a_map, extra = withdraw, announce, ()
+                if self._raw_ok:
+                    self._text_peers.add(key)
             for prefix in candidates:
                 want, have = desired.get(prefix), sent.get(prefix)
                 if want is None:
                     if have is not None:
-                        withdraw.setdefault((getattr(have, "next_hop", None), spec.ipv6), {}) \
+                        w_map.setdefault((getattr(have, "next_hop", None), spec.ipv6), {}) \
                             .setdefault(prefix, []).append(key)
                 elif have is not want and have != want:
-                    announce.setdefault((want, spec.ipv6), {}).setdefault(prefix, []) \
+                    a_map.setdefault((want, spec.ipv6, *extra), {}).setdefault(prefix, []) \
                         .append(key)
-        if not withdraw and not announce:
-            return
+        batches = self._text_batches(withdraw, announce)
+        batches += self._raw_batches(raw_withdraw, raw_announce)
+        if batches:
+            await self._send_batches(batches)
+
+    def _text_batches(self, withdraw: dict[tuple, dict[str, list[PeerKey]]],
+                      announce: dict[tuple, dict[str, list[PeerKey]]]) -> list[_Batch]:
         batches: list[_Batch] = []
         for (nh, _v6), targets in withdraw.items():
             for peers, prefixes in _by_peers(targets).items():
@@ -779,7 +872,7 @@ class Speaker:
                 head = f"{who} withdraw attributes next-hop {nh} nlri" if nh else \
                     f"{who} withdraw attributes nlri"
                 for i in range(0, len(prefixes), BATCH_SIZE):
-                    batches.append(_Batch(head, prefixes[i:i + BATCH_SIZE], None, peers))
+                    batches.append(_Batch(head, [(None, prefixes[i:i + BATCH_SIZE])], peers))
         for (attrs, ipv6), targets in announce.items():
             try:
                 text = attributes_text(attrs)
@@ -787,15 +880,94 @@ class Speaker:
                 # One bad attribute set must not block the rest; it stays unsent.
                 log.error("export_rejected", error=str(exc), prefixes=len(targets))
                 continue
-            for peers, prefixes in _by_peers(targets).items():
-                good = self._good_prefixes(prefixes, ipv6)
-                if len(good) != len(prefixes):
-                    log.error("export_prefixes_rejected", neighbors=[k[0] for k in peers],
-                              count=len(prefixes) - len(good))
+            for peers, good in self._valid_groups(targets, ipv6):
                 head = f"{_selector(peers)} announce attributes {text} nlri"
                 for i in range(0, len(good), BATCH_SIZE):
-                    batches.append(_Batch(head, good[i:i + BATCH_SIZE], attrs, peers))
-        await self._send_batches(batches)
+                    batches.append(_Batch(head, [(attrs, good[i:i + BATCH_SIZE])], peers))
+        return batches
+
+    def _raw_batches(self, withdraw: dict[tuple, dict[str, list[PeerKey]]],
+                     announce: dict[tuple, dict[str, list[PeerKey]]]) -> list[_Batch]:
+        """podbgp-send commands: per set of target peers, its withdrawals then its
+        announcements, encoded once, in commands of up to RAW_CHUNK octets."""
+        per_peers: dict[tuple[PeerKey, ...], list[tuple[Hashable | None, list[str], bytes]]] = {}
+        for (_nh, ipv6), targets in withdraw.items():
+            for peers, prefixes in _by_peers(targets).items():
+                for i in range(0, len(prefixes), RAW_PART):
+                    part = prefixes[i:i + RAW_PART]
+                    per_peers.setdefault(peers, []).append(
+                        (None, part, wire.withdraw(part, ipv6=ipv6)))
+        for (attrs, ipv6, ibgp), targets in announce.items():
+            try:
+                packed = wire.path_attributes(attrs, ibgp=ibgp)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                log.error("export_rejected", error=str(exc), prefixes=len(targets))
+                continue
+            for peers, good in self._valid_groups(targets, ipv6):
+                for i in range(0, len(good), RAW_PART):
+                    part = good[i:i + RAW_PART]
+                    try:
+                        data = wire.announce_packed(packed, part, ipv6=ipv6)
+                    except wire.WireError as exc:
+                        log.error("export_rejected", error=str(exc), prefixes=len(part))
+                        continue
+                    per_peers.setdefault(peers, []).append((attrs, part, data))
+        batches = []
+        for peers, parts in per_peers.items():
+            epochs = tuple(self._epoch.get(k[0], 0) for k in peers)
+            chunk: list[tuple[Hashable | None, list[str], bytes]] = []
+            size = 0
+            for part in [*parts, None]:
+                if chunk and (part is None or size + len(part[2]) > RAW_CHUNK):
+                    batches.append(_Batch(RAW_COMMAND, [(a, p) for a, p, _ in chunk], peers,
+                                          wire.encode_payload(b"".join(d for *_, d in chunk)),
+                                          epochs))
+                    chunk, size = [], 0
+                if part is not None:
+                    chunk.append(part)
+                    size += len(part[2])
+        return batches
+
+    async def _answer_refresh(self, key: PeerKey) -> None:
+        """A ROUTE-REFRESH from a podbgp-send session: send its whole set again, framed
+        by Beginning/End-of-Route-Refresh when it speaks RFC 7313 (then routes it does
+        not get again are dropped at the end marker, so all of them must be in it)."""
+        async with self._flush_lock:
+            spec, exports = self._peers.get(key), self._exports.get(key)
+            if spec is None or exports is None or self._mode(spec) != "raw" \
+                    or self._writer is None:
+                return
+            exports.forget_sent()
+            exports.all_dirty = False
+            ibgp = spec.peer_as == spec.local_as
+            announce: dict[tuple, dict[str, list[PeerKey]]] = {}
+            for prefix, attrs in exports.desired.items():
+                announce.setdefault((attrs, spec.ipv6, ibgp), {})[prefix] = [key]
+            batches = self._raw_batches({}, announce)
+            if self._wire_caps.get(spec.address, (False, False))[1]:
+                epochs = (self._epoch.get(key[0], 0),)
+                batches = [
+                    _Batch(RAW_COMMAND, [], (key,), wire.encode_payload(
+                        wire.route_refresh_marker(spec.ipv6, 1)), epochs),
+                    *batches,
+                    _Batch(RAW_COMMAND, [], (key,), wire.encode_payload(
+                        wire.route_refresh_marker(spec.ipv6, 2)), epochs),
+                ]
+            try:
+                await self._send_batches(batches)
+            except SpeakerError as exc:
+                log.warning("route_refresh_deferred", neighbor=key[0], error=str(exc))
+
+    def _valid_groups(self, targets: Mapping[str, list[PeerKey]],
+                      ipv6: bool) -> Iterator[tuple[tuple[PeerKey, ...], list[str]]]:
+        """(peers, their prefixes of the session's family) per set of target peers;
+        a prefix that is not one is logged and left out."""
+        for peers, prefixes in _by_peers(targets).items():
+            good = self._good_prefixes(prefixes, ipv6)
+            if len(good) != len(prefixes):
+                log.error("export_prefixes_rejected", neighbors=[k[0] for k in peers],
+                          count=len(prefixes) - len(good))
+            yield peers, good
 
     @staticmethod
     def _good_prefixes(prefixes: list[str], ipv6: bool) -> list[str]:
@@ -822,26 +994,30 @@ class Speaker:
             if not ok:
                 self._redirty(b)
                 return
-            for key in b.peers:
+            for i, key in enumerate(b.peers):
                 exports = self._exports.get(key)
                 if exports is None:
                     continue  # removed meanwhile
+                if b.epochs is not None and self._epoch.get(key[0], 0) != b.epochs[i]:
+                    continue  # that session ended: ExaBGP dropped the bytes (sent forgotten)
                 sent = exports.sent
-                if b.attrs is None:
-                    for p in b.prefixes:
-                        sent.pop(p, None)
+                for attrs, prefixes in b.parts:
+                    if attrs is None:
+                        for p in prefixes:
+                            sent.pop(p, None)
+                    else:
+                        for p in prefixes:
+                            sent[p] = attrs
+            for attrs, prefixes in b.parts:
+                if attrs is None:
+                    self.stats.prefixes_withdrawn += len(prefixes) * len(b.peers)
                 else:
-                    for p in b.prefixes:
-                        sent[p] = b.attrs
-            if b.attrs is None:
-                self.stats.prefixes_withdrawn += len(b.prefixes) * len(b.peers)
-            else:
-                self.stats.prefixes_announced += len(b.prefixes) * len(b.peers)
+                    self.stats.prefixes_announced += len(prefixes) * len(b.peers)
 
         try:
             for i, b in enumerate(batches):
                 try:
-                    inflight.append((self._send(b.head + " " + " ".join(b.prefixes)), b))
+                    inflight.append((self._send(b.command()), b))
                 except SpeakerError:
                     for later in batches[i:]:
                         self._redirty(later)
@@ -859,7 +1035,8 @@ class Speaker:
         for key in b.peers:
             exports = self._exports.get(key)
             if exports is not None and not exports.all_dirty:
-                exports.dirty.update(b.prefixes)
+                for _, prefixes in b.parts:
+                    exports.dirty.update(prefixes)
 
     # --------------------------------------------------------------- events
 

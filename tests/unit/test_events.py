@@ -59,11 +59,14 @@ def test_open_capabilities() -> None:
     assert (bird.asn, bird.hold_time, bird.router_id) == (65000, 240, "10.99.0.2")
     assert bird.families == (("ipv4", "unicast"),)
     assert bird.route_refresh is True
+    # BIRD 2 offers 4-octet AS and enhanced route refresh (the recorded OPEN's codes 65, 70)
+    assert (bird.asn4, bird.enhanced_route_refresh) == (True, True)
     assert bird.graceful_restart == ev.GracefulRestartCap(
         time=120, restarting=False, families=(("ipv4", "unicast"),), forwarding=())
     exa6 = opens["fd00::3"]
     assert exa6.families == (("ipv6", "unicast"),)
     assert exa6.route_refresh is False  # that session did not configure it
+    assert (exa6.asn4, exa6.enhanced_route_refresh) == (True, False)
     assert exa6.graceful_restart.time == 60
     assert exa6.graceful_restart.restarting is True  # ExaBGP sets R on a fresh start
     assert exa6.graceful_restart.forwarding == (("ipv6", "unicast"),)

@@ -253,7 +253,12 @@ def edited(obj):
 launch.inspect.getsource = edited
 before = snapshot()
 assert launch.patch() is False
-assert snapshot() == before
+after = snapshot()
+# Peer._main (index 2) is also edited by the "raw" group, which still applies: it must
+# carry the raw edits and none of decode's.
+assert [a == b for a, b in zip(before, after)] == [True, True, False, True, True]
+names = set(after[2].__code__.co_varnames) | set(after[2].__code__.co_names)
+assert "_podbgp_raw" in names and "_podbgp_option" not in names
 """)
     assert out.returncode == 0, out.stderr
     assert "could not patch exabgp" in out.stderr and "JSON._update" in out.stderr
@@ -511,3 +516,89 @@ def test_unpatched_env_switch_per_group(tmp_path: Path) -> None:
                               exabgp_launch.UNPATCHED_ENV: "api"})
     assert out.returncode == 0, out.stderr
     assert f"{exabgp_launch.UNPATCHED_ENV}=api: without the api patches" in out.stderr
+
+
+# ------------------------------------------------------------------ group "raw"
+
+def test_raw_payload_must_be_whole_update_or_refresh_messages() -> None:
+    from bgpd.exabgp import wire
+    from rib.policy import ExportAttrs
+
+    good = (wire.announce(ExportAttrs(next_hop="10.0.0.1"), ["10.1.0.0/24"], ibgp=True,
+                          ipv6=False)
+            + wire.withdraw(["10.2.0.0/24"], ipv6=False) + wire.end_of_rib(False)
+            + wire.route_refresh_marker(False, 1) + wire.route_refresh_marker(False, 2))
+    assert exabgp_launch._raw_messages_ok(good)
+    marker = b"\xff" * 16
+    for bad in (b"", good[:-1], good + b"\xff",
+                marker + b"\x00\x13\x04",  # KEEPALIVE: not ours to send
+                marker + b"\x00\x15\x03\x06\x04",  # NOTIFICATION
+                b"\xfe" + good[1:],  # broken marker
+                marker + b"\x10\x01\x02" + b"\x00" * 4094,  # 4097 octets
+                marker + b"\x00\x12\x02"):  # shorter than a header
+        assert not exabgp_launch._raw_messages_ok(bad), bad[:24]
+
+
+def test_raw_command_queues_bytes_for_established_named_peers_only() -> None:
+    out = _run("""
+import base64, bgpd.exabgp.launch as launch
+from bgpd.exabgp import wire
+from rib.policy import ExportAttrs
+assert launch.patch()
+from exabgp.bgp.fsm import FSM
+from exabgp.reactor.api import API
+from exabgp.reactor.api.command import Command
+class Neighbor(dict):
+    pass
+class Peer:
+    def __init__(self, address, state):
+        self.neighbor = Neighbor({"peer-address": address})
+        self.fsm, self.proto = FSM(None, state), object()
+answers = []
+class Processes:
+    def answer_done(self, service, force=False): answers.append("done")
+    def answer_error(self, service): answers.append("error")
+class Reactor:
+    processes = Processes()
+    _peers = {"a": Peer("10.0.0.2", FSM.ESTABLISHED), "b": Peer("10.0.0.3", FSM.ESTABLISHED),
+              "c": Peer("10.0.0.4", FSM.OPENSENT), "d": Peer("10.0.0.5", FSM.ESTABLISHED)}
+reactor = Reactor()
+api = API.__new__(API)
+data = wire.announce(ExportAttrs(next_hop="10.0.0.1"), ["10.1.0.0/24"], ibgp=True, ipv6=False)
+b64 = base64.b64encode(data).decode()
+api.response(reactor, "podbgp", f"podbgp-send {b64} 10.0.0.2 10.0.0.3 10.0.0.4", False)
+api.response(reactor, "podbgp", f"podbgp-send {b64} 10.0.0.2", False)
+api.response(reactor, "podbgp", "podbgp-send bm90IGJncA== 10.0.0.2", False)  # not BGP
+api.response(reactor, "podbgp", "podbgp-send !!! 10.0.0.2", False)  # not base64
+api.response(reactor, "podbgp", "podbgp-hello", False)
+p = reactor._peers
+assert answers == ["done", "done", "error", "error", "done"], answers
+assert bytes(p["a"].neighbor._podbgp_raw) == data + data  # in order, both commands
+assert bytes(p["b"].neighbor._podbgp_raw) == data
+assert "_podbgp_raw" not in vars(p["c"].neighbor)  # not Established: nothing queued
+assert "_podbgp_raw" not in vars(p["d"].neighbor)  # not named
+assert p["a"].neighbor._podbgp_raw_mode and not hasattr(p["d"].neighbor, "_podbgp_raw_mode")
+""")
+    assert out.returncode == 0, out.stderr
+
+
+def test_groups_editing_one_function_compose() -> None:
+    # "decode" and "raw" both edit Peer._main: the result holds the edits of both, and
+    # leaving "raw" out leaves decode's alone.
+    out = _run("""
+import inspect, bgpd.exabgp.launch as launch
+from exabgp.reactor.peer import Peer
+assert launch.patch()
+code = Peer._main.__code__
+names = set(code.co_varnames) | set(code.co_names)
+assert "_podbgp_raw" in names and "_podbgp_option" in names, names
+""")
+    assert out.returncode == 0, out.stderr
+    out = _run("""
+import bgpd.exabgp.launch as launch
+from exabgp.reactor.peer import Peer
+assert launch.patch(skip={"raw"})
+names = set(Peer._main.__code__.co_varnames) | set(Peer._main.__code__.co_names)
+assert "_podbgp_raw" not in names and "_podbgp_option" in names, names
+""")
+    assert out.returncode == 0, out.stderr

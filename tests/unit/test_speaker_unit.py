@@ -42,14 +42,25 @@ FAKE = textwrap.dedent(
         child.stdin.write(line.encode() + b"\\n")
         child.stdin.flush()
 
+    raw = {raw}  # like bgpd.exabgp.launch's group "raw": podbgp-hello / podbgp-send
     for peer in re.findall(r"^neighbor (\\S+) {{", text, re.M):
+        if raw:
+            say(json.dumps({{"type": "open", "neighbor": {{"address": {{"local": "10.0.0.1",
+                "peer": peer}}, "asn": {{"local": 65000, "peer": 65001}}, "direction":
+                "receive", "open": {{"version": 4, "asn": 65001, "hold_time": 90,
+                "router_id": peer if ":" not in peer else "1.1.1.1", "capabilities": {{
+                "65": {{"name": "asn4", "asn4": 65001}},
+                "70": {{"name": "enhanced-route-refresh"}}}}}}}}}}))
         say(json.dumps({{"type": "state", "neighbor": {{"address": {{"local": "10.0.0.1",
             "peer": peer}}, "asn": {{"local": 65000, "peer": 65001}}, "state": "up"}}}}))
-    for raw in child.stdout:
-        cmd = raw.decode().rstrip("\\n")
+    for line in child.stdout:
+        cmd = line.decode().rstrip("\\n")
         log.write(cmd + "\\n")
         if cmd == "reload":
             say("reload in progress")
+        if cmd == "podbgp-hello":
+            say("done" if raw else "error")
+            continue
         say("error" if "6.6.6.6" in cmd else "done")
     """
 )
@@ -58,7 +69,7 @@ FAKE = textwrap.dedent(
 @pytest.fixture
 def fake_exabgp(tmp_path: FsPath) -> FsPath:
     path = tmp_path / "fake-exabgp"
-    path.write_text(FAKE.format(python=sys.executable))
+    path.write_text(FAKE.format(python=sys.executable, raw=False))
     path.chmod(0o755)
     return path
 
@@ -149,7 +160,7 @@ async def test_a_route_for_many_peers_is_one_command(speaker) -> None:
     await speaker.update_exports_many({
         key: (True, {p: A1 for k, p in own.items() if k != key} | {"10.9.0.0/26": A2})
         for key in own})
-    new = [c for c in commands(speaker)[before:] if c != "reload"]  # the start-up reload
+    new = [c for c in commands(speaker)[before:] if c not in ("reload", "podbgp-hello")]
     assert sorted(new) == sorted([
         "neighbor 10.0.0.3 , neighbor 10.0.0.4 announce attributes next-hop 10.0.0.1 origin "
         "igp as-path [ 65000 ] nlri 10.2.0.0/26",
@@ -416,3 +427,131 @@ async def test_set_exports_while_exabgp_dies_does_not_raise(speaker) -> None:
 
     await _until(lambda: want <= second_instance_prefixes())
     assert speaker.exports(KEY) == {"10.5.0.0/24": A1, "10.6.4.0/24": A1}
+
+
+# ------------------------------------------------ podbgp-send (launch group "raw")
+
+@pytest.fixture
+async def raw_speaker(tmp_path):
+    """A speaker whose fake ExaBGP answers podbgp-hello and reports 4-octet-AS OPENs."""
+    path = tmp_path / "fake-exabgp-raw"
+    path.write_text(FAKE.format(python=sys.executable, raw=True))
+    path.chmod(0o755)
+    sp = Speaker("n1", "10.0.0.1", ["10.0.0.1"], tmp_path / "sp", exabgp=str(path),
+                 backoff_initial=0.05, command_timeout=10)
+    try:
+        yield sp
+    finally:
+        await sp.stop()
+
+
+def raw_sends(sp: Speaker) -> list[tuple[list[str], list[tuple[str, list[str], str | None]]]]:
+    """Each podbgp-send: (peer addresses, [(kind, prefixes, next hop)]) with kind
+    "announce"/"withdraw"/"eor"/"borr"/"eorr", decoded from its IPv4 messages."""
+    import base64
+
+    from bench.rrclients import decode_attributes, decode_prefixes
+
+    out = []
+    for c in commands(sp):
+        if not c.startswith("podbgp-send "):
+            continue
+        _, payload, *peers = c.split(" ")
+        data, parts, i = base64.b64decode(payload), [], 0
+        while i < len(data):
+            n = int.from_bytes(data[i + 16:i + 18], "big")
+            kind, body = data[i + 18], data[i + 19:i + n]
+            i += n
+            if kind == 5:
+                parts.append(({1: "borr", 2: "eorr"}[body[2]], [], None))
+                continue
+            wl = int.from_bytes(body[:2], "big")
+            al = int.from_bytes(body[2 + wl:4 + wl], "big")
+            if wl:
+                parts.append(("withdraw", list(decode_prefixes(body[2:2 + wl])), None))
+            elif al:
+                nh = decode_attributes(body[4 + wl:4 + wl + al])[0]
+                parts.append(("announce", list(decode_prefixes(body[4 + wl + al:])), nh))
+            else:
+                parts.append(("eor", [], None))
+        out.append((peers, parts))
+    return out
+
+
+async def raw_started(sp: Speaker, peers) -> None:
+    await started(sp, peers=peers)
+    await settled(sp)
+    await _until(lambda: len(sp.sessions_up) == len(peers))
+    assert sp._raw_ok
+
+
+async def test_raw_a_route_for_many_peers_is_encoded_once(raw_speaker) -> None:
+    sp = raw_speaker
+    await raw_started(sp, [spec(), spec("10.0.0.3"), spec("10.0.0.4")])
+    own = {KEY: "10.2.0.0/26", KEY2: "10.3.0.0/26", KEY3: "10.4.0.0/26"}
+    r1 = ExportAttrs(next_hop="10.0.0.2", local_pref=100)
+    await sp.update_exports_many({key: (True, {p: r1 for k, p in own.items() if k != key})
+                                  for key in own})
+    await sp.end_of_rib(list(own))
+    sends = raw_sends(sp)
+    assert not [c for c in commands(sp) if " announce " in c]  # nothing went as text
+    assert sorted((tuple(peers), tuple(p for _, ps, _ in parts for p in ps))
+                  for peers, parts in sends[:-1]) == [
+        (("10.0.0.2", "10.0.0.3"), ("10.4.0.0/26",)),
+        (("10.0.0.2", "10.0.0.4"), ("10.3.0.0/26",)),
+        (("10.0.0.3", "10.0.0.4"), ("10.2.0.0/26",)),
+    ]
+    assert all(parts[0][2] == "10.0.0.2" for _, parts in sends[:-1])
+    assert sends[-1] == (["10.0.0.2", "10.0.0.3", "10.0.0.4"], [("eor", [], None)])
+    # a withdrawal for all three: one command, booked for each
+    await sp.update_exports_many({k: (False, {"10.2.0.0/26": None}) for k in own})
+    assert raw_sends(sp)[-1] == (["10.0.0.3", "10.0.0.4"], [("withdraw", ["10.2.0.0/26"], None)])
+    assert sp._exports[KEY2].sent == {"10.4.0.0/26": r1}
+
+
+async def test_raw_bytes_for_a_session_that_ended_are_not_booked(raw_speaker) -> None:
+    sp = raw_speaker
+    await raw_started(sp, [spec()])
+    await sp.update_exports_many({KEY: (False, {"10.5.0.0/24": A1})})
+    assert sp._exports[KEY].sent == {"10.5.0.0/24": A1}
+    # The session went down after this batch was made: ExaBGP dropped the bytes, so the
+    # acknowledgement books nothing (the epoch moved on).
+    sp._exports[KEY].desired["10.6.0.0/24"] = A1
+    stale = sp._raw_batches({}, {(A1, False, False): {"10.6.0.0/24": [KEY]}})
+    sp._epoch["10.0.0.2"] += 2  # down and up again
+    async with sp._flush_lock:
+        await sp._send_batches(stale)
+    assert "10.6.0.0/24" not in sp._exports[KEY].sent
+
+
+async def test_raw_session_down_and_up_resends_the_whole_set(raw_speaker) -> None:
+    sp = raw_speaker
+    await raw_started(sp, [spec()])
+    await sp.update_exports_many({KEY: (False, {"10.5.0.0/24": A1, "10.5.1.0/24": A2})})
+    n = len(raw_sends(sp))
+    sp._dispatch(ev.SessionDown("10.0.0.2", "peer reset"))
+    assert sp._exports[KEY].sent == {}  # ExaBGP keeps nothing podbgp-send gave it
+    # nothing is sent while the session is down ...
+    await sp.update_exports_many({KEY: (False, {"10.5.2.0/24": A1})})
+    assert len(raw_sends(sp)) == n
+    # ... and everything once it is back
+    sp._dispatch(ev.SessionUp("10.0.0.2", "10.0.0.1", 65001, 65000))
+    await _until(lambda: len(raw_sends(sp)) > n)
+    async with sp._flush_lock:
+        pass
+    got = {p for _, parts in raw_sends(sp)[n:] for _, ps, _ in parts for p in ps}
+    assert got == {"10.5.0.0/24", "10.5.1.0/24", "10.5.2.0/24"}
+
+
+async def test_raw_route_refresh_is_answered_between_borr_and_eorr(raw_speaker) -> None:
+    sp = raw_speaker
+    await raw_started(sp, [spec()])
+    await sp.update_exports_many({KEY: (False, {"10.5.0.0/24": A1, "10.5.1.0/24": A2})})
+    n = len(raw_sends(sp))
+    sp._dispatch(ev.RouteRefresh("10.0.0.2", "ipv4", "unicast"))
+    await _until(lambda: len(raw_sends(sp)) >= n + 3)
+    kinds = [kind for _, parts in raw_sends(sp)[n:] for kind, _, _ in parts]
+    # RFC 7313 (the fake's OPEN offers enhanced route refresh): BoRR, every route, EoRR
+    assert kinds[0] == "borr" and kinds[-1] == "eorr"
+    assert {p for _, parts in raw_sends(sp)[n:] for _, ps, _ in parts for p in ps} == {
+        "10.5.0.0/24", "10.5.1.0/24"}
