@@ -423,6 +423,7 @@ class Sim:
     def on_established(self, c: Client) -> None:
         if self.t_first_established is None:
             self.t_first_established = time.monotonic()
+            report("first_session", client=c.idx)
 
     def gained(self, c: Client, prefix: str) -> None:
         n = self.holders.get(prefix, 0) + 1
