@@ -49,7 +49,7 @@ from bgpd.ops.sdnotify import Notifier
 from bgpd.options import Options
 from bgpd.peers import LocalNode, PeerPlan, plan_peers, secret_file_reader
 from bgpd.peerspec import PeerSpec
-from bgpd.translate import FibRoutes, peer_policy, rib_config
+from bgpd.translate import FibRoutes, peer_policy, reachable_by_routes, rib_config
 from fib_sync import FibSyncer
 
 log = structlog.get_logger(__name__)
@@ -122,6 +122,7 @@ class Daemon:
         # bad peer. Shown in /status and `bgpctl node status` as "not configured".
         self.unconfigured: dict[PeerKey, tuple[PeerSpec, str]] = {}
         self.peers_not_configured_total = 0
+        self._reachable: dict[str, rib.KernelRoute] = {}  # BGPPeer reachableBy routes
         self.rejections: Counter[tuple[str, str]] = Counter()
         self._logged_rejections: set[tuple] = set()
         self._logged_problems: set[str] = set()
@@ -328,6 +329,7 @@ class Daemon:
             log.error("peers_rejected", error=str(e), note="keeping the running sessions")
             return
         self._set_unconfigured([*plan.rejected, *unrendered])
+        self._set_reachable_by(reachable_by_routes(plan.peers))
         bad = {spec.key for spec, _ in unrendered}
         wanted = {s.key: s for s in plan.peers if s.key not in bad}
         # A running session whose new settings were refused keeps its old ones (speaker).
@@ -351,6 +353,14 @@ class Daemon:
                         self._problem(p, peer=spec.address)
                     self._apply(self.rib.set_peer_policy(policy))
 
+    def _set_reachable_by(self, routes: dict[str, rib.KernelRoute]) -> None:
+        old, self._reachable = self._reachable, routes
+        gone = [kr for p, kr in old.items() if p not in routes]
+        new = [kr for p, kr in routes.items() if old.get(p) != kr]
+        if gone or new:
+            log.info("reachable_by_routes", routes=sorted(routes))
+            self._queue_kernel(new, gone)
+
     def _set_unconfigured(self, rejected: list[tuple[PeerSpec, str]]) -> None:
         new = {spec.key: (spec, why) for spec, why in rejected}
         for key, (spec, why) in new.items():
@@ -366,7 +376,7 @@ class Daemon:
         # `is not None`: a Rib's len() is its path count, 0 before any peer sent routes.
         desired = []
         if self.rib is not None:
-            for kr in self.rib.desired_routes().values():
+            for kr in (*self.rib.desired_routes().values(), *self._reachable.values()):
                 try:
                     desired.append(self._fib_routes.route(kr))
                 except ValueError as e:

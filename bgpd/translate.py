@@ -120,6 +120,21 @@ def peer_policy(spec: PeerSpec, ref: rib.PeerRef, snap: Snapshot) -> tuple[rib.P
     ), problems
 
 
+def reachable_by_routes(peers) -> dict[str, rib.KernelRoute]:
+    """BGPPeer ``reachableBy``: an exact route to the peer via the given gateway, so the
+    session does not depend on (and flap with) routes learned over it (Calico adds the
+    same /32 or /128, confd bird.cfg.template). Keyed by prefix; podbgp owns them."""
+    out: dict[str, rib.KernelRoute] = {}
+    for spec in peers:
+        gw = getattr(spec, "reachable_by", None)
+        if not gw:
+            continue
+        ip = ipaddress.ip_address(spec.address)
+        prefix = f"{ip}/{ip.max_prefixlen}"
+        out.setdefault(prefix, rib.KernelRoute(prefix, rib.RouteKind.UNICAST, (str(gw),)))
+    return out
+
+
 def fib_route(kr: rib.KernelRoute) -> fib_sync.Route:
     """rib's kernel intent as a fib_sync route (table/metric: the syncer's defaults)."""
     if kr.kind == rib.RouteKind.BLACKHOLE:

@@ -196,3 +196,23 @@ def test_every_block_reaches_every_kernel_and_traffic_flows(mesh):
         # a calico-node -> podbgp node1's pod, over the route podbgp advertised
         assert lab.tcp_exchange(SimpleNamespace(ns=bird.ext.ns, ip=bird.ip),
                                 podbgp_pod).startswith("echo:hello"), name
+
+
+def test_reachable_by_puts_an_exact_route_to_the_peer_in_the_kernel(mesh):
+    # BGPPeer reachableBy (Calico adds a /32 static route toward the peer via the
+    # gateway): podbgp owns the route (its protocol), and removes it with the peer.
+    lab, ips, _ = mesh
+    gw = ips["calico1"]
+    lab.apply('{"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer", '
+              '"metadata": {"name": "far-tor"}, "spec": {"node": "node1", '
+              f'"peerIP": "192.0.2.77", "asNumber": 65077, "reachableBy": "{gw}"}}}}')
+
+    def route():
+        return next((r for r in lab.routes("node1", "201") if r["dst"] == "192.0.2.77"), None)
+
+    r = wait(lab, route, "reachableBy route in node1's kernel", 30, node="node1")
+    assert r.get("gateway") == gw, r
+    assert not any(x["dst"] == "192.0.2.77" for x in lab.routes("node2", "201"))  # node1's only
+    lab.bgpctl("delete", "bgppeer", "far-tor")
+    wait(lab, lambda: route() is None, "reachableBy route removed with the peer", 30,
+         node="node1")

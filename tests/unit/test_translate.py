@@ -8,7 +8,14 @@ import fib_sync
 import rib
 from bgpd.peers import LocalNode
 from bgpd.peerspec import NextHopMode, PeerSpec, PeerType
-from bgpd.translate import FibRoutes, fib_route, filter_rules, peer_policy, rib_config
+from bgpd.translate import (
+    FibRoutes,
+    fib_route,
+    filter_rules,
+    peer_policy,
+    reachable_by_routes,
+    rib_config,
+)
 from config.model import Affinity
 from config.parse import parse_resource
 from config.snapshot import Snapshot
@@ -251,3 +258,18 @@ def test_fib_routes_fast_path_equals_validating_path(kr, table, metric) -> None:
 def test_fib_routes_bad_intent_raises_naming_it(kr) -> None:
     with pytest.raises(ValueError, match=r"dst|gateway|next hop|family"):
         FibRoutes(254, 20).route(kr)
+
+
+def test_reachable_by_gives_an_exact_route_to_the_peer_via_the_gateway() -> None:
+    # BGPPeer reachableBy (Calico: a /32 static route toward the peer so the session
+    # does not ride on routes learned over itself).
+    peers = [spec(address="10.225.0.4", reachable_by="10.224.0.1"),
+             spec(address="ffee::10", reachable_by="fd00::1"),
+             spec(address="10.225.0.5")]
+    routes = reachable_by_routes(peers)
+    assert routes == {
+        "10.225.0.4/32": rib.KernelRoute("10.225.0.4/32", rib.RouteKind.UNICAST,
+                                         ("10.224.0.1",)),
+        "ffee::10/128": rib.KernelRoute("ffee::10/128", rib.RouteKind.UNICAST, ("fd00::1",)),
+    }
+    fib_route(routes["10.225.0.4/32"])  # a route fib_sync takes
