@@ -71,8 +71,21 @@ class Podman:
 # ------------------------------------------------------------- host state
 
 
-def remove_podman_cgroups() -> None:
-    """podman (cgroupfs) leaves an empty libpod_parent per controller: remove empty ones."""
+def remove_podman_cgroups(wait: float = 10.0) -> None:
+    """podman (cgroupfs) leaves an empty libpod_parent per controller: remove empty ones.
+
+    A conmon that is still exiting keeps its cgroup for a moment: retry for ``wait`` s.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        _remove_empty_cgroups()
+        if not list(Path("/sys/fs/cgroup").glob("*/libpod_parent")) or (
+                time.monotonic() > deadline):
+            return
+        time.sleep(0.2)
+
+
+def _remove_empty_cgroups() -> None:
     for parent in Path("/sys/fs/cgroup").glob("*/libpod_parent"):
         for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
             try:
