@@ -164,7 +164,10 @@ class PolicyAgent:
                 self._seen[key] = res
                 self._take(key, res)
             changed += 1
-        if changed:
+        # The first snapshot is programmed even when it holds nothing (a fresh
+        # cluster without policies or pods): the table must exist, and /readyz
+        # waits for that first programming.
+        if changed or not self.programmed_once:
             if self._pending_since is None:
                 self._pending_since = time.perf_counter()
             self._dirty.set()
