@@ -277,24 +277,60 @@ def wait_routed(il: ImageLab, node: str, block: str, podman: Podman, name: str) 
     il.lab.wait_for(ok, 60, f"{node}: Established with BIRD and routes both ways")
 
 
-def check_manifest_container(podman: Podman, il: ImageLab, image: BuiltImage, pod: dict,
-                             node: str, scratch: Path) -> dict[str, object]:
-    """Run the pod's podbgp container as the manifest says; the full lifecycle."""
-    c = container_named(pod, "podbgp")
-    assert c["image"].rpartition(":")[2] == image.tag.rpartition(":")[2], (
-        f"manifest runs {c['image']}, the build makes {image.tag}")
-    kn = il.kube_node(node, scratch / "host")
-    spec = kube.podman_run(pod, c, kn, scratch / "volumes", name=f"podbgp-{uuid.uuid4().hex[:8]}")
+def start_probed(podman: Podman, il: ImageLab, pod: dict, c: dict, kn: kube.Node,
+                 scratch: Path, stack: contextlib.ExitStack) -> tuple[str, kube.Translated]:
+    """Start one container of the pod as the manifest says; wait for its probes."""
+    spec = kube.podman_run(pod, c, kn, scratch / c["name"],
+                           name=f"{c['name']}-{uuid.uuid4().hex[:8]}")
     name = spec.argv[spec.argv.index("--name") + 1]
+    stack.enter_context(started(podman, spec.argv, name))
+    ns = il.lab.nodes[kn.name].ns
+    for probe in ("livenessProbe", "readinessProbe"):
+        if probe in c:
+            url = kube.probe_url(c, probe, spec.env, kn.host_ip)
+            last: list[tuple[int, str]] = []
+
+            def ok(u: str = url, seen: list = last) -> bool:
+                seen[:] = [http_get(ns, u)]
+                return seen[0][0] == 200
+
+            try:
+                il.lab.wait_for(ok, 30, f"{c['name']}: {url} ({probe})")
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}; last answer: {last}") from None
+    return name, spec
+
+
+def stop_in_grace(podman: Podman, name: str, grace: int) -> float:
+    """podman stop as the kubelet stops a container; exit 0 within the grace period."""
+    t0 = time.monotonic()
+    podman("stop", "-t", str(grace), name, timeout=grace + 30)
+    took = time.monotonic() - t0
+    assert podman.inspect(name, "{{.State.ExitCode}}") == "0", podman(
+        "logs", name, check=False).stderr[-3000:]
+    assert took < grace, f"{name} did not exit before the grace period ran out"
+    return round(took, 2)
+
+
+def check_manifest_pod(podman: Podman, il: ImageLab, image: BuiltImage, pod: dict,
+                       node: str, scratch: Path) -> dict[str, object]:
+    """Run the pod's containers (podbgp and, where the pod has it, the policy agent)
+    as the manifest says; the full lifecycle of the podbgp container."""
+    kn = il.kube_node(node, scratch / "host")
     ns = il.lab.nodes[node].ns
+    ours = [c for c in pod["containers"] if c["image"].rpartition(":")[0] == "podbgp"]
+    assert "podbgp" in [c["name"] for c in ours]
+    for c in ours:
+        assert c["image"].rpartition(":")[2] == image.tag.rpartition(":")[2], (
+            f"{c['name']} runs {c['image']}, the build makes {image.tag}")
     result: dict[str, object] = {}
-    with started(podman, spec.argv, name):
-        live = kube.probe_url(c, "livenessProbe", spec.env, kn.host_ip)
-        ready = kube.probe_url(c, "readinessProbe", spec.env, kn.host_ip)
+    with contextlib.ExitStack() as stack:
         t0 = time.monotonic()
-        il.lab.wait_for(lambda: http_get(ns, live)[0] == 200, 30, f"{live} (livenessProbe)")
-        result["healthz_s"] = round(time.monotonic() - t0, 2)
-        il.lab.wait_for(lambda: http_get(ns, ready)[0] == 200, 30, f"{ready} (readinessProbe)")
+        names = {}
+        for c in ours:
+            names[c["name"]], _ = start_probed(podman, il, pod, c, kn, scratch, stack)
+            result[f"{c['name']}_probes_ok_s"] = round(time.monotonic() - t0, 2)
+        name, c = names["podbgp"], container_named(pod, "podbgp")
         hc = podman("healthcheck", "run", name, check=False)
         assert hc.returncode == 0, f"HEALTHCHECK unhealthy: {hc.stdout} {hc.stderr}"
         wait_routed(il, node, BLOCKS[node], podman, name)
@@ -309,14 +345,11 @@ def check_manifest_container(podman: Podman, il: ImageLab, image: BuiltImage, po
         status = podman("exec", name, "sh", "-c", 'bgpctl node status --url "http://$HOST_IP:9179"')
         assert "10.99.0.101" in status.stdout and "Established" in status.stdout, status.stdout
         time.sleep(3)  # idle: converged, only keepalives from here
-        result["idle_rss_mb"] = process_rss_mb(podman, name)
-        grace = spec.stop_timeout
-        t0 = time.monotonic()
-        podman("stop", "-t", str(grace), name, timeout=grace + 30)
-        result["stop_s"] = round(time.monotonic() - t0, 2)
-        assert podman.inspect(name, "{{.State.ExitCode}}") == "0", podman(
-            "logs", name, check=False).stderr[-3000:]
-        assert result["stop_s"] < grace, "bgpd did not exit before the grace period ran out"
+        for cname, cid in names.items():
+            result[f"{cname}_idle_rss_mb"] = process_rss_mb(podman, cid)
+        grace = int(pod.get("terminationGracePeriodSeconds", 30))
+        for cname, cid in names.items():
+            result[f"{cname}_stop_s"] = stop_in_grace(podman, cid, grace)
         # The routes stay in the kernel after the daemon stopped.
         routes = kernel_routes(ns, "proto", "201")
         assert routes.get(TOR_PREFIX, {}).get("gateway") == "10.99.0.101", routes
@@ -361,13 +394,13 @@ def test_image_build_export_and_contents(podman: Podman, image: BuiltImage) -> N
 
 
 @pytest.mark.parametrize("flavour", ["standalone", "sidecar"])
-def test_daemonset_container_as_the_manifest_says(
+def test_daemonset_pod_as_the_manifest_says(
     podman: Podman, image: BuiltImage, image_lab: ImageLab, flavour: str, tmp_path: Path,
 ) -> None:
     pod, node = (standalone_pod(), "node1") if flavour == "standalone" else (sidecar_pod(), "node2")
-    result = check_manifest_container(podman, image_lab, image, pod, node, tmp_path)
-    REPORT[f"{flavour}_container"] = result
-    rss = result["idle_rss_mb"]
+    result = check_manifest_pod(podman, image_lab, image, pod, node, tmp_path)
+    REPORT[f"{flavour}_pod"] = result
+    rss = result["podbgp_idle_rss_mb"]
     assert {"bgpd", "exabgp"} <= set(rss), rss
     limit = kube.quantity(container_named(pod, "podbgp")["resources"]["limits"]["memory"])
     assert sum(rss.values()) * 2**20 < limit / 2, f"idle RSS {rss} near the {limit} limit"
