@@ -318,7 +318,7 @@ def check_manifest_pod(podman: Podman, il: ImageLab, image: BuiltImage, pod: dic
     as the manifest says; the full lifecycle of the podbgp container."""
     kn = il.kube_node(node, scratch / "host")
     ns = il.lab.nodes[node].ns
-    ours = [c for c in pod["containers"] if c["image"].rpartition(":")[0] == "podbgp"]
+    ours = [c for c in pod["containers"] if c.get("image", "").rpartition(":")[0] == "podbgp"]
     assert "podbgp" in [c["name"] for c in ours]
     for c in ours:
         assert c["image"].rpartition(":")[2] == image.tag.rpartition(":")[2], (
