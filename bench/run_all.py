@@ -33,6 +33,7 @@ BENCHES: dict[str, tuple[list[str], list[str], bool]] = {
                     "--seconds", "1", "--rounds", "1"], True),
     "rr_scale": ([], ["--quick"], True),
     "soak": ([], ["--quick"], True),
+    "overlay": ([], ["--blocks", "2000", "--reps", "1", "--seconds", "2"], False),
 }
 TITLES = {
     "convergence": "Convergence of K routes into the kernel (and memory)",
@@ -44,6 +45,8 @@ TITLES = {
     "policy": "Network policy: enforcement latency and the cost of a loaded table",
     "rr_scale": "Route reflection at scale: podbgp and BIRD 2 as the reflector for N clients",
     "soak": "Churn at scale: a flapping peer and clients resetting in turn, podbgp and BIRD 2",
+    "overlay": "Overlay: VXLAN FIB programming against `ip -batch`, VXLAN against native "
+               "throughput",
 }
 
 

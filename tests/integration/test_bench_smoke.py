@@ -135,3 +135,24 @@ def test_policy_quick():
                         r"30 policies/100 endpoints vs none: connection rate [+-][\d.]+% cost, "
                         r"throughput ratio [\d.]+ \(data [\d.]+ s\)", last), last
     assert _podnet_namespaces() <= before, "namespaces left behind"
+
+
+def test_overlay_quick_prints_both_ratios_and_cleans_up():
+    require_root()
+    require_binary("iperf3")
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    before = {ln.split()[0] for ln in out.splitlines() if ln.startswith(("bov", "bot"))}
+    r = subprocess.run([sys.executable, "-m", "bench.overlay", "--blocks", "300", "--reps", "1",
+                        "--seconds", "1"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
+    last = r.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"overlay: 300 VXLAN blocks route\+neigh\+FDB podbgp ([\d.]+) s, ip-batch "
+                     r"([\d.]+) s, ratio ([\d.]+); iperf3 VXLAN ([\d.]+) Gbit/s, native "
+                     r"([\d.]+) Gbit/s \(([\d.]+)\)", last)
+    assert m, last
+    p, i, ratio, vx, nat, rel = (float(g) for g in m.groups())
+    assert ratio == pytest.approx(i / p, rel=0.05)  # printed values are rounded
+    assert vx > 0 and nat > 0 and rel == pytest.approx(vx / nat, rel=0.05)
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    after = {ln.split()[0] for ln in out.splitlines() if ln.startswith(("bov", "bot"))}
+    assert after <= before, "benchmark namespaces left behind"
