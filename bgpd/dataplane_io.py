@@ -229,9 +229,21 @@ class DataplaneShell:
                    "mtu": st.mtu or None}
             for name, st in self.overlay.devices.items()
         }
+        st = self.overlay.stats
         return {
             "managed": True,
             "devices": devices,
+            "adopted": self.overlay.adopted,
+            "counters": {"devices_created": st.devices_created,
+                         "devices_recreated": st.devices_recreated,
+                         "devices_repaired": st.devices_repaired,
+                         "entries_installed": st.entries_installed,
+                         "entries_replaced": st.entries_replaced,
+                         "entries_deleted": st.entries_deleted,
+                         "entries_repaired": st.repairs, "entries_swept": st.swept,
+                         "nat_table_writes": self.nat.stats.table_writes,
+                         "nat_set_updates": self.nat.stats.set_updates,
+                         "nat_repairs": self.nat.stats.repairs},
             "tunnel_addresses": {k: v for k, v in self.tunnels.items() if v},
             "vteps": len(plan.cluster_routes.vteps) if plan else 0,
             "entries": {"desired": len(self.overlay.desired_entries),

@@ -154,6 +154,7 @@ class OverlayReconciler:
         self.conflicts: dict[tuple, str] = {}
         self.own_devices: dict[str, LinkInfo] = {}  # podbgp's devices seen in the kernel
         self._device_errors: dict[str, str] = {}
+        self.device_error_counts: dict[str, int] = {}  # per device, once per new reason
 
     # ------------------------------------------------------------ adoption
 
@@ -184,6 +185,7 @@ class OverlayReconciler:
         if self._device_errors.get(spec.name) != reason:
             self._device_errors[spec.name] = reason
             self.stats.device_errors += 1
+            self.device_error_counts[spec.name] = self.device_error_counts.get(spec.name, 0) + 1
             log.error("overlay_device_failed", device=spec.name, kind=kind,
                       errno=errno.errorcode.get(err, err), reason=reason)
         return DeviceState(spec.name, kind, ERROR, reason, err)
@@ -282,6 +284,7 @@ class OverlayReconciler:
         if self._device_errors.get(spec.name) != reason:
             self._device_errors[spec.name] = reason
             self.stats.device_errors += 1
+            self.device_error_counts[spec.name] = self.device_error_counts.get(spec.name, 0) + 1
             log.error("overlay_device_foreign", device=spec.name, kind=kind, reason=reason)
         self.own_devices.pop(spec.name, None)
         return DeviceState(spec.name, kind, FOREIGN, reason, errno.EEXIST, info.index, info.mtu)
@@ -491,6 +494,7 @@ class OverlaySyncer:
         self._retry_handle: asyncio.TimerHandle | None = None
         self._started = False
         self._error: BaseException | None = None
+        self._adopted_devices: list[str] = []
 
     # ------------------------------------------------------------ public API
 
@@ -514,6 +518,7 @@ class OverlaySyncer:
             loop.add_reader(mon.fileno(), self._on_monitor)
         self._rec = OverlayReconciler(self._links, self._neigh, self.stats)
         adopted = await loop.run_in_executor(self._executor, self._rec.adopt)
+        self._adopted_devices = sorted(self._rec.own_devices)
         self._stale = {k: e for k, e in adopted.items() if k not in self._entries}
         self._started = True
         log.info("overlay_sync_started", netns=self.netns,
@@ -591,6 +596,17 @@ class OverlaySyncer:
     def devices(self) -> dict[str, DeviceState]:
         """How each wanted device stands after the last pass."""
         return dict(self._rec.devices) if self._rec else {}
+
+    @property
+    def device_error_counts(self) -> dict[str, int]:
+        return dict(self._rec.device_error_counts) if self._rec else {}
+
+    @property
+    def adopted(self) -> dict[str, int]:
+        """What the start found: podbgp's devices and entries."""
+        rec = self._rec
+        return {"devices": len(self._adopted_devices), "entries": self.stats.adopted} if rec \
+            else {"devices": 0, "entries": 0}
 
     @property
     def failing(self) -> dict[tuple, tuple[int, str]]:
