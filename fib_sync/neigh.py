@@ -36,12 +36,11 @@ from .link import format_mac, parse_mac
 from .netlink import (
     NLM_F_ACK,
     NLM_F_CREATE,
-    NLM_F_DUMP,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
-    NLMSG_DONE,
     NLMSG_ERROR,
     StateUnknown,
+    dump_replies,
     iter_messages,
     open_netlink,
     parse_error,
@@ -294,37 +293,14 @@ class NeighKernel:
 
     def _dump(self, family: int, ifindex: int):
         self._seq = (self._seq + 1) & 0x7FFFFFFF or 1
-        seq = self._seq
         if family == AF_BRIDGE:
             body = _NDMSG.pack(family, ifindex, 0, 0, 0)  # the bridge port filter
         else:  # strict checking wants ndm_ifindex 0 and the filter as NDA_IFINDEX
             body = _NDMSG.pack(family, 0, 0, 0, 0) + _nla(NDA_IFINDEX, struct.pack("=i", ifindex))
-        self.sock.send(_HDR.pack(16 + len(body), RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP,
-                                 seq, 0) + body)
-        view = memoryview(self._buf)
-        while True:
-            try:
-                n = self.sock.recv_into(self._buf)
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    raise StateUnknown("ENOBUFS during neighbour dump") from None
-                raise
-            for off, ln, typ, flags, mseq in iter_messages(view, n):
-                if mseq != seq:
-                    continue
-                if typ == NLMSG_DONE:
-                    # A dump that failed in the kernel ends with its errno here.
-                    err = -struct.unpack_from("=i", view, off + 16)[0] if ln >= 20 else 0
-                    if err > 0:
-                        raise OSError(err, f"neighbour dump failed: {os.strerror(err)}")
-                    return
-                if typ == NLMSG_ERROR:
-                    err, text = parse_error(view, off, ln, flags)
-                    if err:
-                        raise OSError(err, f"neighbour dump failed: {os.strerror(err)} {text}")
-                    return
-                if typ == RTM_NEWNEIGH:
-                    yield view, off, ln
+        for view, off, ln, typ in dump_replies(self.sock, self._buf, RTM_GETNEIGH, body,
+                                               self._seq, "neighbour dump"):
+            if typ == RTM_NEWNEIGH:
+                yield view, off, ln
 
     def dump(self, devices: Mapping[str, int]) -> Dumped:
         """Entries on `devices` (name -> ifindex): ours, and who holds the rest."""

@@ -370,6 +370,39 @@ def parse_route(buf, off: int, ln: int) -> RouteMsg:
     return RouteMsg(fam, dst_len, table, proto, rtype, rflags, dst, gw, oif, metric, mp)
 
 
+def dump_replies(sock: socket.socket, buf: bytearray, mtype: int, body: bytes, seq: int,
+                 what: str = "dump") -> Iterable[tuple[memoryview, int, int, int]]:
+    """Send one dump request (`body` after the header, sequence number `seq`) on
+    `sock`; yield (view, offset, length, type) of each answer, read into `buf`.
+
+    A failed dump raises OSError naming `what` (the kernel reports it in an
+    NLMSG_ERROR, or as the errno carried by NLMSG_DONE); lost replies (ENOBUFS)
+    raise StateUnknown."""
+    sock.send(_HDR.pack(16 + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
+    view = memoryview(buf)
+    while True:
+        try:
+            n = sock.recv_into(buf)
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                raise StateUnknown(f"ENOBUFS during {what}") from None
+            raise
+        for off, ln, typ, flags, mseq in iter_messages(view, n):
+            if mseq != seq:
+                continue  # a late reply to an earlier request
+            if typ == NLMSG_DONE:
+                err = -_I32.unpack_from(view, off + 16)[0] if ln >= 20 else 0
+                if err > 0:
+                    raise OSError(err, f"{what} failed: {os.strerror(err)}")
+                return
+            if typ == NLMSG_ERROR:
+                err, text = parse_error(view, off, ln, flags)
+                if err:
+                    raise OSError(err, f"{what} failed: {os.strerror(err)} {text}".strip())
+                return
+            yield view, off, ln, typ
+
+
 class NetlinkKernel:
     """The kernel side of `Reconciler`: dump our routes, apply plans.
 
@@ -408,28 +441,7 @@ class NetlinkKernel:
 
     def _dump(self, mtype: int, body: bytes) -> Iterable[tuple[memoryview, int, int, int]]:
         """Send one dump request; yield (buf, off, len, type) of each answer."""
-        seq = self._next_seq()
-        hdr = _HDR.pack(16 + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0)
-        self.sock.send(hdr + body)
-        view = memoryview(self._buf)
-        while True:
-            try:
-                n = self.sock.recv_into(self._buf)
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    raise StateUnknown("ENOBUFS during dump") from None
-                raise
-            for off, ln, typ, flags, mseq in iter_messages(view, n):
-                if mseq != seq:
-                    continue  # a late reply to an earlier request
-                if typ == NLMSG_DONE:
-                    return
-                if typ == NLMSG_ERROR:
-                    err, text = parse_error(view, off, ln, flags)
-                    if err:
-                        raise OSError(err, f"dump failed: {os.strerror(err)} {text}".strip())
-                    return
-                yield view, off, ln, typ
+        return dump_replies(self.sock, self._buf, mtype, body, self._next_seq())
 
     def refresh_links(self) -> None:
         body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)
