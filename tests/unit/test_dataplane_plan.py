@@ -150,3 +150,23 @@ def test_published_fields() -> None:
         "ipv4_vxlan_tunnel_addr": "10.244.3.0", "vxlan_tunnel_mac_addr": vtep_mac("node3"),
         "ipv4_ipip_tunnel_addr": None}
     assert published_fields(s, "node2", {VXLAN: "10.244.2.0"})["vxlan_tunnel_mac_addr"] == MAC2
+
+
+def test_ipv6_vxlan_plan() -> None:
+    # Calico's v6 fields: spec.ipv6VXLANTunnelAddr, spec.vxlanTunnelMACAddrV6; Felix's
+    # device vxlan-v6.calico and the MAC derived from "<node>-v6".
+    v6pool = res("IPPool", "v6", {"cidr": "fd10::/48", "blockSize": 122, "vxlanMode": "Always"})
+
+    def n6(name: str, ip: str, vtep: str) -> object:
+        return res("Node", name, {"bgp": {"ipv6Address": f"{ip}/64"},
+                                  "ipv6VXLANTunnelAddr": vtep})
+
+    s = snap(v6pool, n6("node1", "fd00::11", "fd10::1"), n6("node2", "fd00::12", "fd10::41"))
+    plan = plan_dataplane(s, "node1", DataplaneSettings())
+    assert plan.devices == (VxlanSpec("vxlan-v6.calico", 4096, 4789, "fd00::11",
+                                      vtep_mac("node1", v6=True), 0, "fd10::1"),)
+    assert plan.entries == (Neighbour("vxlan-v6.calico", "fd10::41", vtep_mac("node2", True)),
+                            FdbEntry("vxlan-v6.calico", vtep_mac("node2", True), "fd00::12"))
+    assert plan.cluster_routes.vteps == (("fd00::12", "fd10::41"),)
+    need = {n.kind: n for n in plan.tunnel_needs}
+    assert need[VXLAN_V6].pool_names == ("v6",) and need[VXLAN].pool_names == ()

@@ -229,3 +229,17 @@ def test_program_cluster_routes_split(cluster, programmed):
         r.announce(A.address, [Path(prefix, A.address, A)])
     remote = {p for p, kr in r.desired_routes().items() if kr.kind is RouteKind.UNICAST}
     assert remote == programmed  # and never the VXLAN pool's: Felix's in that layout
+
+
+def test_ipv6_vxlan_route_uses_the_v6_device():
+    v6 = PeerRef("fd00::12", 64512, "fd00::12", PeerKind.IBGP)
+    cfg = dataclasses.replace(
+        CONFIG, node_subnets=("192.168.1.0/24", "fd00::/64"),
+        pools=(*CONFIG.pools, Pool("fd10::/48", block_size=122, vxlan_mode=EncapMode.ALWAYS)),
+        cluster_routes=rib.ClusterRoutes(vxlan=True, vteps=(("fd00::12", "fd10::41"),)))
+    r = Rib(cfg)
+    r.peer_up(PeerPolicy(key=v6.address, peer=v6))
+    r.announce(v6.address, [Path("fd10::40/122", v6.address, v6)])
+    assert r.desired_routes()["fd10::40/122"] == KernelRoute(
+        "fd10::40/122", next_hops=("fd10::41",), device="vxlan-v6.calico", onlink=True,
+        metric=7)
