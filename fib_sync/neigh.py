@@ -30,7 +30,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .link import format_mac, parse_mac
 from .netlink import (
@@ -95,15 +95,13 @@ class Neighbour:
     dev: str
     ip: str
     mac: str
+    key: NeighKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _, ip = _canonical_ip(self.ip, f"neighbour on {self.dev}")
         object.__setattr__(self, "ip", ip)
         object.__setattr__(self, "mac", _canonical_mac(self.mac, f"neighbour {ip}"))
-
-    @property
-    def key(self) -> NeighKey:
-        return (self.dev, self.ip)
+        object.__setattr__(self, "key", (self.dev, ip))
 
     @property
     def family(self) -> int:
@@ -117,15 +115,13 @@ class FdbEntry:
     dev: str
     mac: str
     dst: str
+    key: FdbKey = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mac", _canonical_mac(self.mac, f"FDB entry on {self.dev}"))
         _, dst = _canonical_ip(self.dst, f"FDB entry {self.mac}")
         object.__setattr__(self, "dst", dst)
-
-    @property
-    def key(self) -> FdbKey:
-        return (self.dev, self.mac)
+        object.__setattr__(self, "key", (self.dev, self.mac))
 
 
 L2 = Neighbour | FdbEntry
@@ -242,6 +238,7 @@ def trusted_neighbour(dev: str, ip: str, mac: str) -> Neighbour:
     _set(n, "dev", dev)
     _set(n, "ip", ip)
     _set(n, "mac", mac)
+    _set(n, "key", (dev, ip))
     return n
 
 
@@ -250,6 +247,7 @@ def trusted_fdb(dev: str, mac: str, dst: str) -> FdbEntry:
     _set(f, "dev", dev)
     _set(f, "mac", mac)
     _set(f, "dst", dst)
+    _set(f, "key", (dev, mac))
     return f
 
 

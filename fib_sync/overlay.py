@@ -371,25 +371,29 @@ class OverlayReconciler:
             log.warning("overlay_state_unknown", reason=str(e))
             self.view = None
             return self._finish(report, t0)
-        refused = {(err.op, err.entry.key) for err in errors}
+        # Booking: the common case (nothing refused, nothing failing) is a dict
+        # update per kind, not a method call per entry.
         view = self.view
-        for op, e in ops:
-            if (op, e.key) in refused:
-                continue
-            if op == "delete":
-                view.pop(e.key, None)
-                if e.key in sweep:
-                    report.swept.append(e)
-            else:
-                view[e.key] = e
+        refused = {(err.op, err.entry.key) for err in errors}
+        deleted = [e for e in plan.delete if not refused or ("delete", e.key) not in refused]
+        written = [e for op, kind in (("replace", plan.replace), ("add", plan.add))
+                   for e in kind if not refused or (op, e.key) not in refused]
+        for e in deleted:
+            view.pop(e.key, None)
+            if sweep and e.key in sweep:
+                report.swept.append(e)
+        view.update((e.key, e) for e in written)
+        if self.failing:
+            for e in written:
                 self._recovered(e.key)
         for err in errors:
             self._failed(err)
-        n_del = sum(1 for op, e in ops if op == "delete" and (op, e.key) not in refused)
         st.swept += len(report.swept)
-        st.entries_deleted += n_del - len(report.swept)
-        st.entries_replaced += sum(1 for e in plan.replace if ("replace", e.key) not in refused)
-        st.entries_installed += sum(1 for e in plan.add if ("add", e.key) not in refused)
+        st.entries_deleted += len(deleted) - len(report.swept)
+        n_replaced = sum(1 for e in plan.replace if ("replace", e.key) not in refused) \
+            if refused else len(plan.replace)
+        st.entries_replaced += n_replaced
+        st.entries_installed += len(written) - n_replaced
         report.applied = len(ops) - len(errors)
         report.failures = len(errors)
         for k in [k for k in self.failing if k not in target]:
