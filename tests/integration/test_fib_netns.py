@@ -357,7 +357,10 @@ async def test_many_routes_over_several_sends_map_each_refusal_to_its_route(lab)
     assert got[v4[699]]["gateway"] == "10.1.0.3" and got[v4[701]]["gateway"] == "10.1.0.3"
     assert {k[1] for k in s.failing_routes} == {bad, bad2}
     assert s.stats.replaced == len(changes) - 1
-    view = s._reconciler.view  # by internal key; kernel_routes() by RouteKey
+    # By internal key; kernel_routes() by RouteKey. Copied in the syncer's own
+    # executor thread: a retry pass (bad/bad2 keep failing) may be changing it.
+    view = await asyncio.get_running_loop().run_in_executor(
+        s._executor, lambda: dict(s._reconciler.view))
     dumped = await s.kernel_routes()
     assert {r.key for r in view.values()} == set(dumped)
     assert all(k == r._key for k, r in view.items())
