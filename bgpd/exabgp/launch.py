@@ -69,6 +69,19 @@ ExaBGP's "silent close under GR" test fails for that session only (the next
 session negotiates afresh). A restart of ExaBGP itself is unchanged. This is
 the one group that changes what ExaBGP sends.
 
+Group ``reload`` (a fix). ``reload`` re-reads the config; every neighbour whose
+definition is unchanged gets ``Peer.reconfigure(new)``, which makes the new
+Neighbor object the live one and leaves it for the session loop to pick up as
+``_neighbor``. If the session has just become Established but not yet run the
+start of ``Peer._main``, that start sets ``self.neighbor.previous = None`` on
+the very same object, and the loop then reads ``self._neighbor.previous.changes``:
+AttributeError ("'NoneType' object has no attribute 'changes'"), "EXABGP
+MISBEHAVED", and the unchanged session is reset without a NOTIFICATION (seen
+with 1 to 50 peers, issue 18). ``Neighbor.previous`` now reads as an empty
+"previous configuration" (no routes, false) where it was None, which every user
+of it handles; the loop then finds nothing to change, which is right: the
+preamble has just applied the same configuration.
+
 Each source rewrite replaces exact text of ExaBGP's function and refuses
 (leaving its group unpatched) if the text is not there; a function replaced
 whole is checked against the SHA-256 of the source it replaces. Nothing here
@@ -362,6 +375,53 @@ def _notify_targets() -> list[tuple[Any, str]]:
     from exabgp.reactor.protocol import Protocol
 
     return [(Protocol, "read_message"), (Peer, "teardown")]
+
+
+# ------------------------------------------------------------- group "reload"
+
+
+class _NoPrevious:
+    """A neighbour's previous configuration when there is none: no routes, false."""
+
+    changes: tuple = ()
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "<no previous configuration>"
+
+
+_NO_PREVIOUS = _NoPrevious()
+
+
+class _Previous:
+    """``Neighbor.previous`` as a data descriptor: None is stored, ``_NO_PREVIOUS`` read."""
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        value = obj.__dict__.get("_podbgp_previous")
+        return _NO_PREVIOUS if value is None else value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__["_podbgp_previous"] = value
+
+
+def _patch_reload() -> None:
+    from exabgp.bgp.neighbor import Neighbor
+
+    if "previous" in vars(Neighbor) or "__slots__" in vars(Neighbor):
+        raise PatchError("Neighbor: previous is not a plain instance attribute")
+    if "self.previous = None" not in inspect.getsource(Neighbor.__init__):
+        raise PatchError("Neighbor.__init__: no 'self.previous = None'")
+    Neighbor.previous = _Previous()
+
+
+def _reload_targets() -> list[tuple[Any, str]]:
+    from exabgp.bgp.neighbor import Neighbor
+
+    return [(Neighbor, "previous")]
 
 
 # ---------------------------------------------------------------- group "api"
@@ -735,6 +795,7 @@ GROUPS: dict[str, tuple[Callable[[], None], Callable[[], list[tuple[Any, str]]]]
     "notify": (_patch_notify, _notify_targets),
     "raw": (_patch_raw, _raw_targets),
     "poll": (_patch_poll, _poll_targets),
+    "reload": (_patch_reload, _reload_targets),
 }
 
 

@@ -292,6 +292,11 @@ class Speaker:
         self._stopping = False
         self._config_generation = 0  # bumped on every config write
         self._loaded_generation = 0  # what the running ExaBGP has read
+        # From spawn until its relay connects ExaBGP may be reading the config file at
+        # any moment: it is not rewritten then (the speaker could not know which
+        # version ExaBGP got); a change waits for the channel and is reloaded then.
+        self._loading = False
+        self._config_dirty = False
         self._tasks: set[asyncio.Task] = set()
         self._supervisor: asyncio.Task | None = None
         self.started_at: float | None = None
@@ -372,6 +377,8 @@ class Speaker:
             await asyncio.sleep(0.05)
 
     async def _spawn(self) -> None:
+        if self._config_dirty:
+            self._write_config()  # a change that waited for the last ExaBGP to load
         cmd = [*self._exabgp_cmd, "server", str(self.conf_path)]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]  # `ip` execs: same PID
@@ -383,6 +390,7 @@ class Speaker:
         )
         self.started_at = time.monotonic()
         self._loaded_generation = self._config_generation  # a fresh start reads the file
+        self._loading = True
         tmp = self.pid_path.with_suffix(".tmp")
         tmp.write_text(f"{self._proc.pid}\n")
         os.replace(tmp, self.pid_path)
@@ -628,6 +636,7 @@ class Speaker:
             os.fsync(f.fileno())
         os.replace(tmp, self.conf_path)
         self._config_generation += 1
+        self._config_dirty = False
 
     async def _reload_if_needed(self) -> bool:
         """``reload`` unless the running ExaBGP already has the current file."""
@@ -679,11 +688,20 @@ class Speaker:
             if key in self._exports:
                 # ExaBGP re-creates a changed neighbor; what it held is gone.
                 self._exports[key].forget_sent()
-        self._write_config()
+        if self._loading:
+            # ExaBGP is starting and may be reading the file right now: write and
+            # reload once its channel is up (_resync), never under it.
+            self._config_dirty = True
+            generation = self._config_generation + 1
+        else:
+            self._write_config()
+            generation = self._config_generation
         for key in (*added, *changed):
-            self._peer_generation[key] = self._config_generation
+            self._peer_generation[key] = generation
         log.info("peers_changed", added=[k[0] for k in added], removed=[k[0] for k in removed],
-                 changed=[k[0] for k in changed])
+                 changed=[k[0] for k in changed], deferred=self._loading)
+        if self._loading:
+            return rejected
         async with self._flush_lock:
             if self._writer is None or not await self._reload_if_needed():
                 return rejected  # a new channel reloads and flushes everything
@@ -770,9 +788,13 @@ class Speaker:
                 log.warning("exports_deferred", error=str(exc))
 
     async def _resync(self) -> None:
-        """A new channel: reload a config written meanwhile, then send every peer
-        what ExaBGP has not acknowledged."""
+        """A new channel: ExaBGP has read its config (it starts the relay after). Write
+        and reload a change that waited for that, then send every peer what ExaBGP
+        has not acknowledged."""
         async with self._flush_lock:
+            self._loading = False
+            if self._config_dirty:
+                self._write_config()
             if self._writer is None or not await self._reload_if_needed():
                 return
             try:

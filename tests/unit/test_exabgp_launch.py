@@ -602,3 +602,28 @@ names = set(Peer._main.__code__.co_varnames) | set(Peer._main.__code__.co_names)
 assert "_podbgp_raw" not in names and "_podbgp_option" in names, names
 """)
     assert out.returncode == 0, out.stderr
+
+
+def test_reload_group_makes_previous_safe_to_read() -> None:
+    """Group "reload": ExaBGP's session loop reads ``self._neighbor.previous.changes``
+    after its own preamble may have set ``previous`` to None on that very Neighbor
+    (a reload reaching a session just Established: AttributeError, reset without
+    NOTIFICATION; reproduced by tests/integration/test_speaker_reload.py). Patched,
+    None reads as an empty, false previous configuration; values are kept."""
+    out = _run("""
+import bgpd.exabgp.launch as launch
+from exabgp.bgp.neighbor import Neighbor
+n = Neighbor()
+before = n.previous
+assert launch.patch(skip={"decode", "api", "notify", "raw", "poll"})
+n = Neighbor()
+p = n.previous
+assert not p and p.changes == () and p is not None
+n.previous = "old"
+assert n.previous == "old"
+n.previous = None
+assert not n.previous and n.previous.changes == ()
+print(before)
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"

@@ -43,21 +43,31 @@ FAKE = textwrap.dedent(
         child.stdin.flush()
 
     raw = {raw}  # like bgpd.exabgp.launch's group "raw": podbgp-hello / podbgp-send
-    for peer in re.findall(r"^neighbor (\\S+) {{", text, re.M):
-        if raw:
-            say(json.dumps({{"type": "open", "neighbor": {{"address": {{"local": "10.0.0.1",
-                "peer": peer}}, "asn": {{"local": 65000, "peer": 65001}}, "direction":
-                "receive", "open": {{"version": 4, "asn": 65001, "hold_time": 90,
-                "router_id": peer if ":" not in peer else "1.1.1.1", "capabilities": {{
-                "65": {{"name": "asn4", "asn4": 65001}},
-                "70": {{"name": "enhanced-route-refresh"}}}}}}}}}}))
-        say(json.dumps({{"type": "state", "neighbor": {{"address": {{"local": "10.0.0.1",
-            "peer": peer}}, "asn": {{"local": 65000, "peer": 65001}}, "state": "up"}}}}))
+    seen = set()
+
+    def bring_up(text):  # like ExaBGP: every configured neighbor comes up (new ones on reload)
+        for peer in re.findall(r"^neighbor (\\S+) {{", text, re.M):
+            if peer in seen:
+                continue
+            seen.add(peer)
+            if raw:
+                say(json.dumps({{"type": "open", "neighbor": {{"address": {{
+                    "local": "10.0.0.1", "peer": peer}}, "asn": {{"local": 65000,
+                    "peer": 65001}}, "direction": "receive", "open": {{"version": 4,
+                    "asn": 65001, "hold_time": 90,
+                    "router_id": peer if ":" not in peer else "1.1.1.1", "capabilities": {{
+                    "65": {{"name": "asn4", "asn4": 65001}},
+                    "70": {{"name": "enhanced-route-refresh"}}}}}}}}}}))
+            say(json.dumps({{"type": "state", "neighbor": {{"address": {{"local": "10.0.0.1",
+                "peer": peer}}, "asn": {{"local": 65000, "peer": 65001}}, "state": "up"}}}}))
+
+    bring_up(text)
     for line in child.stdout:
         cmd = line.decode().rstrip("\\n")
         log.write(cmd + "\\n")
         if cmd == "reload":
             say("reload in progress")
+            bring_up(open(conf).read())
         if cmd == "podbgp-hello":
             say("done" if raw else "error")
             continue
