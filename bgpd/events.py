@@ -66,6 +66,8 @@ class Open:
     route_refresh: bool
     asn4: bool = False  # the four-octet AS capability (RFC 6793)
     enhanced_route_refresh: bool = False  # RFC 7313
+    # families the peer can receive several paths for (RFC 7911 ADD-PATH, its receive bit)
+    add_path_receive: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

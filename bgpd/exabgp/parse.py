@@ -433,6 +433,7 @@ def _open(neighbor: str, direction: str, msg: dict) -> Open:
     families: list[tuple[str, str]] = []
     gr: GracefulRestartCap | None = None
     route_refresh = asn4 = enhanced = False
+    add_path_receive: list[tuple[str, str]] = []
     for cap in caps.values():
         cap = _obj(cap, "capability")
         name = cap.get("name")
@@ -461,6 +462,11 @@ def _open(neighbor: str, direction: str, msg: dict) -> Open:
         elif name in ("route-refresh", "enhanced-route-refresh"):
             route_refresh = True
             enhanced = enhanced or name == "enhanced-route-refresh"
+        elif name == "addpath":
+            # RFC 7911 §4: per family "receive", "send" or "send/receive"
+            for fam, mode in cap.items():
+                if fam != "name" and "receive" in str(mode):
+                    add_path_receive.append(_family(fam, "addpath family"))
     return Open(
         neighbor=neighbor,
         direction=direction,
@@ -472,6 +478,7 @@ def _open(neighbor: str, direction: str, msg: dict) -> Open:
         route_refresh=route_refresh,
         asn4=asn4,
         enhanced_route_refresh=enhanced,
+        add_path_receive=tuple(add_path_receive),
     )
 
 

@@ -277,7 +277,8 @@ class Speaker:
         # the running ExaBGP answered podbgp-hello (None: not asked yet; nothing is sent
         # before it is known, so no session gets text it would keep across a reconnect)
         self._raw_ok: bool | None = None
-        self._wire_caps: dict[str, tuple[bool, bool]] = {}  # peer -> (asn4, enhanced RR)
+        # peer -> (4-octet AS, enhanced route refresh, families it takes ADD-PATH for)
+        self._wire_caps: dict[str, tuple[bool, bool, tuple[tuple[str, str], ...]]] = {}
         self._epoch: dict[str, int] = {}  # peer -> session counter (up and down bump it)
         self._text_peers: set[PeerKey] = set()  # got text commands from this ExaBGP: stay text
         self._events: asyncio.Queue[ev.Event] = asyncio.Queue()
@@ -509,7 +510,8 @@ class Speaker:
             spec = self._by_address.get(event.neighbor)
             if spec is not None:
                 self._refs[event.neighbor] = self._peer_ref_factory(spec, event)
-            self._wire_caps[event.neighbor] = (event.asn4, event.enhanced_route_refresh)
+            self._wire_caps[event.neighbor] = (event.asn4, event.enhanced_route_refresh,
+                                               event.add_path_receive)
         elif isinstance(event, ev.SessionUp):
             self._up.add(event.neighbor)
             self._epoch[event.neighbor] = self._epoch.get(event.neighbor, 0) + 1
@@ -814,6 +816,13 @@ class Speaker:
         log.info("exabgp_raw_updates", available=ok)
         return ok
 
+    def _add_path_send(self, spec: PeerSpec) -> bool:
+        """ADD-PATH send is negotiated: we offer it (conf: ``add-path send/receive``)
+        and the peer's OPEN takes it for the session's family (RFC 7911 §4)."""
+        family = ("ipv6" if spec.ipv6 else "ipv4", "unicast")
+        caps = self._wire_caps.get(spec.address)
+        return bool(spec.add_paths) and caps is not None and family in caps[2]
+
     def _mode(self, spec: PeerSpec) -> str:
         """How exports reach this session: "raw" (podbgp-send bytes), "text" (ExaBGP
         commands), or "wait" (raw-capable ExaBGP, session down: nothing is sent; the
@@ -866,17 +875,20 @@ class Speaker:
             exports.dirty = set()
             exports.all_dirty = False
             if mode == "raw":
-                w_map, a_map, extra = raw_withdraw, raw_announce, (spec.peer_as == spec.local_as,)
+                add_path = self._add_path_send(spec)
+                w_map, a_map = raw_withdraw, raw_announce
+                extra: tuple = (spec.peer_as == spec.local_as, add_path)
+                w_extra: tuple = (add_path,)
             else:
-                w_map, a_map, extra = withdraw, announce, ()
+                w_map, a_map, extra, w_extra = withdraw, announce, (), ()
                 if self._raw_ok:
                     self._text_peers.add(key)
             for prefix in candidates:
                 want, have = desired.get(prefix), sent.get(prefix)
                 if want is None:
                     if have is not None:
-                        w_map.setdefault((getattr(have, "next_hop", None), spec.ipv6), {}) \
-                            .setdefault(prefix, []).append(key)
+                        w_map.setdefault((getattr(have, "next_hop", None), spec.ipv6, *w_extra),
+                                         {}).setdefault(prefix, []).append(key)
                 elif have is not want and have != want:
                     a_map.setdefault((want, spec.ipv6, *extra), {}).setdefault(prefix, []) \
                         .append(key)
@@ -913,13 +925,13 @@ class Speaker:
         """podbgp-send commands: per set of target peers, its withdrawals then its
         announcements, encoded once, in commands of up to RAW_CHUNK octets."""
         per_peers: dict[tuple[PeerKey, ...], list[tuple[Hashable | None, list[str], bytes]]] = {}
-        for (_nh, ipv6), targets in withdraw.items():
+        for (_nh, ipv6, add_path), targets in withdraw.items():
             for peers, prefixes in _by_peers(targets).items():
                 for i in range(0, len(prefixes), RAW_PART):
                     part = prefixes[i:i + RAW_PART]
                     per_peers.setdefault(peers, []).append(
-                        (None, part, wire.withdraw(part, ipv6=ipv6)))
-        for (attrs, ipv6, ibgp), targets in announce.items():
+                        (None, part, wire.withdraw(part, ipv6=ipv6, add_path=add_path)))
+        for (attrs, ipv6, ibgp, add_path), targets in announce.items():
             try:
                 packed = wire.path_attributes(attrs, ibgp=ibgp)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -929,7 +941,8 @@ class Speaker:
                 for i in range(0, len(good), RAW_PART):
                     part = good[i:i + RAW_PART]
                     try:
-                        data = wire.announce_packed(packed, part, ipv6=ipv6)
+                        data = wire.announce_packed(packed, part, ipv6=ipv6,
+                                                    add_path=add_path)
                     except wire.WireError as exc:
                         log.error("export_rejected", error=str(exc), prefixes=len(part))
                         continue
@@ -961,12 +974,12 @@ class Speaker:
                 return
             exports.forget_sent()
             exports.all_dirty = False
-            ibgp = spec.peer_as == spec.local_as
+            group = (spec.ipv6, spec.peer_as == spec.local_as, self._add_path_send(spec))
             announce: dict[tuple, dict[str, list[PeerKey]]] = {}
             for prefix, attrs in exports.desired.items():
-                announce.setdefault((attrs, spec.ipv6, ibgp), {})[prefix] = [key]
+                announce.setdefault((attrs, *group), {})[prefix] = [key]
             batches = self._raw_batches({}, announce)
-            if self._wire_caps.get(spec.address, (False, False))[1]:
+            if self._wire_caps.get(spec.address, (False, False, ()))[1]:
                 epochs = (self._epoch.get(key[0], 0),)
                 batches = [
                     _Batch(RAW_COMMAND, [], (key,), wire.encode_payload(

@@ -7,8 +7,9 @@ parsed from text once and packed by ExaBGP 200 times.
 
 The encoding is exactly what ExaBGP 5.0.15 sends for the same
 ``announce attributes <attributes_text> nlri ...`` command on a session that
-negotiated 4-octet AS numbers (RFC 6793) and no ADD-PATH; the speaker sends
-text commands to any other session. tests/unit/test_exabgp_wire.py compares
+negotiated 4-octet AS numbers (RFC 6793), with or without ADD-PATH send
+(RFC 7911: path identifier 0, as ExaBGP gives a route without one); the
+speaker sends text commands to any other session. tests/unit/test_exabgp_wire.py compares
 these bytes with ExaBGP's own for iBGP and eBGP, IPv4 and IPv6, every
 attribute. Pure functions; no I/O.
 
@@ -111,12 +112,19 @@ def _bad(what: str, v: object) -> bytes:
     raise WireError(f"{what}: {v!r} out of range")
 
 
-def nlri(prefix: str, ipv6: bool) -> bytes:
+# RFC 7911 §3: with ADD-PATH send negotiated every NLRI starts with a four-octet Path
+# Identifier. podbgp sends one path per prefix, with the identifier ExaBGP gives a
+# route that has none (0).
+NO_PATH_ID = b"\x00\x00\x00\x00"
+
+
+def nlri(prefix: str, ipv6: bool, add_path: bool = False) -> bytes:
     net = ipaddress.ip_network(prefix)
     if (net.version == 6) != ipv6:
         raise WireError(f"{prefix}: wrong address family for this session")
     n = (net.prefixlen + 7) // 8
-    return bytes([net.prefixlen]) + net.network_address.packed[:n]
+    out = bytes([net.prefixlen]) + net.network_address.packed[:n]
+    return NO_PATH_ID + out if add_path else out
 
 
 def _chunks(blobs: list[bytes], room: int) -> Iterable[bytes]:
@@ -133,16 +141,19 @@ def _chunks(blobs: list[bytes], room: int) -> Iterable[bytes]:
         yield b"".join(cur)
 
 
-def announce(attrs: object, prefixes: Iterable[str], *, ibgp: bool, ipv6: bool) -> bytes:
-    """UPDATE messages announcing ``prefixes`` with ``attrs`` (each <= 4096 octets)."""
-    return announce_packed(path_attributes(attrs, ibgp=ibgp), prefixes, ipv6=ipv6)
+def announce(attrs: object, prefixes: Iterable[str], *, ibgp: bool, ipv6: bool,
+             add_path: bool = False) -> bytes:
+    """UPDATE messages announcing ``prefixes`` with ``attrs`` (each <= 4096 octets);
+    ``add_path``: the session negotiated ADD-PATH send for the family."""
+    return announce_packed(path_attributes(attrs, ibgp=ibgp), prefixes, ipv6=ipv6,
+                           add_path=add_path)
 
 
 def announce_packed(attributes: tuple[bytes, bytes | None], prefixes: Iterable[str], *,
-                    ipv6: bool) -> bytes:
+                    ipv6: bool, add_path: bool = False) -> bytes:
     """``announce`` with the attributes already encoded by ``path_attributes``."""
     packed, nh6 = attributes
-    blobs = [nlri(p, ipv6) for p in prefixes]
+    blobs = [nlri(p, ipv6, add_path) for p in prefixes]
     if not ipv6:
         if nh6 is not None:
             raise WireError("an IPv6 next hop for IPv4 routes")
@@ -160,9 +171,9 @@ def announce_packed(attributes: tuple[bytes, bytes | None], prefixes: Iterable[s
     return b"".join(out)
 
 
-def withdraw(prefixes: Iterable[str], *, ipv6: bool) -> bytes:
+def withdraw(prefixes: Iterable[str], *, ipv6: bool, add_path: bool = False) -> bytes:
     """UPDATE messages withdrawing ``prefixes`` (no path attributes)."""
-    blobs = [nlri(p, ipv6) for p in prefixes]
+    blobs = [nlri(p, ipv6, add_path) for p in prefixes]
     if not ipv6:
         room = MAX_MESSAGE - HEADER - 4
         return b"".join(message(UPDATE, struct.pack("!H", len(chunk)) + chunk + b"\x00\x00")

@@ -72,6 +72,22 @@ def test_open_capabilities() -> None:
     assert exa6.graceful_restart.forwarding == (("ipv6", "unicast"),)
 
 
+def test_open_add_path_receive_families() -> None:
+    # ExaBGP's JSON for RFC 7911 ADD-PATH (capability 69), as its AddPath.json() prints it:
+    # one entry per family, "receive", "send" or "send/receive".
+    line = ('{ "exabgp": "5.0.0", "time": 1.0, "host" : "vm", "pid" : 1, "ppid" : 1, '
+            '"counter": 1, "type": "open", "neighbor": { "address": { "local": "10.99.0.1", '
+            '"peer": "10.99.0.2" }, "asn": { "local": 65000, "peer": 65000 }, '
+            '"direction": "receive", "open": { "version": 4, "asn": 65000, "hold_time": 90, '
+            '"router_id": "10.99.0.2", "capabilities": { "69": { "name": "addpath", '
+            '"ipv4/unicast": "send/receive", "ipv6/unicast": "send" } } } } }')
+    e = parse_line(line, lambda _a: None)
+    assert isinstance(e, ev.Open)
+    # only a family the peer RECEIVES several paths for makes us send identifiers
+    assert e.add_path_receive == (("ipv4", "unicast"),)
+    assert (e.asn4, e.enhanced_route_refresh) == (False, False)
+
+
 def paths_by_prefix(events):
     out = {}
     for e in events:

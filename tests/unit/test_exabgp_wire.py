@@ -27,8 +27,9 @@ from rib.policy import ExportAttrs
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# argv[1]: JSON list of [peer_as, family ("ipv4"/"ipv6"), command text]; prints, per
-# case, ExaBGP's UPDATE messages (hex, in order) for a session 10.0.0.1 AS 65000 -> peer.
+# argv[1]: JSON list of [peer_as, family ("ipv4"/"ipv6"), ADD-PATH both ways, command];
+# prints, per case, ExaBGP's UPDATE messages (hex, in order) for a session 10.0.0.1 AS
+# 65000 -> peer.
 EXABGP_ENCODER = r"""
 import json, sys
 from exabgp.environment import getenv
@@ -44,10 +45,11 @@ class Async:
     def schedule(self, uid, command, callback):
         for _ in callback: pass
 out = []
-for peer_as, family, command in json.loads(sys.argv[1]):
+for peer_as, family, add_path, command in json.loads(sys.argv[1]):
     peer, local = ("10.0.0.2", "10.0.0.1") if family == "ipv4" else ("fd00::2", "fd00::1")
+    ap = "capability { add-path send/receive; }" if add_path else ""
     conf = (f"neighbor {peer} {{ router-id 10.0.0.1; local-address {local}; local-as 65000; "
-            f"peer-as {peer_as}; family {{ {family} unicast; }} }}")
+            f"peer-as {peer_as}; family {{ {family} unicast; }} {ap} }}")
     configuration = Configuration([conf], text=True)
     assert configuration.reload(), configuration.error
     class Reactor:
@@ -73,10 +75,11 @@ from exabgp.configuration.check import _negotiated
 from exabgp.bgp.message import Message
 from exabgp.bgp.message.direction import Direction
 env = getenv(); env.tcp.bind = ""; log.init(env)
-family = sys.argv[1]
+family, add_path = sys.argv[1].split(":") if ":" in sys.argv[1] else (sys.argv[1], "")
 peer, local = ("10.0.0.2", "10.0.0.1") if family == "ipv4" else ("fd00::2", "fd00::1")
+ap = "capability { add-path send/receive; }" if add_path else ""
 conf = (f"neighbor {peer} {{ router-id 10.0.0.1; local-address {local}; local-as 65000; "
-        f"peer-as 65000; family {{ {family} unicast; }} }}")
+        f"peer-as 65000; family {{ {family} unicast; }} {ap} }}")
 configuration = Configuration([conf], text=True)
 assert configuration.reload()
 negotiated = _negotiated(list(configuration.neighbors.values())[0])
@@ -105,7 +108,7 @@ def _python(code: str, *args: str) -> str:
     return out.stdout
 
 
-def exabgp_updates(cases: list[tuple[int, str, str]]) -> list[list[bytes]]:
+def exabgp_updates(cases: list[tuple[int, str, bool, str]]) -> list[list[bytes]]:
     got = json.loads(_python(EXABGP_ENCODER, json.dumps(cases)))
     return [[bytes.fromhex(m) for m in msgs] for msgs in got]
 
@@ -133,10 +136,14 @@ V4_PREFIXES = ["10.244.0.0/26", "10.244.0.64/26", "10.244.1.0/24", "10.0.0.0/8",
                "192.168.7.128/25"]
 V6_PREFIXES = ["fd00:244::/122", "fd00:244::40/122", "2001:db8::/32"]
 
-CASES = [  # attributes, peer AS (65000: iBGP), IPv6
-    (FULL, 65000, False), (FULL, 65010, False), (REFLECTED, 65000, False),
-    (NO_LP, 65000, False), (NO_LP, 65010, False), (LONG_PATH, 65000, False),
-    (V6, 65000, True), (V6, 65010, True),
+CASES = [  # attributes, peer AS (65000: iBGP), IPv6, ADD-PATH send (RFC 7911)
+    (FULL, 65000, False, False), (FULL, 65010, False, False), (REFLECTED, 65000, False, False),
+    (NO_LP, 65000, False, False), (NO_LP, 65010, False, False), (LONG_PATH, 65000, False, False),
+    (V6, 65000, True, False), (V6, 65010, True, False),
+    # Calico's template negotiates ADD-PATH on every session: NLRI with path identifiers
+    # (IPv6 with ADD-PATH: this harness gets no UPDATE out of ExaBGP at all; the decode
+    # test below reads wire's back instead)
+    (REFLECTED, 65000, False, True), (FULL, 65010, False, True),
 ]
 
 
@@ -145,17 +152,19 @@ def test_announcements_are_exabgps_own_bytes() -> None:
     # other family one prefix per UPDATE: compare like with like (wire packs IPv6 too,
     # which ExaBGP's decoder reads back: the split test below).
     cmds, ours = [], []
-    for attrs, peer_as, ipv6 in CASES:
+    for attrs, peer_as, ipv6, add_path in CASES:
         groups = [[p] for p in V6_PREFIXES] if ipv6 else [V4_PREFIXES]
         for prefixes in groups:
-            cmds.append((peer_as, "ipv6" if ipv6 else "ipv4",
+            cmds.append((peer_as, "ipv6" if ipv6 else "ipv4", add_path,
                          f"announce attributes {attributes_text(attrs)} nlri "
                          + " ".join(prefixes)))
             ordered = sorted(prefixes, key=exa_order)  # ExaBGP sorts the NLRI it packs
             ours.append(messages(wire.announce(attrs, ordered, ibgp=peer_as == 65000,
-                                               ipv6=ipv6)))
+                                               ipv6=ipv6, add_path=add_path)))
     theirs = exabgp_updates(cmds)
-    assert len(theirs) == len(ours) == 6 + 2 * 3  # 6 IPv4 commands, 2 x 3 IPv6 ones
+    assert len(theirs) == len(ours) == 8 + 2 * 3  # 8 IPv4 commands, 2 x 3 IPv6 ones
+    # with ADD-PATH the NLRI carry identifier 0: 10.244.0.0/26 is 00000000 1a 0af400 00
+    assert b"\x00\x00\x00\x00\x1a\x0a\xf4\x00\x00" in theirs[12][0]
     for cmd, mine, exa in zip(cmds, ours, theirs, strict=True):
         assert mine == exa, (cmd, [m.hex() for m in mine], [m.hex() for m in exa])
 
@@ -182,6 +191,22 @@ def test_large_sets_split_into_4096_octet_updates_exabgp_reads_back() -> None:
                                      *(m.hex() for m in wd)))
         assert sorted(p for d in decoded for p in d["withdraw"]) == sorted(prefixes)
         assert all(not d["announce"] for d in decoded)
+
+
+@pytest.mark.parametrize("ipv6", [False, True])
+def test_add_path_updates_read_back_with_identifiers(ipv6: bool) -> None:
+    prefixes = V6_PREFIXES if ipv6 else V4_PREFIXES
+    attrs = V6 if ipv6 else REFLECTED
+    family = ("ipv6" if ipv6 else "ipv4") + ":add-path"
+    ann = messages(wire.announce(attrs, prefixes, ibgp=True, ipv6=ipv6, add_path=True))
+    wd = messages(wire.withdraw(prefixes, ipv6=ipv6, add_path=True))
+    decoded = json.loads(_python(EXABGP_DECODER, family, *(m.hex() for m in ann + wd)))
+    got_ann = sorted(p for d in decoded for p in d["announce"])
+    got_wd = sorted(p for d in decoded for p in d["withdraw"])
+    canon = sorted(str(ipaddress.ip_network(p)) for p in prefixes)
+    assert (got_ann, got_wd) == (canon, canon)
+    # the same bytes without identifiers are not what such a session expects
+    assert wire.announce(attrs, prefixes, ibgp=True, ipv6=ipv6) != b"".join(ann)
 
 
 def test_end_of_rib_and_refresh_markers() -> None:

@@ -57,6 +57,7 @@ FAKE = textwrap.dedent(
                     "asn": 65001, "hold_time": 90,
                     "router_id": peer if ":" not in peer else "1.1.1.1", "capabilities": {{
                     "65": {{"name": "asn4", "asn4": 65001}},
+                    "69": {{"name": "addpath", "ipv4/unicast": "send/receive"}},
                     "70": {{"name": "enhanced-route-refresh"}}}}}}}}}}))
             say(json.dumps({{"type": "state", "neighbor": {{"address": {{"local": "10.0.0.1",
                 "peer": peer}}, "asn": {{"local": 65000, "peer": 65001}}, "state": "up"}}}}))
@@ -455,12 +456,29 @@ async def raw_speaker(tmp_path):
         await sp.stop()
 
 
+def _nlri_with_path_ids(data: bytes) -> list[str]:
+    """RFC 7911 NLRI: a 4-octet path identifier (podbgp sends 0) before each prefix."""
+    out, i = [], 0
+    while i < len(data):
+        assert data[i:i + 4] == b"\x00\x00\x00\x00", data[i:i + 4]
+        plen = data[i + 4]
+        k = (plen + 7) // 8
+        raw = data[i + 5:i + 5 + k] + b"\x00" * (4 - k)
+        out.append(f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}/{plen}")
+        i += 5 + k
+    return out
+
+
 def raw_sends(sp: Speaker) -> list[tuple[list[str], list[tuple[str, list[str], str | None]]]]:
     """Each podbgp-send: (peer addresses, [(kind, prefixes, next hop)]) with kind
-    "announce"/"withdraw"/"eor"/"borr"/"eorr", decoded from its IPv4 messages."""
+    "announce"/"withdraw"/"eor"/"borr"/"eorr", decoded from its IPv4 messages (whose
+    NLRI carry ADD-PATH identifiers: the fake's OPENs take ADD-PATH, and so do the
+    specs, as Calico's template does)."""
     import base64
 
-    from bench.rrclients import decode_attributes, decode_prefixes
+    from bench.rrclients import decode_attributes
+
+    decode_prefixes = _nlri_with_path_ids
 
     out = []
     for c in commands(sp):
@@ -527,7 +545,7 @@ async def test_raw_bytes_for_a_session_that_ended_are_not_booked(raw_speaker) ->
     # The session went down after this batch was made: ExaBGP dropped the bytes, so the
     # acknowledgement books nothing (the epoch moved on).
     sp._exports[KEY].desired["10.6.0.0/24"] = A1
-    stale = sp._raw_batches({}, {(A1, False, False): {"10.6.0.0/24": [KEY]}})
+    stale = sp._raw_batches({}, {(A1, False, False, False): {"10.6.0.0/24": [KEY]}})
     sp._epoch["10.0.0.2"] += 2  # down and up again
     async with sp._flush_lock:
         await sp._send_batches(stale)
