@@ -60,6 +60,7 @@ __all__ = [
     "EndpointIdentifiers",
     "WorkloadEndpoint",
     "WorkloadEndpointSpec",
+    "check_labels",
     "endpoint_to_dict",
     "endpoint_to_json",
     "host_interface_name",
@@ -392,6 +393,17 @@ def host_interface_name(namespace: str, pod: str, prefix: str = DEFAULT_INTERFAC
 
 
 # ------------------------------------------------------------------ building
+
+
+def check_labels(labels: Mapping[str, Any]) -> None:
+    """ConfigError (field ``metadata.labels``) unless every pair is a Kubernetes label."""
+    from config.parse import _problems
+
+    try:
+        EndpointMetadata.model_validate({"name": "x", "labels": dict(labels)})
+    except ValidationError as exc:
+        first = _problems(exc)[0]
+        raise ConfigError(KIND, "", first.field, first.value, first.reason) from None
 
 
 def pod_endpoint(*, node: str, namespace: str, pod: str, endpoint: str, container_id: str,

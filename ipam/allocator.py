@@ -165,6 +165,7 @@ class Allocator:
         max_conflicts: int = 200,
         reserve: Callable[[IPAMBlock], frozenset[int]] | None = None,
         borrow: bool = False,
+        max_node_blocks: int | None = None,
         pool_loader: Callable[[Any], Awaitable[list[PoolInfo]]] = load_pools,
         labels_loader: Callable[[Any, str], Awaitable[dict[str, str]]] = load_node_labels,
         clock: Callable[[], float] = time.time,
@@ -174,6 +175,9 @@ class Allocator:
         self.max_conflicts = max_conflicts
         self.reserve = reserve or (lambda _b: frozenset())
         self.borrow = borrow
+        # At most this many blocks per node and family (None: IPAMConfig's maxBlocksPerHost
+        # alone). The CNI plugin sets 1 under the bridge plugin, which keeps one gateway.
+        self.max_node_blocks = max_node_blocks
         self._pool_loader = pool_loader
         self._labels_loader = labels_loader
         self._clock = clock
@@ -447,6 +451,8 @@ class Allocator:
         mine = await self.node_affinities(node, version)
         if cfg.max_blocks_per_host and len(mine) >= cfg.max_blocks_per_host:
             return f"maxBlocksPerHost {cfg.max_blocks_per_host} reached"
+        if self.max_node_blocks and len(mine) >= self.max_node_blocks:
+            return f"this node may hold {self.max_node_blocks} block(s) and has {len(mine)}"
         taken = await self.block_cidrs(version)
         for pool in pools:
             for cidr in _candidate_blocks(pool, node):

@@ -19,16 +19,26 @@ Network configuration, read the way Calico's plugins read it::
 
 ``address_mode`` (podbgp's own field) chooses the shape of the result:
 
-* ``block`` (default): the address with the block's prefix length
-  (``10.0.0.5/26``) and the block's gateway (``10.0.0.1``). This is what
-  the ``bridge`` plugin needs: it puts the gateway on the bridge and the pod
-  reaches it on-link. The block's network address, gateway and (IPv4)
-  broadcast address are never given to pods. Default routes: one per pool
-  used (``dst`` = pool CIDR) via that gateway, so pods reach pods on other
-  nodes through the node; add ``{"dst": "0.0.0.0/0"}`` in ``routes`` or set
-  the bridge's ``isDefaultGateway`` for more.
-* ``host``: Calico's shape, ``10.0.0.5/32`` without gateway, for plugins
-  that route each pod itself (``ptp``-style); every ordinal may be used.
+* ``block`` (default, except under ``podbgp-cni``): the address with the
+  block's prefix length (``10.0.0.5/26``) and the block's gateway
+  (``10.0.0.1``). This is what the ``bridge`` plugin needs: it puts the
+  gateway on the bridge and the pod reaches it on-link. The block's network
+  address, gateway and (IPv4) broadcast address are never given to pods.
+  Default routes: one per pool used (``dst`` = pool CIDR) via that gateway,
+  so pods reach pods on other nodes through the node; add
+  ``{"dst": "0.0.0.0/0"}`` in ``routes`` or set the bridge's
+  ``isDefaultGateway`` for more.
+* ``host`` (default under ``"type": "podbgp-cni"``): Calico's shape,
+  ``10.0.0.5/32`` without gateway, for plugins that route each pod
+  themselves (``podbgp-cni``, ``ptp``-style); every ordinal may be used.
+
+The ``bridge`` plugin keeps ONE IPv4 address on its bridge, and block mode
+gives every block its own gateway: a node's second block (pod 62 with /26
+blocks) cannot work under it. So under ``"type": "bridge"`` block mode is
+refused at the first ADD (code 7, naming ``podbgp-cni`` as what to use),
+unless ``"bridge_single_block": true`` says the node never needs a second
+block: then the node is held to one block per family, and the ADD that
+finds it full fails with code 100 saying so (not with the bridge's error).
 
 All plugins on one node must use the same mode (a ``host``-mode plugin would
 hand out a bridge's gateway address).
@@ -38,13 +48,17 @@ The handle is ``<network name>.<CNI_CONTAINERID>`` (Calico's
 ``K8S_POD_NAMESPACE``/``K8S_POD_NAME``. ADD of a container that already
 holds addresses returns them. DEL of an unknown container succeeds.
 
+STATUS (CNI 1.1.0) succeeds when etcd answers and at least one enabled pool
+may be used by this node; else code 50.
+
 Errors: a CNI error object ``{"cniVersion", "code", "msg", "details"}`` on
 stdout, one line on stderr, exit status 1 (2 when the CNI environment itself
-is unusable). Codes: 1 incompatible CNI version, 3 unknown container (CHECK),
-4 invalid environment variables, 6 undecodable configuration, 7 invalid
-network configuration, 11 try again later (etcd unreachable, too many
-concurrent updates), 100 no free address, 101 an address in prevResult is not
-held by this container (CHECK).
+is unusable). Codes (cni/spec.py): 1 incompatible CNI version, 3 unknown
+container (CHECK), 4 invalid environment variables, 6 undecodable
+configuration, 7 invalid network configuration, 11 try again later (etcd
+unreachable, too many concurrent updates), 50 not available (STATUS), 100 no
+free address, 101 an address in prevResult is not held by this container
+(CHECK).
 """
 
 from __future__ import annotations
@@ -54,7 +68,6 @@ import contextlib
 import fcntl
 import ipaddress
 import json
-import logging
 import os
 import socket
 import sys
@@ -64,6 +77,22 @@ from typing import Any, TextIO
 
 import structlog
 
+from cni import logs
+from cni.spec import (
+    E_BAD_CONFIG,
+    E_BAD_ENV,
+    E_CHECK_MISMATCH,
+    E_DECODE,
+    E_NO_ADDRESS,
+    E_NOT_AVAILABLE,
+    E_TRY_AGAIN,
+    E_UNKNOWN_CONTAINER,
+    CNIError,
+    check_version,
+    config_version,
+    parse_cni_args,
+    version_result,
+)
 from ipam.allocator import (
     Allocator,
     Assignment,
@@ -77,27 +106,9 @@ from ipam.etcd import EtcdSettings, connect, parse_endpoints
 
 log = structlog.get_logger(__name__)
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0")
-LATEST = "1.0.0"
-
-E_INCOMPATIBLE = 1
-E_UNKNOWN_CONTAINER = 3
-E_BAD_ENV = 4
-E_DECODE = 6
-E_BAD_CONFIG = 7
-E_TRY_AGAIN = 11
-E_NO_ADDRESS = 100
-E_CHECK_MISMATCH = 101
-
 DEFAULT_LOCK_FILE = "/var/run/podbgp/ipam.lock"
 
-
-class CNIError(Exception):
-    """A failure reported to the runtime as a CNI error object."""
-
-    def __init__(self, code: int, msg: str, details: str = "", exit_status: int = 1) -> None:
-        super().__init__(msg)
-        self.code, self.msg, self.details, self.exit_status = code, msg, details, exit_status
+__all__ = ["CNIError", "PluginConfig", "parse_cni_args", "parse_config", "render_result", "run"]
 
 
 @dataclass
@@ -113,6 +124,7 @@ class PluginConfig:
     ipv4_pools: list[str] = field(default_factory=list)
     ipv6_pools: list[str] = field(default_factory=list)
     address_mode: str = "block"
+    max_node_blocks: int | None = None
     routes: list[dict[str, Any]] | None = None
     release_grace: float = 300.0
     lock_file: str = DEFAULT_LOCK_FILE
@@ -156,12 +168,7 @@ def parse_config(text: str, env: Mapping[str, str]) -> PluginConfig:
         raise CNIError(E_DECODE, f"network configuration is not JSON: {exc}") from None
     if not isinstance(conf, dict):
         raise CNIError(E_DECODE, "network configuration is not a JSON object")
-    version = conf.get("cniVersion")
-    if not isinstance(version, str) or not version:
-        raise CNIError(E_BAD_CONFIG, "cniVersion: missing")
-    if version not in SUPPORTED_VERSIONS:
-        raise CNIError(E_INCOMPATIBLE, f"cniVersion: {version!r} is not supported",
-                       "supported: " + ", ".join(SUPPORTED_VERSIONS))
+    version = check_version(conf.get("cniVersion"))
     name = conf.get("name")
     if not isinstance(name, str) or not name or "/" in name:
         raise CNIError(E_BAD_CONFIG, f"name: {name!r} is not a network name")
@@ -187,10 +194,22 @@ def parse_config(text: str, env: Mapping[str, str]) -> PluginConfig:
     )
     if not (cfg.assign_ipv4 or cfg.assign_ipv6):
         raise CNIError(E_BAD_CONFIG, "ipam: assign_ipv4 and assign_ipv6 are both false")
-    mode = ipam.get("address_mode", "block")
+    main_type = conf.get("type")
+    mode = ipam.get("address_mode", "host" if main_type == "podbgp-cni" else "block")
     if mode not in ("block", "host"):
         raise CNIError(E_BAD_CONFIG, f"ipam.address_mode: {mode!r} is not \"block\" or \"host\"")
     cfg.address_mode = mode
+    single = _flag(ipam, "bridge_single_block", False)
+    if main_type == "bridge" and mode == "block":
+        if not single:
+            raise CNIError(
+                E_BAD_CONFIG,
+                "podbgp-ipam under the bridge plugin: the bridge keeps one IPv4 gateway "
+                "address and every IPAM block has its own, so pods fail from a node's second "
+                "block on (pod 62 with /26 blocks). Use podbgp-cni (\"type\": \"podbgp-cni\", "
+                "Calico's routed pod interfaces, any number of blocks), or set "
+                "ipam.bridge_single_block true to hold each node to one block")
+        cfg.max_node_blocks = 1
     routes = ipam.get("routes")
     if routes is not None:
         if not isinstance(routes, list) or not all(
@@ -214,19 +233,6 @@ def parse_config(text: str, env: Mapping[str, str]) -> PluginConfig:
     prev = conf.get("prevResult")
     cfg.prev_result = prev if isinstance(prev, dict) else None
     return cfg
-
-
-def parse_cni_args(text: str) -> dict[str, str]:
-    """``IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p`` -> dict."""
-    out = {}
-    for part in (text or "").split(";"):
-        if not part:
-            continue
-        k, sep, v = part.partition("=")
-        if not sep:
-            raise CNIError(E_BAD_ENV, f"CNI_ARGS: {part!r} is not KEY=VALUE")
-        out[k] = v
-    return out
 
 
 # ------------------------------------------------------------------ results
@@ -253,13 +259,6 @@ def render_result(cfg: PluginConfig, v4: list[Assignment], v6: list[Assignment],
     else:
         routes = []
     return {"cniVersion": cfg.cni_version, "ips": ips, "routes": routes, "dns": {}}
-
-
-def _error_object(version: str, err: CNIError) -> dict[str, Any]:
-    out: dict[str, Any] = {"cniVersion": version, "code": err.code, "msg": err.msg}
-    if err.details:
-        out["details"] = err.details
-    return out
 
 
 # ------------------------------------------------------------------ commands
@@ -319,12 +318,15 @@ async def _run_allocator(cfg: PluginConfig, fn):
         raise CNIError(E_TRY_AGAIN, "etcd is unreachable", str(exc)) from None
     try:
         reserve = bridge_reserved if cfg.address_mode == "block" else None
-        alloc = Allocator(client, release_grace=cfg.release_grace, reserve=reserve)
+        alloc = Allocator(client, release_grace=cfg.release_grace, reserve=reserve,
+                          max_node_blocks=cfg.max_node_blocks)
         return await fn(alloc)
     except IPAMConflictError as exc:
         raise CNIError(E_TRY_AGAIN, str(exc)) from None
     except NoFreeAddressError as exc:
-        raise CNIError(E_NO_ADDRESS, str(exc)) from None
+        hint = ("; under the bridge plugin a node keeps one block (bridge_single_block): "
+                "use podbgp-cni for more pods per node" if cfg.max_node_blocks else "")
+        raise CNIError(E_NO_ADDRESS, str(exc) + hint) from None
     except ValueError as exc:  # bad pools requested, bad handle id
         raise CNIError(E_BAD_CONFIG, str(exc)) from None
     except IPAMError as exc:
@@ -389,8 +391,7 @@ async def cmd_del(cfg: PluginConfig, env: Mapping[str, str]) -> None:
 
 
 async def cmd_check(cfg: PluginConfig, env: Mapping[str, str]) -> None:
-    if cfg.cni_version.startswith("0.3."):
-        raise CNIError(E_INCOMPATIBLE, f"CHECK is not defined for cniVersion {cfg.cni_version}")
+    check_version(cfg.cni_version, "CHECK")
     handle = _handle_id(cfg, env)
 
     async def run(alloc: Allocator):
@@ -415,39 +416,39 @@ async def cmd_check(cfg: PluginConfig, env: Mapping[str, str]) -> None:
                            f"prevResult address {addr} is not held by container {handle!r}")
 
 
-def _configure_logging(level: str) -> None:
-    lvl = logging.getLevelName(level.upper())
-    if not isinstance(lvl, int):
-        lvl = logging.WARNING
-    # stdout carries the CNI result only; logs go to stderr.
-    structlog.configure(
-        processors=[structlog.processors.add_log_level,
-                    structlog.processors.TimeStamper(fmt="iso"),
-                    structlog.processors.JSONRenderer()],
-        wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
+async def cmd_status(cfg: PluginConfig, env: Mapping[str, str]) -> None:
+    """Ready when etcd answers and some enabled pool may be used by this node."""
+    from ipam.pools import select_pools
+
+    async def run(alloc: Allocator):
+        pools = await alloc.pools()
+        labels = await alloc._labels_loader(alloc.client, cfg.nodename)
+        return [v for v, on in ((4, cfg.assign_ipv4), (6, cfg.assign_ipv6))
+                if on and not select_pools(pools, v, labels)]
+
+    try:
+        missing = await _with_allocator(cfg, run)
+    except CNIError as exc:
+        raise CNIError(E_NOT_AVAILABLE, f"not available: {exc.msg}", exc.details) from None
+    if missing:
+        raise CNIError(E_NOT_AVAILABLE, "not available: no enabled IPv"
+                       + "/IPv".join(map(str, missing))
+                       + f" pool may be used by node {cfg.nodename!r}")
 
 
 def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> int:
     """The whole plugin as a function (main() wires the real process to it)."""
     command = env.get("CNI_COMMAND", "")
-    version = LATEST
+    version = config_version(stdin)
     try:
-        try:
-            version = str(json.loads(stdin).get("cniVersion") or LATEST)
-        except (ValueError, AttributeError):
-            pass
         if command == "VERSION":
-            json.dump({"cniVersion": version if version in SUPPORTED_VERSIONS else LATEST,
-                       "supportedVersions": list(SUPPORTED_VERSIONS)}, stdout)
+            json.dump(version_result(version), stdout)
             return 0
-        if command not in ("ADD", "DEL", "CHECK"):
-            raise CNIError(E_BAD_ENV, f"CNI_COMMAND: {command!r} is not ADD, DEL, CHECK "
-                           "or VERSION", exit_status=2)
+        if command not in ("ADD", "DEL", "CHECK", "STATUS"):
+            raise CNIError(E_BAD_ENV, f"CNI_COMMAND: {command!r} is not ADD, DEL, CHECK, "
+                           "STATUS or VERSION", exit_status=2)
         cfg = parse_config(stdin, env)
-        _configure_logging(cfg.log_level)
+        logs.configure(cfg.log_level)
         if command == "ADD":
             with host_lock(cfg.lock_file):
                 result = asyncio.run(cmd_add(cfg, env))
@@ -455,18 +456,18 @@ def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> i
         elif command == "DEL":
             with host_lock(cfg.lock_file):
                 asyncio.run(cmd_del(cfg, env))
-        else:
+        elif command == "CHECK":
             asyncio.run(cmd_check(cfg, env))
+        else:
+            asyncio.run(cmd_status(cfg, env))
         return 0
     except CNIError as err:
-        if version not in SUPPORTED_VERSIONS:
-            version = LATEST
-        json.dump(_error_object(version, err), stdout)
+        json.dump(err.to_object(version), stdout)
         extra = f" ({err.details})" if err.details else ""
         print(f"podbgp-ipam: {command or '?'}: {err.msg}{extra}", file=stderr)
         return err.exit_status
     except Exception as exc:  # never a traceback to the runtime
-        json.dump(_error_object(version, CNIError(999, f"internal error: {exc!r}")), stdout)
+        json.dump(CNIError(999, f"internal error: {exc!r}").to_object(version), stdout)
         print(f"podbgp-ipam: {command or '?'}: internal error: {exc!r}", file=stderr)
         return 1
 

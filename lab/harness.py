@@ -8,7 +8,9 @@ carry a per-run prefix, e.g. ``pl3f2a``):
                cluster, <p>etcd2 / <p>etcd3 at .3 / .4; see lab/etcd_cluster.py)
     <p>n1..  : one namespace per node, eth0 = 10.99.0.1X/24, ip_forward on,
                one real ``bgpd`` process inside, pods behind a CNI ``cni0`` bridge
-    <p>n1p1..: pods, created with the real CNI ``bridge`` plugin + ``podbgp-ipam``
+    <p>n1p1..: pods, created with ``podbgp-cni`` (Calico's routed model: a veth per
+               pod, /32, one host route each) + ``podbgp-ipam`` in host mode, or with
+               the real CNI ``bridge`` plugin + ``podbgp-ipam`` (``cni="bridge"``)
     <p>x1..  : optional external peers (e.g. a BIRD top-of-rack router)
 
 Everything the lab creates is recorded in a state file under
@@ -162,6 +164,9 @@ class Pod:
     ns: str
     ip: str
     container_id: str
+    host_if: str = ""  # the pod's host-side interface (podbgp-cni), "" under a bridge
+    labels: dict[str, str] = field(default_factory=dict)
+    result: dict = field(default_factory=dict)  # the CNI ADD result
 
 
 @dataclass
@@ -174,6 +179,7 @@ class Node:
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
     pods: dict[str, Pod] = field(default_factory=dict)
+    cni_agent: subprocess.Popen | None = None
 
 
 class Lab:
@@ -181,7 +187,9 @@ class Lab:
 
     def __init__(self, nodes: int = 3, workdir: Path | None = None, prefix: str | None = None,
                  asn: int = 64512, log_level: str = "info",
-                 ipam_options: dict | None = None, etcd_members: int = 1) -> None:
+                 ipam_options: dict | None = None, etcd_members: int = 1,
+                 cni: str = "podbgp-cni", cni_options: dict | None = None,
+                 cni_agent: bool = True) -> None:
         self.prefix = prefix or ("pl" + uuid.uuid4().hex[:4])
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="podbgp-lab-"))
         self.n_nodes = nodes
@@ -191,6 +199,17 @@ class Lab:
         # options, e.g. empty_block_release_seconds); each lab gets its own lock file
         # so parallel labs do not serialise each other's CNI calls.
         self.ipam_options = {"lock_file": str(self.workdir / "ipam.lock"), **(ipam_options or {})}
+        # The pods' main CNI plugin: "podbgp-cni" (routed, Calico's model) or "bridge"
+        # (Debian's bridge plugin with podbgp-ipam's block mode). cni_options: extra
+        # top-level keys of the pods' network configuration.
+        if cni not in ("podbgp-cni", "bridge"):
+            raise ValueError(f"cni must be podbgp-cni or bridge, not {cni!r}")
+        self.cni = cni
+        self.cni_options = dict(cni_options or {})
+        # podbgp-cni's node agent (cni/agent.py), started with a node's first pod when True;
+        # either way the pods' config names a socket of this lab's own, so an agent
+        # of the host (or of another lab) never serves this lab's pods.
+        self.cni_agent = cni_agent and cni == "podbgp-cni"
         self.sw = f"{self.prefix}sw"
         self.etcd_ns = f"{self.prefix}etcd"
         self.nodes: dict[str, Node] = {}
@@ -323,6 +342,28 @@ class Lab:
         self.nodes[name] = node
         return node
 
+    def agent_socket(self, node: Node) -> str:
+        return str(self.workdir / f"{node.name}-cni.sock")
+
+    def start_cni_agent(self, name: str) -> None:
+        """Run ``podbgp-cni agent`` in the node's namespace; wait until it listens."""
+        node = self.nodes[name]
+        sock = self.agent_socket(node)
+        node.cni_agent = self._spawn([bin_path("podbgp-cni"), "agent", "--socket", sock],
+                                     node.ns, self.workdir / f"{name}-cni-agent.log",
+                                     env=self.env(node))
+        self.wait_for(lambda: os.path.exists(sock) or node.cni_agent.poll() is not None, 60,
+                      f"the CNI agent of {name} to listen")
+        if node.cni_agent.poll() is not None:
+            raise RuntimeError(f"the CNI agent of {name} exited: "
+                               + (self.workdir / f"{name}-cni-agent.log").read_text()[-500:])
+
+    def stop_cni_agent(self, name: str) -> None:
+        node = self.nodes[name]
+        if node.cni_agent is not None:
+            _kill_pid(node.cni_agent.pid, signal.SIGTERM, wait=5)
+            node.cni_agent = None
+
     def add_external(self, name: str, index: int | None = None) -> Node:
         """A namespace on the segment for a non-podbgp peer (BIRD ToR, FRR, GoBGP...).
 
@@ -420,47 +461,152 @@ class Lab:
         return {r["dst"] for r in self.routes(name, proto) if r.get("dst") != "default"}
 
     # ----------------------------------------------------------------- pods
-    def _cni_conf(self, node: Node) -> str:
-        return json.dumps({
-            "cniVersion": "1.0.0", "name": "podnet", "type": "bridge", "bridge": "cni0",
-            "isGateway": True, "ipMasq": False, "hairpinMode": True,
+    def cni_conf(self, node: Node, labels: dict[str, str] | None = None) -> dict:
+        """The pods' network configuration on ``node``."""
+        if self.cni == "bridge":
+            return {
+                "cniVersion": "1.0.0", "name": "podnet", "type": "bridge", "bridge": "cni0",
+                "isGateway": True, "ipMasq": False, "hairpinMode": True,
+                "etcd_endpoints": self.etcd_endpoint, "nodename": node.name,
+                "agent_socket": self.agent_socket(node),
+                "ipam": {"type": "podbgp-ipam", "assign_ipv4": "true",
+                         "bridge_single_block": "true", **self.ipam_options},
+                **self.cni_options,
+            }
+        conf = {
+            "cniVersion": "1.0.0", "name": "podnet", "type": "podbgp-cni",
             "etcd_endpoints": self.etcd_endpoint, "nodename": node.name,
-            "ipam": {"type": "podbgp-ipam", "assign_ipv4": "true", **self.ipam_options},
-        })
+            "agent_socket": self.agent_socket(node),
+            "ipam": {"type": "podbgp-ipam", "assign_ipv4": "true", "address_mode": "host",
+                     **self.ipam_options},
+            **self.cni_options,
+        }
+        if labels:
+            conf["args"] = {"cni": {"labels": [{"key": k, "value": v}
+                                               for k, v in labels.items()]}}
+        return conf
 
     def _cni_path(self) -> str:
         d = self.workdir / "cni-bin"
         if not d.exists():
             d.mkdir()
-            (d / "podbgp-ipam").symlink_to(bin_path("podbgp-ipam"))
+            for plugin in ("podbgp-ipam", "podbgp-cni"):
+                (d / plugin).symlink_to(bin_path(plugin))
         return f"{d}:{CNI_BIN_DIR}"
 
-    def _cni(self, node: Node, command: str, pod_ns: str, container_id: str) -> dict:
-        env = {**self.env(node), "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
-               "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
-               "CNI_PATH": self._cni_path(),
-               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_ns}"}
-        r = run(f"{CNI_BIN_DIR}/bridge", ns=node.ns, input=self._cni_conf(node), env=env,
-                check=False)
+    def cni_env(self, node: Node, command: str, pod_ns: str | None, container_id: str,
+                pod_name: str, ifname: str = "eth0") -> dict[str, str]:
+        return {**self.env(node), "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
+                "CNI_NETNS": f"/var/run/netns/{pod_ns}" if pod_ns else "",
+                "CNI_IFNAME": ifname, "CNI_PATH": self._cni_path(),
+                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}"}
+
+    def cni_call(self, node: Node, command: str, pod_ns: str | None, container_id: str,
+                 pod_name: str, conf: dict | None = None, env: dict | None = None,
+                 timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run the pods' main CNI plugin on ``node`` as a runtime would (no check)."""
+        plugin = (f"{CNI_BIN_DIR}/bridge" if self.cni == "bridge"
+                  else str(Path(self._cni_path().split(":")[0]) / "podbgp-cni"))
+        return run(plugin, ns=node.ns, input=json.dumps(conf or self.cni_conf(node)),
+                   env=env or self.cni_env(node, command, pod_ns, container_id, pod_name),
+                   check=False, timeout=timeout)
+
+    def _cni(self, node: Node, command: str, pod_ns: str, container_id: str,
+             pod_name: str | None = None, labels: dict[str, str] | None = None) -> dict:
+        if self.cni_agent and node.cni_agent is None and command == "ADD":
+            self.start_cni_agent(node.name)
+        r = self.cni_call(node, command, pod_ns, container_id, pod_name or pod_ns,
+                          conf=self.cni_conf(node, labels))
         if r.returncode != 0:
             raise RuntimeError(f"CNI {command} on {node.name}: {r.stdout.strip()} {r.stderr.strip()}")
         return json.loads(r.stdout) if r.stdout.strip() else {}
 
-    def add_pod(self, node_name: str, pod: str | None = None) -> Pod:
+    def add_pod(self, node_name: str, pod: str | None = None,
+                labels: dict[str, str] | None = None) -> Pod:
         node = self.nodes[node_name]
         pod = pod or f"p{len(node.pods) + 1}"
         pod_ns = self._add_ns(f"{node.ns}{pod}")
         cid = uuid.uuid4().hex
-        result = self._cni(node, "ADD", pod_ns, cid)
+        result = self._cni(node, "ADD", pod_ns, cid, pod_ns, labels)
         ip = result["ips"][0]["address"].split("/")[0]
-        p = Pod(name=pod, node=node_name, ns=pod_ns, ip=ip, container_id=cid)
+        host_if = ""
+        for iface in result.get("interfaces", []):
+            if not iface.get("sandbox"):
+                host_if = iface["name"]
+        p = Pod(name=pod, node=node_name, ns=pod_ns, ip=ip, container_id=cid, host_if=host_if,
+                labels=dict(labels or {}), result=result)
         node.pods[pod] = p
         return p
+
+    def add_pods(self, node_name: str, count: int, labels: dict[str, str] | None = None,
+                 concurrency: int = 1, prefix: str = "p") -> list[Pod]:
+        """``count`` pods on a node, ``concurrency`` CNI ADDs at a time (the namespaces are
+        made first, one by one). Raises on the first failed ADD, after all have run."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        node = self.nodes[node_name]
+        if self.cni_agent and node.cni_agent is None:
+            self.start_cni_agent(node_name)
+        base = len(node.pods)
+        todo = []
+        for i in range(count):
+            name = f"{prefix}{base + i + 1}"
+            todo.append((name, self._add_ns(f"{node.ns}{name}"), uuid.uuid4().hex))
+
+        def one(item):
+            _name, pod_ns, cid = item
+            conf = self.cni_conf(node, labels)
+            return item, self.cni_call(node, "ADD", pod_ns, cid, pod_ns, conf=conf)
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            done = list(pool.map(one, todo))
+        pods, failed = [], []
+        for (name, pod_ns, cid), r in done:
+            if r.returncode != 0:
+                failed.append(f"{name}: {r.stdout.strip()} {r.stderr.strip()[-300:]}")
+                continue
+            result = json.loads(r.stdout)
+            host_if = next((i["name"] for i in result.get("interfaces", [])
+                            if not i.get("sandbox")), "")
+            p = Pod(name=name, node=node_name, ns=pod_ns,
+                    ip=result["ips"][0]["address"].split("/")[0], container_id=cid,
+                    host_if=host_if, labels=dict(labels or {}), result=result)
+            node.pods[name] = p
+            pods.append(p)
+        if failed:
+            raise RuntimeError(f"{len(failed)} of {count} CNI ADDs failed on {node_name}: "
+                               + "; ".join(failed[:3]))
+        return pods
+
+    def del_pods(self, node_name: str, names: list[str] | None = None,
+                 concurrency: int = 1) -> None:
+        """CNI DEL of the given pods (all of the node's by default), then their namespaces."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        node = self.nodes[node_name]
+        chosen = [node.pods[n] for n in (names if names is not None else list(node.pods))]
+
+        def one(p: Pod):
+            return p, self.cni_call(node, "DEL", p.ns, p.container_id, p.ns)
+
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            done = list(pool.map(one, chosen))
+        failed = [f"{p.name}: {r.stdout.strip()} {r.stderr.strip()[-300:]}"
+                  for p, r in done if r.returncode != 0]
+        for p, r in done:
+            if r.returncode == 0:
+                node.pods.pop(p.name, None)
+                _del_ns(p.ns)
+                self.namespaces.remove(p.ns)
+        self._save_state()
+        if failed:
+            raise RuntimeError(f"{len(failed)} CNI DELs failed on {node_name}: "
+                               + "; ".join(failed[:3]))
 
     def del_pod(self, node_name: str, pod: str) -> None:
         node = self.nodes[node_name]
         p = node.pods.pop(pod)
-        self._cni(node, "DEL", p.ns, p.container_id)
+        self._cni(node, "DEL", p.ns, p.container_id, p.ns)
         _del_ns(p.ns)
         self.namespaces.remove(p.ns)
         self._save_state()
@@ -489,6 +635,64 @@ class Lab:
             return r.stdout.strip()
         finally:
             _kill_pid(server.pid, signal.SIGKILL, wait=1)
+
+    def tcp_exchange_many(self, pairs: list[tuple[Pod, Pod]], port: int = 7788,
+                          timeout: float = 5.0) -> dict[tuple[str, str], str]:
+        """Echo over TCP for many (src, dst) pod pairs at once: one server per destination
+        pod, one client per source pod. Returns (src ip, dst ip) -> what came back, or
+        "ERROR: ..." for a pair that failed."""
+        dsts = {p.ip: p for _, p in pairs}
+        by_src: dict[str, list[Pod]] = {}
+        srcs: dict[str, Pod] = {}
+        for a, b in pairs:
+            by_src.setdefault(a.ip, []).append(b)
+            srcs[a.ip] = a
+        servers = []
+        try:
+            for dst in dsts.values():
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", dst.ns, sys.executable, "-c",
+                     "import socket,sys\n"
+                     "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+                     f"s.bind(('{dst.ip}',{port}));s.listen(512)\n"
+                     "print('ready',flush=True)\n"
+                     "while True:\n"
+                     " c,a=s.accept();c.settimeout(5)\n"
+                     " try:\n"
+                     "  d=c.recv(200);c.sendall(b'echo:'+d+b' peer='+a[0].encode())\n"
+                     " except OSError: pass\n"
+                     " c.close()\n"],
+                    stdout=subprocess.PIPE, text=True)
+                servers.append(proc)
+            for proc in servers:
+                assert proc.stdout is not None
+                proc.stdout.readline()
+            clients = {}
+            for src_ip, targets in by_src.items():
+                src = srcs[src_ip]
+                code = ("import json,socket,sys\n"
+                        "for dst in sys.argv[1:]:\n"
+                        " try:\n"
+                        f"  c=socket.create_connection((dst,{port}),timeout={timeout})\n"
+                        f"  c.sendall(('hello-from-{src_ip}-to-'+dst).encode())\n"
+                        "  out=c.recv(300).decode();c.close()\n"
+                        " except OSError as e: out='ERROR: '+repr(e)\n"
+                        " print(json.dumps([dst,out]),flush=True)\n")
+                clients[src_ip] = subprocess.Popen(
+                    ["ip", "netns", "exec", src.ns, sys.executable, "-c", code,
+                     *[t.ip for t in targets]], stdout=subprocess.PIPE, text=True)
+            out: dict[tuple[str, str], str] = {}
+            for src_ip, proc in clients.items():
+                stdout, _ = proc.communicate(timeout=timeout * (len(by_src[src_ip]) + 2))
+                for line in stdout.splitlines():
+                    dst_ip, reply = json.loads(line)
+                    out[(src_ip, dst_ip)] = reply
+            for a, b in pairs:
+                out.setdefault((a.ip, b.ip), "ERROR: no answer from the client")
+            return out
+        finally:
+            for proc in servers:
+                _kill_pid(proc.pid, signal.SIGKILL, wait=1)
 
     # ------------------------------------------------------------- waiting
     @staticmethod

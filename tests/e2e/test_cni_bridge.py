@@ -62,6 +62,7 @@ def _conf(server: EtcdServer, bridge: str, **ipam) -> dict:
         "bridge": bridge, "isGateway": True,
         "etcd_endpoints": server.endpoint, "nodename": "node1",
         "ipam": {"type": "podbgp-ipam", "empty_block_release_seconds": 0,
+                 "bridge_single_block": True,
                  "lock_file": str(Path(server.data_dir).parent / "ipam.lock"), **ipam},
     }
 
@@ -215,3 +216,39 @@ def test_version_lists_supported(node):
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["cniVersion"] == "0.4.0"
     assert {"0.3.1", "0.4.0", "1.0.0"} <= set(out["supportedVersions"])
+
+
+def test_bridge_without_single_block_is_refused_at_the_first_add(node, netns_factory):
+    """The bridge keeps one IPv4 gateway (LAB.md): podbgp-ipam's per-block gateways would
+    break pod 62. Refused at the first ADD, naming podbgp-cni; nothing allocated."""
+    node_ns, server, cni_path = node
+    conf = _conf(server, "pbbr" + os.urandom(3).hex())
+    del conf["ipam"]["bridge_single_block"]
+    r = _cni(node_ns, cni_path, "ADD", conf, "first0", netns_factory("pbp"))
+    err = json.loads(r.stdout)
+    assert r.returncode != 0 and err["code"] == 7, err
+    assert "podbgp-cni" in err["msg"] and "second" in err["msg"]
+    assert server.etcdctl("get", "/calico/ipam/v2/", "--prefix", "--keys-only") == ""
+
+
+def test_single_block_bridge_says_so_when_the_block_is_full(node, netns_factory):
+    """With bridge_single_block a node holds one block: the ADD after the last free
+    address fails with code 100 and says why and what to use (not the bridge's
+    "already has an IP address" at the next block)."""
+    node_ns, server, cni_path = node
+    small = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+             "metadata": {"name": "small"}, "spec": {"cidr": "10.78.0.0/24", "blockSize": 29}}
+    server.etcdctl("put", "/calico/resources/v3/projectcalico.org/ippools/small",
+                   json.dumps(small))
+    conf = _conf(server, "pbbr" + os.urandom(3).hex(), ipv4_pools=["small"])
+    # A /29 under a bridge: network, gateway and broadcast reserved, 5 pods fit.
+    for i in range(5):
+        r = _cni(node_ns, cni_path, "ADD", conf, f"s{i}", netns_factory("pbp"))
+        assert r.returncode == 0, r.stdout + r.stderr
+    r = _cni(node_ns, cni_path, "ADD", conf, "s5", netns_factory("pbp"))
+    err = json.loads(r.stdout)
+    assert r.returncode != 0 and err["code"] == 100, err
+    assert "bridge_single_block" in err["msg"] and "podbgp-cni" in err["msg"]
+    blocks = server.etcdctl("get", "/calico/ipam/v2/assignment/", "--prefix",
+                            "--keys-only").split()
+    assert len(blocks) == 1

@@ -12,7 +12,7 @@ from ipam.allocator import Assignment
 from ipam.cni import CNIError, parse_cni_args, parse_config, render_result, run
 
 BASE = {"cniVersion": "1.0.0", "name": "podnet", "type": "bridge",
-        "ipam": {"type": "podbgp-ipam"}}
+        "ipam": {"type": "podbgp-ipam", "bridge_single_block": "true"}}
 
 
 def conf(**over):
@@ -83,8 +83,8 @@ def test_version_command():
     rc, out, _ = call({"CNI_COMMAND": "VERSION"}, '{"cniVersion":"0.3.1"}')
     assert rc == 0 and json.loads(out)["cniVersion"] == "0.3.1"
     rc, out, _ = call({"CNI_COMMAND": "VERSION"}, "")
-    assert json.loads(out)["cniVersion"] == "1.0.0"
-    assert json.loads(out)["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0", "1.0.0"]
+    assert json.loads(out)["cniVersion"] == "1.1.0"
+    assert json.loads(out)["supportedVersions"] == ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]
 
 
 def _a(ip, block):
@@ -106,3 +106,29 @@ def test_result_shapes_per_version_and_mode():
     res = render_result(parse_config(conf(ipam={"routes": [{"dst": "0.0.0.0/0"}]}), {}),
                         v4, [], pools[:1])
     assert res["routes"] == [{"dst": "0.0.0.0/0"}]
+
+
+def test_bridge_block_mode_is_refused_at_the_first_add_naming_what_to_use():
+    """LAB.md: the bridge plugin allows one IPv4 address on the bridge ("already has an IP
+    address different from"), so per-block gateways break at a node's second block."""
+    text = json.dumps({**BASE, "ipam": {"type": "podbgp-ipam"}})
+    with pytest.raises(CNIError) as exc:
+        parse_config(text, {})
+    assert exc.value.code == 7
+    assert "podbgp-cni" in exc.value.msg and "bridge_single_block" in exc.value.msg
+    rc, out, err = call({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1"}, text)
+    assert rc == 1 and json.loads(out)["code"] == 7 and "second" in json.loads(out)["msg"]
+    assert err.count("\n") == 1 and "bridge_single_block" in err
+    # Opting in holds the node to one block; host mode under a bridge is the user's call.
+    assert parse_config(conf(), {}).max_node_blocks == 1
+    cfg = parse_config(json.dumps({**BASE, "ipam": {"type": "podbgp-ipam",
+                                                    "address_mode": "host"}}), {})
+    assert cfg.address_mode == "host" and cfg.max_node_blocks is None
+
+
+def test_under_podbgp_cni_host_mode_is_the_default():
+    cfg = parse_config(json.dumps({**BASE, "type": "podbgp-cni",
+                                   "ipam": {"type": "podbgp-ipam"}}), {})
+    assert cfg.address_mode == "host" and cfg.max_node_blocks is None
+    assert parse_config(json.dumps({**BASE, "type": "macvlan", "ipam": {"type": "podbgp-ipam"}}),
+                        {}).address_mode == "block"

@@ -1,0 +1,229 @@
+"""The node's CNI agent: runs podbgp's CNI plugins warm, behind a unix socket.
+
+Owned by cni/. A CNI plugin is a fresh process per pod event; podbgp's
+plugins are Python, and importing what they use (aetcd/gRPC, pydantic
+models, structlog) costs ~1 s of CPU per run here, far more than the work.
+With ``podbgp-cni agent`` running on the node, the ``podbgp-cni`` and
+``podbgp-ipam`` executables only forward their environment and stdin to it
+and print its answer; the agent runs the very same plugin functions
+(`cni.plugin.run`, `ipam.cni.run`) in a thread per request. Without an
+agent they do the work themselves (slower, same result). This is the shape
+of Antrea's antrea-cni/antrea-agent and Multus' thick plugin.
+
+Nothing about the CNI contract changes: the runtime still executes
+``podbgp-cni``, which still delegates IPAM by executing ``ipam.type`` from
+``CNI_PATH`` (that process forwards to the agent too when it is
+``podbgp-ipam``); exit codes, stdout and stderr are the plugin's.
+
+Wire format, both ways: a 4-byte big-endian length, then JSON. Request
+``{"plugin": "cni"|"ipam", "env": {...}, "stdin": "..."}``, answer
+``{"rc": N, "stdout": "...", "stderr": "..."}``. The socket is created
+mode 0600 and a peer that is neither root nor the agent's user is refused
+(SO_PEERCRED): the agent configures interfaces and writes etcd as root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+DEFAULT_AGENT_SOCKET = "/var/run/podbgp/cni.sock"
+MAX_MESSAGE = 16 << 20
+_LEN = struct.Struct(">I")
+_CRED = struct.Struct("=iII")
+SO_PEERCRED = 17
+
+
+def socket_from(stdin: str, env: Mapping[str, str]) -> str:
+    """The agent socket a raw network configuration names (``agent_socket``), else
+    PODBGP_CNI_SOCKET, else the default; nothing else of the configuration is read."""
+    try:
+        value = json.loads(stdin).get("agent_socket")
+    except (ValueError, AttributeError):
+        value = None
+    if isinstance(value, str) and value:
+        return value
+    return env.get("PODBGP_CNI_SOCKET") or DEFAULT_AGENT_SOCKET
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("peer closed the connection")
+        buf += chunk
+    return bytes(buf)
+
+
+def send_message(sock: socket.socket, obj: Any) -> None:
+    data = json.dumps(obj).encode()
+    sock.sendall(_LEN.pack(len(data)) + data)
+
+
+def recv_message(sock: socket.socket) -> Any:
+    (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
+    if n > MAX_MESSAGE:
+        raise ValueError(f"message of {n} bytes is larger than {MAX_MESSAGE}")
+    return json.loads(_recv_exact(sock, n))
+
+
+def call(path: str, plugin: str, env: dict[str, str], stdin: str,
+         timeout: float = 300.0) -> dict[str, Any] | None:
+    """Have the agent at ``path`` run ``plugin``; None if no agent listens there.
+
+    Raises ConnectionError when the agent was reached but failed mid-request
+    (the caller must not silently redo the request: it may have run).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(2.0)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError,
+                PermissionError, TimeoutError):
+            return None
+        sock.settimeout(timeout)
+        try:
+            send_message(sock, {"plugin": plugin, "env": env, "stdin": stdin})
+            reply = recv_message(sock)
+        except (OSError, ValueError) as exc:
+            raise ConnectionError(f"the CNI agent at {path} failed: {exc}") from None
+        if not isinstance(reply, dict) or not isinstance(reply.get("rc"), int):
+            raise ConnectionError(f"the CNI agent at {path} answered {reply!r}")
+        return reply
+    finally:
+        sock.close()
+
+
+def _runner(plugin: str):
+    if plugin == "cni":
+        from cni.plugin import run
+    elif plugin == "ipam":
+        from ipam.cni import run
+    else:
+        raise ValueError(f"unknown plugin {plugin!r}")
+    return run
+
+
+class Agent:
+    """The server: one thread per connection, each running one plugin call."""
+
+    def __init__(self, path: str, max_concurrent: int = 64) -> None:
+        self.path = path
+        self.sock: socket.socket | None = None
+        self.slots = threading.BoundedSemaphore(max_concurrent)
+        self.served = 0
+        self._uid = os.getuid()
+        self._stop = threading.Event()
+
+    def bind(self) -> None:
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            # A socket file left by an agent that died; a live one refuses to go.
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(self.path)
+                raise RuntimeError(f"another CNI agent is listening on {self.path}")
+            except ConnectionRefusedError:
+                os.unlink(self.path)
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old)
+        sock.listen(128)
+        self.sock = sock
+        # Warm up: everything a request needs is imported now, not on the first pod.
+        _runner("cni")
+        _runner("ipam")
+        import config.parse  # noqa: F401
+        import ipam.etcd  # noqa: F401
+
+    def serve_forever(self) -> None:
+        assert self.sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                if self._stop.is_set():
+                    break
+                raise
+            self.slots.acquire()
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _peer_allowed(self, conn: socket.socket) -> bool:
+        raw = conn.getsockopt(socket.SOL_SOCKET, SO_PEERCRED, _CRED.size)
+        _pid, uid, _gid = _CRED.unpack(raw)
+        return uid in (0, self._uid)
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                if not self._peer_allowed(conn):
+                    send_message(conn, {"rc": 1, "stdout": "", "stderr":
+                                        "podbgp-cni agent: permission denied\n"})
+                    return
+                req = recv_message(conn)
+                env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
+                stdin = req.get("stdin") or ""
+                out, err = io.StringIO(), io.StringIO()
+                try:
+                    rc = _runner(req.get("plugin", ""))(env, stdin, out, err)
+                except Exception as exc:  # the plugins catch their own; belt and braces
+                    rc = 1
+                    err.write(f"podbgp-cni agent: internal error: {exc!r}\n")
+                send_message(conn, {"rc": rc, "stdout": out.getvalue(),
+                                    "stderr": err.getvalue()})
+                self.served += 1
+        except (OSError, ValueError, ConnectionError) as exc:
+            print(json.dumps({"event": "cni_agent_request_failed", "error": str(exc)}),
+                  file=sys.stderr, flush=True)
+        finally:
+            self.slots.release()
+
+
+def serve(path: str) -> int:
+    agent = Agent(path)
+    try:
+        agent.bind()
+    except (OSError, RuntimeError) as exc:
+        print(f"podbgp-cni agent: cannot listen on {path}: {exc}", file=sys.stderr)
+        return 1
+
+    def _term(_sig: int, _frame: Any) -> None:
+        threading.Thread(target=agent.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    print(json.dumps({"event": "cni_agent_listening", "socket": path, "pid": os.getpid()}),
+          file=sys.stderr, flush=True)
+    try:
+        agent.serve_forever()
+    finally:
+        agent.stop()
+    print(json.dumps({"event": "cni_agent_stopped", "served": agent.served}), file=sys.stderr,
+          flush=True)
+    return 0

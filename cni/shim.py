@@ -1,0 +1,95 @@
+"""The console scripts ``podbgp-cni`` and ``podbgp-ipam``: as little as possible.
+
+Owned by cni/. A CNI plugin is a new process per pod event, so its start-up
+is part of every pod's start. These entry points import only the standard
+library until they know they must do the work here: when the node's agent
+(``podbgp-cni agent``, cni/agent.py) listens on the configured socket
+(``agent_socket`` in the network configuration, else PODBGP_CNI_SOCKET, else
+/var/run/podbgp/cni.sock) they hand it the call; otherwise they run the
+plugin in this process.
+
+    podbgp-cni                       the CNI plugin (CNI_COMMAND, config on stdin)
+    podbgp-cni agent [--socket PATH] the node's agent
+    podbgp-cni --version
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _stdin() -> str:
+    return sys.stdin.read() if not sys.stdin.isatty() else ""
+
+
+def _forward(plugin: str, stdin: str) -> int | None:
+    """The exit status of the agent's run of ``plugin``; None: no agent, run here."""
+    if os.environ.get("CNI_COMMAND") == "VERSION":
+        return None  # nothing to gain
+    from cni.agent import call, socket_from
+
+    path = socket_from(stdin, os.environ)
+    try:
+        reply = call(path, plugin, dict(os.environ), stdin)
+    except ConnectionError as exc:
+        import json
+
+        from cni.spec import E_TRY_AGAIN, CNIError, config_version
+
+        json.dump(CNIError(E_TRY_AGAIN, str(exc)).to_object(config_version(stdin)), sys.stdout)
+        print(f"podbgp-{plugin}: {exc}", file=sys.stderr)
+        return 1
+    if reply is None:
+        return None
+    sys.stdout.write(reply.get("stdout", ""))
+    sys.stderr.write(reply.get("stderr", ""))
+    return reply["rc"]
+
+
+def _plugin(plugin: str) -> int:
+    stdin = _stdin()
+    rc = _forward(plugin, stdin)
+    if rc is None:
+        if plugin == "cni":
+            from cni.plugin import run
+        else:
+            from ipam.cni import run
+        rc = run(os.environ, stdin, sys.stdout, sys.stderr)
+    sys.stdout.flush()
+    return rc
+
+
+def _agent(argv: list[str]) -> int:
+    import argparse
+
+    from cni.agent import DEFAULT_AGENT_SOCKET, serve
+
+    ap = argparse.ArgumentParser(prog="podbgp-cni agent",
+                                 description="Serve podbgp's CNI plugins from a warm process.")
+    ap.add_argument("--socket", default=os.environ.get("PODBGP_CNI_SOCKET")
+                    or DEFAULT_AGENT_SOCKET,
+                    help="unix socket to listen on (PODBGP_CNI_SOCKET; default "
+                    f"{DEFAULT_AGENT_SOCKET})")
+    args = ap.parse_args(argv)
+    return serve(args.socket)
+
+
+def cni_main() -> int:
+    argv = sys.argv[1:]
+    if argv[:1] == ["agent"]:
+        return _agent(argv[1:])
+    if argv[:1] == ["--version"]:
+        from bgpd import __version__
+
+        print(f"podbgp-cni {__version__}")
+        return 0
+    if argv:
+        print(f"podbgp-cni: unexpected arguments {argv!r} (a CNI plugin reads CNI_COMMAND and "
+              "stdin; `podbgp-cni agent` runs the node's agent)", file=sys.stderr)
+        return 2
+    return _plugin("cni")
+
+
+def ipam_main() -> int:
+    return _plugin("ipam")
