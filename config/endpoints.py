@@ -37,18 +37,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_serializer,
-)
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from config import keys
 from config.errors import ConfigError
-from config.model import API_VERSION, Metadata, Str, _Model, _Resource
+from config.model import API_VERSION, CalicoModel, CalicoResource, Metadata, Str
 
 __all__ = [
     "LABEL_NAMESPACE",
@@ -87,30 +80,8 @@ _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 _MAC = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(\1[0-9A-Fa-f]{2}){4}")
 
 
-# ------------------------------------------------------------------ lenient base
-# TODO(issue 13): config.model grows a lenient base (CalicoModel); switch to it
-# and drop this one when it lands.
-
-
-class _Lenient(_Model):
-    """Keeps fields it does not declare (``model_extra``) and writes them back."""
-
-    model_config = ConfigDict(extra="allow")
-
-    @model_serializer(mode="wrap")
-    def _keep_unknown(self, handler: Any) -> Any:
-        data = handler(self)
-        extra = self.__pydantic_extra__
-        if extra and isinstance(data, dict):
-            for key, value in extra.items():
-                data.setdefault(key, value)  # exclude_none dropped a null one: put it back
-        return data
-
-
-class EndpointMetadata(_Lenient, Metadata):
+class EndpointMetadata(Metadata):
     """Object metadata of a namespaced resource; the name is checked only for shape."""
-
-    model_config = ConfigDict(extra="allow")
 
     @field_validator("name")
     @classmethod
@@ -189,7 +160,7 @@ def _protocol(value: Any) -> Any:
     return value
 
 
-class WorkloadEndpointPort(_Lenient):
+class WorkloadEndpointPort(CalicoModel):
     name: Str = ""
     protocol: Annotated[str | int, BeforeValidator(_protocol)] = "TCP"
     port: Annotated[int, _uint16(True)]
@@ -197,12 +168,12 @@ class WorkloadEndpointPort(_Lenient):
     host_ip: Str = Field("", alias="hostIP")
 
 
-class IPNAT(_Lenient):
+class IPNAT(CalicoModel):
     internal_ip: Str = Field("", alias="internalIP")
     external_ip: Str = Field("", alias="externalIP")
 
 
-class WorkloadEndpointSpec(_Lenient):
+class WorkloadEndpointSpec(CalicoModel):
     orchestrator: Str | None = None
     workload: Str | None = None
     node: Str | None = None
@@ -242,9 +213,7 @@ class WorkloadEndpointSpec(_Lenient):
         return value or None
 
 
-class WorkloadEndpoint(_Resource, _Lenient):
-    model_config = ConfigDict(extra="allow")
-
+class WorkloadEndpoint(CalicoResource):
     kind: Literal["WorkloadEndpoint"] = KIND
     metadata: EndpointMetadata
     spec: WorkloadEndpointSpec = WorkloadEndpointSpec()
