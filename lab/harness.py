@@ -490,8 +490,12 @@ class Lab:
         d = self.workdir / "cni-bin"
         if not d.exists():
             d.mkdir()
-            for plugin in ("podbgp-ipam", "podbgp-cni"):
-                (d / plugin).symlink_to(bin_path(plugin))
+            from cni.shim import launcher_text
+
+            for plugin, entry in (("podbgp-ipam", "ipam_main"), ("podbgp-cni", "cni_main")):
+                # A fast launcher (python -IS), as podbgp-install-cni writes on a node.
+                (d / plugin).write_text(launcher_text(entry))
+                (d / plugin).chmod(0o755)
         return f"{d}:{CNI_BIN_DIR}"
 
     def cni_env(self, node: Node, command: str, pod_ns: str | None, container_id: str,
