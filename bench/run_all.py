@@ -34,6 +34,7 @@ BENCHES: dict[str, tuple[list[str], list[str], bool]] = {
     "rr_scale": ([], ["--quick"], True),
     "soak": ([], ["--quick"], True),
     "overlay": ([], ["--blocks", "2000", "--reps", "1", "--seconds", "2"], False),
+    "cni": ([], ["--quick"], True),
 }
 TITLES = {
     "convergence": "Convergence of K routes into the kernel (and memory)",
@@ -47,6 +48,7 @@ TITLES = {
     "soak": "Churn at scale: a flapping peer and clients resetting in turn, podbgp and BIRD 2",
     "overlay": "Overlay: VXLAN FIB programming against `ip -batch`, VXLAN against native "
                "throughput",
+    "cni": "Pod ADD/DEL latency: podbgp-cni + podbgp-ipam against bridge + host-local",
 }
 
 

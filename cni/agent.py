@@ -36,7 +36,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-DEFAULT_AGENT_SOCKET = "/var/run/podbgp/cni.sock"
+DEFAULT_AGENT_SOCKET = "/var/run/podbgp-cni/agent.sock"
 MAX_MESSAGE = 16 << 20
 _LEN = struct.Struct(">I")
 _CRED = struct.Struct("=iII")

@@ -12,7 +12,7 @@ Owned by cni/. Standard library only (see cni/spec.py). Example::
      "include_default_routes": false,
      "interface_prefix": "cali",                       # or FELIX_INTERFACEPREFIX
      "route_protocol": "boot",                         # of the host routes to pods
-     "agent_socket": "/var/run/podbgp/cni.sock",
+     "agent_socket": "/var/run/podbgp-cni/agent.sock",
      "args": {"cni": {"labels": [{"key": "app", "value": "web"}]}},
      "ipam": {"type": "podbgp-ipam", "address_mode": "host", ...}}
 

@@ -1,4 +1,4 @@
-"""``podbgp-cni``: ADD, DEL, CHECK, STATUS, VERSION (the whole plugin as a function).
+"""``podbgp-cni``: ADD, DEL, CHECK, STATUS, GC, VERSION (the whole plugin as a function).
 
 Owned by cni/. `run()` is the plugin: environment and stdin in, result or
 error object on stdout, exit status out. The console script (cni/shim.py)
@@ -50,6 +50,7 @@ from cni.spec import (
     netns_path,
     parse_cni_args,
     to_version,
+    valid_attachments,
     version_result,
 )
 from config import keys
@@ -65,7 +66,7 @@ from config.errors import ConfigError
 
 log = structlog.get_logger("podbgp.cni")
 
-COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "VERSION")
+COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
 
 
 # ------------------------------------------------------------------ etcd
@@ -375,7 +376,38 @@ async def cmd_status(conf: NetConf, env: Mapping[str, str], stdin: str,
         raise CNIError(code, exc.msg, exc.details) from None
 
 
-_HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status}
+async def cmd_gc(conf: NetConf, env: Mapping[str, str], stdin: str,
+                 stderr: TextIO | None) -> None:
+    """CNI 1.1.0 GC: remove this node's WorkloadEndpoints of attachments that are no longer
+    valid (their namespaces, and so their interfaces, are gone), then GC the IPAM plugin
+    (SPEC.md: GC is forwarded to delegated plugins)."""
+    valid = valid_attachments(conf.raw)
+    client = await _connect(conf, env)
+    removed = []
+    try:
+        for meta in await _etcd("list WorkloadEndpoints",
+                                client.get_prefix(keys.workload_endpoint_prefix().encode())):
+            key = meta.key.decode(errors="replace")
+            try:
+                wep = parse_endpoint_json(key, meta.value)
+            except ConfigError:
+                continue  # not one we can judge
+            s = wep.spec
+            if (s.node != conf.nodename or s.orchestrator != "k8s" or not s.container_id
+                    or (s.container_id, s.endpoint or "") in valid):
+                continue
+            if await _etcd("delete WorkloadEndpoint",
+                           _delete_endpoint(client, key, s.container_id)):
+                removed.append(wep.name)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
+    log.info("cni_gc", node=conf.nodename, endpoints_removed=removed)
+    delegate.run_ipam(conf.ipam_type, "GC", stdin, env, stderr=stderr)
+
+
+_HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_status,
+             "GC": cmd_gc}
 
 
 def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> int:

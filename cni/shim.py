@@ -5,7 +5,7 @@ is part of every pod's start. These entry points import only the standard
 library until they know they must do the work here: when the node's agent
 (``podbgp-cni agent``, cni/agent.py) listens on the configured socket
 (``agent_socket`` in the network configuration, else PODBGP_CNI_SOCKET, else
-/var/run/podbgp/cni.sock) they hand it the call; otherwise they run the
+/var/run/podbgp-cni/agent.sock) they hand it the call; otherwise they run the
 plugin in this process.
 
     podbgp-cni                       the CNI plugin (CNI_COMMAND, config on stdin)

@@ -158,3 +158,15 @@ def from_any_version(result: Mapping[str, Any]) -> dict[str, Any]:
     out.setdefault("interfaces", [])
     out.setdefault("dns", {})
     return out
+
+
+def valid_attachments(conf: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """GC's ``cni.dev/valid-attachments``: {(containerID, ifname)} (SPEC.md "GC")."""
+    raw = conf.get("cni.dev/valid-attachments")
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list) or not all(
+            isinstance(a, Mapping) and isinstance(a.get("containerID"), str) for a in raw):
+        raise CNIError(E_BAD_CONFIG, "cni.dev/valid-attachments: not a list of "
+                       '{"containerID": ..., "ifname": ...}')
+    return {(a["containerID"], str(a.get("ifname") or "")) for a in raw}

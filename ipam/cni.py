@@ -91,6 +91,7 @@ from cni.spec import (
     check_version,
     config_version,
     parse_cni_args,
+    valid_attachments,
     version_result,
 )
 from ipam.allocator import (
@@ -416,6 +417,30 @@ async def cmd_check(cfg: PluginConfig, env: Mapping[str, str]) -> None:
                            f"prevResult address {addr} is not held by container {handle!r}")
 
 
+async def cmd_gc(cfg: PluginConfig, env: Mapping[str, str], conf: Mapping[str, Any]) -> None:
+    """CNI 1.1.0 GC: release this network's handles held on this node by containers
+    that are not among the valid attachments."""
+    valid = {cid for cid, _ in valid_attachments(conf)}
+    prefix = f"{cfg.name}."
+
+    async def run(alloc: Allocator):
+        stale = set()
+        for block in await alloc.blocks():
+            for attr in block.attributes:
+                h = attr.handle_id or ""
+                if (h.startswith(prefix) and (attr.secondary or {}).get("node") == cfg.nodename
+                        and h[len(prefix):] not in valid):
+                    stale.add(h)
+        released = {h: await alloc.release_by_handle(h) for h in sorted(stale)}
+        if cfg.release_grace > 0:
+            await alloc.release_empty_blocks()
+        return released
+
+    released = await _with_allocator(cfg, run)
+    log.info("cni_gc", node=cfg.nodename, released={h: [str(i) for i in ips]
+                                                    for h, ips in released.items()})
+
+
 async def cmd_status(cfg: PluginConfig, env: Mapping[str, str]) -> None:
     """Ready when etcd answers and some enabled pool may be used by this node."""
     from ipam.pools import select_pools
@@ -444,9 +469,9 @@ def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> i
         if command == "VERSION":
             json.dump(version_result(version), stdout)
             return 0
-        if command not in ("ADD", "DEL", "CHECK", "STATUS"):
+        if command not in ("ADD", "DEL", "CHECK", "STATUS", "GC"):
             raise CNIError(E_BAD_ENV, f"CNI_COMMAND: {command!r} is not ADD, DEL, CHECK, "
-                           "STATUS or VERSION", exit_status=2)
+                           "STATUS, GC or VERSION", exit_status=2)
         cfg = parse_config(stdin, env)
         logs.configure(cfg.log_level)
         if command == "ADD":
@@ -458,6 +483,9 @@ def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> i
                 asyncio.run(cmd_del(cfg, env))
         elif command == "CHECK":
             asyncio.run(cmd_check(cfg, env))
+        elif command == "GC":
+            with host_lock(cfg.lock_file):
+                asyncio.run(cmd_gc(cfg, env, json.loads(stdin)))
         else:
             asyncio.run(cmd_status(cfg, env))
         return 0

@@ -191,3 +191,32 @@ def test_new_sandbox_of_a_pod_survives_the_old_ones_late_del(lab):
     r = lab.cni_call(node, "DEL", new_ns, "sandbox2", pod, conf=conf)
     assert r.returncode == 0
     assert left_behind(lab) == NOTHING
+
+
+def test_gc_removes_what_no_valid_attachment_holds(lab):
+    """CNI 1.1.0 GC (SPEC.md "GC"): endpoints and IPAM handles of attachments that are not
+    in cni.dev/valid-attachments go (the plugin may assume their namespaces are gone);
+    the valid ones stay; GC is forwarded to the IPAM plugin."""
+    from lab.harness import _del_ns
+
+    node = lab.nodes["node1"]
+    keep = lab.add_pod("node1", "gckeep")
+    gone = lab.add_pod("node1", "gcgone")
+    _del_ns(gone.ns)  # the runtime lost the sandbox without a DEL
+    conf = {**lab.cni_conf(node), "cniVersion": "1.1.0",
+            "cni.dev/valid-attachments": [{"containerID": keep.container_id,
+                                           "ifname": "eth0"}]}
+    env = {**lab.cni_env(node, "GC", None, "", ""), "CNI_CONTAINERID": ""}
+    r = lab.cni_call(node, "GC", None, "", "", conf=conf, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    state = left_behind(lab)
+    assert state["handles"] == [f"/calico/ipam/v2/handle/podnet.{keep.container_id}"]
+    assert [k.rsplit("/", 1)[1] for k in state["weps"]] == [f"node1-k8s-{keep.ns}-eth0"]
+    assert state["routes"] == [keep.ip]
+    node.pods.pop("gcgone")
+    lab.namespaces.remove(gone.ns)
+    lab.del_pod("node1", "gckeep")
+    assert left_behind(lab) == NOTHING
+    bad = {**conf, "cni.dev/valid-attachments": "all"}
+    r = lab.cni_call(node, "GC", None, "", "", conf=bad, env=env)
+    assert r.returncode == 1 and json.loads(r.stdout)["code"] == 7

@@ -105,3 +105,13 @@ def test_malformed_results_are_decode_errors(bad):
     with pytest.raises(CNIError) as exc:
         spec.from_any_version(bad)
     assert exc.value.code == 6
+
+
+def test_gc_valid_attachments():
+    conf = {"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"},
+                                          {"containerID": "b"}]}
+    assert spec.valid_attachments(conf) == {("a", "eth0"), ("b", "")}
+    assert spec.valid_attachments({}) == set()
+    for bad in ("all", [{"ifname": "eth0"}], [["a", "eth0"]]):
+        with pytest.raises(CNIError, match="valid-attachments"):
+            spec.valid_attachments({"cni.dev/valid-attachments": bad})

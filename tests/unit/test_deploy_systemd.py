@@ -266,3 +266,34 @@ def test_policy_env_example_names_only_policy_variables() -> None:
     helps = build_parser().format_help()
     for var in POLICY_ENV:
         assert var in helps, f"{var} is not an environment fallback of podbgp-policy"
+
+
+AGENT_UNIT = REPO / "deploy" / "systemd" / "podbgp-cni-agent.service"
+
+
+def test_cni_agent_unit_verifies_and_keeps_its_promises(tmp_path: Path) -> None:
+    """The podbgp-cni agent unit: systemd accepts it, it starts the agent on the socket
+    the plugins look for by default, and it grants what setns()/rtnetlink/sysctl need
+    and no more (no ProtectKernelTunables: the agent writes /proc/sys/net)."""
+    from cni.agent import DEFAULT_AGENT_SOCKET
+
+    analyze = require_binary("systemd-analyze")
+    script = VENV_BIN / "podbgp-cni"
+    require(script.exists(), f"needs the podbgp-cni console script at {script}")
+    text = AGENT_UNIT.read_text()
+    unit = parse_unit(text)["Service"]
+    start = one(unit, "ExecStart").split()
+    assert start[:2] == ["/usr/local/bin/podbgp-cni", "agent"]
+    sock = start[start.index("--socket") + 1]
+    assert sock.replace("/run/", "/var/run/") == DEFAULT_AGENT_SOCKET
+    assert one(unit, "RuntimeDirectory") == sock.split("/")[2]
+    assert one(unit, "RuntimeDirectoryMode") == "0700"
+    caps = set(one(unit, "CapabilityBoundingSet").split())
+    assert {"CAP_NET_ADMIN", "CAP_SYS_ADMIN"} <= caps and "CAP_NET_BIND_SERVICE" not in caps
+    assert "ProtectKernelTunables" not in unit
+    copy = tmp_path / "podbgp-cni-agent.service"
+    copy.write_text(text.replace("ExecStart=/usr/local/bin/podbgp-cni",
+                                 f"ExecStart={script}"))
+    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
