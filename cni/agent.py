@@ -195,9 +195,9 @@ class Agent:
                 except Exception as exc:  # the plugins catch their own; belt and braces
                     rc = 1
                     err.write(f"podbgp-cni agent: internal error: {exc!r}\n")
+                self.served += 1
                 send_message(conn, {"rc": rc, "stdout": out.getvalue(),
                                     "stderr": err.getvalue()})
-                self.served += 1
         except (OSError, ValueError, ConnectionError) as exc:
             print(json.dumps({"event": "cni_agent_request_failed", "error": str(exc)}),
                   file=sys.stderr, flush=True)

@@ -233,9 +233,10 @@ def _host_route(host: rtnl.Rtnl, index: int, plan: Plan, addr: Iface) -> None:
     except NetlinkError as exc:
         if exc.errno != 17:  # EEXIST
             raise
-        holders = [r for r in host.routes(dst.version) if r.dst == dst]
-        if any(r.oif == index for r in holders):
+        found = host.route_get(dst)
+        if found is not None and found.dst == dst and found.oif == index:
             return  # already ours (Calico: "route already exists", likely Felix's)
+        holders = [r for r in host.routes(dst.version) if r.dst == dst]  # rare: name them
         names = {link.index: link.name for link in host.links()}
         other = ", ".join(f"dev {names.get(r.oif, r.oif)} proto {r.protocol}" for r in holders)
         raise CNIError(E_DATAPLANE, f"host route {dst} already exists for another interface "
@@ -303,12 +304,13 @@ def inspect(plan: Plan) -> list[str]:
                 if dst.version == version and not any(
                         r.dst == dst and r.oif == plink.index and r.gateway for r in routes):
                     problems.append(f"pod route {dst} via the host side is missing")
-            host_routes = host.routes(version)
             for a in plan.addresses:
                 if a.version != version:
                     continue
                 dst = host_prefix(a).network
-                if not any(r.dst == dst and r.oif == hlink.index for r in host_routes):
+                # One lookup per address, not a dump: a node may hold 100k BGP routes.
+                found = host.route_get(dst)
+                if found is None or found.dst != dst or found.oif != hlink.index:
                     problems.append(f"host route {dst} dev {plan.host_name} is missing")
         if 4 in plan.families:
             with contextlib.suppress(OSError):

@@ -79,6 +79,7 @@ NUD_PERMANENT = 0x80
 
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RT_TABLE_MAIN = 254
+RTM_F_FIB_MATCH = 0x2000
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_HOST = 0, 253, 254
 RTN_UNICAST = 1
 RTPROT_KERNEL, RTPROT_BOOT = 2, 3
@@ -439,6 +440,39 @@ class Rtnl:
     def del_route(self, r: Route) -> None:
         self.request(RTM_DELROUTE, 0, self._route_body(r), f"delete route {r.dst}")
 
+    def route_get(self, dst: ipaddress.IPv4Network | ipaddress.IPv6Network) -> Route | None:
+        """The FIB entry that matches ``dst``'s address (``ip route get fibmatch``), or None
+        when nothing does. One request, whatever the size of the table."""
+        fam = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+        body = (_RTMSG.pack(fam, dst.max_prefixlen, 0, 0, 0, 0, 0, 0, RTM_F_FIB_MATCH)
+                + _attr(RTA_DST, dst.network_address.packed))
+        seq = self._send(RTM_GETROUTE, 0, body)
+        for typ, buf, off, end in self._messages(seq):
+            if typ == NLMSG_ERROR:
+                err, text = self._error(buf, off, end)
+                if err in (_errno.ENETUNREACH, _errno.EHOSTUNREACH, _errno.EINVAL,
+                           _errno.ESRCH, _errno.ENOENT):
+                    return None  # no route, or a blackhole/unreachable one
+                if err:
+                    raise NetlinkError(err, f"look up route {dst}", text)
+                return None
+            if typ == RTM_NEWROUTE:
+                return self._parse_route(buf, off + _HDR.size, end)
+        return None
+
+    def _parse_route(self, buf: memoryview, off: int, end: int) -> Route:
+        rfam, dlen, _s, _t, tbl, proto, scope, rtype, _f = _RTMSG.unpack_from(buf, off)
+        a = _attrs(buf, off + _RTMSG.size, end)
+        if RTA_TABLE in a:
+            tbl = _U32.unpack(a[RTA_TABLE])[0]
+        zero = b"\0" * (4 if rfam == socket.AF_INET else 16)
+        dst = ipaddress.ip_network((ipaddress.ip_address(a.get(RTA_DST, zero)), dlen))
+        gw = a.get(RTA_GATEWAY)
+        return Route(dst=dst, oif=_U32.unpack(a[RTA_OIF])[0] if RTA_OIF in a else 0,
+                     gateway=str(ipaddress.ip_address(gw)) if gw else None,
+                     scope=scope, protocol=proto, table=tbl, type=rtype,
+                     metric=_U32.unpack(a[RTA_PRIORITY])[0] if RTA_PRIORITY in a else 0)
+
     def routes(self, version: int = 4, table: int = RT_TABLE_MAIN) -> list[Route]:
         fam = socket.AF_INET if version == 4 else socket.AF_INET6
         out = []
@@ -446,19 +480,9 @@ class Rtnl:
                                             "list routes"):
             if typ != RTM_NEWROUTE:
                 continue
-            rfam, dlen, _s, _t, tbl, proto, scope, rtype, _f = _RTMSG.unpack_from(buf, off)
-            a = _attrs(buf, off + _RTMSG.size, end)
-            if RTA_TABLE in a:
-                tbl = _U32.unpack(a[RTA_TABLE])[0]
-            if tbl != table:
-                continue
-            zero = b"\0" * (4 if rfam == socket.AF_INET else 16)
-            dst = ipaddress.ip_network((ipaddress.ip_address(a.get(RTA_DST, zero)), dlen))
-            gw = a.get(RTA_GATEWAY)
-            out.append(Route(dst=dst, oif=_U32.unpack(a[RTA_OIF])[0] if RTA_OIF in a else 0,
-                             gateway=str(ipaddress.ip_address(gw)) if gw else None,
-                             scope=scope, protocol=proto, table=tbl, type=rtype,
-                             metric=_U32.unpack(a[RTA_PRIORITY])[0] if RTA_PRIORITY in a else 0))
+            route = self._parse_route(buf, off, end)
+            if route.table == table:
+                out.append(route)
         return out
 
 

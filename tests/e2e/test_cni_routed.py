@@ -98,14 +98,14 @@ def test_130_pods_three_blocks_200_pairs_then_clean_delete(routed_lab):
     lab = routed_lab
     t0 = time.monotonic()
     labels = {"app": "web", "tier": "frontend"}
-    sequential = lab.add_pods("node1", 110, labels=labels)
+    sequential = lab.add_pods("node1", 110, labels=labels, concurrency=4)
     t_seq = time.monotonic() - t0
     t1 = time.monotonic()
     concurrent = lab.add_pods("node1", 20, labels={"app": "batch"}, concurrency=20,
                               prefix="c")
     t_conc = time.monotonic() - t1
     others = lab.add_pods("node2", 6, labels={"app": "db"}) + lab.add_pods("node3", 6)
-    print(f"\n[e2e] 110 sequential ADDs {t_seq:.1f}s, 20 concurrent {t_conc:.1f}s")
+    print(f"\n[e2e] 110 ADDs (4 at a time) {t_seq:.1f}s, 20 concurrent {t_conc:.1f}s")
     node1 = [*sequential, *concurrent]
     assert len(node1) == 130 and len({p.ip for p in node1}) == 130
 
@@ -148,6 +148,14 @@ def test_130_pods_three_blocks_200_pairs_then_clean_delete(routed_lab):
     assert wep["spec"]["node"] == "node1" and wep["spec"]["profiles"] == ["kns.default"]
     assert weps[f"{WEP_PREFIX}default/node1-k8s-{concurrent[0].ns}-eth0"]["metadata"][
         "labels"]["app"] == "batch"
+    # calicoctl's view of them (bgpctl get workloadendpoints, calicoctl's columns).
+    out = lab.bgpctl("get", "workloadendpoints", "-n", "default").stdout
+    head, *rows = out.strip().splitlines()
+    assert head.split() == ["WORKLOAD", "NODE", "NETWORKS", "INTERFACE"]
+    assert len(rows) == 142
+    assert [sample.ns, "node1", f"{sample.ip}/32", sample.host_if] in [r.split() for r in rows]
+    out = lab.bgpctl("get", "weps", "-A").stdout
+    assert out.splitlines()[0].split()[0] == "NAMESPACE" and len(out.strip().splitlines()) == 143
 
     # >= 200 pairs by pod IP: node1 pods from every block <-> the other nodes' pods,
     # both ways, and pairs inside node1 across its blocks.

@@ -292,7 +292,7 @@ def _cni_add(lab: Lab, node: str, lock: str, container: str) -> tuple[int, str, 
     conf = json.dumps({"cniVersion": "1.0.0", "name": "podnet", "type": "bridge",
                        "etcd_endpoints": lab.etcd_endpoint, "nodename": node,
                        "ipam": {"type": "podbgp-ipam", "lock_file": lock,
-                                "assign_ipv4": "true"}})
+                                "assign_ipv4": "true", "bridge_single_block": "true"}})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ETCD_", "NODENAME"))}
     env.update({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": container, "CNI_NETNS": "/dev/null",
                 "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"})

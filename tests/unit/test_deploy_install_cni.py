@@ -60,7 +60,8 @@ def test_configmap_template_renders_like_calicos(ic) -> None:
     assert plugin["etcd_endpoints"] == "https://10.0.0.10:2379"
     assert plugin["etcd_ca_cert_file"] == tls["etcd-ca"]
     assert plugin["nodename"] == "node-7"
-    assert "podbgp-ipam" in ic.plugin_types(conf)
+    assert {"podbgp-cni", "podbgp-ipam"} <= set(ic.plugin_types(conf))
+    assert plugin["mtu"] == 0  # CNI_MTU unset: podbgp-cni's auto-MTU
     # Without TLS files the paths are empty strings, which the plugins read as "no TLS".
     assert ic.render(configmap_template(), env, {})["plugins"][0]["etcd_key_file"] == ""
 
@@ -99,9 +100,10 @@ def test_foreign_plugin_must_already_be_on_the_node(ic, host) -> None:
 
 
 def test_tls_assets_are_copied_and_the_config_points_at_them(ic, host) -> None:
-    (Path(host["HOST_CNI_BIN_DIR"]) / "bridge").write_text("#!/bin/sh\n")
-    env = {**host, "CNI_NETWORK_CONFIG": configmap_template(), "SKIP_CNI_BINARIES": "podbgp-ipam"}
-    (Path(host["HOST_CNI_BIN_DIR"]) / "podbgp-ipam").write_text("#!/bin/sh\n")
+    env = {**host, "CNI_NETWORK_CONFIG": configmap_template(),
+           "SKIP_CNI_BINARIES": "podbgp-ipam,podbgp-cni"}
+    for plugin in ("podbgp-ipam", "podbgp-cni"):
+        (Path(host["HOST_CNI_BIN_DIR"]) / plugin).write_text("#!/bin/sh\n")
     path = ic.install(env)
     tls_dir = Path(host["HOST_CNI_NET_DIR"]) / "podbgp-tls"
     assert sorted(p.name for p in tls_dir.iterdir()) == ["etcd-ca", "etcd-cert", "etcd-key"]
