@@ -487,15 +487,21 @@ class Lab:
         return conf
 
     def _cni_path(self) -> str:
+        """The CNI_PATH of this lab's pods; its bin dir is made once, atomically (concurrent
+        ADDs must never see it half-written)."""
         d = self.workdir / "cni-bin"
         if not d.exists():
-            d.mkdir()
             from cni.shim import launcher_text
 
+            tmp = Path(tempfile.mkdtemp(prefix="cni-bin-", dir=self.workdir))
             for plugin, entry in (("podbgp-ipam", "ipam_main"), ("podbgp-cni", "cni_main")):
                 # A fast launcher (python -IS), as podbgp-install-cni writes on a node.
-                (d / plugin).write_text(launcher_text(entry))
-                (d / plugin).chmod(0o755)
+                (tmp / plugin).write_text(launcher_text(entry))
+                (tmp / plugin).chmod(0o755)
+            try:
+                tmp.rename(d)
+            except OSError:  # another thread made it first
+                shutil.rmtree(tmp, ignore_errors=True)
         return f"{d}:{CNI_BIN_DIR}"
 
     def cni_env(self, node: Node, command: str, pod_ns: str | None, container_id: str,
