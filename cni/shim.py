@@ -24,6 +24,16 @@ from __future__ import annotations
 import os
 import sys
 
+USAGE = """\
+podbgp-cni: a CNI plugin in Calico's routed data-plane model (README "Pod interfaces").
+
+  podbgp-cni                        run by the container runtime: CNI_COMMAND
+                                    (ADD, DEL, CHECK, STATUS, GC, VERSION) and the
+                                    network configuration on stdin
+  podbgp-cni agent [--socket PATH]  the node's agent that keeps the plugins warm
+                                    (PODBGP_CNI_SOCKET; default /var/run/podbgp-cni/agent.sock)
+  podbgp-cni --version | --help"""
+
 
 def _stdin() -> str:
     return sys.stdin.read() if not sys.stdin.isatty() else ""
@@ -119,11 +129,14 @@ def cni_main() -> int:
 
         print(f"podbgp-cni {__version__}")
         return 0
-    if argv:
+    if argv[:1] in (["--help"], ["-h"]):
+        print(USAGE)
+        return 0
+    if argv and not os.environ.get("CNI_COMMAND"):
         print(f"podbgp-cni: unexpected arguments {argv!r} (a CNI plugin reads CNI_COMMAND and "
-              "stdin; `podbgp-cni agent` runs the node's agent)", file=sys.stderr)
+              "stdin; `podbgp-cni agent` runs the node's agent; see --help)", file=sys.stderr)
         return 2
-    return _plugin("cni")
+    return _plugin("cni")  # a runtime's extra arguments are ignored, as CNI plugins do
 
 
 def ipam_main() -> int:
