@@ -42,6 +42,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from config import keys
 from config.errors import ConfigError
 from config.model import API_VERSION, CalicoModel, CalicoResource, Metadata, Str
+from config.model import check_labels as model_check_labels
 
 __all__ = [
     "LABEL_NAMESPACE",
@@ -366,13 +367,10 @@ def host_interface_name(namespace: str, pod: str, prefix: str = DEFAULT_INTERFAC
 
 def check_labels(labels: Mapping[str, Any]) -> None:
     """ConfigError (field ``metadata.labels``) unless every pair is a Kubernetes label."""
-    from config.parse import _problems
-
     try:
-        EndpointMetadata.model_validate({"name": "x", "labels": dict(labels)})
-    except ValidationError as exc:
-        first = _problems(exc)[0]
-        raise ConfigError(KIND, "", first.field, first.value, first.reason) from None
+        model_check_labels(dict(labels))
+    except ValueError as exc:
+        raise ConfigError(KIND, "", "metadata.labels", dict(labels), str(exc)) from None
 
 
 def pod_endpoint(*, node: str, namespace: str, pod: str, endpoint: str, container_id: str,

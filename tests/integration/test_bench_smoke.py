@@ -156,3 +156,30 @@ def test_overlay_quick_prints_both_ratios_and_cleans_up():
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     after = {ln.split()[0] for ln in out.splitlines() if ln.startswith(("bov", "bot"))}
     assert after <= before, "benchmark namespaces left behind"
+
+
+def test_cni_quick_measures_both_setups_and_cleans_up():
+    """bench.cni at toy size: podbgp-cni and bridge+host-local measured, the ratio line and
+    the headline parse and agree with the table, no lab namespace is left behind."""
+    require_root()
+    require_binary("etcd")
+    from lab.harness import STATE_DIR
+
+    before = set(STATE_DIR.glob("*.json")) if STATE_DIR.exists() else set()
+    r = subprocess.run([sys.executable, "-m", "bench.cni", "--pods", "3", "--concurrent", "2",
+                        "--in-process", "1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
+    rows = {m.group(1): [float(x) for x in m.groups()[1:]] for m in re.finditer(
+        r"\|\s+(bridge\+host-local|podbgp-cni|podbgp-cni \(no agent\)) \|\s+\d+ seq \|"
+        r"\s+([\d.,]+) \|\s+([\d.,]+) \|\s+([\d.,]+) \|\s+([\d.,]+) \|", r.stdout.replace(",", ""))}
+    assert set(rows) == {"bridge+host-local", "podbgp-cni", "podbgp-cni (no agent)"}, r.stdout
+    assert all(v > 0 for vals in rows.values() for v in vals)
+    last = r.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"cni: podbgp-cni ADD p50/p99 ([\d.]+)/([\d.]+) ms vs bridge\+host-local "
+                     r"([\d.]+)/([\d.]+) ms \(p99 ([\d.]+)x\), DEL p99 [\d.]+x, 2 concurrent ADD "
+                     r"p99 [\d.]+x", last)
+    assert m, last
+    assert float(m.group(5)) == pytest.approx(float(m.group(2)) / float(m.group(4)), rel=0.05)
+    after = set(STATE_DIR.glob("*.json")) if STATE_DIR.exists() else set()
+    assert after <= before, "a lab was left behind"
