@@ -75,20 +75,35 @@ def _filter_rule(rule: BGPFilterRule, version: int) -> rib.FilterRule:
     if lo is not None and rule.network is not None:
         # confd (template_funcs.go filterMatchPrefixLength): max(cidr length, min).
         lo = max(lo, rule.network.prefixlen)
+    comms = tuple(community_value(v) for v in (rule.communities.values
+                                               if rule.communities else ()))
+    ops: list[tuple[str, object]] = []
+    for op in rule.operations or ():
+        if op.add_community is not None:
+            ops.append(("community", community_value(op.add_community.value)))
+        elif op.prepend_as_path is not None:
+            ops.append(("prepend", tuple(op.prepend_as_path.prefix)))
+        elif op.set_priority is not None:
+            ops.append(("priority", op.set_priority.value))
     return rib.FilterRule(
         action=rule.action, cidr=str(rule.cidr) if rule.cidr else None,
         match_operator=rule.match_operator,
         prefix_length_min=lo, prefix_length_max=pl.max if pl else None,
         source=rule.source or "", interface=rule.interface, ip_version=version,
+        communities=comms, as_path_prefix=tuple(rule.as_path_prefix or ()),
+        priority=rule.priority, operations=tuple(ops),
     )
 
 
-def filter_rules(snap: Snapshot, names: tuple[str, ...]) -> tuple[tuple, tuple, list[str]]:
+def filter_rules(snap: Snapshot, names: tuple[str, ...], same_as: bool | None = None
+                 ) -> tuple[tuple, tuple, list[str]]:
     """(import rules, export rules, problems) of the named BGPFilters, in order.
 
     A filter that does not exist is a problem the daemon reports; Calico would
     also skip it. Unknown-but-named filters never widen import: the safety
-    rules and pool rule still apply.
+    rules and pool rule still apply. ``same_as``: the session is iBGP (peer AS =
+    the local AS, Calico's ``is_same_as``); rules with a ``peerType`` for the other
+    kind are left out (None: all kept).
     """
     imp: list[rib.FilterRule] = []
     exp: list[rib.FilterRule] = []
@@ -101,6 +116,9 @@ def filter_rules(snap: Snapshot, names: tuple[str, ...]) -> tuple[tuple, tuple, 
         for rules, version, out in ((f.spec.import_v4, 4, imp), (f.spec.import_v6, 6, imp),
                                     (f.spec.export_v4, 4, exp), (f.spec.export_v6, 6, exp)):
             for r in rules:
+                if same_as is not None and r.peer_type is not None and (
+                        (r.peer_type == "iBGP") != same_as):
+                    continue
                 try:
                     out.append(_filter_rule(r, version))
                 except ValueError as e:
@@ -110,7 +128,7 @@ def filter_rules(snap: Snapshot, names: tuple[str, ...]) -> tuple[tuple, tuple, 
 
 def peer_policy(spec: PeerSpec, ref: rib.PeerRef, snap: Snapshot) -> tuple[rib.PeerPolicy,
                                                                            list[str]]:
-    imp, exp, problems = filter_rules(snap, spec.filters)
+    imp, exp, problems = filter_rules(snap, spec.filters, spec.peer_as == spec.local_as)
     return rib.PeerPolicy(
         key=spec.key, peer=ref, local_address=spec.local_address, import_filters=imp,
         export_filters=exp, max_prefixes=spec.max_prefixes,

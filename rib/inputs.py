@@ -181,6 +181,16 @@ class FilterRule:
     negation) and ``source``. A rule with ``interface`` matches only routes from
     kernel interfaces, which rib never sees, so it never matches here.
     ``ip_version`` is the list the rule came from (V4/V6); 0 = both.
+
+    Calico v3.32's route conditions (confd template_funcs.go ``filterStatement``):
+    ``communities`` (the route carries that community: a pair is a standard one, a
+    triple a large one), ``as_path_prefix`` (the AS path begins with it) and
+    ``priority`` (LOCAL_PREF = 2^31-1 - priority, as Calico converts). An Accept
+    rule's ``operations`` change the route before it is accepted: ``("community",
+    value)`` adds a community, ``("prepend", (as, ...))`` prepends to the AS path,
+    ``("priority", n)`` sets LOCAL_PREF to 2^31-1 - n. ``peerType`` is resolved
+    when a peer's policy is built (bgpd.translate): its rules are dropped for the
+    other kind of peer.
     """
 
     action: FilterAction
@@ -191,7 +201,12 @@ class FilterRule:
     source: FilterSource = FilterSource.ANY
     interface: str | None = None
     ip_version: int = 0
+    communities: tuple[tuple[int, ...], ...] = ()
+    as_path_prefix: tuple[int, ...] = ()
+    priority: int | None = None
+    operations: tuple[tuple[str, object], ...] = ()
     parsed: tuple[int, int, int] | None = field(init=False, repr=False, compare=False)
+    needs_path: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", FilterAction(self.action))
@@ -207,6 +222,13 @@ class FilterRule:
                 raise ValueError(f"FilterRule.cidr {self.cidr}: not IPv{self.ip_version}")
             object.__setattr__(self, "ip_version", parsed[0])
         object.__setattr__(self, "parsed", parsed)
+        object.__setattr__(self, "needs_path", bool(
+            self.communities or self.as_path_prefix or self.priority is not None))
+        for op, _ in self.operations:
+            if op not in ("community", "prepend", "priority"):
+                raise ValueError(f"FilterRule.operations: {op!r}: not community/prepend/priority")
+        if self.operations and self.action is not FilterAction.ACCEPT:
+            raise ValueError("FilterRule.operations: only with action Accept")
         if self.ip_version not in (0, 4, 6):
             raise ValueError(f"FilterRule.ip_version: {self.ip_version!r}: must be 0, 4 or 6")
         has_len = self.prefix_length_min is not None or self.prefix_length_max is not None
@@ -222,8 +244,11 @@ class FilterRule:
             object.__setattr__(self, "prefix_length_min", lo)
             object.__setattr__(self, "prefix_length_max", hi)
 
-    def matches(self, parsed: tuple[int, int, int], originated: bool) -> bool:
+    def matches(self, parsed: tuple[int, int, int], originated: bool,
+                path: object = None) -> bool:
         if self.interface is not None:
+            return False
+        if self.needs_path and not self._path_matches(path):
             return False
         if self.ip_version and parsed[0] != self.ip_version:
             return False
@@ -243,12 +268,60 @@ class FilterRule:
         return inside if op is MatchOperator.IN else not inside
 
 
-def first_match(rules: tuple[FilterRule, ...], parsed, originated: bool) -> FilterAction | None:
+    def _path_matches(self, path) -> bool:
+        if path is None:
+            return False
+        for c in self.communities:
+            if c not in (path.communities if len(c) == 2 else path.large_communities):
+                return False
+        n = len(self.as_path_prefix)
+        if n and tuple(path.as_path[:n]) != self.as_path_prefix:
+            return False
+        if self.priority is not None:
+            lp = path.local_pref
+            if lp is None or lp != PRIORITY_LOCAL_PREF - self.priority:
+                return False
+        return True
+
+
+# Calico converts a route priority to LOCAL_PREF as 2^31-1 - priority (confd
+# template_funcs.go BirdIntMaxValue).
+PRIORITY_LOCAL_PREF = 2147483647
+
+
+def first_rule(rules: tuple[FilterRule, ...], parsed, originated: bool,
+               path: object = None) -> FilterRule | None:
     """Calico: rules are ordered, the first that matches decides; None: no rule matched."""
     for rule in rules:
-        if rule.matches(parsed, originated):
-            return rule.action
+        if rule.matches(parsed, originated, path):
+            return rule
     return None
+
+
+def first_match(rules: tuple[FilterRule, ...], parsed, originated: bool,
+                path: object = None) -> FilterAction | None:
+    """The action of `first_rule` (None: no rule matched)."""
+    rule = first_rule(rules, parsed, originated, path)
+    return None if rule is None else rule.action
+
+
+def apply_operations(ops: tuple[tuple[str, object], ...], communities: tuple,
+                     large: tuple, as_path: tuple, local_pref: int | None
+                     ) -> tuple[tuple, tuple, tuple, int | None]:
+    """An Accept rule's operations on (communities, large communities, AS path,
+    LOCAL_PREF), in order, as BIRD runs Calico's filter statements."""
+    for op, value in ops:
+        if op == "community":
+            if len(value) == 2:  # type: ignore[arg-type]
+                if value not in communities:
+                    communities = (*communities, value)
+            elif value not in large:
+                large = (*large, value)
+        elif op == "prepend":
+            as_path = (*value, *as_path)  # type: ignore[misc]
+        elif op == "priority":
+            local_pref = PRIORITY_LOCAL_PREF - value  # type: ignore[operator]
+    return communities, large, as_path, local_pref
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,8 +422,11 @@ class PeerPolicy:
     max_prefix_action: MaxPrefixAction = MaxPrefixAction.STOP
     next_hop_mode: NextHopMode = NextHopMode.AUTO
     num_allowed_local_as: int = 0  # occurrences of our AS tolerated in AS_PATH (eBGP)
+    # An import rule changes the routes it accepts (BGPFilter operations).
+    import_ops: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "import_ops", any(r.operations for r in self.import_filters))
         object.__setattr__(self, "next_hop_mode", NextHopMode(self.next_hop_mode))
         object.__setattr__(self, "max_prefix_action", MaxPrefixAction(self.max_prefix_action))
         if self.max_prefixes is not None and self.max_prefixes < 0:

@@ -28,8 +28,10 @@ from rib.inputs import (
     NextHopMode,
     PeerPolicy,
     RibConfig,
+    apply_operations,
     contains,
     first_match,
+    first_rule,
     parse_prefix,
 )
 from rib.path import Origin, Path, PeerKind
@@ -83,7 +85,7 @@ def import_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectR
     if reason is not None:
         return reason
     if policy.import_filters:
-        action = first_match(policy.import_filters, parsed, False)
+        action = first_match(policy.import_filters, parsed, False, path)
         if action is FilterAction.ACCEPT:
             return None
         if action is FilterAction.REJECT:
@@ -158,7 +160,7 @@ def import_reasons(
             append(attr_reason)
             continue
         if filters:
-            action = first_match(filters, parsed, False)
+            action = first_match(filters, parsed, False, path)
             if action is FilterAction.ACCEPT:
                 append(None)
                 continue
@@ -269,17 +271,46 @@ def export_key(path: Path, target: PeerPolicy, ctx: ExportContext) -> tuple | No
             if not source.rr_client and not tpeer.rr_client:
                 return None
     action = None
+    rule = None
     if ctx.no_export_pools or target.export_filters:
         parsed = parse_prefix(path.prefix)
         for pool in ctx.no_export_pools:
             if contains(pool.parsed, parsed):
                 return None
         if target.export_filters:
-            action = first_match(target.export_filters, parsed, originated)
+            rule = first_rule(target.export_filters, parsed, originated, path)
+            action = None if rule is None else rule.action
             if action is FilterAction.REJECT:
                 return None
     if not originated and action is not FilterAction.ACCEPT and not ctx.passable(path.prefix):
         return None  # not a transit for prefixes outside the pools
+    if rule is not None and rule.operations:
+        return _with_operations(_export_key(path, target, ctx, originated), rule, to_ebgp,
+                                target.peer.local_asn or ctx.config.local_asn)
+    return _export_key(path, target, ctx, originated)
+
+
+def _with_operations(key: tuple | None, rule, to_ebgp: bool, local_as: int) -> tuple | None:
+    """An export rule's operations on the attributes a route is sent with: communities
+    added, AS path prepended (after our own AS toward eBGP, as BIRD prepends it after the
+    filter ran), LOCAL_PREF set (iBGP only: it is not sent to eBGP peers)."""
+    if key is None:
+        return None
+    nh, origin, as_path, lp, med, comms, large, oid, clusters = key
+    body = as_path[1:] if to_ebgp else as_path
+    comms, large, body, new_lp = apply_operations(rule.operations, comms, large, body,
+                                                  lp)
+    as_path = (local_as, *body) if to_ebgp else body
+    return (nh, origin, as_path, None if to_ebgp else new_lp, med, comms, large, oid,
+            clusters)
+
+
+def _export_key(path: Path, target: PeerPolicy, ctx: ExportContext, originated: bool
+                ) -> tuple | None:
+    cfg = ctx.config
+    source = path.peer
+    tpeer = target.peer
+    to_ebgp = tpeer.kind is PeerKind.EBGP
     # Next hop (Calico nextHopMode): originated routes always carry ours.
     mode = target.next_hop_mode
     if originated or mode is NextHopMode.SELF or (mode is NextHopMode.AUTO and to_ebgp):

@@ -25,10 +25,13 @@ import structlog
 from rib.bestpath import BestReason, select_best
 from rib.changes import Changes, ExportDelta, Rejection, best_change
 from rib.inputs import (
+    FilterAction,
     MaxPrefixAction,
     PeerPolicy,
     RibConfig,
+    apply_operations,
     communities_for,
+    first_rule,
     parse_prefix,
 )
 from rib.kernel import KernelContext, KernelRoute, kernel_route
@@ -58,8 +61,8 @@ class _Peer:
     the peer invents.
     """
 
-    __slots__ = ("accepted", "acct", "adj_in", "adj_out", "end_of_rib", "policy", "rejected",
-                 "streams", "up")
+    __slots__ = ("accepted", "acct", "adj_in", "adj_out", "end_of_rib", "orig", "policy",
+                 "rejected", "streams", "up")
 
     def __init__(self, policy: PeerPolicy, acct: _Peer | None = None) -> None:
         self.policy = policy
@@ -71,6 +74,9 @@ class _Peer:
         self.acct: _Peer = self if acct is None else acct
         self.end_of_rib = False
         self.streams: dict[int, _Peer] = {}  # ADD-PATH identifier -> its paths
+        # Paths an import rule's operations changed: adj_in holds the changed path (the
+        # Loc-RIB candidate), ``orig`` what the peer sent (pre-policy views, re-import).
+        self.orig: dict[str, Path] = {}
 
     def all(self) -> list[_Peer]:
         """The session's own state and its ADD-PATH streams."""
@@ -147,7 +153,7 @@ class Rib:
         """A copy of what ``key`` sent (``post_policy``: only what import accepted)."""
         peer = self._peer(key)
         if not post_policy:
-            return dict(peer.adj_in)
+            return {**peer.adj_in, **peer.orig}
         rej = peer.rejected
         return {p: path for p, path in peer.adj_in.items() if p not in rej}
 
@@ -270,6 +276,8 @@ class Rib:
                 adj_in[prefix] = stale
                 if prefix not in rej:
                     self._replace_candidate(prefix, path, stale, touched)
+            for prefix, path in part.orig.items():
+                part.orig[prefix] = dataclasses.replace(path, stale=True)
         self._settle(touched, changes)
         return changes
 
@@ -443,6 +451,8 @@ class Rib:
         path = peer.adj_in.pop(prefix, None)
         if path is None:
             return
+        if peer.orig:
+            peer.orig.pop(prefix, None)
         if peer.rejected.pop(prefix, None) is None:
             peer.acct.accepted -= 1
             self._replace_candidate(prefix, path, None, touched)
@@ -460,10 +470,16 @@ class Rib:
         dests = self._dest
         if not isinstance(paths, (list, tuple)):
             paths = list(paths)
+        ops = policy.import_ops
+        orig = peer.orig
         for path, reason in zip(paths, import_reasons(paths, policy, ictx), strict=True):
             prefix = path.prefix
             old = adj_in.get(prefix)
             was_accepted = old is not None and prefix not in rejected
+            if ops:
+                path = self._import_operations(path, policy, orig)
+            elif orig:
+                orig.pop(prefix, None)
             adj_in[prefix] = path
             if reason is None and not was_accepted and limit is not None and (
                 acct.accepted >= limit
@@ -493,6 +509,21 @@ class Rib:
                     acct.accepted -= 1
                     self._replace_candidate(prefix, old, None, touched)
 
+    @staticmethod
+    def _import_operations(path: Path, policy: PeerPolicy, orig: dict[str, Path]) -> Path:
+        """The path as the first matching import rule's operations leave it (BGPFilter
+        addCommunity / prependASPath / setPriority); the original is kept in ``orig``."""
+        rule = first_rule(policy.import_filters, parse_prefix(path.prefix), False, path)
+        if rule is None or not rule.operations or rule.action is not FilterAction.ACCEPT:
+            orig.pop(path.prefix, None)
+            return path
+        comms, large, as_path, lp = apply_operations(
+            rule.operations, path.communities, path.large_communities, path.as_path,
+            path.local_pref)
+        orig[path.prefix] = path
+        return dataclasses.replace(path, communities=comms, large_communities=large,
+                                   as_path=as_path, local_pref=lp)
+
     def _reimport(
         self,
         peer: _Peer,
@@ -508,12 +539,14 @@ class Rib:
         parts = peer.all()
         olds = []
         for part in parts:
-            olds.append((part.rejected, part.adj_in))
+            # Re-import what the peer sent, not what an import operation made of it.
+            olds.append((part.rejected, {**part.adj_in, **part.orig}))
             for prefix, path in part.adj_in.items():
                 if prefix not in part.rejected:
                     self._replace_candidate(prefix, path, None, touched)
             part.rejected = {}
             part.adj_in = {}
+            part.orig = {}
         sub = Changes()
         for part, (old_rejected, old_in) in zip(parts, olds, strict=True):
             mark = len(sub.rejected)
