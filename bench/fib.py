@@ -6,7 +6,7 @@ In a fresh namespace (removed at the end) with a veth giving two gateways:
 install N /26 routes via a gateway, replace 10% with another gateway, delete
 all — first with podbgp (protocol 201), then with `ip -batch` (protocol 202,
 numeric: iproute2 6.1's -batch mislabels named protocols after a numeric one,
-LAB.md). Then times how long an external `ip route del` takes to be repaired.
+docs/testing.md). Then times how long an external `ip route del` takes to be repaired.
 The last line is `fib: podbgp <X> routes/s, ip-batch <Y> routes/s, ratio <X/Y>`
 for the install.
 """

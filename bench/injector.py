@@ -3,7 +3,7 @@
     ip netns exec INJ python -m bench.injector --listen 172.31.0.2 --local-as 65001 \
         --count 100000 --next-hop 172.31.0.2
 
-Why not GoBGP or BIRD as the injector: LAB.md saw a BIRD injector hold back
+Why not GoBGP or BIRD as the injector: docs/testing.md: we saw a BIRD injector hold back
 its last UPDATEs for ~1 s, which skews the clock; this one builds every
 message before the session starts and writes them in one ``sendall``.
 

@@ -119,7 +119,7 @@ class RouteRefresh:
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
-    """ExaBGP itself is stopping (its own notice, not a BGP NOTIFICATION)."""
+    """The speaker process itself is stopping (its own notice, not a BGP NOTIFICATION)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""bgpd's command line (DESIGN.md "The user interface"): options, env fallbacks, checks.
+"""bgpd's command line (README.md, "Running it"): options, env fallbacks, checks.
 
 Every option falls back to the environment variable named beside it (Calico's
 names where Calico has one). A bad value is a usage error (exit 2) with one

@@ -1,7 +1,7 @@
 """`PeerSpec`: one BGP session this node wants, as planned from config.
 
 Produced by peer planning (bgpd/peers.py, pure) from a config Snapshot and this
-node's name; consumed by the speaker (renders ExaBGP config, diffs sessions on
+node's name; consumed by the speaker backend (renders its config, diffs sessions on
 reload) and by the daemon (peer types for /status, rib PeerRefs). Every field
 is already validated; the renderer still quotes/rejects anything odd.
 """

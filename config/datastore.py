@@ -88,7 +88,7 @@ class DatastoreStats:
 class UnknownFields:
     """Fields podbgp does not model, in resources read from a datastore.
 
-    Such a resource is used as it is (read leniently, DESIGN.md); each field
+    Such a resource is used as it is (read leniently, docs/calico-compatibility.md); each field
     is logged once per resource and field (``config_unknown_field``, at
     warning level) and counted once in ``stats.unknown_fields_total[kind]``
     (``podbgp_config_unknown_fields_total{kind}``), however often the

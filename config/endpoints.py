@@ -12,7 +12,7 @@ ipv4Gateway, ipv6Gateway, profiles, interfaceName, mac, ports,
 allowSpoofedSourcePrefixes, qosControls}``. The key is namespaced:
 ``/calico/resources/v3/projectcalico.org/workloadendpoints/<ns>/<name>``.
 
-Reading is lenient, writing faithful (DESIGN.md): a field this model does not
+Reading is lenient, writing faithful (docs/calico-compatibility.md): a field this model does not
 declare is kept and written back unchanged, and the spec's identity strings
 are not held to Calico's name regex (networking-calico writes upper-case
 endpoint ids straight into etcd). What is checked is what a consumer relies

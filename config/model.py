@@ -236,8 +236,8 @@ _FIELD_KEYS: dict[type, tuple[str, ...]] = {}
 class CalicoModel(BaseModel):
     """Base of every model of a Calico resource and of each part of one.
 
-    **Read leniently, write faithfully** (DESIGN.md "Calico's datastore, in
-    short"). A field the model does not declare is *kept*, not refused: it
+    **Read leniently, write faithfully** (docs/calico-compatibility.md, "Reading leniently,
+    writing faithfully"). A field the model does not declare is *kept*, not refused: it
     lands in ``model_extra`` and `model_dump` writes it back where it was, so
     a resource read from the datastore and written again loses nothing (also
     a ``None`` value, which ``exclude_none`` would otherwise drop). Whether

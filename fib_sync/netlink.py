@@ -9,7 +9,7 @@ go in one send and only the last asks for an ACK: the kernel processes a send
 in order and answers every failed message with an NLMSG_ERROR even without
 NLM_F_ACK, so once the chunk's ACK arrives every error of the chunk has
 arrived too, and the sequence number says which route it belongs to
-(LAB.md: ~190k routes/s against ~3.5k/s for one pyroute2 request per route).
+(docs/testing.md, Netlink throughput: ~190k routes/s against ~3.5k/s for one pyroute2 request per route).
 
 Routes that do not fit a template (multipath, a named device, onlink, direct
 routes) are encoded one by one with `rtmsg` and travel in the same chunks.

@@ -11,7 +11,7 @@ way round. Readers accept what real Calico datastores contain: blocks without
 ``sequenceNumber``/``deleted``, ``"secondary": null``, ``"handle_id": null``,
 the deprecated ``hostAffinity``, affinity ``deleted`` as the string "false".
 
-Read leniently, write faithfully (DESIGN.md): a key podbgp does not model
+Read leniently, write faithfully (docs/calico-compatibility.md): a key podbgp does not model
 (Calico's ``affinity_claim_time``, an allocation's ``alternateOwnerAttrs`` and
 ``releasedAt``, IPAM config's ``ipCooldownSeconds``, anything newer) is kept in
 the record's ``extra`` and written back unchanged by every operation.

@@ -1,6 +1,6 @@
 """`Path`: one route to one prefix as learned from (or originated for) one peer.
 
-Owned by rib/. The speaker (bgpd/) builds Paths from ExaBGP's JSON events; the
+Owned by rib/. The speaker backend (bgpd/) builds Paths from its peers' UPDATEs; the
 RIB stores them in Adj-RIB-In and Loc-RIB and never mutates one: policy makes a
 new record with ``dataclasses.replace``. A withdraw is a fact about a prefix
 from a peer (``Withdraw``), not a change to a Path.

@@ -222,3 +222,18 @@ def workdir() -> Iterator[Path]:
         yield d
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# --------------------------------------------------------------- timeouts
+
+UNIT_TIMEOUT = 120  # seconds; pyproject.toml's `timeout` is the ceiling for the rest
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Unit and fuzz tests need no component and no root: a tighter ceiling than the
+    suite's, so a hang there fails in two minutes, not fifteen."""
+    for item in items:
+        parts = item.path.relative_to(REPO).parts
+        if parts[:2] in (("tests", "unit"), ("tests", "fuzz")) and \
+                item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TIMEOUT))

@@ -1,4 +1,4 @@
-"""bgpctl: the calicoctl-style CLI (DESIGN.md "The user interface").
+"""bgpctl: the calicoctl-style CLI (README.md, "bgpctl").
 
 Owned by bgpd/. This module builds the argument parser, owns the resource
 verbs (create/apply/replace/delete/get) and the top-level error handling;

@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from bgpd.peerspec import PeerSpec
+from bgpd.speaker import PeerConfigError
 
 PROCESS_NAME = "podbgp"
 MAX_ASN = 4294967295
@@ -35,8 +36,9 @@ _SAFE_WORD = re.compile(r"[A-Za-z0-9_./+=@:%-]+")
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-class ExaBGPConfigError(ValueError):
-    """A value that cannot be rendered safely; the message names it."""
+class ExaBGPConfigError(PeerConfigError):
+    """A value that cannot be rendered safely; the message names it. The node sees it
+    as the backend-neutral ``bgpd.speaker.PeerConfigError``."""
 
 
 def _where(spec: PeerSpec | None, field: str) -> str:
@@ -240,7 +242,7 @@ def render_config(
 
 
 def render_env(local_addresses: Iterable[str], listen_port: int = 179) -> dict[str, str]:
-    """Environment overrides for ``exabgp server`` (EXABGP.md: Environment)."""
+    """Environment overrides for ``exabgp server`` (docs/exabgp.md, Environment)."""
     addrs = [str(_ip(a, "local address")) for a in local_addresses]
     if not addrs:
         # An empty tcp.bind means ExaBGP never listens: passive sessions never come up.

@@ -42,12 +42,13 @@ from bgpd.exabgp.conf import check_peers, render_config, render_env
 from bgpd.exabgp.launch import HELLO_COMMAND, RAW_COMMAND
 from bgpd.exabgp.parse import parse_line
 from bgpd.peerspec import PeerSpec
-from rib.path import Origin, PeerKind, PeerRef
+from bgpd.speaker import default_peer_ref
+from rib.path import Origin, PeerRef
 
 log = structlog.get_logger(__name__)
 
 PR_SET_PDEATHSIG = 1
-BATCH_SIZE = 500  # NLRI per `announce attributes` command (EXABGP.md: throughput)
+BATCH_SIZE = 500  # NLRI per `announce attributes` command (docs/exabgp.md, Commands)
 RAW_PART = 4000  # prefixes encoded at once for podbgp-send (~20 KiB of UPDATEs)
 RAW_CHUNK = 192 << 10  # octets of UPDATEs per podbgp-send command
 WINDOW = 32  # commands in flight before waiting for acks (each ack is a round trip)
@@ -542,6 +543,8 @@ class Speaker:
             self.stats.updates_received += 1
             if event.errors:
                 self._count_update_errors(event)
+        elif isinstance(event, ev.Shutdown):
+            log.warning("exabgp_shutdown_notice")
         self._events.put_nowait(event)
 
     def _count_update_errors(self, event: ev.Update) -> None:
@@ -614,6 +617,11 @@ class Speaker:
             raise ValueError("command: must be one line")
         await self._drain()
         return await self._wait_ack(self._send(command), command.split(" nlri ")[0][:200])
+
+    async def teardown(self, peer_key: PeerKey) -> None:
+        """End one session with a Cease (ExaBGP re-dials it as configured)."""
+        if not await self.command(f"neighbor {peer_key[0]} teardown 1"):
+            raise CommandFailed(f"teardown of {peer_key[0]}: exabgp answered error")
 
     async def _drain(self) -> None:
         if self._writer is not None:
@@ -1090,14 +1098,3 @@ class Speaker:
     def sessions_up(self) -> frozenset[str]:
         return frozenset(self._up)
 
-
-def default_peer_ref(spec: PeerSpec, open_msg: ev.Open | None) -> PeerRef:
-    """One PeerRef per session, with the peer's BGP identifier once its OPEN is seen."""
-    return PeerRef(
-        address=spec.address,
-        asn=spec.peer_as,
-        router_id=open_msg.router_id if open_msg else "0.0.0.0",
-        kind=PeerKind.IBGP if spec.peer_as == spec.local_as else PeerKind.EBGP,
-        rr_client=spec.rr_client,
-        local_asn=spec.local_as,
-    )

@@ -1,7 +1,7 @@
 """Prometheus metrics (names and meanings: docs/metrics.md).
 
-Components keep plain counters (fib_sync.FibStats, config DatastoreStats,
-SpeakerStats) and the daemon keeps per-peer state; this collector reads them
+Components keep plain counters (fib_sync.FibStats, config DatastoreStats, the
+speaker's stats) and the node core keeps per-peer state; this collector reads them
 at scrape time, so nothing is counted twice and config/, rib/, fib_sync/ stay
 free of the metrics library. Only the FIB pass histogram is observed as it
 happens (fed by FibSyncer's on_pass hook). Labels are bounded: peers and fixed
@@ -23,15 +23,6 @@ if TYPE_CHECKING:
     from bgpd.daemon import Daemon
 
 FIB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-
-
-def _exabgp_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("exabgp")
-    except Exception:
-        return "unknown"
 
 
 def datastore_families(ds, datastore: str, revision: int):
@@ -65,14 +56,15 @@ def datastore_families(ds, datastore: str, revision: int):
 class DaemonCollector:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
-        self._exabgp = _exabgp_version()
+        # The BGP backend names its own build labels (e.g. its version).
+        self._build = sorted(daemon.backend.build_info().items())
 
     def collect(self):
         d = self.d
         now = time.time()
         g = GaugeMetricFamily("podbgp_build_info", "Build information (always 1).",
-                              labels=["version", "exabgp_version"])
-        g.add_metric([__version__, self._exabgp], 1)
+                              labels=["version", *(k for k, _ in self._build)])
+        g.add_metric([__version__, *(v for _, v in self._build)], 1)
         yield g
 
         up = GaugeMetricFamily("podbgp_bgp_session_up", "1 when the session is Established.",
@@ -119,10 +111,10 @@ class DaemonCollector:
         yield CounterMetricFamily("podbgp_bgp_updates_received",
                                   "UPDATE events from the speaker.",
                                   value=sp.updates_received if sp else 0)
-        yield CounterMetricFamily("podbgp_speaker_restarts", "ExaBGP child restarts.",
+        yield CounterMetricFamily("podbgp_speaker_restarts", "BGP speaker process restarts.",
                                   value=sp.restarts if sp else 0)
         yield CounterMetricFamily("podbgp_speaker_garbage_events",
-                                  "Unparseable lines from ExaBGP.",
+                                  "Unparseable lines from the BGP speaker.",
                                   value=sp.garbage_lines if sp else 0)
         yield from _session_outcomes(sp)
 

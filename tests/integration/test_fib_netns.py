@@ -3,7 +3,7 @@
 Each test makes its own namespace (conftest `netns`), with veth pairs inside
 it to give the routes reachable gateways: `veth0` holds 10.1.0.1/24 and
 fd01::1/64, a veth named `tunl0` stands in for Calico's IPIP device (this
-kernel has no ipip module, LAB.md).
+kernel has no ipip module, docs/testing.md).
 """
 
 from __future__ import annotations

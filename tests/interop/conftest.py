@@ -198,7 +198,7 @@ class Bird(Peer):
         self.version = version
         if version == 1:
             require(BIRD1_DIR.joinpath("bird").exists(),
-                    f"needs BIRD 1.6 unpacked at {BIRD1_DIR} (see LAB.md)")
+                    f"needs BIRD 1.6 unpacked at {BIRD1_DIR} (see docs/testing.md)")
             self.bird, self.birdc_bin = str(BIRD1_DIR / "bird"), str(BIRD1_DIR / "birdc")
         else:
             self.bird, self.birdc_bin = require_binary("bird"), require_binary("birdc")

@@ -23,7 +23,7 @@ UNIT = REPO / "deploy" / "systemd" / "podbgp.service"
 ENV_EXAMPLE = REPO / "deploy" / "systemd" / "podbgp.env.example"
 VENV_BIN = Path(sys.executable).parent
 
-# bgpd's environment fallbacks (../shared/DESIGN.md, "The user interface").
+# bgpd's environment fallbacks (README.md, "Running it").
 BGPD_ENV = {
     "NODENAME", "DATASTORE_TYPE", "ETCD_ENDPOINTS", "ETCD_CA_CERT_FILE",
     "ETCD_CERT_FILE", "ETCD_KEY_FILE", "PODBGP_CONFIG_FILE", "PODBGP_HTTP_LISTEN",

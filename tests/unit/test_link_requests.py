@@ -8,7 +8,7 @@ IFA_LOCAL/IFA_ADDRESS (if_addr.h). Each is also cross-checked against
 pyroute2's independent encoder, so a wrong constant in either shows up.
 
 The IPIP request cannot be exercised on this kernel (no `ipip` module, see
-shared/LAB.md): its golden bytes are what stands between podbgp and a kernel
+docs/testing.md): its golden bytes are what stands between podbgp and a kernel
 that has the module. The VXLAN request is also checked against the real
 kernel in tests/integration/test_overlay_netns.py.
 """

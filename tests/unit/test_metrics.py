@@ -34,6 +34,7 @@ class FakeDaemon:
     def __init__(self) -> None:
         now = time.time()
         self.opts = SimpleNamespace(datastore="etcdv3")
+        self.backend = SimpleNamespace(build_info=lambda: {"exabgp_version": "5.0.15"})
         self._peers = [
             {"address": "10.99.0.12", "type": "node-to-node mesh", "state": "up",
              "since_epoch": now - 100, "flaps": 2, "prefixes_received": 7,
@@ -173,13 +174,14 @@ def test_daemon_before_config_and_speaker() -> None:
 
 def test_real_daemon_exposes_the_documented_set(tmp_path: Path) -> None:
     """The real Daemon object (not started) renders every documented family."""
+    from bgpd import exabgp
     from bgpd.daemon import Daemon
     from bgpd.options import parse_options
 
     conf = tmp_path / "c.yaml"
     conf.write_text("")
     d = Daemon(parse_options(["--node", "n1", "--datastore", "file", "--config-file",
-                              str(conf), "--state-dir", str(tmp_path / "st")]))
+                              str(conf), "--state-dir", str(tmp_path / "st")]), backend=exabgp)
     text = d.metrics.render().decode()
     names = set()
     for fam in text_string_to_metric_families(text):

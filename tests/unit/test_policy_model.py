@@ -143,8 +143,8 @@ def test_rejected_naming_the_field(doc, field, reason):
 
 
 def test_unknown_fields_read_leniently_are_listed():
-    # Reading the datastore keeps a field podbgp does not model (DESIGN.md "read
-    # leniently"); the policy agent refuses to enforce such a policy (a match it
+    # Reading the datastore keeps a field podbgp does not model (docs/calico-compatibility.md,
+    # "Reading leniently"); the policy agent refuses to enforce such a policy (a match it
     # cannot see would make the rule broader), so the fields must be findable.
     from config.parse import unknown_fields
 

@@ -1,0 +1,110 @@
+"""What may import what (docs/architecture.md, "What may import what"), checked on the
+source: a layering rule that is only written down erodes with the first hurried fix."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGES = ("bgpd", "rib", "fib_sync", "config", "ipam", "policy")
+
+
+def modules(package: str) -> list[Path]:
+    return sorted(p for p in (REPO / package).rglob("*.py"))
+
+
+def rel(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
+
+
+def imports(path: Path) -> set[str]:
+    """Every module name ``path`` imports (absolute; relative ones resolved)."""
+    tree = ast.parse(path.read_text(), str(path))
+    pkg = rel(path).removesuffix(".py").split("/")[:-1]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = pkg[: len(pkg) - node.level + 1]
+                base = ".".join([*parent, base] if base else parent)
+            out.add(base)
+            out.update(f"{base}.{a.name}" for a in node.names)
+    return out
+
+
+def importers(target: str, where: tuple[str, ...] = PACKAGES) -> set[str]:
+    """Files under ``where`` that import ``target`` or anything below it."""
+    found = set()
+    for package in where:
+        for path in modules(package):
+            if any(m == target or m.startswith(target + ".") for m in imports(path)):
+                found.add(rel(path))
+    return found
+
+
+def test_only_the_exabgp_backend_imports_exabgp() -> None:
+    assert {f for f in importers("exabgp") if not f.startswith("bgpd/exabgp/")} == set()
+
+
+def test_only_the_composition_root_names_the_backend() -> None:
+    outside = {f for f in importers("bgpd.exabgp") if not f.startswith("bgpd/exabgp/")}
+    assert outside == {"bgpd/main.py"}
+
+
+def test_the_node_and_shell_use_the_speaker_interface_only() -> None:
+    for f in ("bgpd/node.py", "bgpd/daemon.py", "bgpd/peers.py", "bgpd/translate.py",
+              "bgpd/events.py", "bgpd/speaker.py"):
+        assert "bgpd.exabgp" not in {m[:11] for m in imports(REPO / f)}, f
+
+
+@pytest.mark.parametrize("forbidden", ["asyncio", "pyroute2", "subprocess", "config",
+                                       "fib_sync", "bgpd", "aetcd"])
+def test_rib_is_pure(forbidden: str) -> None:
+    assert importers(forbidden, ("rib",)) == set()
+
+
+CONFIG_IO = {"config/datastore.py", "config/etcd_store.py", "config/etcd_client.py",
+             "config/file_store.py"}
+
+
+@pytest.mark.parametrize("forbidden", ["asyncio", "aetcd", "grpc", "pyroute2", "bgpd", "rib",
+                                       "fib_sync"])
+def test_config_model_half_does_no_io(forbidden: str) -> None:
+    assert importers(forbidden, ("config",)) - CONFIG_IO == set()
+
+
+@pytest.mark.parametrize("forbidden", ["bgpd", "rib", "config", "ipam", "policy"])
+def test_fib_sync_knows_no_bgp_and_no_config(forbidden: str) -> None:
+    assert importers(forbidden, ("fib_sync",)) == set()
+
+
+def test_the_node_core_does_no_io_and_reads_no_clock() -> None:
+    path = REPO / "bgpd" / "node.py"
+    mods = imports(path)
+    for forbidden in ("asyncio", "socket", "subprocess", "fib_sync.syncer", "bgpd.daemon",
+                      "bgpd.ops"):
+        assert not any(m == forbidden or m.startswith(forbidden + ".") for m in mods), forbidden
+    calls = {f"{n.func.value.id}.{n.func.attr}" for n in ast.walk(ast.parse(path.read_text()))
+             if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and isinstance(n.func.value, ast.Name)}
+    assert not calls & {"time.time", "time.monotonic", "time.sleep", "os.kill"}, calls
+
+
+@pytest.mark.parametrize("package", ["bgpd/ops", "bgpd/ctl"])
+def test_ops_and_ctl_import_no_backend(package: str) -> None:
+    assert importers("bgpd.exabgp", (package,)) == set()
+    assert importers("exabgp", (package,)) == set()
+
+
+def test_the_rules_see_real_imports() -> None:
+    """The checker itself: it finds imports that exist (else every rule passes vacuously)."""
+    assert "bgpd/exabgp/launch.py" in importers("exabgp")
+    assert "bgpd/daemon.py" in importers("fib_sync")
+    assert "config/etcd_store.py" in importers("aetcd", ("config",))
+    assert "bgpd.speaker.PeerConfigError" in imports(REPO / "bgpd" / "exabgp" / "conf.py")
