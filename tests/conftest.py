@@ -13,13 +13,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.wait import until_sync
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -107,17 +108,16 @@ class EtcdServer:
         log = open(self.data_dir.parent / "etcd.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(self._cmd(), stdout=log, stderr=log)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+
+        def healthy() -> bool:
+            if self.proc.poll() is not None:  # never healthy now: fail at once
                 raise RuntimeError(
                     f"etcd exited with {self.proc.returncode}: "
                     + (self.data_dir.parent / "etcd.log").read_text()[-2000:]
                 )
-            if self._healthy():
-                return
-            time.sleep(0.02)
-        raise RuntimeError("etcd did not become healthy in time")
+            return self._healthy()
+
+        until_sync(healthy, timeout, "etcd to become healthy", interval=0.02)
 
     def _healthy(self) -> bool:
         cmd = ["curl", "-s", "-m", "1", f"{self.endpoint}/health"]

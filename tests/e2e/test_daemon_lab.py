@@ -213,7 +213,13 @@ def test_routes_flow_both_ways_with_metrics_and_node_status(lab: Lab) -> None:
         assert metric(text, "podbgp_kernel_routes", kind="unicast") == 1
         assert metric(text, "podbgp_ready") == 1
         assert metric(text, "podbgp_config_stale") == 0
-        assert metric(text, "podbgp_convergence_seconds") > 0
+        # Converged by End-of-RIB from its one peer, not by the 120 s timer, and the
+        # gauge is the running daemon's start-to-convergence time (not a timestamp).
+        conv = events_named(lab, name, "converged")[-1]
+        assert conv["reason"] == "end-of-rib", conv
+        seconds = metric(text, "podbgp_convergence_seconds")
+        assert seconds == pytest.approx(conv["seconds"], abs=0.001)
+        assert 0 < seconds <= lab.status(name)["uptime_seconds"] and seconds < 120
         assert metric(text, "podbgp_datastore_connected", datastore="etcdv3") == 1
         assert lab.http_get(name, "/healthz")[0] == 200
         assert lab.http_get(name, "/readyz")[0] == 200

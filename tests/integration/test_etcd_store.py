@@ -12,6 +12,7 @@ from config.datastore import ResourceExists, ResourceNotFound
 from config.etcd_store import EtcdDatastore
 from config.keys import RESOURCES_PREFIX, affinity_key, resource_key
 from config.parse import parse_resource
+from tests.helpers.wait import until
 
 pytestmark = pytest.mark.etcd
 
@@ -41,11 +42,7 @@ async def wait_snapshot(store, pred, timeout: float = 10.0):
 
 
 async def wait_until(cond, timeout: float, step: float = 0.05) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(step)
+    await until(cond, timeout, "the store condition", interval=step)
 
 
 @pytest.fixture

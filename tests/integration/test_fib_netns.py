@@ -8,7 +8,6 @@ kernel has no ipip module, docs/testing.md).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ import pytest
 from fib_sync import FibSyncer, NextHop, Route, RouteKind, diff
 from fib_sync.netlink import NamespaceMissing
 from tests.conftest import require_root, unique_name
+from tests.helpers.wait import until
 
 P = 201
 
@@ -74,12 +74,7 @@ async def started(ns: str, syncers: list[FibSyncer], **kw) -> FibSyncer:
 
 async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
     """Wait for a kernel-side condition we cannot subscribe to from here."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+    await until(cond, timeout, "a kernel-side condition", interval=0.02)
 
 
 ALL_KINDS = [

@@ -18,6 +18,7 @@ from fib_sync import FibSyncer, NextHop, Route
 from fib_sync.link import IpipSpec, VxlanSpec
 from fib_sync.neigh import FdbEntry, Neighbour
 from fib_sync.overlay import ERROR, FOREIGN, OK, OverlaySyncer
+from tests.helpers.wait import WaitTimeout, until
 
 pytestmark = pytest.mark.root
 
@@ -77,12 +78,12 @@ def run(coro):
 
 
 async def _wait(pred, timeout=3.0):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if pred():
-            return True
-        await asyncio.sleep(0.02)
-    return pred()
+    """True once ``pred`` holds (``tests.helpers.wait.until``), False after ``timeout``."""
+    try:
+        await until(pred, timeout, "an overlay condition", interval=0.02)
+    except WaitTimeout:
+        return False
+    return True
 
 
 def test_vxlan_device_entries_and_routes_as_felix_makes_them(node) -> None:

@@ -25,6 +25,7 @@ from bgpd.peerspec import PeerSpec, PeerType
 from rib.path import Origin
 from rib.policy import ExportAttrs
 from tests.conftest import require_binary, unique_name
+from tests.helpers.wait import until as _until
 
 pytestmark = pytest.mark.root
 
@@ -177,12 +178,9 @@ async def wait_for_event(sp: Speaker, kind, timeout: float, pred=lambda e: True)
             return e, seen
 
 
-async def until(cond, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(interval)
+async def until(cond, timeout: float, what: str):
+    """Every 0.1 s: a condition here asks birdc, a process per poll."""
+    return await _until(cond, timeout, what, interval=0.1)
 
 
 ATTRS = ExportAttrs(next_hop=A, origin=Origin.IGP, as_path=(AS_A,), med=10,

@@ -19,11 +19,11 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from lab.harness import Lab, Node, run
 from tests.conftest import REPO, require, require_binary, require_root
+from tests.helpers.wait import until_sync
 
 BIRD1_DIR = REPO / ".cache" / "bird1" / "usr" / "sbin"
 FRR_DIR = Path("/usr/lib/frr")
@@ -106,26 +106,10 @@ def ns_prefixes(ns: str, proto: str | None = None) -> set[str]:
 
 
 def wait(lab: Lab, pred, what: str, timeout: float = 30.0, node: str | None = None):
-    """Poll ``pred`` every 50 ms until truthy; fail with the daemon's log tail.
-
-    An AssertionError from ``pred`` (e.g. "the peer process exited") fails at
-    once; other exceptions are retried (a CLI not answering yet) and reported.
-    """
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            v = pred()
-            if v:
-                return v
-        except AssertionError:
-            raise
-        except Exception as e:
-            last = e
-        time.sleep(0.05)
-    tail = f"\n--- {node} log tail ---\n{lab.daemon_log(node, 30)}" if node else ""
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
-                         + (f" (last error: {last})" if last else "") + tail)
+    """``tests.helpers.wait.until_sync`` with interop's habits: 50 ms polls, errors
+    from a CLI not answering yet retried, the daemon's log tail on failure."""
+    detail = (lambda: f"--- {node} log tail ---\n{lab.daemon_log(node, 30)}") if node else None
+    return until_sync(pred, timeout, what, interval=0.05, retry=(Exception,), detail=detail)
 
 
 def start_lab(lab: Lab, nodes: list[str], *extra: str, mesh: bool = True,

@@ -67,8 +67,9 @@ async def test_restart_keeps_adopted_routes_until_end_of_rib_then_sweeps_only_un
             assert lab.speaker.started and list(lab.speaker.peers) == [(N2, 179)]
             assert lab.daemon.convergence_seconds is None
 
+            await lab.advance(3)
             await up_with_routes(lab, N2, [B2])
-            assert lab.daemon.convergence_seconds is not None
+            assert lab.daemon.convergence_seconds == 3  # at End-of-RIB, long before the timer
             assert set(lab.kernel_routes()) == {OWN, B2}
             assert lab.kernel_routes()[B2].nexthops[0].gateway == N2
             # The re-announced route was never taken out of the kernel on the way.
@@ -116,7 +117,7 @@ async def test_timer_before_the_first_reconcile_waits_for_it(tmp_path) -> None:
         await lab.settle()
         # Converged by the (earlier) timer right after the first pass: B2 was not
         # re-confirmed by anybody, so it goes.
-        assert lab.daemon.convergence_seconds is not None
+        assert lab.daemon.convergence_seconds == 6
         assert set(lab.kernel_routes()) == {OWN}
 
 
@@ -279,18 +280,23 @@ async def test_peer_added_and_removed_by_config(tmp_path) -> None:
         assert [p["address"] for p in lab.daemon.peer_states()] == [N2]
 
 
-async def test_pool_disabled_drops_imported_routes_and_own_blackhole(tmp_path) -> None:
+async def test_pool_disabled_keeps_routing_pool_removed_drops_its_routes(tmp_path) -> None:
+    """A disabled pool still routes (Calico's pool migration: no new blocks, existing ones
+    keep working); a pool that is gone takes the routes inside it with it (import accepts
+    only prefixes of a pool)."""
     async with NodeLab(tmp_path) as lab:
         lab.publish(cluster())
         await lab.settle()
         await up_with_routes(lab, N2, [B2])
         assert {OWN, B2} <= set(lab.kernel_routes())
-        snap = snapshot(node("n1", N1), node("n2", N2),
-                        pool("default", "10.244.0.0/16", disabled=True),
-                        blocks={"n1": [OWN], "n2": [B2]}, revision=2)
-        lab.publish(snap)
+        lab.publish(snapshot(node("n1", N1), node("n2", N2),
+                             pool("default", "10.244.0.0/16", disabled=True),
+                             blocks={"n1": [OWN], "n2": [B2]}, revision=2))
         await lab.settle()
-        # Import accepts only prefixes of an enabled pool: n2's block goes.
+        assert {OWN, B2} <= set(lab.kernel_routes())
+        lab.publish(snapshot(node("n1", N1), node("n2", N2), pool("other", "10.250.0.0/16"),
+                             blocks={"n1": [OWN], "n2": [B2]}, revision=3))
+        await lab.settle()
         assert B2 not in lab.kernel_routes()
         assert lab.intent() == lab.kernel_routes()
         peer = lab.daemon.peer_states()[0]

@@ -9,7 +9,6 @@ speaker's own logic: diffing, batching, acks, reload, restart, resend, pid file.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -25,6 +24,7 @@ from bgpd.exabgp.speaker import Speaker, _redact, attributes_text
 from bgpd.peerspec import PeerSpec, PeerType
 from rib.path import Origin
 from rib.policy import ExportAttrs
+from tests.helpers.wait import until, until_sync
 
 FAKE = textwrap.dedent(
     """\
@@ -360,10 +360,7 @@ def test_child_dies_with_the_daemon(tmp_path, fake_exabgp) -> None:
         assert FsPath(f"/proc/{child}").exists()
         daemon.kill()
         daemon.wait(5)
-        deadline = time.monotonic() + 5
-        while _alive(child) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(child), "ExaBGP outlived the daemon"
+        until_sync(lambda: not _alive(child), 5, "ExaBGP to die with the daemon")
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -407,10 +404,7 @@ async def _next(sp: Speaker, kind, timeout: float = 10):
 
 
 async def _until(cond, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+    await until(cond, timeout, "the speaker condition", interval=0.05)
 
 
 
