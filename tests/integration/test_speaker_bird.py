@@ -178,9 +178,9 @@ async def wait_for_event(sp: Speaker, kind, timeout: float, pred=lambda e: True)
             return e, seen
 
 
-async def until(cond, timeout: float, what: str):
-    """Every 0.1 s: a condition here asks birdc, a process per poll."""
-    return await _until(cond, timeout, what, interval=0.1)
+async def until(cond, timeout: float, what: str, interval: float = 0.1):
+    """Every 0.1 s by default: a condition here asks birdc, a process per poll."""
+    return await _until(cond, timeout, what, interval=interval)
 
 
 ATTRS = ExportAttrs(next_hop=A, origin=Origin.IGP, as_path=(AS_A,), med=10,
