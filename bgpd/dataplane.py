@@ -7,7 +7,7 @@ every device-state change and hands the pieces to their owners:
 to rib (RibConfig), ``nat`` to fib_sync.nat.NatSyncer, ``tunnel_needs`` to the
 tunnel-address allocation (ipam.tunnel), ``problems`` to the log and /status.
 
-Who owns the data plane (DESIGN.md "The node data plane"):
+Who owns the data plane (docs/architecture.md, "The node's data plane"):
 - standalone (``--dataplane on``, the default: systemd unit, the standalone
   DaemonSet, the demo): podbgp is BIRD and Felix at once. It makes the VXLAN
   device and ``tunl0``, programs every cluster route (Calico's

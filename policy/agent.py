@@ -1,5 +1,6 @@
 """podbgp-policy: the per-node process that keeps the node's nftables policy table
-equal to what the datastore says (DESIGN.md "The node data plane").
+equal to what the datastore says (docs/architecture.md, "The node's data plane";
+docs/policy.md).
 
 Owned by policy/. One asyncio process, separate from bgpd so that a policy
 fault never takes routing down. Its loop:

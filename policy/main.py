@@ -1,4 +1,4 @@
-"""`podbgp-policy`: the policy agent's command line (DESIGN.md "The user interface").
+"""`podbgp-policy`: the policy agent's command line (docs/policy.md; README.md).
 
 Shares bgpd's node, datastore, HTTP and logging options and environment
 variables (bgpd.options.add_common_arguments); its own are the table name, the

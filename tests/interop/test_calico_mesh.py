@@ -124,7 +124,7 @@ def podbgp_peer(lab: Lab, node: str, ip: str) -> dict | None:
 @pytest.fixture(scope="module")
 def mesh():
     require_interop_root()
-    require(BIRD1_DIR.joinpath("bird").exists(), f"needs BIRD 1.6 at {BIRD1_DIR} (LAB.md)")
+    require(BIRD1_DIR.joinpath("bird").exists(), f"needs BIRD 1.6 at {BIRD1_DIR} (docs/testing.md)")
     with Lab(nodes=len(PODBGP)) as lab:
         ips = {n: lab.nodes[n].ip for n in PODBGP}
         ips.update({n: f"10.99.0.{100 + i}" for n, i in BIRDS.items()})
