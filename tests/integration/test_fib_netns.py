@@ -8,6 +8,7 @@ kernel has no ipip module, docs/testing.md).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
