@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.helpers.wait import until_sync
 
@@ -146,6 +147,17 @@ class EtcdServer:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]
         env = {**os.environ, "ETCDCTL_API": "3"}
         return subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_restored() -> Iterator[None]:
+    """Whatever a test configures in-process (a CNI plugin's main() sets a
+    WARNING-level filtering logger; the daemon's logging caches loggers) is put
+    back after it, so a later test's capture_logs() sees every event."""
+    saved = structlog.get_config()
+    yield
+    structlog.reset_defaults()
+    structlog.configure(**saved)
 
 
 @pytest.fixture
