@@ -60,7 +60,17 @@ def rib_config(snap: Snapshot, me: LocalNode, *, max_paths: int = 1,
     for addr in (bgp.ipv4_address, bgp.ipv6_address) if bgp else ():
         if addr:
             subnets.append(str(ipaddress.ip_interface(addr).network))
+    held: list[str] = []
+    lent: list[tuple[str, str]] = []
+    for x in snap.lent:
+        if x.holder == me.name:
+            held.append(x.prefix)
+        elif x.owner == me.name:
+            holder = snap.node_bgp_addresses(x.holder)[1 if ":" in x.ip else 0]
+            if holder:
+                lent.append((x.prefix, holder))
     return rib.RibConfig(
+        held=tuple(held), lent=tuple(lent),
         local_asn=me.asn, router_id=me.router_id, cluster_id=me.cluster_id,
         node_addresses=frozenset(me.addresses), own_blocks=snap.node_blocks(me.name),
         node_subnets=tuple(dict.fromkeys(subnets)), pools=pools,

@@ -196,8 +196,9 @@ def build_snapshot(
     resources: Iterable[Any],
     affinities: Iterable[Any],
     rejected: Mapping[str, str],
+    lent: Iterable[Any] = (),
 ) -> Any:
-    """A Snapshot from parsed resources (any order) and Affinity records."""
+    """A Snapshot from parsed resources (any order), Affinity and Lent records."""
     from config.snapshot import Snapshot
 
     maps: dict[str, dict[str, Any]] = {f: {} for f in SNAPSHOT_FIELDS.values()}
@@ -211,5 +212,6 @@ def build_snapshot(
         revision=revision,
         affinities=affs,
         rejected=dict(sorted(rejected.items())),
+        lent=tuple(sorted(lent, key=lambda x: (x.owner, x.ip))),
         **ordered,
     )

@@ -10,9 +10,13 @@ one event at a time, but a Calico transaction is one watch *response*; taking
 whole responses lets one snapshot reflect one revision, and lets us see the
 `compact_revision` of a resumed watch directly.
 
-One range watch covers both prefixes we read (`/calico/ipam/v2/host/` sorts
-before `/calico/resources/v3/projectcalico.org/`), so there is a single
-revision to resume from; keys between them are ignored.
+One range watch covers every prefix we read (`/calico/ipam/v2/assignment/`
+and `/calico/ipam/v2/host/` sort before `/calico/resources/v3/projectcalico.org/`),
+so there is a single revision to resume from; keys between them (IPAM handles,
+the IPAM config) are ignored. Of an IPAM block only its borrowed addresses are
+kept (`Snapshot.lent`), and a block write publishes a snapshot only when those
+change, so pods coming and going in their own node's blocks cost a parse, not a
+new plan.
 """
 
 from __future__ import annotations
@@ -132,6 +136,8 @@ class EtcdDatastore:
         self._resources: dict[str, Any] = {}
         self._affinities: dict[str, Any] = {}
         self._rejected: dict[str, str] = {}
+        self._lent: dict[str, tuple] = {}  # IPAM block key -> its borrowed addresses
+        self._block_errors: dict[str, str] = {}
         self._unknown = UnknownFields(self.stats)
         self._channel = SnapshotChannel()
         self._task: asyncio.Task | None = None
@@ -274,10 +280,12 @@ class EtcdDatastore:
         res_resp = await self._range(client, ckeys.RESOURCES_PREFIX)
         rev = res_resp.header.revision
         aff_resp = await self._range(client, ckeys.IPAM_HOST_PREFIX, revision=rev)
+        blocks = (await self._range(client, ckeys.IPAM_BLOCK_PREFIX, revision=rev)).kvs \
+            if self._wants_blocks() else ()
         old_res, old_aff = self._resources, self._affinities
-        self._resources, self._affinities = {}, {}
+        self._resources, self._affinities, self._lent = {}, {}, {}
         old_rejected, self._rejected = self._rejected, {}
-        for kv in (*res_resp.kvs, *aff_resp.kvs):
+        for kv in (*res_resp.kvs, *aff_resp.kvs, *blocks):
             key = kv.key.decode("utf-8", "replace")
             self._apply_put(key, kv.value, old_res, old_aff, old_rejected)
         self._unknown.keep_only(self._resources)
@@ -302,6 +310,8 @@ class EtcdDatastore:
         if route is None:
             return False  # another Calico kind (felixconfigurations, ...): not ours
         where, parse = route
+        if where == "block":
+            return self._apply_block(key, raw, parse)
         if where == "affinity":
             target, previous = self._affinities, old_aff
         else:
@@ -326,12 +336,41 @@ class EtcdDatastore:
         self._rejected.pop(key, None)
         return True
 
+    def _apply_block(self, key: str, raw: bytes, parse: Any) -> bool:
+        """An IPAM block: only its borrowed addresses matter (``Snapshot.lent``); True
+        when they changed. A block podbgp cannot read lends nothing (logged once)."""
+        try:
+            lent = parse(key, raw)
+        except Exception as e:  # a hostile or foreign value: never fatal
+            text = str(e)
+            if self._block_errors.get(key) != text:
+                self._block_errors[key] = text
+                log.warning("ipam_block_unreadable", key=key, reason=text[:200],
+                            note="its borrowed addresses are not routed")
+            lent = ()
+        else:
+            self._block_errors.pop(key, None)
+        if self._lent.get(key, ()) == lent:
+            return False
+        if lent:
+            self._lent[key] = lent
+        else:
+            self._lent.pop(key, None)
+        return True
+
+    def _wants_blocks(self) -> bool:
+        """Whether this datastore keeps IPAM blocks (a subclass that does not, e.g. the
+        policy agent's, neither loads nor watches them)."""
+        return self._parser_for(ckeys.IPAM_BLOCK_PREFIX + "ipv4/block/0.0.0.0-32") is not None
+
     def _parser_for(self, key: str) -> tuple[str, Any] | None:
-        """("affinity"|"resource", parse function) for a key this datastore keeps,
-        None for one it ignores. A subclass watching other kinds (the policy
+        """("affinity"|"resource"|"block", parse function) for a key this datastore
+        keeps, None for one it ignores. A subclass watching other kinds (the policy
         agent's) overrides this and `_build_snapshot`."""
         if key.startswith(ckeys.IPAM_HOST_PREFIX):
             return "affinity", cparse.parse_affinity
+        if key.startswith(ckeys.IPAM_BLOCK_PREFIX) and "/block/" in key:
+            return "block", cparse.parse_block_lending
         parsed_key = ckeys.parse_resource_key(key)
         if parsed_key is None or parsed_key[0] not in SNAPSHOT_FIELDS:
             return None
@@ -339,11 +378,12 @@ class EtcdDatastore:
 
     def _build_snapshot(self) -> Any:
         return build_snapshot(self.revision, self._resources.values(),
-                              self._affinities.values(), self._rejected)
+                              self._affinities.values(), self._rejected,
+                              [x for lent in self._lent.values() for x in lent])
 
     def _apply_delete(self, key: str) -> bool:
         hit = False
-        for d in (self._resources, self._affinities, self._rejected):
+        for d in (self._resources, self._affinities, self._rejected, self._lent):
             hit = d.pop(key, None) is not None or hit
         self._unknown.forget(key)
         return hit
@@ -354,7 +394,10 @@ class EtcdDatastore:
         self._channel.publish(snap)
 
     async def _watch(self, client: EtcdClient, on_established: Any = None) -> None:
-        start = ckeys.IPAM_HOST_PREFIX.encode()
+        # One range from the IPAM blocks to the resources: blocks, config, handles
+        # (ignored), host affinities, then /calico/resources/v3/...
+        first = ckeys.IPAM_BLOCK_PREFIX if self._wants_blocks() else ckeys.IPAM_HOST_PREFIX
+        start = first.encode()
         end = prefix_range_end(ckeys.RESOURCES_PREFIX.encode())
         create = rpc.WatchRequest(create_request=rpc.WatchCreateRequest(
             key=start, range_end=end, start_revision=self.revision + 1,

@@ -1282,6 +1282,24 @@ class Affinity:
         return ipaddress.ip_network(self.cidr)
 
 
+@dataclass(frozen=True, slots=True)
+class Lent:
+    """An address of ``owner``'s IPAM block that IPAM allocated to a pod on ``holder``
+    (a borrowed address: the allocation's ``secondary`` attribute ``node``).
+
+    Calico routes it as a /32 (/128) from the holder, which overrides the owner's
+    block route; built by `config.parse.parse_block_lending` from IPAM blocks.
+    """
+
+    ip: str
+    holder: str
+    owner: str
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.ip}/{128 if ':' in self.ip else 32}"
+
+
 Resource = IPPool | BGPConfiguration | BGPPeer | BGPFilter | Node | BlockAffinity
 
 MODELS: dict[str, type[_Resource]] = {

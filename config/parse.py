@@ -23,6 +23,7 @@ from config.model import (
     MODELS,
     Affinity,
     BlockAffinity,
+    Lent,
     Resource,
     _loose_bool,
 )
@@ -30,6 +31,7 @@ from config.policy import POLICY_MODELS
 
 __all__ = [
     "parse_affinity",
+    "parse_block_lending",
     "parse_json",
     "parse_namespaced_json",
     "parse_resource",
@@ -428,3 +430,25 @@ def affinity_value(affinity: Affinity) -> bytes:
         {"state": affinity.state, "deleted": affinity.deleted}, separators=(",", ":")
     ).encode()
 
+
+
+def parse_block_lending(key: str, raw: bytes | str) -> tuple[Lent, ...]:
+    """The borrowed addresses of one IPAM block (``/calico/ipam/v2/assignment/...``):
+    allocations whose ``secondary.node`` is not the block's affine host.
+
+    Raises ``ValueError`` (naming key and field) for a block that is not Calico's shape.
+    """
+    from ipam.model import IPAMBlock  # stdlib-only records; ipam/ owns their shape
+
+    block = IPAMBlock.from_json(key, raw)
+    owner = block.host
+    if owner is None or block.deleted:
+        return ()
+    out = []
+    for ordinal, idx in enumerate(block.allocations):
+        if idx is None:
+            continue
+        holder = block.attributes[idx].secondary.get("node")
+        if holder and holder != owner:
+            out.append(Lent(str(block.ip(ordinal)), holder, owner))
+    return tuple(out)

@@ -23,6 +23,7 @@ from config.model import (
     BGPPeer,
     BlockAffinity,
     IPPool,
+    Lent,
     Node,
     Resource,
 )
@@ -61,6 +62,8 @@ class Snapshot:
     nodes: Mapping[str, Node] = field(default_factory=lambda: _EMPTY)
     affinities: tuple[Affinity, ...] = ()
     rejected: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    # Addresses of one node's blocks held by pods on another (IPAM "borrowing").
+    lent: tuple[Lent, ...] = ()
 
     def __post_init__(self) -> None:
         # Read-only views, so a consumer cannot change a shared snapshot by accident.
@@ -71,6 +74,8 @@ class Snapshot:
                 object.__setattr__(self, name, _frozen(value))
         if not isinstance(self.affinities, tuple):
             object.__setattr__(self, "affinities", tuple(self.affinities))
+        if not isinstance(self.lent, tuple):
+            object.__setattr__(self, "lent", tuple(self.lent))
 
     @classmethod
     def from_resources(

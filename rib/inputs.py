@@ -384,6 +384,13 @@ class RibConfig:
     route_metric: int = 0  # kernel route metric (priority)
     tunnel_device: str = "tunl0"
     cluster_routes: ClusterRoutes = ClusterRoutes()
+    # Borrowed addresses (IPAM allocated an address of one node's block to a pod on
+    # another): ``held`` are the /32s (/128s) this node's pods hold in other nodes'
+    # blocks, originated and advertised like blocks; ``lent`` are (/32, the holder's
+    # address) of this node's blocks, the only more-specifics of an own block that
+    # import accepts, and only with the holder as next hop.
+    held: tuple[str, ...] = ()
+    lent: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 < self.local_asn < 2**32:
@@ -404,7 +411,7 @@ class RibConfig:
         if not 0 <= self.route_metric < 2**32:
             raise ValueError(f"RibConfig.route_metric: {self.route_metric!r}: out of range")
         object.__setattr__(self, "node_addresses", frozenset(self.node_addresses))
-        for name in ("own_blocks", "node_subnets", "service_prefixes"):
+        for name in ("own_blocks", "node_subnets", "service_prefixes", "held"):
             vals = tuple(canonical_prefix(p, f"RibConfig.{name}") for p in getattr(self, name))
             object.__setattr__(self, name, vals)
 

@@ -57,11 +57,12 @@ class RejectReason(enum.StrEnum):
 class ImportContext:
     """Per-config precomputation for ``import_reason`` (parsed own blocks, pools)."""
 
-    __slots__ = ("cluster_id", "config", "own_blocks", "pools")
+    __slots__ = ("cluster_id", "config", "lent", "own_blocks", "pools")
 
     def __init__(self, config: RibConfig) -> None:
         self.config = config
         self.own_blocks = tuple(parse_prefix(b) for b in config.own_blocks)
+        self.lent = dict(config.lent)  # /32 of an own block -> the holder's address
         self.pools = tuple(sorted(config.pools, key=lambda p: -p.parsed[2]))
         self.cluster_id = config.cluster_id or config.router_id
 
@@ -79,7 +80,7 @@ def import_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectR
     if parsed[2] == 0:
         return RejectReason.DEFAULT_ROUTE
     for block in ctx.own_blocks:
-        if contains(block, parsed):
+        if contains(block, parsed) and not _lent_from_holder(path, ctx):
             return RejectReason.OWN_BLOCK
     reason = _attr_reason(path, policy, ctx)
     if reason is not None:
@@ -144,7 +145,8 @@ def import_reasons(
         reason = None
         for block in own_blocks:
             if contains(block, parsed):
-                reason = RejectReason.OWN_BLOCK
+                if not _lent_from_holder(path, ctx):
+                    reason = RejectReason.OWN_BLOCK
                 break
         if reason is not None:
             append(reason)
@@ -175,6 +177,12 @@ def import_reasons(
             continue
         append(None)
     return out
+
+
+def _lent_from_holder(path: Path, ctx: ImportContext) -> bool:
+    """A borrowed address of an own block, announced with the node holding it (IPAM's
+    allocation attribute) as next hop: the one more-specific of an own block accepted."""
+    return bool(ctx.lent) and ctx.lent.get(path.prefix) == path.next_hop
 
 
 def _attr_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectReason | None:

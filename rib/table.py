@@ -401,7 +401,7 @@ class Rib:
         self._kctx = KernelContext(config)
         self._intern.clear()
         local: dict[str, Path] = {}
-        for prefix in (*config.own_blocks, *config.service_prefixes):
+        for prefix in (*config.own_blocks, *config.service_prefixes, *config.held):
             std, large = communities_for(config.prefix_advertisements, parse_prefix(prefix))
             local[prefix] = Path(
                 prefix=prefix,

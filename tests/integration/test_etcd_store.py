@@ -282,3 +282,42 @@ async def test_endpoints_are_tried_in_turn(etcd):
         assert store.connected
     finally:
         await store.close()
+
+
+async def test_borrowed_addresses_of_ipam_blocks_reach_the_snapshot(etcd, store):
+    # An IPAM block write matters to routing only when its borrowed addresses change;
+    # a pod coming and going on the block's own node publishes no snapshot.
+    from config.model import Lent
+
+    key = "/calico/ipam/v2/assignment/ipv4/block/10.244.1.0-30"
+
+    def block(nodes):
+        attrs = [{"handle_id": f"h{i}", "secondary": {"node": n}} for i, n in enumerate(nodes)]
+        allocs = list(range(len(nodes))) + [None] * (4 - len(nodes))
+        return json.dumps({"cidr": "10.244.1.0/30", "affinity": "host:n1",
+                           "allocations": allocs,
+                           "unallocated": list(range(len(nodes), 4)),
+                           "attributes": attrs, "strictAffinity": False,
+                           "sequenceNumber": 1, "sequenceNumberForAllocation": {},
+                           "deleted": False})
+
+    put(etcd, key, block(["n1"]))
+    await store.start()
+    snap = await wait_snapshot(store, lambda s: s is not None)
+    assert snap.lent == ()
+    put(etcd, key, block(["n1", "n2"]))
+    snap = await wait_snapshot(store, lambda s: s.lent)
+    assert snap.lent == (Lent("10.244.1.1", "n2", "n1"),)
+    published = store.stats.snapshots_total
+    put(etcd, key, block(["n1", "n2", "n1"]))  # another own pod: nothing new to route
+    put(etcd, "/calico/ipam/v2/handle/h9", '{"block": {}, "deleted": false}')
+    put(etcd, resource_key("IPPool", "p9"), pool_json("p9", "10.9.0.0/16"))  # a marker
+    snap = await wait_snapshot(store, lambda s: "p9" in s.ippools)
+    assert store.stats.snapshots_total == published + 1 and snap.lent == (
+        Lent("10.244.1.1", "n2", "n1"),)
+    put(etcd, key, "{not json")  # unreadable: lends nothing, never fatal
+    snap = await wait_snapshot(store, lambda s: not s.lent)
+    etcd.etcdctl("del", key)
+    put(etcd, key, block(["n1", "n3"]))
+    snap = await wait_snapshot(store, lambda s: s.lent)
+    assert snap.lent == (Lent("10.244.1.1", "n3", "n1"),) and not snap.rejected

@@ -113,7 +113,7 @@ def test_peer_selector_peers_with_selected_nodes_using_their_as() -> None:
     assert [(p.address, p.peer_as, p.local_as, p.passive) for p in n2] == [
         ("10.0.0.1", 64512, 65010, False), ("10.0.0.3", 64512, 65010, False)]
     # The selected side peers back (Calico confd's reverse peerings), with the
-    # nodeSelector's nodes only: n1 dials n2 (lower address), never n3.
+    # nodeSelector's nodes only: n1 peers back with n2, never n3.
     n1 = plan_peers(s, "n1").peers
     assert [(p.address, p.peer_as, p.local_as, p.passive, p.peer_type) for p in n1] == [
         ("10.0.0.2", 65010, 64512, False, PeerType.NODE)]
