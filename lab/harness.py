@@ -167,6 +167,7 @@ class Pod:
     host_if: str = ""  # the pod's host-side interface (podbgp-cni), "" under a bridge
     labels: dict[str, str] = field(default_factory=dict)
     result: dict = field(default_factory=dict)  # the CNI ADD result
+    namespace: str = "default"  # the pod's Kubernetes namespace (K8S_POD_NAMESPACE)
 
 
 @dataclass
@@ -180,6 +181,8 @@ class Node:
     log_path: Path | None = None
     pods: dict[str, Pod] = field(default_factory=dict)
     cni_agent: subprocess.Popen | None = None
+    policy_agent: subprocess.Popen | None = None
+    policy_http: str = "127.0.0.1:9180"
 
 
 class Lab:
@@ -430,13 +433,36 @@ class Lab:
             _kill_pid(node.proc.pid, sig, wait=10)
             node.proc = None
 
-    def http_get(self, name: str, path: str) -> tuple[int, str]:
+    def start_policy_agent(self, name: str, *extra: str) -> Node:
+        """Run ``podbgp-policy`` in the node's namespace (its own nft table there)."""
+        node = self.nodes[name]
+        assert node.policy_agent is None or node.policy_agent.poll() is not None, \
+            f"the policy agent of {name} already runs"
+        node.policy_agent = self._spawn(
+            [bin_path("podbgp-policy"), "--node", name, "--etcd-endpoints", self.etcd_endpoint,
+             "--http-listen", node.policy_http, "--log-format", "json",
+             "--log-level", self.log_level, *extra],
+            node.ns, self.workdir / f"{name}-policy.log", env=self.env(node))
+        return node
+
+    def stop_policy_agent(self, name: str, sig: int = signal.SIGTERM) -> None:
+        node = self.nodes[name]
+        if node.policy_agent is not None:
+            _kill_pid(node.policy_agent.pid, sig, wait=10)
+            node.policy_agent = None
+
+    def policy_ready(self, name: str) -> bool:
+        """The node's policy agent answers /readyz with 200 (its table is programmed)."""
+        return self.http_get(name, "/readyz", self.nodes[name].policy_http)[0] == 200
+
+    def http_get(self, name: str, path: str, listen: str | None = None) -> tuple[int, str]:
+        """GET a path of the node's bgpd (or of ``listen``, another process of the node)."""
         node = self.nodes[name]
         code = ("import sys,urllib.request,urllib.error\n"
                 "try:\n r=urllib.request.urlopen(sys.argv[1],timeout=2); print(r.status); print(r.read().decode())\n"
                 "except urllib.error.HTTPError as e: print(e.code); print(e.read().decode())\n"
                 "except Exception as e: print(0); print(e)\n")
-        r = run(sys.executable, "-c", code, f"http://{node.http}{path}", ns=node.ns, check=False)
+        r = run(sys.executable, "-c", code, f"http://{listen or node.http}{path}", ns=node.ns, check=False)
         status, _, body = r.stdout.partition("\n")
         return int(status or 0), body
 
@@ -505,46 +531,52 @@ class Lab:
         return f"{d}:{CNI_BIN_DIR}"
 
     def cni_env(self, node: Node, command: str, pod_ns: str | None, container_id: str,
-                pod_name: str, ifname: str = "eth0") -> dict[str, str]:
+                pod_name: str, ifname: str = "eth0",
+                namespace: str = "default") -> dict[str, str]:
         return {**self.env(node), "CNI_COMMAND": command, "CNI_CONTAINERID": container_id,
                 "CNI_NETNS": f"/var/run/netns/{pod_ns}" if pod_ns else "",
                 "CNI_IFNAME": ifname, "CNI_PATH": self._cni_path(),
-                "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod_name}"}
+                "CNI_ARGS": (f"IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};"
+                             f"K8S_POD_NAME={pod_name}")}
 
     def cni_call(self, node: Node, command: str, pod_ns: str | None, container_id: str,
                  pod_name: str, conf: dict | None = None, env: dict | None = None,
-                 timeout: float = 60) -> subprocess.CompletedProcess:
+                 timeout: float = 60, namespace: str = "default") -> subprocess.CompletedProcess:
         """Run the pods' main CNI plugin on ``node`` as a runtime would (no check)."""
         plugin = (f"{CNI_BIN_DIR}/bridge" if self.cni == "bridge"
                   else str(Path(self._cni_path().split(":")[0]) / "podbgp-cni"))
         return run(plugin, ns=node.ns, input=json.dumps(conf or self.cni_conf(node)),
-                   env=env or self.cni_env(node, command, pod_ns, container_id, pod_name),
+                   env=env or self.cni_env(node, command, pod_ns, container_id, pod_name,
+                                           namespace=namespace),
                    check=False, timeout=timeout)
 
     def _cni(self, node: Node, command: str, pod_ns: str, container_id: str,
-             pod_name: str | None = None, labels: dict[str, str] | None = None) -> dict:
+             pod_name: str | None = None, labels: dict[str, str] | None = None,
+             namespace: str = "default") -> dict:
         if self.cni_agent and node.cni_agent is None and command == "ADD":
             self.start_cni_agent(node.name)
         r = self.cni_call(node, command, pod_ns, container_id, pod_name or pod_ns,
-                          conf=self.cni_conf(node, labels))
+                          conf=self.cni_conf(node, labels), namespace=namespace)
         if r.returncode != 0:
             raise RuntimeError(f"CNI {command} on {node.name}: {r.stdout.strip()} {r.stderr.strip()}")
         return json.loads(r.stdout) if r.stdout.strip() else {}
 
     def add_pod(self, node_name: str, pod: str | None = None,
-                labels: dict[str, str] | None = None) -> Pod:
+                labels: dict[str, str] | None = None, namespace: str = "default") -> Pod:
+        """One pod on a node; ``namespace`` is its Kubernetes namespace (the
+        WorkloadEndpoint's, so policies' namespace selectors apply to it)."""
         node = self.nodes[node_name]
         pod = pod or f"p{len(node.pods) + 1}"
         pod_ns = self._add_ns(f"{node.ns}{pod}")
         cid = uuid.uuid4().hex
-        result = self._cni(node, "ADD", pod_ns, cid, pod_ns, labels)
+        result = self._cni(node, "ADD", pod_ns, cid, pod_ns, labels, namespace)
         ip = result["ips"][0]["address"].split("/")[0]
         host_if = ""
         for iface in result.get("interfaces", []):
             if not iface.get("sandbox"):
                 host_if = iface["name"]
         p = Pod(name=pod, node=node_name, ns=pod_ns, ip=ip, container_id=cid, host_if=host_if,
-                labels=dict(labels or {}), result=result)
+                labels=dict(labels or {}), result=result, namespace=namespace)
         node.pods[pod] = p
         return p
 
@@ -597,7 +629,8 @@ class Lab:
         chosen = [node.pods[n] for n in (names if names is not None else list(node.pods))]
 
         def one(p: Pod):
-            return p, self.cni_call(node, "DEL", p.ns, p.container_id, p.ns)
+            return p, self.cni_call(node, "DEL", p.ns, p.container_id, p.ns,
+                                    namespace=p.namespace)
 
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             done = list(pool.map(one, chosen))
@@ -616,7 +649,7 @@ class Lab:
     def del_pod(self, node_name: str, pod: str) -> None:
         node = self.nodes[node_name]
         p = node.pods.pop(pod)
-        self._cni(node, "DEL", p.ns, p.container_id, p.ns)
+        self._cni(node, "DEL", p.ns, p.container_id, p.ns, namespace=p.namespace)
         _del_ns(p.ns)
         self.namespaces.remove(p.ns)
         self._save_state()

@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -163,8 +164,6 @@ def eventually(probers: dict[str, Prober], peers: Iterable[Peer], allowed,
                probe_timeout: float = 0.5, confirm: bool = True) -> str | None:
     """Probe until the table is the expected one (policy takes a moment to arrive) and,
     with `confirm`, stays so for one more round; None, or the last report on timeout."""
-    import time
-
     peers, ports = list(peers), list(ports)
     want = expect(peers, allowed, ports)
     deadline = time.monotonic() + timeout
@@ -178,3 +177,44 @@ def eventually(probers: dict[str, Prober], peers: Iterable[Peer], allowed,
             return None
         time.sleep(0.2)
     return report
+
+
+class Continuous:
+    """Probes some pairs every `interval` s in the background (TCP 80), recording every
+    result in order: for faults, where what matters is that a denied pair never once
+    got through and an allowed one was never blocked for long.
+
+    `pairs` maps a name to (prober id, destination address)."""
+
+    def __init__(self, probers: dict[str, Prober], pairs: dict[str, tuple[str, str]],
+                 interval: float = 0.1) -> None:
+        self.probers, self.pairs, self.interval = probers, pairs, interval
+        self.results: dict[str, list[bool]] = {k: [] for k in pairs}
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            slots = {k: self.probers[s].start("tcp", addr, 80, self.interval * 2)
+                     for k, (s, addr) in self.pairs.items()}
+            for k, slot in slots.items():
+                if slot[0].wait(5):
+                    self.results[k].append(bool(slot[1]["ok"]))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> Continuous:
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join(10)
+
+
+def longest_run(values: list[bool], of: bool) -> int:
+    """The longest run of `of` in `values` (e.g. consecutive blocked probes)."""
+    best = cur = 0
+    for v in values:
+        cur = cur + 1 if v == of else 0
+        best = max(best, cur)
+    return best

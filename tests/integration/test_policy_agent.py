@@ -17,7 +17,6 @@ import json
 import os
 import signal
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pytest
 
 from config.endpoints import endpoint_to_json, pod_endpoint
 from config.keys import workload_endpoint_key
-from lab.netpol import Peer, Prober, eventually
+from lab.netpol import Continuous, Peer, Prober, eventually, longest_run
 from lab.podnet import PodNet
 from tests.conftest import REPO, EtcdServer, free_ports, require_binary, require_root
 
@@ -267,47 +266,12 @@ def test_new_pod_is_held_until_its_chains_exist(agent):
                            "workloadendpoints/b/n1-k8s-late-")
 
 
-class Prober24:
-    """Probes two pairs every `interval` s and records every result in order."""
-
-    def __init__(self, env: Env, pairs: dict[str, tuple[str, str]], interval: float = 0.1):
-        self.env, self.pairs, self.interval = env, pairs, interval
-        self.results: dict[str, list[bool]] = {k: [] for k in pairs}
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        pods = self.env.net.pods
-        while not self._stop.is_set():
-            slots = {k: self.env.probers[s].start("tcp", pods[d].ip, 80, self.interval * 2)
-                     for k, (s, d) in self.pairs.items()}
-            for k, slot in slots.items():
-                if slot[0].wait(5):
-                    self.results[k].append(bool(slot[1]["ok"]))
-            time.sleep(self.interval)
-
-    def __enter__(self) -> Prober24:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._t.join(10)
-
-
-def longest_run(values: list[bool], of: bool) -> int:
-    best = cur = 0
-    for v in values:
-        cur = cur + 1 if v == of else 0
-        best = max(best, cur)
-    return best
-
-
 def test_kill_9_and_restart_under_probing(agent):
     agent.bgpctl("apply", "-f", "-", stdin=DENY_A)
     agent.eventually(into_a_blocked)
-    pairs = {"denied": ("b/x", "a/y"), "allowed": ("a/x", "b/y")}
-    with Prober24(agent, pairs) as p:
+    pods = agent.net.pods
+    pairs = {"denied": ("b/x", pods["a/y"].ip), "allowed": ("a/x", pods["b/y"].ip)}
+    with Continuous(agent.probers, pairs) as p:
         time.sleep(0.5)
         agent.stop_agent(signal.SIGKILL)
         time.sleep(1.0)  # no agent at all: the table stays in force
