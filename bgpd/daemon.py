@@ -10,7 +10,7 @@ backend), the HTTP server, sd_notify and the timers. It feeds every input to
     timers (clock)      --> timer task   --> node.timer_fired
     signals             --> node.signal
     node actions        --> SetPeers/StartSpeaker/...: speaker; FirstFibPass/Sweep: fib
-    node outbox         --> export pump  --> speaker.update_exports_many / end_of_rib
+    node outbox         --> export pump  --> speaker.update_exports_many (+ End-of-RIB)
                         --> fib pump     --> FibSyncer.update
 
 Inputs reach the node one at a time: each is fed, and its actions carried out,
@@ -393,9 +393,9 @@ class Daemon:
             try:
                 # Every peer's changes in one flush: a route going to many peers is one
                 # command, and no peer waits for another's acknowledgements.
-                await speaker.update_exports_many(out.changes)
-                if out.end_of_rib:
-                    await speaker.end_of_rib(out.end_of_rib)
+                # End-of-RIB goes right behind each full set in the same stream, so a
+                # restarting peer's GR helper never sweeps what we still send.
+                await speaker.update_exports_many(out.changes, end_of_rib=out.end_of_rib)
             except Exception as e:
                 # The speaker re-sends the whole desired set on reconnect/restart.
                 log.warning("export_failed", peers=len(out.changes), error=str(e))

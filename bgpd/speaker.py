@@ -17,13 +17,15 @@ What a speaker does (``Speaker``):
   bad session never stops the others; a running one keeps its old settings).
   Raises ``PeerConfigError`` (and changes nothing) when it cannot configure the
   node itself (router id, addresses);
-- ``update_exports_many(changes)``: apply deltas to the sets of routes advertised
-  to many peers at once: peer -> (full, {prefix: attributes, or None to
-  withdraw}); ``full`` replaces the peer's whole set. The speaker sends only
+- ``update_exports_many(changes, end_of_rib=keys)``: apply deltas to the sets of
+  routes advertised to many peers at once: peer -> (full, {prefix: attributes, or
+  None to withdraw}); ``full`` replaces the peer's whole set. The speaker sends only
   differences (a route going to many peers with the same attributes may be one
-  command) and re-sends everything after its own restart;
-- ``end_of_rib(keys)``: End-of-RIB for each session's family (RFC 4724 §2),
-  sent by the node once a session's whole initial export set is out;
+  command) and re-sends everything after its own restart. Each of ``end_of_rib``
+  then gets End-of-RIB for its family (RFC 4724 §2) right behind its routes, in
+  the same stream (the node names the sessions whose whole initial set this is:
+  waiting for the routes' acknowledgements first took up to a minute at 200 peers);
+- ``end_of_rib(keys)``: End-of-RIB alone, for each session's family;
 - ``teardown(key)``: end one session (max-prefix);
 - ``events()``: ``bgpd.events`` records, in the order the backend saw them;
 - ``peer_ref(address)``: the ``rib.PeerRef`` the backend tags Paths from that
@@ -80,8 +82,8 @@ class Speaker(Protocol):
     async def set_peers(self, specs: Iterable[PeerSpec]) -> list[tuple[PeerSpec, str]]: ...
 
     async def update_exports_many(
-            self, changes: Mapping[PeerKey, tuple[bool, Mapping[str, Hashable | None]]]
-    ) -> None: ...
+            self, changes: Mapping[PeerKey, tuple[bool, Mapping[str, Hashable | None]]],
+            end_of_rib: Iterable[PeerKey] = ()) -> None: ...
 
     async def end_of_rib(self, keys: Iterable[PeerKey]) -> None: ...
 

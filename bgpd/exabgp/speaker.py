@@ -118,6 +118,8 @@ class _Batch:
     def command(self) -> str:
         if self.raw:
             return f"{RAW_COMMAND} {self.raw} {' '.join(k[0] for k in self.peers)}"
+        if not self.parts:
+            return self.head  # a command without routes (End-of-RIB)
         return self.head + " " + " ".join(self.parts[0][1])
 
 
@@ -747,12 +749,15 @@ class Speaker:
         await self.update_exports_many({peer_key: (full, routes)})
 
     async def update_exports_many(
-            self, changes: Mapping[PeerKey, tuple[bool, Mapping[str, Hashable | None]]]) -> None:
+            self, changes: Mapping[PeerKey, tuple[bool, Mapping[str, Hashable | None]]],
+            end_of_rib: Iterable[PeerKey] = ()) -> None:
         """Apply deltas for many peers at once: peer -> (full, {prefix: attributes, or
         None to withdraw}); ``full`` replaces the peer's whole set. One flush for all:
         a route going to many peers with the same attributes is ONE ExaBGP command
         naming all of them (``neighbor A , neighbor B ... announce attributes ...``),
-        so a reflector's burst costs commands per route, not per route and peer."""
+        so a reflector's burst costs commands per route, not per route and peer.
+        ``end_of_rib``: peers that also get End-of-RIB, behind their routes in the same
+        stream of commands (no wait for their acknowledgements)."""
         for key, (full, routes) in changes.items():
             exports = self._exports.setdefault(key, _PeerExports())
             desired = exports.desired
@@ -766,32 +771,42 @@ class Speaker:
                     desired[prefix] = attrs
             if not exports.all_dirty:
                 exports.dirty.update(routes)
-        await self._flush(tuple(changes))
+        await self._flush(tuple(changes), end_of_rib)
 
     async def end_of_rib(self, keys: Iterable[PeerKey]) -> None:
         """Send End-of-RIB (the session's unicast family) to each of ``keys``, one
         command per family and kind of session; after whatever was sent them before
         (podbgp-send sessions get it as bytes, behind their UPDATEs). Raises
         ``SpeakerError`` if the channel is down."""
-        keys = [k for k in keys if k in self._peers]
+        async with self._flush_lock:
+            await self._send_batches(self._eor_batches(keys))
+
+    def _eor_batches(self, keys: Iterable[PeerKey]) -> list[_Batch]:
+        """End-of-RIB commands for ``keys``: one per family and kind of session (a
+        session that is down or not loaded gets none: it gets one with its next set)."""
+        keys = [k for k in keys if k in self._peers and self._in_exabgp(k)]
         modes = {k: self._mode(self._peers[k]) for k in keys}
+        batches = []
         for ipv6, afi in ((False, "ipv4"), (True, "ipv6")):
-            peers = [k for k in keys if (":" in k[0]) == ipv6 and modes[k] == "text"]
+            peers = tuple(k for k in keys if (":" in k[0]) == ipv6 and modes[k] == "text")
             if peers:
-                await self.command(f"{_selector(peers)} announce eor {afi} unicast")
-            raw = [k for k in keys if (":" in k[0]) == ipv6 and modes[k] == "raw"]
+                batches.append(_Batch(f"{_selector(peers)} announce eor {afi} unicast", [],
+                                      peers))
+            raw = tuple(k for k in keys if (":" in k[0]) == ipv6 and modes[k] == "raw")
             if raw:
-                payload = wire.encode_payload(wire.end_of_rib(ipv6))
-                await self.command(f"{RAW_COMMAND} {payload} {' '.join(k[0] for k in raw)}")
+                batches.append(_Batch(RAW_COMMAND, [], raw,
+                                      wire.encode_payload(wire.end_of_rib(ipv6)),
+                                      tuple(self._epoch.get(k[0], 0) for k in raw)))
+        return batches
 
     def exports(self, peer_key: PeerKey) -> dict[str, Hashable]:
         e = self._exports.get(peer_key)
         return dict(e.desired) if e else {}
 
-    async def _flush(self, keys: Iterable[PeerKey]) -> None:
+    async def _flush(self, keys: Iterable[PeerKey], eor: Iterable[PeerKey] = ()) -> None:
         async with self._flush_lock:
             try:
-                await self._flush_peers(keys)
+                await self._flush_peers(keys, eor)
             except SpeakerError as exc:
                 # The channel went away mid-flush: what was not acknowledged is sent
                 # again on the next channel (or to the restarted ExaBGP).
@@ -854,7 +869,7 @@ class Speaker:
         return self._peer_generation.get(key, self._loaded_generation + 1) \
             <= self._loaded_generation
 
-    async def _flush_peers(self, keys: Iterable[PeerKey]) -> None:
+    async def _flush_peers(self, keys: Iterable[PeerKey], eor: Iterable[PeerKey] = ()) -> None:
         """Send what ExaBGP has not acknowledged for ``keys``: each (attributes, target
         peers) group once, as text commands of up to BATCH_SIZE prefixes or as
         podbgp-send commands of encoded UPDATEs."""
@@ -902,6 +917,7 @@ class Speaker:
                         .append(key)
         batches = self._text_batches(withdraw, announce)
         batches += self._raw_batches(raw_withdraw, raw_announce)
+        batches += self._eor_batches(eor)
         if batches:
             await self._send_batches(batches)
 

@@ -78,7 +78,8 @@ class FakeSpeaker:
         return left_out
 
     async def update_exports_many(
-            self, changes: Mapping[PeerKey, tuple[bool, Mapping[str, Hashable | None]]]) -> None:
+            self, changes: Mapping[PeerKey, tuple[bool, Mapping[str, Hashable | None]]],
+            end_of_rib: Iterable[PeerKey] = ()) -> None:
         if self.fail_exports is not None:
             raise self.fail_exports
         for key, (full, routes) in changes.items():
@@ -94,6 +95,7 @@ class FakeSpeaker:
                     desired[p] = attrs
                     added += 1
             self.export_calls.append((key, added, withdrawn, full))
+        self.eor_sent.extend(end_of_rib)
 
     async def end_of_rib(self, keys: Iterable[PeerKey]) -> None:
         self.eor_sent.extend(keys)

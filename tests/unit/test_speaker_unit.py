@@ -512,9 +512,9 @@ async def test_raw_a_route_for_many_peers_is_encoded_once(raw_speaker) -> None:
     await raw_started(sp, [spec(), spec("10.0.0.3"), spec("10.0.0.4")])
     own = {KEY: "10.2.0.0/26", KEY2: "10.3.0.0/26", KEY3: "10.4.0.0/26"}
     r1 = ExportAttrs(next_hop="10.0.0.2", local_pref=100)
+    # the daemon's call: each full set, then End-of-RIB behind it in the same stream
     await sp.update_exports_many({key: (True, {p: r1 for k, p in own.items() if k != key})
-                                  for key in own})
-    await sp.end_of_rib(list(own))
+                                  for key in own}, end_of_rib=list(own))
     sends = raw_sends(sp)
     assert not [c for c in commands(sp) if " announce " in c]  # nothing went as text
     assert sorted((tuple(peers), tuple(p for _, ps, _ in parts for p in ps))
@@ -529,6 +529,9 @@ async def test_raw_a_route_for_many_peers_is_encoded_once(raw_speaker) -> None:
     await sp.update_exports_many({k: (False, {"10.2.0.0/26": None}) for k in own})
     assert raw_sends(sp)[-1] == (["10.0.0.3", "10.0.0.4"], [("withdraw", ["10.2.0.0/26"], None)])
     assert sp._exports[KEY2].sent == {"10.4.0.0/26": r1}
+    # no End-of-RIB unless asked for
+    await sp.update_exports_many({KEY: (False, {"10.9.9.0/26": r1})})
+    assert [kind for _, parts in raw_sends(sp)[-1:] for kind, _, _ in parts] == ["announce"]
 
 
 async def test_raw_bytes_for_a_session_that_ended_are_not_booked(raw_speaker) -> None:
