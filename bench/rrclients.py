@@ -409,6 +409,7 @@ class Sim:
             self.flap_withdraw = withdraw_messages(self.flap_prefixes)
             for p in self.flap_prefixes:
                 self.next_hops[0][p] = self.flapper.addr
+                self.owner_of[p] = self.flapper
         self.incomplete = len(self.clients)
 
     def _add(self, i: int, addr: str, routes: list[tuple[str, bytes]],
@@ -588,10 +589,20 @@ async def amain(a: argparse.Namespace) -> int:
     report("listening", clients=len(sim.clients), pid=os.getpid())
     ka = loop.create_task(sim.keepalives())
     lines: asyncio.Queue[str] = asyncio.Queue()
+    pending = bytearray()
 
     def on_stdin() -> None:
-        data = sys.stdin.readline()
-        lines.put_nowait(data if data else "quit")
+        # os.read, not sys.stdin.readline(): readline() would buffer every line that
+        # came in one read and return one, leaving the rest unseen until more input.
+        data = os.read(sys.stdin.fileno(), 1 << 16)
+        if not data:
+            lines.put_nowait("quit")
+            return
+        pending.extend(data)
+        while b"\n" in pending:
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            lines.put_nowait(line.decode(errors="replace"))
 
     loop.add_reader(sys.stdin.fileno(), on_stdin)
     try:

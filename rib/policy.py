@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from rib.bestpath import DEFAULT_LOCAL_PREF
 from rib.inputs import (
@@ -227,6 +227,19 @@ class ExportAttrs:
     large_communities: tuple[tuple[int, int, int], ...] = ()
     originator_id: str | None = None
     cluster_list: tuple[str, ...] = ()
+    # The hash, computed once: an ExportAttrs keys the per-peer announce groups of every
+    # export delta, once per (route, peer) — a reflector hashes the same object 100k
+    # times a second under churn.
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((
+            self.next_hop, self.origin, self.as_path, self.local_pref, self.med,
+            self.communities, self.large_communities, self.originator_id,
+            self.cluster_list)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
 
 class ExportContext:

@@ -35,7 +35,7 @@ from rib.inputs import (
     parse_prefix,
 )
 from rib.kernel import KernelContext, KernelRoute, kernel_route
-from rib.path import LOCAL_PEER, Origin, Path, Withdraw
+from rib.path import LOCAL_PEER, Origin, Path, PeerKind, Withdraw
 from rib.policy import (
     ExportAttrs,
     ExportContext,
@@ -61,11 +61,12 @@ class _Peer:
     the peer invents.
     """
 
-    __slots__ = ("accepted", "acct", "adj_in", "adj_out", "end_of_rib", "orig", "policy",
-                 "rejected", "streams", "up")
+    __slots__ = ("accepted", "acct", "adj_in", "adj_out", "eclass", "end_of_rib", "orig",
+                 "policy", "rejected", "streams", "up")
 
     def __init__(self, policy: PeerPolicy, acct: _Peer | None = None) -> None:
         self.policy = policy
+        self.eclass: tuple[PeerPolicy, int] | None = None  # (policy, its export class)
         self.up = True
         self.adj_in: dict[str, Path] = {}  # everything received (pre-policy)
         self.rejected: dict[str, RejectReason] = {}  # prefixes import policy dropped
@@ -113,6 +114,7 @@ class Rib:
         self._dest: dict[str, Path | _Dest] = {}
         self._local: dict[str, Path] = {}
         self._intern: dict[tuple, ExportAttrs] = {}
+        self._classes: dict[tuple, int] = {}  # export class -> its number
         self._apply_config(config)
         touched: dict[str, _Before] = {}
         for prefix, path in self._local.items():
@@ -561,19 +563,52 @@ class Rib:
         if settle:
             self._settle(touched, changes)
 
-    def _attrs_for(self, peer: _Peer, best: Path) -> ExportAttrs | None:
-        key = export_key(best, peer.policy, self._ectx)
+    def _attrs_for(self, peer: _Peer, best: Path, shared: dict | None = None
+                   ) -> ExportAttrs | None:
+        """What ``best`` is sent to ``peer`` with (None: not sent). ``shared``: answers
+        of this operation by (path, export class) — peers whose policies read alike
+        (``_export_class``) get the same attributes for a path, so a route reflected to
+        200 clients is worked out once, not 200 times; only split horizon (never back
+        to the peer it came from) differs between them, and is checked first."""
+        policy = peer.policy
+        if shared is not None:
+            source = best.peer
+            if source.kind is not PeerKind.LOCAL and source.address == policy.peer.address:
+                return None
+            ec = peer.eclass
+            if ec is None or ec[0] is not policy:
+                ec = peer.eclass = (policy, self._export_class(policy))
+            ck = (id(best), ec[1])
+            hit = shared.get(ck)
+            # the path itself is kept beside the answer: an id is only unique while
+            # its object lives
+            if hit is not None and hit[0] is best:
+                return hit[1]
+        key = export_key(best, policy, self._ectx)
         if key is None:
-            return None
-        attrs = self._intern.get(key)
-        if attrs is None:
-            if len(self._intern) >= _INTERN_LIMIT:
-                self._intern.clear()
-            attrs = self._intern[key] = ExportAttrs(*key)
+            attrs = None
+        else:
+            attrs = self._intern.get(key)
+            if attrs is None:
+                if len(self._intern) >= _INTERN_LIMIT:
+                    self._intern.clear()
+                attrs = self._intern[key] = ExportAttrs(*key)
+        if shared is not None:
+            shared[ck] = (best, attrs)
         return attrs
 
-    def _export_one(self, peer: _Peer, prefix: str, best: Path | None, delta_get) -> None:
-        attrs = self._attrs_for(peer, best) if best is not None else None
+    def _export_class(self, policy: PeerPolicy) -> int:
+        """Peers with equal export classes get equal attributes for any path they may be
+        sent: the fields of a target policy ``rib.policy.export_key`` reads besides the
+        peer's address (split horizon). One small int per distinct class."""
+        tpeer = policy.peer
+        cls = (tpeer.kind, tpeer.rr_client, tpeer.local_asn, policy.export_filters,
+               policy.next_hop_mode, policy.self_next_hop)
+        return self._classes.setdefault(cls, len(self._classes))
+
+    def _export_one(self, peer: _Peer, prefix: str, best: Path | None, delta_get,
+                    shared: dict | None = None) -> None:
+        attrs = self._attrs_for(peer, best, shared) if best is not None else None
         adj_out = peer.adj_out
         old = adj_out.get(prefix)
         if attrs is None:
@@ -633,6 +668,7 @@ class Rib:
         dests = self._dest
         up_peers = [p for p in self._peers.values() if p.up] if export else []
         delta_get = changes.export_for
+        shared: dict = {}  # (id(path), export class) -> (path, attributes), this operation
         best_append = changes.best.append
         add_append = changes.kernel_add.append
         for prefix, before in touched.items():
@@ -643,7 +679,7 @@ class Rib:
                 members = (dest,)
                 best_append(best_change(prefix, None, dest, members, BestReason.ONLY_PATH))
                 for peer in up_peers:
-                    self._export_one(peer, prefix, dest, delta_get)
+                    self._export_one(peer, prefix, dest, delta_get, shared)
                 route = kernel_route(prefix, members, kctx)
                 if route is not None:
                     add_append(route)
@@ -678,7 +714,7 @@ class Rib:
                 best_append(best_change(prefix, old_best, new_best, members, reason))
             if new_best is not old_best:
                 for peer in up_peers:
-                    self._export_one(peer, prefix, new_best, delta_get)
+                    self._export_one(peer, prefix, new_best, delta_get, shared)
             route = kernel_route(prefix, members, kctx) if members else None
             old_route = kernel_route(prefix, old_members, old_kctx) if old_members else None
             if route is None:

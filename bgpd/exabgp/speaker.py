@@ -123,6 +123,10 @@ class _Batch:
         return self.head + " " + " ".join(self.parts[0][1])
 
 
+# session shape -> next hop or attributes -> prefix -> the peers it goes to
+_Groups = dict[tuple, dict[Hashable, dict[str, list[PeerKey]]]]
+
+
 def _by_peers(targets: Mapping[str, list[PeerKey]]) -> dict[tuple[PeerKey, ...], list[str]]:
     """prefix -> peers, regrouped as peers -> prefixes (one command group each)."""
     out: dict[tuple[PeerKey, ...], list[str]] = {}
@@ -291,6 +295,7 @@ class Speaker:
         self._server: asyncio.base_events.Server | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._acks: deque[asyncio.Future[bool]] = deque()
+        self._last_line = 0.0  # when the channel last gave us a line (progress)
         self._connected = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._stopping = False
@@ -494,6 +499,7 @@ class Speaker:
                 return
             if not line:
                 return
+            self._last_line = time.monotonic()
             self._dispatch(parse_line(line, self._lookup))
 
     def _dispatch(self, event: ev.Event) -> None:
@@ -589,6 +595,9 @@ class Speaker:
             fut = self._acks.popleft()
             if not fut.done():
                 fut.set_exception(exc)
+                # A batch abandoned by an earlier failure never awaits its future: mark
+                # the exception seen, or asyncio logs it as an error when it is collected.
+                fut.exception()
 
     def _send(self, command: str) -> asyncio.Future[bool]:
         if self._writer is None:
@@ -600,14 +609,21 @@ class Speaker:
         return fut
 
     async def _wait_ack(self, fut: asyncio.Future[bool], what: str) -> bool:
-        try:
-            ok = await asyncio.wait_for(asyncio.shield(fut), self.command_timeout)
-        except TimeoutError:
-            # A lost answer would shift every later answer: reset the channel.
-            self.stats.commands_failed += 1
-            log.error("exabgp_command_timeout", command=what)
-            self._drop_connection(CommandFailed(f"{what}: no answer"))
-            raise CommandFailed(f"{what}: no answer in {self.command_timeout}s") from None
+        while True:
+            try:
+                ok = await asyncio.wait_for(asyncio.shield(fut), self.command_timeout)
+                break
+            except TimeoutError:
+                # Still reading what ExaBGP sent before the answer (a backlog of events
+                # under churn): that is no lost answer, wait on.
+                if time.monotonic() - self._last_line < self.command_timeout and \
+                        self._writer is not None:
+                    continue
+                # A lost answer would shift every later answer: reset the channel.
+                self.stats.commands_failed += 1
+                log.error("exabgp_command_timeout", command=what)
+                self._drop_connection(CommandFailed(f"{what}: no answer"))
+                raise CommandFailed(f"{what}: no answer in {self.command_timeout}s") from None
         if not ok:
             self.stats.commands_failed += 1
             log.warning("exabgp_command_error", command=what)
@@ -875,13 +891,13 @@ class Speaker:
         podbgp-send commands of encoded UPDATEs."""
         if self._writer is None:
             return  # sent when the channel is up
-        # (next hop, IPv6 session) / (attributes, IPv6 session[, iBGP]) -> prefix -> peers;
-        # the family is part of the key so that one command never mixes IPv4 and IPv6
-        # sessions (and iBGP is, for raw bytes: LOCAL_PREF goes to iBGP sessions only)
-        withdraw: dict[tuple, dict[str, list[PeerKey]]] = {}
-        announce: dict[tuple, dict[str, list[PeerKey]]] = {}
-        raw_withdraw: dict[tuple, dict[str, list[PeerKey]]] = {}
-        raw_announce: dict[tuple, dict[str, list[PeerKey]]] = {}
+        # session shape -> next hop / attributes -> prefix -> peers. The shape keeps
+        # apart what one command cannot mix: the family (text: (IPv6,)); for raw bytes
+        # also iBGP (LOCAL_PREF) and ADD-PATH (path identifiers): (IPv6, iBGP, ADD-PATH).
+        withdraw: _Groups = {}
+        announce: _Groups = {}
+        raw_withdraw: _Groups = {}
+        raw_announce: _Groups = {}
         for key in keys:
             spec = self._peers.get(key)
             exports = self._exports.get(key)
@@ -898,40 +914,48 @@ class Speaker:
             exports.dirty = set()
             exports.all_dirty = False
             if mode == "raw":
-                add_path = self._add_path_send(spec)
-                w_map, a_map = raw_withdraw, raw_announce
-                extra: tuple = (spec.peer_as == spec.local_as, add_path)
-                w_extra: tuple = (add_path,)
+                shape: tuple = (spec.ipv6, spec.peer_as == spec.local_as,
+                                self._add_path_send(spec))
+                w_shape = raw_withdraw.setdefault(shape, {})
+                a_shape = raw_announce.setdefault(shape, {})
             else:
-                w_map, a_map, extra, w_extra = withdraw, announce, (), ()
+                w_shape = withdraw.setdefault((spec.ipv6,), {})
+                a_shape = announce.setdefault((spec.ipv6,), {})
                 if self._raw_ok:
                     self._text_peers.add(key)
+            # per (route, peer): a reflector does this 100k times a second under churn
             for prefix in candidates:
                 want, have = desired.get(prefix), sent.get(prefix)
                 if want is None:
                     if have is not None:
-                        w_map.setdefault((getattr(have, "next_hop", None), spec.ipv6, *w_extra),
-                                         {}).setdefault(prefix, []).append(key)
+                        w_shape.setdefault(getattr(have, "next_hop", None), {}) \
+                            .setdefault(prefix, []).append(key)
                 elif have is not want and have != want:
-                    a_map.setdefault((want, spec.ipv6, *extra), {}).setdefault(prefix, []) \
-                        .append(key)
+                    targets = a_shape.get(want)
+                    if targets is None:
+                        targets = a_shape[want] = {}
+                    peers = targets.get(prefix)
+                    if peers is None:
+                        targets[prefix] = [key]
+                    else:
+                        peers.append(key)
         batches = self._text_batches(withdraw, announce)
         batches += self._raw_batches(raw_withdraw, raw_announce)
         batches += self._eor_batches(eor)
         if batches:
             await self._send_batches(batches)
 
-    def _text_batches(self, withdraw: dict[tuple, dict[str, list[PeerKey]]],
-                      announce: dict[tuple, dict[str, list[PeerKey]]]) -> list[_Batch]:
+    def _text_batches(self, withdraw: _Groups, announce: _Groups) -> list[_Batch]:
         batches: list[_Batch] = []
-        for (nh, _v6), targets in withdraw.items():
+        for nh, targets in ((nh, t) for by_nh in withdraw.values() for nh, t in by_nh.items()):
             for peers, prefixes in _by_peers(targets).items():
                 who = _selector(peers)
                 head = f"{who} withdraw attributes next-hop {nh} nlri" if nh else \
                     f"{who} withdraw attributes nlri"
                 for i in range(0, len(prefixes), BATCH_SIZE):
                     batches.append(_Batch(head, [(None, prefixes[i:i + BATCH_SIZE])], peers))
-        for (attrs, ipv6), targets in announce.items():
+        for (ipv6,), attrs, targets in ((shape, a, t) for shape, by_attrs in announce.items()
+                                        for a, t in by_attrs.items()):
             try:
                 text = attributes_text(attrs)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -944,18 +968,20 @@ class Speaker:
                     batches.append(_Batch(head, [(attrs, good[i:i + BATCH_SIZE])], peers))
         return batches
 
-    def _raw_batches(self, withdraw: dict[tuple, dict[str, list[PeerKey]]],
-                     announce: dict[tuple, dict[str, list[PeerKey]]]) -> list[_Batch]:
+    def _raw_batches(self, withdraw: _Groups, announce: _Groups) -> list[_Batch]:
         """podbgp-send commands: per set of target peers, its withdrawals then its
         announcements, encoded once, in commands of up to RAW_CHUNK octets."""
         per_peers: dict[tuple[PeerKey, ...], list[tuple[Hashable | None, list[str], bytes]]] = {}
-        for (_nh, ipv6, add_path), targets in withdraw.items():
+        for (ipv6, _ibgp, add_path), targets in (
+                (shape, t) for shape, by_nh in withdraw.items() for t in by_nh.values()):
             for peers, prefixes in _by_peers(targets).items():
                 for i in range(0, len(prefixes), RAW_PART):
                     part = prefixes[i:i + RAW_PART]
                     per_peers.setdefault(peers, []).append(
                         (None, part, wire.withdraw(part, ipv6=ipv6, add_path=add_path)))
-        for (attrs, ipv6, ibgp, add_path), targets in announce.items():
+        for (ipv6, ibgp, add_path), attrs, targets in (
+                (shape, a, t) for shape, by_attrs in announce.items()
+                for a, t in by_attrs.items()):
             try:
                 packed = wire.path_attributes(attrs, ibgp=ibgp)
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
@@ -998,10 +1024,11 @@ class Speaker:
                 return
             exports.forget_sent()
             exports.all_dirty = False
-            group = (spec.ipv6, spec.peer_as == spec.local_as, self._add_path_send(spec))
-            announce: dict[tuple, dict[str, list[PeerKey]]] = {}
+            shape = (spec.ipv6, spec.peer_as == spec.local_as, self._add_path_send(spec))
+            by_attrs: dict[Hashable, dict[str, list[PeerKey]]] = {}
             for prefix, attrs in exports.desired.items():
-                announce.setdefault((attrs, *group), {})[prefix] = [key]
+                by_attrs.setdefault(attrs, {})[prefix] = [key]
+            announce: _Groups = {shape: by_attrs}
             batches = self._raw_batches({}, announce)
             if self._wire_caps.get(spec.address, (False, False, ()))[1]:
                 epochs = (self._epoch.get(key[0], 0),)

@@ -274,3 +274,35 @@ def test_sweep_stale_after_restart_timer_forgets_down_peer():
     ch = rib.sweep_stale()
     assert rib.best(PFX) is None and [k.prefix for k in ch.kernel_remove] == [PFX]
     assert C1.address not in rib.peer_keys()
+
+
+def test_one_computation_per_export_class_still_answers_every_peer_alike() -> None:
+    """A reflected route is worked out once per export class (peers whose policies read
+    alike), not once per peer: the answers must be exactly the per-peer ones. Two
+    clients in one class, one client with next-hop self (another class), the same
+    route from each client in turn (split horizon differs inside the class)."""
+    c3 = PeerRef("10.1.0.13", 64512, "10.1.0.13", PeerKind.IBGP, rr_client=True)
+    peers = {"C1": C1, "C2": C2, "C3": c3, "E1": E1}
+    rib = Rib(RR)
+    for name, peer in peers.items():
+        kw = {"next_hop_mode": NextHopMode.SELF} if name == "C3" else {}
+        rib.peer_up(policy(peer, **kw))
+    from rib.policy import export_key
+
+    for source in (C1, C2, c3):
+        path = learned(source)
+        changes = rib.update(source.address, [path])
+        got = {k: next(iter(d.announce)) for k, d in changes.exports.items() if d.announce}
+        want = {}
+        for peer in peers.values():
+            key = export_key(path, rib._peer(peer.address).policy, rib._ectx)
+            if key is not None:
+                want[peer.address] = key
+        assert source.address not in got  # never back to where it came from
+        assert {k: tuple(getattr(a, f) for f in (
+            "next_hop", "origin", "as_path", "local_pref", "med", "communities",
+            "large_communities", "originator_id", "cluster_list")) for k, a in got.items()} \
+            == want
+        rib.update(source.address, withdrawn=[PFX])
+    # the two plain clients share a class; next-hop self and eBGP are classes of their own
+    assert len(rib._classes) == 3

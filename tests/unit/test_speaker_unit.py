@@ -9,6 +9,7 @@ speaker's own logic: diffing, batching, acks, reload, restart, resend, pid file.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path as FsPath
 import pytest
 
 from bgpd import events as ev
-from bgpd.exabgp.speaker import Speaker, _redact, attributes_text
+from bgpd.exabgp.speaker import CommandFailed, Speaker, _redact, attributes_text
 from bgpd.peerspec import PeerSpec, PeerType
 from rib.path import Origin
 from rib.policy import ExportAttrs
@@ -542,7 +543,7 @@ async def test_raw_bytes_for_a_session_that_ended_are_not_booked(raw_speaker) ->
     # The session went down after this batch was made: ExaBGP dropped the bytes, so the
     # acknowledgement books nothing (the epoch moved on).
     sp._exports[KEY].desired["10.6.0.0/24"] = A1
-    stale = sp._raw_batches({}, {(A1, False, False, False): {"10.6.0.0/24": [KEY]}})
+    stale = sp._raw_batches({}, {(False, False, False): {A1: {"10.6.0.0/24": [KEY]}}})
     sp._epoch["10.0.0.2"] += 2  # down and up again
     async with sp._flush_lock:
         await sp._send_batches(stale)
@@ -580,3 +581,38 @@ async def test_raw_route_refresh_is_answered_between_borr_and_eorr(raw_speaker) 
     assert kinds[0] == "borr" and kinds[-1] == "eorr"
     assert {p for _, parts in raw_sends(sp)[n:] for _, ps, _ in parts for p in ps} == {
         "10.5.0.0/24", "10.5.1.0/24"}
+
+
+async def test_a_slow_answer_behind_a_backlog_is_no_lost_answer(tmp_path) -> None:
+    """Under churn ExaBGP's answer can sit behind many event lines: while lines keep
+    coming the command is waited for; only a channel that goes quiet for the whole
+    timeout is reset (a lost answer would shift every later one)."""
+    sp = Speaker("n1", "10.0.0.1", ["10.0.0.1"], tmp_path / "sp", command_timeout=0.3)
+
+    class Writer:
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    loop = asyncio.get_running_loop()
+    sp._writer = Writer()  # type: ignore[assignment]
+    fut = loop.create_future()
+
+    async def backlog() -> None:  # lines keep arriving, the answer comes after 1 s
+        for _ in range(10):
+            sp._last_line = time.monotonic()
+            await asyncio.sleep(0.1)
+        fut.set_result(True)
+
+    task = asyncio.create_task(backlog())
+    assert await sp._wait_ack(fut, "podbgp-send") is True
+    await task
+    assert sp.stats.commands_failed == 0 and not sp._writer.closed
+    # a quiet channel: reset after the timeout
+    quiet = loop.create_future()
+    sp._acks.append(quiet)
+    writer = sp._writer
+    with pytest.raises(CommandFailed):
+        await sp._wait_ack(quiet, "podbgp-send")
+    assert writer.closed and sp._writer is None and sp.stats.commands_failed == 1
