@@ -39,6 +39,8 @@ import structlog
 
 from bgpd import __version__
 from bgpd import node as nd
+from bgpd.dataplane import DataplaneSettings, cluster_route_policy
+from bgpd.dataplane_io import DataplaneShell
 from bgpd.node import Node
 from bgpd.ops.http import HttpServer
 from bgpd.ops.metrics import Metrics
@@ -78,13 +80,14 @@ def make_store(opts: Options):
 
 class Daemon:
     """The shell. ``backend``: the BGP implementation (``bgpd.main`` picks it). Tests
-    inject ``store``, ``kernel`` (a fib_sync kernel backend) and ``clock``."""
+    inject ``store``, ``kernel`` (a fib_sync kernel backend) and ``clock``, and
+    ``dataplane=False`` keeps the data-plane shell out (no kernel of its own)."""
 
     WATCH_FIRST = 1.0  # seconds before the first datastore connectivity log
     WATCH_INTERVAL = 0.5
 
     def __init__(self, opts: Options, notifier: Notifier | None = None, *, backend: Backend,
-                 store=None, kernel=None, clock=None) -> None:
+                 store=None, kernel=None, clock=None, dataplane: bool = True) -> None:
         self.opts = opts
         self.notifier = notifier or Notifier()
         self.clock = clock or SystemClock()
@@ -95,11 +98,27 @@ class Daemon:
         self.fib = FibSyncer(protocol=opts.route_protocol, table=opts.route_table,
                              resync_interval=opts.resync_interval, stale_timeout=None,
                              on_pass=self._on_fib_pass, _kernel=kernel)
+        settings = DataplaneSettings(
+            manage=opts.dataplane, vxlan_vni=opts.vxlan_vni, vxlan_port=opts.vxlan_port,
+            vxlan_mtu=opts.vxlan_mtu, ipip_mtu=opts.ipip_mtu)
         self.node = Node(opts.node, clock=self.clock,
                          read_password=secret_file_reader(opts.secrets_dir),
                          peer_ref=self._peer_ref, route_table=self.fib.table,
                          route_metric=self.fib.metric, max_paths=opts.max_paths,
-                         convergence_timeout=opts.convergence_timeout)
+                         convergence_timeout=opts.convergence_timeout, dataplane=settings)
+        # Tunnels, VTEP entries, natOutgoing: ours when standalone (--dataplane on).
+        self.dataplane: DataplaneShell | None = None
+        if opts.dataplane and dataplane:
+            etcd = None
+            if opts.datastore == "etcdv3":
+                from ipam.etcd import EtcdSettings
+
+                etcd = EtcdSettings(",".join(opts.etcd_endpoints), opts.etcd_ca, opts.etcd_cert,
+                                    opts.etcd_key)
+            self.dataplane = DataplaneShell(
+                opts.node, settings, store=self.store, etcd=etcd,
+                protocol=opts.route_protocol, resync_interval=opts.resync_interval,
+                state_dir=opts.state_dir, on_cluster_routes=self._cluster_routes_changed)
         self.metrics = Metrics(self)
         self.http = HttpServer(opts.http_listen[0], opts.http_listen[1], {
             "/metrics": self._http_metrics, "/healthz": self._http_healthz,
@@ -174,6 +193,14 @@ class Daemon:
                 await self.http.stop()
                 return 1
             log.info("kernel_routes_adopted", stale=self.fib.stats.adopted)
+            if self.dataplane is not None:
+                try:
+                    await self.dataplane.start()  # adopts devices, entries, the NAT table
+                except Exception as e:
+                    log.error("dataplane_start_failed", error=str(e))
+                    await self.fib.stop()
+                    await self.http.stop()
+                    return 1
             await self.store.start()
             await self._carry_out(self.node.start())
             for coro, name in ((self._config_loop(), "config"), (self._fib_pump(), "fib-pump"),
@@ -242,6 +269,8 @@ class Daemon:
             # No Cease: peers keep our routes under graceful restart.
             await self.speaker.stop(graceful_restart=True)
         await self.fib.stop()  # leaves every kernel route in place
+        if self.dataplane is not None:
+            await self.dataplane.stop()  # leaves devices, entries and the NAT table
         await self.store.close()
         await self.http.stop()
         log.info("bgpd_stopped", exit_code=self._exit_code)
@@ -276,6 +305,11 @@ class Daemon:
     async def _config_loop(self) -> None:
         async for snap in self.store.snapshots():
             await self._feed(self.node.snapshot_received, snap)
+            if self.dataplane is not None:
+                self.dataplane.update(snap)
+
+    def _cluster_routes_changed(self, cluster_routes) -> None:
+        self._spawn(self._feed(self.node.dataplane_changed, cluster_routes), "dataplane")
 
     async def _event_loop(self, speaker: Speaker) -> None:
         node, lock = self.node, self._lock
@@ -340,6 +374,8 @@ class Daemon:
                 if adds or dels:
                     await self.fib.update(adds, dels, wait=False)
                 await self.fib.converged()
+                if self.dataplane is not None:
+                    await self.dataplane.converged()
                 await self._carry_out(node.swept(self.fib.stats.swept))
             elif isinstance(a, nd.ResyncFib):
                 await self.fib.resync()
@@ -437,7 +473,17 @@ class Daemon:
                        "stale": len(self.fib.stale_routes),
                        "failing": len(self.fib.failing_routes),
                        "conflicts": len(self.fib.conflicting_prefixes)},
+            "dataplane": self.dataplane_status(),
         }
+
+    def dataplane_status(self) -> dict:
+        if self.dataplane is not None:
+            return self.dataplane.status()
+        snap = self.node.snapshot
+        _no_encap, _ipip, value = cluster_route_policy(snap) if snap else (0, 0, None)
+        return {"managed": False, "program_cluster_routes": value,
+                "note": "tunnels, VXLAN routes and natOutgoing are another component's "
+                        "(--dataplane off)"}
 
     # =============================================================== http
     def _http_metrics(self):

@@ -16,6 +16,7 @@ Inputs (methods)                          Actions out (records below)
   timer_fired(name, at)                     Sweep(reason): convergence, delete stale
   swept(count)                              ResyncFib, Stop(exit_code)
   signal(name)
+  dataplane_changed(ClusterRoutes)          (kernel changes in the outbox)
 
 Two outputs are not actions but an outbox the shell's pumps drain whenever the
 loop gets to them (``take_exports``, ``take_kernel``): exports per peer and
@@ -50,6 +51,7 @@ import structlog
 
 import rib
 from bgpd import events as ev
+from bgpd.dataplane import DataplaneSettings, plan_dataplane
 from bgpd.peers import LocalNode, PasswordReader, PeerPlan, plan_peers
 from bgpd.peerspec import PeerSpec
 from bgpd.translate import FibRoutes, peer_policy, reachable_by_routes, rib_config
@@ -189,8 +191,13 @@ class Node:
     def __init__(self, node_name: str, *, clock: Clock, read_password: PasswordReader,
                  peer_ref: Callable[[str], PeerRef | None], route_table: int,
                  route_metric: int, max_paths: int = 1,
-                 convergence_timeout: float = 120.0) -> None:
+                 convergence_timeout: float = 120.0,
+                 dataplane: DataplaneSettings | None = None) -> None:
         self.node_name = node_name
+        self.dataplane = dataplane or DataplaneSettings()
+        # The data plane's last word on cluster routes (``dataplane_changed``); None
+        # until it speaks: then they are planned from the snapshot alone.
+        self.cluster_routes: rib.ClusterRoutes | None = None
         self.clock = clock
         self.read_password = read_password
         self.peer_ref = peer_ref  # the speaker's PeerRef for a neighbor (Paths carry it)
@@ -377,6 +384,14 @@ class Node:
         log.info("bgp_stale_routes_expired", peer=key[0])
         return self._apply(r.sweep_stale(key))
 
+    def dataplane_changed(self, cluster_routes: rib.ClusterRoutes) -> list[Action]:
+        """The data plane (tunnel devices, VTEPs) changes which remote blocks this
+        node can program and how (bgpd.dataplane_io): re-derive the kernel intent."""
+        self.cluster_routes = cluster_routes
+        if self.rib is None or self.snapshot is None or self.me is None:
+            return []
+        return self._apply(self.rib.set_config(self._rib_config(self.snapshot, self.me)))
+
     def swept(self, swept: int) -> list[Action]:
         """The sweep after convergence is done (``swept``: routes the FIB deleted)."""
         self.convergence_seconds = self.clock.monotonic() - self.started
@@ -483,7 +498,10 @@ class Node:
         return [CancelTimer(name)]
 
     def _rib_config(self, snap, me: LocalNode) -> rib.RibConfig:
-        return rib_config(snap, me, max_paths=self.max_paths)
+        cluster = self.cluster_routes
+        if cluster is None or not self.dataplane.manage:
+            cluster = plan_dataplane(snap, self.node_name, self.dataplane).cluster_routes
+        return rib_config(snap, me, max_paths=self.max_paths, cluster_routes=cluster)
 
     def _policy(self, spec: PeerSpec, ref: PeerRef) -> rib.PeerPolicy:
         policy, problems = peer_policy(spec, ref, self.snapshot)

@@ -35,8 +35,11 @@ def _communities(values) -> tuple[tuple, tuple]:
 
 
 def rib_config(snap: Snapshot, me: LocalNode, *, max_paths: int = 1,
-               node_cidrs: tuple[str, ...] = ()) -> rib.RibConfig:
-    """The RibConfig for this node from a snapshot (pools, own blocks, services...)."""
+               node_cidrs: tuple[str, ...] = (),
+               cluster_routes: rib.ClusterRoutes | None = None) -> rib.RibConfig:
+    """The RibConfig for this node from a snapshot (pools, own blocks, services...).
+    ``cluster_routes``: the data plane's word on which remote blocks to program
+    and how (bgpd.dataplane); None: rib's default."""
     conf = snap.effective_bgp_config(me.name)
     pools = tuple(
         rib.Pool(cidr=p.spec.cidr, block_size=p.spec.block_size, ipip_mode=p.spec.ipip_mode,
@@ -75,7 +78,7 @@ def rib_config(snap: Snapshot, me: LocalNode, *, max_paths: int = 1,
         node_addresses=frozenset(me.addresses), own_blocks=snap.node_blocks(me.name),
         node_subnets=tuple(dict.fromkeys(subnets)), pools=pools,
         service_prefixes=tuple(dict.fromkeys(services)), prefix_advertisements=tuple(advs),
-        max_paths=max_paths,
+        max_paths=max_paths, cluster_routes=cluster_routes or rib.ClusterRoutes(),
     )
 
 

@@ -152,6 +152,64 @@ class DaemonCollector:
                                 value=d.convergence_seconds or 0)
         yield GaugeMetricFamily("podbgp_ready", "1 when /readyz is 200.",
                                 value=1 if d.is_ready() else 0)
+        yield from self._dataplane(getattr(d, "dataplane", None))
+
+    @staticmethod
+    def _dataplane(dp):
+        """Tunnel devices, VTEP entries, natOutgoing (bgpd.dataplane_io; None: not ours)."""
+        yield GaugeMetricFamily("podbgp_dataplane_managed",
+                                "1 when podbgp keeps the data plane (--dataplane on).",
+                                value=1 if dp is not None else 0)
+        up = GaugeMetricFamily("podbgp_dataplane_device_up",
+                               "1 when a wanted tunnel device is made and configured.",
+                               labels=["device", "kind"])
+        errs = CounterMetricFamily("podbgp_dataplane_device_errors",
+                                   "A tunnel device that could not be made or configured, or "
+                                   "is someone else's (once per new reason).",
+                                   labels=["device"])
+        entries = GaugeMetricFamily("podbgp_dataplane_entries",
+                                    "Wanted neighbour/FDB entries of podbgp's devices.",
+                                    labels=["kind"])
+        nat = CounterMetricFamily("podbgp_nat_table_writes",
+                                  "nft transactions on the natOutgoing table, by kind.",
+                                  labels=["kind"])
+        ov = dp.overlay if dp is not None else None
+        if ov is not None:
+            for name, st in sorted(ov.devices.items()):
+                up.add_metric([name, st.kind], 1 if st.state == "ok" else 0)
+            for name, n in sorted(ov.device_error_counts.items()):
+                errs.add_metric([name], n)
+            want = ov.desired_entries
+            n_fdb = sum(1 for e in want.values() if type(e).__name__ == "FdbEntry")
+            entries.add_metric(["neighbour"], len(want) - n_fdb)
+            entries.add_metric(["fdb"], n_fdb)
+            ns = dp.nat.stats
+            nat.add_metric(["table"], ns.table_writes)
+            nat.add_metric(["sets"], ns.set_updates)
+        yield from (up, errs, entries, nat)
+        s = ov.stats if ov is not None else None
+        yield CounterMetricFamily("podbgp_dataplane_entry_failures",
+                                  "Neighbour/FDB entries the kernel refused (once per reason).",
+                                  value=s.entries_failed if s else 0)
+        yield CounterMetricFamily("podbgp_dataplane_repairs",
+                                  "Entries and devices put back after someone else changed "
+                                  "or removed them.",
+                                  value=(s.repairs + s.devices_repaired + s.devices_recreated)
+                                  if s else 0)
+        yield CounterMetricFamily("podbgp_nat_table_repairs",
+                                  "natOutgoing table rewritten because it was deleted or "
+                                  "changed by someone else.",
+                                  value=dp.nat.stats.repairs if dp is not None else 0)
+        yield CounterMetricFamily("podbgp_nat_errors", "Failed nft transactions or reads.",
+                                  value=dp.nat.stats.errors if dp is not None else 0)
+        yield CounterMetricFamily("podbgp_dataplane_tunnel_address_errors",
+                                  "Failures allocating or publishing this node's tunnel "
+                                  "addresses.", value=dp.tunnel_errors if dp is not None else 0)
+        yield GaugeMetricFamily("podbgp_dataplane_pools_not_programmable",
+                                "IPPools whose remote blocks cannot be programmed here "
+                                "(e.g. IPIP on a kernel without the module).",
+                                value=len(dp.plan.pool_problems)
+                                if dp is not None and dp.plan is not None else 0)
 
 
 def _code_label(value: int, known: int) -> str:

@@ -78,8 +78,10 @@ class NodeLab:
                               str(tmp_path / "secrets"), "--convergence-timeout",
                               str(convergence_timeout), *args])
         self.opts = dataclasses.replace(opts, http_listen=("127.0.0.1", 0))
+        # No data-plane shell: it would program the test process's own namespace.
         self.daemon = Daemon(self.opts, notifier=self.notifier, backend=self.backend,
-                             store=self.store, kernel=self.kernel, clock=self.clock)
+                             store=self.store, kernel=self.kernel, clock=self.clock,
+                             dataplane=False)
         self._start = start
         self.task: asyncio.Task | None = None
         self.exit_code: int | None = None
