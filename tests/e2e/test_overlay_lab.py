@@ -1,0 +1,378 @@
+"""End to end: VXLAN (CrossSubnet / Always / Never), natOutgoing and a kill -9
+restart, on a lab of two subnets joined by a router that routes node
+addresses only (lab/routed.py):
+
+    node1 10.99.0.11, node2 10.99.0.12  (subnet A)  --router--  node3 10.99.1.13 (subnet B)
+                                                       |
+                                                    outside 203.0.113.2
+
+Real bgpd processes with --dataplane on (the default), pods from the real CNI
+bridge plugin + podbgp-ipam, real captures (tcpdump) on the segments and at
+the router. One lab for the module; the tests run in file order and each
+leaves the pool as CrossSubnet + natOutgoing. What they prove is the issue's
+list: same-subnet pods talk natively, cross-subnet through VXLAN (the router
+sees UDP 4789 between node addresses only), Always encapsulates everything,
+Never cannot cross the router; natOutgoing masquerades to the node's address
+(and only towards outside every pool), takes effect within a second, and its
+table is repaired within the resync interval; a seed-style IPIP pool on this
+kernel is reported, nothing else affected; kill -9 under 50 ms probes loses
+none and the restarted daemon adopts what it finds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import require, require_binary, require_root
+
+pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
+
+POOL = "10.244.0.0/16"
+RESYNC = 2  # --resync-interval: the NAT table check runs this often
+
+
+def pool_doc(vxlan: str = "CrossSubnet", nat: bool = True, name: str = "pods",
+             cidr: str = POOL, ipip: str = "Never") -> str:
+    return json.dumps({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                       "metadata": {"name": name},
+                       "spec": {"cidr": cidr, "blockSize": 26, "vxlanMode": vxlan,
+                                "ipipMode": ipip, "natOutgoing": nat}})
+
+
+@pytest.fixture(scope="module")
+def lab():
+    require_root()
+    require_binary("etcd")
+    require_binary("tcpdump")
+    require(subprocess.run(["test", "-x", "/usr/lib/cni/bridge"]).returncode == 0,
+            "needs containernetworking-plugins (/usr/lib/cni/bridge)")
+    from lab.routed import RoutedLab
+
+    t0 = time.monotonic()
+    lab = RoutedLab(subnets=(0, 0, 1), ipam_options={"empty_block_release_seconds": 0})
+    with lab:
+        lab.apply(pool_doc())
+        lab.apply(json.dumps({
+            "apiVersion": "projectcalico.org/v3", "kind": "BGPConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"asNumber": 64512, "nodeToNodeMeshEnabled": True,
+                     "nodeMeshMaxRestartTime": "30s"}}))
+        for node in lab.nodes.values():
+            lab.register_node(node)
+        for name in lab.nodes:
+            lab.start_daemon(name, "--resync-interval", str(RESYNC))
+        for name in lab.nodes:
+            lab.add_pod(name)
+        try:
+            wait_vxlan_mode(lab, "CrossSubnet")
+        except TimeoutError:
+            for n in lab.nodes:
+                print(f"--- {n} ---\n{lab.daemon_log(n, 60)}")
+            raise
+        print(f"\nlab up and converged in {time.monotonic() - t0:.1f} s")
+        yield lab
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def pod(lab, node: str):
+    return lab.nodes[node].pods["p1"]
+
+
+def block_of(lab, node: str) -> str:
+    from tests.e2e.conftest import blocks_of
+
+    blocks = blocks_of(lab, node)
+    assert len(blocks) == 1, blocks
+    return next(iter(blocks))
+
+
+def vtep_of(lab, node: str) -> str:
+    doc = json.loads(lab.bgpctl("get", "node", node, "-o", "json").stdout)
+    return doc["spec"]["ipv4VXLANTunnelAddr"]
+
+
+def route_to(lab, on: str, block: str) -> dict | None:
+    for r in lab.routes(on, "201"):
+        if r.get("dst") == block:
+            return r
+    return None
+
+
+def expected_route(lab, on: str, to: str, mode: str) -> tuple[str, str | None]:
+    """(gateway, device) the route on ``on`` to ``to``'s block must have."""
+    same = lab.subnet_of(on) == lab.subnet_of(to)
+    if mode == "Never" or (mode == "CrossSubnet" and same):
+        return lab.nodes[to].ip, "eth0"
+    return vtep_of(lab, to), "vxlan.calico"
+
+
+def wait_vxlan_mode(lab, mode: str, timeout: float = 60) -> None:
+    names = list(lab.nodes)
+
+    def ok() -> bool:
+        for a in names:
+            for b in names:
+                if a == b:
+                    continue
+                want_gw, want_dev = expected_route(lab, a, b, mode)
+                r = route_to(lab, a, block_of(lab, b))
+                if mode == "Never" and lab.subnet_of(a) != lab.subnet_of(b):
+                    continue  # unreachable gateway: the kernel refuses it (the control)
+                if r is None or r.get("gateway") != want_gw or r.get("dev") != want_dev:
+                    return False
+        return True
+
+    lab.wait_for(ok, timeout, f"every node to route every block the {mode} way", interval=0.2)
+
+
+def exchange(lab, a: str, b: str, port: int) -> str:
+    return lab.tcp_exchange(pod(lab, a), pod(lab, b), port=port, timeout=4)
+
+
+def captured(cap_lines: list[str]) -> tuple[int, int]:
+    """(VXLAN packets, other IP packets) in a tcpdump -n summary."""
+    vx = sum(1 for ln in cap_lines if ".4789: VXLAN" in ln or ".4789 >" in ln)
+    return vx, len(cap_lines) - vx
+
+
+# ------------------------------------------------------------------ 1: CrossSubnet
+
+
+def test_crosssubnet_native_on_the_segment_vxlan_across_the_router(lab) -> None:
+    # The VTEPs are published in the Node resources, with Felix's MACs.
+    for name, node in lab.nodes.items():
+        doc = json.loads(lab.bgpctl("get", "node", name, "-o", "json").stdout)
+        assert doc["spec"]["ipv4VXLANTunnelAddr"].startswith("10.244.")
+        assert re.fullmatch(r"66(:[0-9a-f]{2}){5}", doc["spec"]["vxlanTunnelMACAddr"])
+        dev = json.loads(subprocess.run(["ip", "-n", node.ns, "-d", "-j", "link", "show",
+                                         "vxlan.calico"], capture_output=True, text=True,
+                                        check=True).stdout)[0]
+        assert dev["address"] == doc["spec"]["vxlanTunnelMACAddr"] and dev["mtu"] == 1450
+        assert dev["linkinfo"]["info_data"]["local"] == node.ip
+    # Same subnet: natively, no UDP 4789 on the segment.
+    cap = lab.capture(lab.sw, "br0", "ip and not tcp port 179 and not tcp port 2379")
+    reply = exchange(lab, "node1", "node2", 7301)
+    lines = cap.stop()
+    assert reply.endswith(f"peer={pod(lab, 'node1').ip}")  # pod to pod: no NAT
+    vx, other = captured(lines)
+    assert vx == 0 and other > 0, lines[:5]
+    assert any(pod(lab, "node1").ip in ln and pod(lab, "node2").ip in ln for ln in lines)
+    # Across the router: only UDP 4789 between node addresses; no pod address outside.
+    cap = lab.capture(lab.router, "any", "ip and not tcp port 179 and not tcp port 2379")
+    outer = lab.capture(lab.router, "any", "net 10.244.0.0/16")
+    reply = exchange(lab, "node1", "node3", 7302)
+    lines, pods_outside = cap.stop(), outer.stop()
+    assert reply.endswith(f"peer={pod(lab, 'node1').ip}")
+    vx, _ = captured(lines)
+    assert vx > 0 and pods_outside == [], pods_outside[:5]
+    node_ips = {n.ip for n in lab.nodes.values()}
+    for ln in lines:
+        if ".4789" in ln and " > " in ln and ": VXLAN" in ln:
+            src, dst = re.search(r"IP (\S+)\.\d+ > (\S+)\.4789", ln).groups()
+            assert {src, dst} <= node_ips, ln
+    print(f"\n  CrossSubnet: {len(lines)} packets at the router, all UDP 4789 between nodes")
+
+
+# ------------------------------------------------------------------ 2: Always
+
+
+def test_always_encapsulates_every_cross_node_packet(lab) -> None:
+    lab.apply(pool_doc("Always"))
+    try:
+        wait_vxlan_mode(lab, "Always")
+        cap = lab.capture(lab.sw, "br0", "net 10.244.0.0/16")  # outer headers only
+        vxcap = lab.capture(lab.sw, "br0", "udp port 4789")
+        reply = exchange(lab, "node1", "node2", 7311)
+        assert reply.endswith(f"peer={pod(lab, 'node1').ip}")
+        assert cap.stop() == [] and vxcap.stop() != []
+    finally:
+        lab.apply(pool_doc("CrossSubnet"))
+        wait_vxlan_mode(lab, "CrossSubnet")
+
+
+# ------------------------------------------------------------------ 3: Never (the control)
+
+
+def test_never_cannot_cross_the_router(lab) -> None:
+    lab.apply(pool_doc("Never"))
+    try:
+        wait_vxlan_mode(lab, "Never")
+        assert exchange(lab, "node1", "node2", 7321).endswith(f"peer={pod(lab, 'node1').ip}")
+        with pytest.raises(RuntimeError):
+            exchange(lab, "node1", "node3", 7322)
+    finally:
+        lab.apply(pool_doc("CrossSubnet"))
+        wait_vxlan_mode(lab, "CrossSubnet")
+    assert exchange(lab, "node1", "node3", 7323).endswith(f"peer={pod(lab, 'node1').ip}")
+
+
+# ------------------------------------------------------------------ 4: natOutgoing
+
+
+def test_nat_outgoing_toggles_within_a_second(lab) -> None:
+    p1, p3 = pod(lab, "node1"), pod(lab, "node3")
+    assert lab.udp_source_seen(p1) == lab.nodes["node1"].ip
+    assert lab.udp_source_seen(p3) == lab.nodes["node3"].ip
+    lab.apply(pool_doc(nat=False))
+    t0 = time.monotonic()
+    lab.wait_for(lambda: lab.udp_source_seen(p1, timeout=0.5) == p1.ip, 5,
+                 "natOutgoing off to reach node1", interval=0)
+    off = time.monotonic() - t0
+    lab.apply(pool_doc(nat=True))
+    t0 = time.monotonic()
+    lab.wait_for(lambda: lab.udp_source_seen(p1, timeout=0.5) == lab.nodes["node1"].ip, 5,
+                 "natOutgoing on to reach node1", interval=0)
+    on = time.monotonic() - t0
+    print(f"\n  natOutgoing off took effect in {off:.2f} s, on in {on:.2f} s "
+          "(incl. one UDP probe of ~0.1-0.5 s)")
+    assert off < 1.5 and on < 1.5  # the probe itself takes part of it
+    # Pod to pod is never masqueraded (the echo reports the peer address it saw).
+    assert exchange(lab, "node3", "node1", 7331).endswith(f"peer={p3.ip}")
+
+
+def test_nat_table_deleted_by_hand_is_repaired_within_the_resync_interval(lab) -> None:
+    ns = lab.nodes["node2"].ns
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "table", "inet", "podbgp-nat"],
+                   check=True)
+    t0 = time.monotonic()
+    lab.wait_for(lambda: subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "podbgp-nat"],
+        capture_output=True).returncode == 0, RESYNC + 3, "the NAT table to come back")
+    print(f"\n  nft table repaired after {time.monotonic() - t0:.2f} s (resync {RESYNC} s)")
+    assert lab.udp_source_seen(pod(lab, "node2")) == lab.nodes["node2"].ip
+    st = lab.status("node2")["dataplane"]
+    assert st["nat"]["last_action"] == "repaired"
+
+
+# ------------------------------------------------------------------ 5: IPIP here
+
+
+def test_ipip_pool_on_this_kernel_is_reported_and_nothing_else_breaks(lab) -> None:
+    has_ipip = subprocess.run(["ip", "-n", lab.nodes["node1"].ns, "link", "add", "ipprobe0",
+                               "type", "ipip"], capture_output=True).returncode == 0
+    if has_ipip:
+        subprocess.run(["ip", "-n", lab.nodes["node1"].ns, "link", "del", "ipprobe0"])
+    lab.apply(pool_doc(name="seed-ipip", cidr="192.168.0.0/16", vxlan="Never", ipip="Always"))
+    try:
+        def reported() -> dict | None:
+            st = lab.status("node1")["dataplane"]
+            tun = st["devices"].get("tunl0")
+            return st if tun and tun["state"] != "pending" else None
+
+        st = lab.wait_for(reported, 30, "tunl0 to be tried")
+        tun = st["devices"]["tunl0"]
+        if has_ipip:
+            assert tun["state"] == "ok"
+        else:
+            assert tun["state"] == "error" and "'ipip' module" in tun["reason"]
+            why = st["not_programmable_pools"]["seed-ipip"]
+            assert "192.168.0.0/16" in why and "ipipMode Always" in why
+            _code, body = lab.http_get("node1", "/metrics")
+            assert re.search(r'podbgp_dataplane_device_up\{device="tunl0",kind="ipip"\} 0', body)
+            assert re.search(r'podbgp_dataplane_device_errors_total\{device="tunl0"\} [1-9]', body)
+        # The VXLAN pool works as before, both ways across the router.
+        assert exchange(lab, "node1", "node3", 7341).endswith(f"peer={pod(lab, 'node1').ip}")
+        assert st["devices"]["vxlan.calico"]["state"] == "ok"
+    finally:
+        lab.bgpctl("delete", "ippool", "seed-ipip")
+
+
+# ------------------------------------------------------------------ 6: kill -9
+
+
+PROBER = """
+import socket, sys, time
+dst, port, interval, duration = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(interval * 0.9)
+sent = got = 0
+lost = []
+t_end = time.monotonic() + duration
+while time.monotonic() < t_end:
+    t = time.monotonic()
+    sent += 1
+    s.sendto(str(sent).encode(), (dst, port))
+    try:
+        while True:
+            d, _ = s.recvfrom(64)
+            if int(d) == sent:
+                got += 1
+                break
+    except socket.timeout:
+        lost.append(sent)
+    time.sleep(max(0.0, interval - (time.monotonic() - t)))
+print(sent, got, ",".join(map(str, lost[:20])), flush=True)
+"""
+
+ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("ok", flush=True)
+while True:
+    d, a = s.recvfrom(64)
+    s.sendto(d, a)
+"""
+
+
+def kernel_state(lab, node: str) -> dict:
+    ns = lab.nodes[node].ns
+
+    def j(*args):
+        return json.loads(subprocess.run(args, capture_output=True, text=True,
+                                         check=True).stdout or "[]")
+
+    dev = j("ip", "-n", ns, "-d", "-j", "link", "show", "vxlan.calico")[0]
+    return {
+        "ifindex": dev["ifindex"],
+        "routes": sorted((r["dst"], r.get("gateway"), r.get("dev")) for r in
+                         j("ip", "-n", ns, "-j", "route", "show", "proto", "201")),
+        "neigh": sorted((n["dst"], n.get("lladdr")) for n in
+                        j("ip", "-n", ns, "-j", "neigh", "show", "dev", "vxlan.calico")
+                        if "PERMANENT" in n.get("state", [])),
+        "fdb": sorted((f["mac"], f.get("dst")) for f in
+                      j("bridge", "-n", ns, "-j", "fdb", "show", "dev", "vxlan.calico")),
+        "nat": subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "table", "inet",
+                               "podbgp-nat"], capture_output=True, text=True).returncode == 0,
+    }
+
+
+def test_kill_9_with_vxlan_traffic_loses_no_probe_and_adopts(lab) -> None:
+    src, dst = pod(lab, "node1"), pod(lab, "node3")  # across the router: VXLAN
+    before = kernel_state(lab, "node1")
+    assert before["neigh"] and before["fdb"] and before["nat"]
+    echo = subprocess.Popen(["ip", "netns", "exec", dst.ns, sys.executable, "-c", ECHO,
+                             dst.ip, "7400"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "ok"
+        prober = subprocess.Popen(["ip", "netns", "exec", src.ns, sys.executable, "-c", PROBER,
+                                   dst.ip, "7400", "0.05", "12"], stdout=subprocess.PIPE,
+                                  text=True)
+        time.sleep(2)
+        lab.stop_daemon("node1", signal.SIGKILL)
+        time.sleep(1)
+        lab.start_daemon("node1", "--resync-interval", str(RESYNC))
+        lab.wait_for(lambda: lab.ready("node1"), 30, "node1 ready again")
+        lab.wait_for(lambda: lab.status("node1")["converged"], 60, "node1 converged")
+        out, _ = prober.communicate(timeout=30)
+    finally:
+        echo.kill()
+        echo.wait()
+    sent, got, lost = out.split() if len(out.split()) == 3 else (*out.split(), "")
+    print(f"\n  kill -9 under probing: {sent} probes every 50 ms, {got} answered")
+    assert int(sent) > 150 and int(got) == int(sent), f"lost probes: {lost}"
+    after = kernel_state(lab, "node1")
+    assert after == before, "routes, neighbours, FDB entries or the NAT table changed"
+    dp = lab.status("node1")["dataplane"]
+    assert dp["adopted"]["entries"] == len(before["neigh"]) + len(before["fdb"])
+    assert dp["counters"]["entries_installed"] == 0 and dp["counters"]["devices_created"] == 0
+    assert dp["nat"]["last_action"] in ("adopted", "unchanged")
