@@ -1,10 +1,14 @@
 """`make demo`: a 3-node podbgp cluster with pods, in network namespaces.
 
-Brings up etcd, three nodes each running a real `bgpd`, applies an IPPool and a
-BGPConfiguration with `bgpctl`, creates two pods per node with `podbgp-cni`
-(Calico's routed data plane: a veth per pod, a /32, one host route each) and
-`podbgp-ipam`, then shows what a Calico user would look at and proves
-pod-to-pod traffic across nodes by pod IP (no NAT, no overlay).
+Brings up etcd, three nodes on two subnets joined by a router (lab/routed.py:
+the router knows node addresses only) each running a real `bgpd`, applies the
+seed's kind of IPPool (encapsulation + natOutgoing) and a BGPConfiguration
+with `bgpctl`, creates two pods per node with `podbgp-cni` (Calico's routed
+data plane: a veth per pod, a /32, one host route each) and `podbgp-ipam`,
+then shows what a Calico user would look at: the mesh, the routes, the VXLAN
+device podbgp made with its VTEP entries, a capture proving cross-node pod
+traffic is encapsulated, pod-to-pod TCP by pod IP (never NATed), and a pod
+reaching a host outside every pool with its node's address.
 
     python -m lab.demo            # run, show, tear down
     python -m lab.demo --keep     # leave it running (prints how to use it)
@@ -15,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import sys
 import time
 
-from lab.harness import Lab, cleanup_leftovers
+from lab.harness import Lab, cleanup_leftovers, run
+from lab.routed import OUTSIDE_IP, RoutedLab, summarise
 
 IPPOOL = """\
 apiVersion: projectcalico.org/v3
@@ -29,9 +35,12 @@ metadata:
 spec:
   cidr: 10.244.0.0/16
   blockSize: 26
-  ipipMode: Never      # this kernel has no IPIP: plain routed pod network
-  vxlanMode: Never
-  natOutgoing: false
+  # The seed's pool is ipipMode: Always + natOutgoing: true. This kernel has no
+  # `ipip` module (podbgp would report tunl0 as failed), so the demo encapsulates
+  # with VXLAN instead: same semantics, vxlan.calico instead of tunl0.
+  ipipMode: Never
+  vxlanMode: Always
+  natOutgoing: true
 """
 
 BGPCONFIG = """\
@@ -82,6 +91,57 @@ def pod_routes_table(lab: Lab, node: str) -> str:
     return "\n".join(lines) or "(none)"
 
 
+def _j(*cmd: str, ns: str) -> list:
+    return json.loads(run(*cmd, ns=ns).stdout or "[]")
+
+
+def overlay_section(lab: RoutedLab, failures: list[str]) -> None:
+    """The tunnel podbgp made, a capture of pod traffic on the wire, natOutgoing."""
+    n1 = lab.nodes["node1"]
+    step("The VXLAN device podbgp made on node1, and its VTEP entries")
+    dev = _j("ip", "-d", "-j", "link", "show", "vxlan.calico", ns=n1.ns)[0]
+    info = dev["linkinfo"]["info_data"]
+    addr = _j("ip", "-j", "-4", "addr", "show", "dev", "vxlan.calico", ns=n1.ns)[0]
+    vtep = addr["addr_info"][0]["local"]
+    show(f"vxlan.calico: VNI {info['id']}, UDP {info['port']}, local {info['local']} on "
+         f"{info.get('link')}, learning {'on' if info.get('learning') else 'off'}, "
+         f"MTU {dev['mtu']}, MAC {dev['address']}, VTEP {vtep}/32, alias {dev.get('ifalias')}")
+    node = json.loads(lab.bgpctl("get", "node", "node1", "-o", "json").stdout)
+    show(f"Node node1 publishes: spec.ipv4VXLANTunnelAddr {node['spec'].get('ipv4VXLANTunnelAddr')}"
+         f", spec.vxlanTunnelMACAddr {node['spec'].get('vxlanTunnelMACAddr')}")
+    show("$ ip neigh show dev vxlan.calico")
+    show(run("ip", "neigh", "show", "dev", "vxlan.calico", ns=n1.ns).stdout or "(none)")
+    show("$ bridge fdb show dev vxlan.calico")
+    show(run("bridge", "fdb", "show", "dev", "vxlan.calico", ns=n1.ns).stdout or "(none)")
+
+    step("Capture on node1's eth0 while pods talk across nodes (tcpdump)")
+    cap = lab.capture(n1.ns, "eth0", "ip and not tcp port 179 and not tcp port 2379")
+    p1 = n1.pods["p1"]
+    for other in ("node2", "node3"):
+        lab.tcp_exchange(p1, lab.nodes[other].pods["p1"], port=7600 + int(other[-1]))
+    summary = summarise(cap.stop())
+    vx, pod_net = summary["vxlan"], "10.244."
+    pairs = sorted(set(vx))
+    bare = [p for p in summary["other"] if p[0].startswith(pod_net) or p[1].startswith(pod_net)]
+    show(f"{len(vx)} packets: UDP 4789 (VXLAN, VNI {info['id']}) between node addresses "
+         + ", ".join(f"{a}->{b}" for a, b in pairs[:4]))
+    show(f"{len(bare)} packets with a pod address outside the tunnel")
+    if not vx or bare:
+        failures.append("capture: cross-node pod traffic was not (only) VXLAN")
+
+    step(f"natOutgoing: a pod on node1 sends to the outside host {OUTSIDE_IP}")
+    seen = lab.udp_source_seen(p1)
+    ok = seen == n1.ip
+    show(f"pod {p1.ip} -> {OUTSIDE_IP}: the outside host saw source {seen} "
+         + (f"{GREEN}(node1's address: masqueraded){RESET}" if ok else f"{RED}(wrong){RESET}"))
+    show("$ nft list table inet podbgp-nat   (podbgp's own table)")
+    show("\n".join(ln for ln in run("nft", "list", "table", "inet", "podbgp-nat",
+                                     ns=n1.ns).stdout.splitlines() if "masquerade" in ln
+                    or "elements" in ln))
+    if not ok:
+        failures.append(f"natOutgoing: outside saw {seen}, not {n1.ip}")
+
+
 def run_demo(keep: bool, etcd_members: int = 1) -> int:
     if os.geteuid() != 0:
         print("make demo needs root (network namespaces)", file=sys.stderr)
@@ -90,13 +150,16 @@ def run_demo(keep: bool, etcd_members: int = 1) -> int:
     if removed:
         print(f"removed leftovers of an earlier run: {len(removed)} namespaces")
     failures: list[str] = []
-    lab = Lab(nodes=3, etcd_members=etcd_members)
+    lab = RoutedLab(subnets=(0, 0, 1), etcd_members=etcd_members)
     try:
-        step("Creating 3 nodes, a switch and etcd in network namespaces"
-             + (f" ({etcd_members} etcd members)" if etcd_members > 1 else ""))
+        step("Creating 3 nodes on two subnets, a router, an outside host and etcd in "
+             "network namespaces" + (f" ({etcd_members} etcd members)"
+                                     if etcd_members > 1 else ""))
         lab.up()
         for n in lab.nodes.values():
             show(f"{n.name}: namespace {n.ns}, eth0 {n.ip}/24")
+        show(f"router: namespace {lab.router} (routes node addresses only, no pod block)")
+        show(f"outside host: namespace {lab.outside}, {OUTSIDE_IP} (no pod, in no pool)")
         show(f"etcd: namespace {lab.etcd_ns}, {lab.etcd_endpoint}")
 
         step("Applying an IPPool and the BGPConfiguration with bgpctl")
@@ -143,7 +206,10 @@ def run_demo(keep: bool, etcd_members: int = 1) -> int:
             show(f"{name}: podbgp routes (ip route show proto 201)")
             show("  " + routes_table(lab, name).replace("\n", "\n  "))
 
-        step("Pod-to-pod TCP across nodes, by pod IP (every cross-node pair)")
+        overlay_section(lab, failures)
+
+        step("Pod-to-pod TCP across nodes, by pod IP (every cross-node pair: VXLAN, "
+             "never NATed)")
         pods = [p for n in lab.nodes.values() for p in n.pods.values()]
         pairs = [(a, b) for a, b in itertools.permutations(pods, 2) if a.node != b.node]
         replies = lab.tcp_exchange_many(pairs)
@@ -168,7 +234,8 @@ def run_demo(keep: bool, etcd_members: int = 1) -> int:
             n_pairs = sum(1 for n in lab.nodes.values() for _ in n.pods) * 4
             step(f"{GREEN}SUCCESS{RESET}: 3 nodes meshed over BGP, 6 pods on their own "
                  f"interfaces, all {n_pairs} cross-node pod pairs reached by pod IP through "
-                 "podbgp's routes")
+                 "podbgp's VXLAN routes, the outside host reached with the node's address "
+                 "(natOutgoing)")
         if keep and not failures:
             n1 = lab.nodes["node1"]
             print(f"""

@@ -20,6 +20,7 @@ order, e.g. ``(0, 0, 1)``: node1 and node2 on A, node3 on B.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -34,7 +35,10 @@ ROUTER_OUTSIDE_IP = f"{OUTSIDE_NET}.1"
 
 class RoutedLab(Lab):
     def __init__(self, subnets: tuple[int, ...] = (0, 0, 1), **kw) -> None:
-        super().__init__(nodes=len(subnets), **kw)
+        # Pods get a default route (podbgp-ipam's default is the pools only): the
+        # outside host is reached through the node, masqueraded or not.
+        ipam = {"routes": [{"dst": "0.0.0.0/0"}], **(kw.pop("ipam_options", None) or {})}
+        super().__init__(nodes=len(subnets), ipam_options=ipam, **kw)
         self.node_subnets = tuple(subnets)
         self.sw2 = f"{self.prefix}sw2"
         self.router = f"{self.prefix}rt"
@@ -68,7 +72,9 @@ class RoutedLab(Lab):
                 ROUTER_OUTSIDE_IP)
         super().up()
         self._veth_to(self.sw, self.router, "eth0", f"{SUBNETS[0]}.1/24")
-        run("ip", "-n", self.etcd_ns, "route", "add", "default", "via", f"{SUBNETS[0]}.1")
+        for ns in self.namespaces:  # etcd (every member): the way back to subnet B
+            if ns.startswith(self.etcd_ns):
+                run("ip", "-n", ns, "route", "add", "default", "via", f"{SUBNETS[0]}.1")
 
     def _veth_to(self, switch: str, ns: str, ifname: str, addr: str) -> None:
         self._next_link += 1
@@ -129,6 +135,27 @@ class RoutedLab(Lab):
             server.wait()
 
 
+_PACKET = re.compile(r"^\d\d:\d\d:\d\d\.\d+ IP (\S+?)\.?(\d*) > (\S+?)\.?(\d*): (.*)$")
+
+
+def summarise(lines: list[str]) -> dict:
+    """A tcpdump -n capture: VXLAN packets (UDP 4789) with their outer (src, dst),
+    and every other IPv4 packet's (src, dst). tcpdump prints a VXLAN packet's
+    inner packet on the following line, without a timestamp: not a packet."""
+    vxlan: list[tuple[str, str]] = []
+    other: list[tuple[str, str]] = []
+    for ln in lines:
+        m = _PACKET.match(ln)
+        if m is None:
+            continue
+        src, _sport, dst, dport, rest = m.groups()
+        if dport == "4789" and rest.startswith("VXLAN"):
+            vxlan.append((src, dst))
+        else:
+            other.append((src, dst))
+    return {"vxlan": vxlan, "other": other}
+
+
 class Capture:
     """tcpdump in a namespace, to summarise what crossed a link."""
 
@@ -159,4 +186,4 @@ class Capture:
         return [ln for ln in self.path.read_text().splitlines() if ln.strip()]
 
 
-__all__ = ["ETCD_IP", "OUTSIDE_IP", "SUBNETS", "Capture", "RoutedLab"]
+__all__ = ["ETCD_IP", "OUTSIDE_IP", "SUBNETS", "Capture", "RoutedLab", "summarise"]
