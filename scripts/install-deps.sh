@@ -7,6 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iproute2 nftables curl procps psmisc python3-venv systemd
+      # The overlay/NAT tests, demo and bench: captures (tcpdump), throughput (iperf3).
+      tcpdump iperf3
       # The container image (scripts/build-image.sh, tests/image): runc, not
       # crun (crun 1.8.1 refuses this host's hybrid cgroups); openssl for the
       # tests' throwaway etcd CA.
