@@ -135,7 +135,10 @@ class RoutedLab(Lab):
             server.wait()
 
 
-_PACKET = re.compile(r"^\d\d:\d\d:\d\d\.\d+ IP (\S+?)\.?(\d*) > (\S+?)\.?(\d*): (.*)$")
+# "12:00:00.000001 IP a.b.c.d.p > ..." and, on -i any, "12:00:00.000001 eth0 Out IP ...".
+_ADDR = r"(\d+\.\d+\.\d+\.\d+)(?:\.(\d+))?"
+_PACKET = re.compile(
+    rf"^\d\d:\d\d:\d\d\.\d+ (?:\S+ +(?:In|Out|M|B|P) +)?IP {_ADDR} > {_ADDR}: (.*)$")
 
 
 def summarise(lines: list[str]) -> dict:
