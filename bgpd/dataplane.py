@@ -240,6 +240,16 @@ def plan_dataplane(snap: Snapshot, node: str, settings: DataplaneSettings, *,
                          pool_problems)
 
 
+def cluster_routes_for(snap: Snapshot, node: str, settings: DataplaneSettings,
+                       reported: rib.ClusterRoutes | None = None) -> rib.ClusterRoutes:
+    """The cluster routes the RIB should follow: with the data plane on, what the
+    data-plane shell last reported (it knows which devices are up); before it
+    has, and with the data plane off, planned from the snapshot alone."""
+    if settings.manage and reported is not None:
+        return reported
+    return plan_dataplane(snap, node, settings).cluster_routes
+
+
 def published_fields(snap: Snapshot, node: str, addresses: Mapping[str, str | None]
                      ) -> dict[str, str | None]:
     """The Node fields this node publishes for its tunnel ``addresses`` (kind ->

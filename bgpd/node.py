@@ -51,7 +51,7 @@ import structlog
 
 import rib
 from bgpd import events as ev
-from bgpd.dataplane import DataplaneSettings, plan_dataplane
+from bgpd.dataplane import DataplaneSettings, cluster_routes_for
 from bgpd.peers import LocalNode, PasswordReader, PeerPlan, plan_peers
 from bgpd.peerspec import PeerSpec
 from bgpd.translate import FibRoutes, peer_policy, reachable_by_routes, rib_config
@@ -498,9 +498,7 @@ class Node:
         return [CancelTimer(name)]
 
     def _rib_config(self, snap, me: LocalNode) -> rib.RibConfig:
-        cluster = self.cluster_routes
-        if cluster is None or not self.dataplane.manage:
-            cluster = plan_dataplane(snap, self.node_name, self.dataplane).cluster_routes
+        cluster = cluster_routes_for(snap, self.node_name, self.dataplane, self.cluster_routes)
         return rib_config(snap, me, max_paths=self.max_paths, cluster_routes=cluster)
 
     def _policy(self, spec: PeerSpec, ref: PeerRef) -> rib.PeerPolicy:
