@@ -359,10 +359,13 @@ async def cmd_add(cfg: PluginConfig, env: Mapping[str, str]) -> dict[str, Any]:
         attrs["pod"] = args["K8S_POD_NAME"]
 
     async def run(alloc: Allocator):
-        v4, v6 = await alloc.auto_assign(
-            handle, cfg.nodename,
-            num_v4=1 if cfg.assign_ipv4 else 0, num_v6=1 if cfg.assign_ipv6 else 0,
-            attrs=attrs, v4_pools=cfg.ipv4_pools or None, v6_pools=cfg.ipv6_pools or None)
+        # The node's lock covers the assignment only (connecting, reading pools and the
+        # opportunistic sweep need no lock): concurrent ADDs wait for each other less.
+        with host_lock(cfg.lock_file):
+            v4, v6 = await alloc.auto_assign(
+                handle, cfg.nodename,
+                num_v4=1 if cfg.assign_ipv4 else 0, num_v6=1 if cfg.assign_ipv6 else 0,
+                attrs=attrs, v4_pools=cfg.ipv4_pools or None, v6_pools=cfg.ipv6_pools or None)
         pools = await alloc.pools()
         used = [p.cidr for p in pools
                 if any(a.block.subnet_of(p.cidr) for a in (*v4, *v6)
@@ -382,7 +385,8 @@ async def cmd_del(cfg: PluginConfig, env: Mapping[str, str]) -> None:
     handle = _handle_id(cfg, env)
 
     async def run(alloc: Allocator):
-        ips = await alloc.release_by_handle(handle)
+        with host_lock(cfg.lock_file):
+            ips = await alloc.release_by_handle(handle)
         if cfg.release_grace > 0:
             await alloc.release_empty_blocks()
         return ips
@@ -475,12 +479,9 @@ def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> i
         cfg = parse_config(stdin, env)
         logs.configure(cfg.log_level)
         if command == "ADD":
-            with host_lock(cfg.lock_file):
-                result = asyncio.run(cmd_add(cfg, env))
-            json.dump(result, stdout)
+            json.dump(asyncio.run(cmd_add(cfg, env)), stdout)
         elif command == "DEL":
-            with host_lock(cfg.lock_file):
-                asyncio.run(cmd_del(cfg, env))
+            asyncio.run(cmd_del(cfg, env))
         elif command == "CHECK":
             asyncio.run(cmd_check(cfg, env))
         elif command == "GC":
