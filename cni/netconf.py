@@ -27,7 +27,6 @@ ignored.
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 import socket
 from collections.abc import Mapping
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.agent import DEFAULT_AGENT_SOCKET
-from cni.spec import E_BAD_CONFIG, E_DECODE, E_UNSUPPORTED_FIELD, CNIError, check_version
+from cni.spec import E_BAD_CONFIG, E_DECODE, E_UNSUPPORTED_FIELD, CNIError, load_config, opt_str
 
 DEFAULT_INTERFACE_PREFIX = "cali"
 # Named route protocols (iproute2's /etc/iproute2/rt_protos); numbers 1-255 also work.
@@ -80,15 +79,6 @@ class NetConf:
     labels: dict[str, str] = field(default_factory=dict)
     ipam_routes: list[str] = field(default_factory=list)
     prev_result: dict[str, Any] | None = None
-
-
-def _opt_str(conf: Mapping[str, Any], key: str, where: str = "") -> str | None:
-    value = conf.get(key)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise CNIError(E_BAD_CONFIG, f"{where}{key}: {value!r} is not a string")
-    return value
 
 
 def _bool(conf: Mapping[str, Any], key: str, where: str = "") -> bool:
@@ -191,21 +181,12 @@ def _ipam(conf: Mapping[str, Any]) -> tuple[str, list[str]]:
 
 def parse_netconf(text: str, env: Mapping[str, str], command: str = "") -> NetConf:
     """Validate the configuration on stdin; CNIError names the key that is wrong."""
-    try:
-        conf = json.loads(text)
-    except ValueError as exc:
-        raise CNIError(E_DECODE, f"network configuration is not JSON: {exc}") from None
-    if not isinstance(conf, dict):
-        raise CNIError(E_DECODE, "network configuration is not a JSON object")
-    version = check_version(conf.get("cniVersion"), command)
-    name = conf.get("name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise CNIError(E_BAD_CONFIG, f"name: {name!r} is not a network name")
+    conf, version, name = load_config(text, command)
     for key, defaults in _UNIMPLEMENTED.items():
         if key in conf and conf[key] not in defaults:
             raise CNIError(E_UNSUPPORTED_FIELD, f"{key}: {conf[key]!r} is not supported by "
                            "podbgp-cni (remove it or use the default)")
-    datastore = _opt_str(conf, "datastore_type") or env.get("DATASTORE_TYPE") or "etcdv3"
+    datastore = opt_str(conf, "datastore_type") or env.get("DATASTORE_TYPE") or "etcdv3"
     if datastore != "etcdv3":
         raise CNIError(E_BAD_CONFIG, f"datastore_type: {datastore!r} is not supported "
                        "(podbgp-cni uses etcdv3)")
@@ -213,13 +194,13 @@ def parse_netconf(text: str, env: Mapping[str, str], command: str = "") -> NetCo
     settings = conf.get("container_settings") or {}
     if not isinstance(settings, Mapping):
         raise CNIError(E_BAD_CONFIG, f"container_settings: {settings!r} is not an object")
-    prefix = (_opt_str(conf, "interface_prefix")
+    prefix = (opt_str(conf, "interface_prefix")
               or (env.get("FELIX_INTERFACEPREFIX") or "").split(",")[0]
               or DEFAULT_INTERFACE_PREFIX)
     if not _PREFIX.fullmatch(prefix):
         raise CNIError(E_BAD_CONFIG, f"interface_prefix: {prefix!r} must be 1-4 characters "
                        "of [A-Za-z0-9_.-] (the host interface is prefix + 11 hex digits)")
-    level = _opt_str(conf, "log_level") or "warning"
+    level = opt_str(conf, "log_level") or "warning"
     if level.lower() not in ("debug", "info", "warning", "warn", "error", "critical", "panic",
                              "fatal"):
         raise CNIError(E_BAD_CONFIG, f"log_level: {level!r} is not debug, info, warning or "
@@ -229,16 +210,16 @@ def parse_netconf(text: str, env: Mapping[str, str], command: str = "") -> NetCo
         raise CNIError(E_DECODE, f"prevResult: {prev!r} is not an object")
     return NetConf(
         cni_version=version, name=name,
-        nodename=_opt_str(conf, "nodename") or env.get("NODENAME") or socket.gethostname(),
+        nodename=opt_str(conf, "nodename") or env.get("NODENAME") or socket.gethostname(),
         ipam_type=ipam_type, raw=conf,
-        etcd_endpoints=_opt_str(conf, "etcd_endpoints"),
-        etcd_ca=_opt_str(conf, "etcd_ca_cert_file"), etcd_cert=_opt_str(conf, "etcd_cert_file"),
-        etcd_key=_opt_str(conf, "etcd_key_file"),
+        etcd_endpoints=opt_str(conf, "etcd_endpoints"),
+        etcd_ca=opt_str(conf, "etcd_ca_cert_file"), etcd_cert=opt_str(conf, "etcd_cert_file"),
+        etcd_key=opt_str(conf, "etcd_key_file"),
         mtu=_mtu(conf), log_level=level,
         allow_ip_forwarding=_bool(settings, "allow_ip_forwarding", "container_settings."),
         include_default_routes=_bool(conf, "include_default_routes"),
         interface_prefix=prefix, route_protocol=_route_protocol(conf),
-        agent_socket=(_opt_str(conf, "agent_socket") or env.get("PODBGP_CNI_SOCKET")
+        agent_socket=(opt_str(conf, "agent_socket") or env.get("PODBGP_CNI_SOCKET")
                       or DEFAULT_AGENT_SOCKET),
         labels=_labels(conf), ipam_routes=ipam_routes, prev_result=prev,
     )

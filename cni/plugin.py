@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 from collections.abc import Mapping
 from typing import Any, TextIO
 
@@ -37,21 +36,17 @@ from cni.spec import (
     E_BAD_ENV,
     E_CHECK_MISMATCH,
     E_DECODE,
-    E_INTERNAL,
     E_NOT_AVAILABLE,
     E_TRY_AGAIN,
-    LATEST,
-    SUPPORTED_VERSIONS,
     CNIError,
-    config_version,
     container_id,
     from_any_version,
     interface_name,
     netns_path,
     parse_cni_args,
+    run_command,
     to_version,
     valid_attachments,
-    version_result,
 )
 from config import keys
 from config.endpoints import (
@@ -66,7 +61,7 @@ from config.errors import ConfigError
 
 log = structlog.get_logger("podbgp.cni")
 
-COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION")
+COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
 
 
 # ------------------------------------------------------------------ etcd
@@ -412,32 +407,11 @@ _HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "STATUS": cmd_s
 
 def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> int:
     """The plugin: CNI_COMMAND from ``env``, configuration on ``stdin``."""
-    command = env.get("CNI_COMMAND", "")
-    version = config_version(stdin)
-    try:
-        if command == "VERSION":
-            json.dump(version_result(version), stdout)
-            return 0
-        if command not in _HANDLERS:
-            raise CNIError(E_BAD_ENV, f"CNI_COMMAND: {command!r} is not one of "
-                           + ", ".join(COMMANDS), exit_status=2)
+
+    def handle(command: str) -> dict[str, Any] | None:
         conf = parse_netconf(stdin, env, command)
         logs.configure(conf.log_level)
-        result = asyncio.run(_HANDLERS[command](conf, env, stdin, stderr))
-        if result is not None:
-            json.dump(result, stdout)
-        return 0
-    except CNIError as err:
-        json.dump(err.to_object(version), stdout)
-        extra = f" ({err.details})" if err.details else ""
-        print(f"podbgp-cni: {command or '?'}: {err.msg}{extra}", file=stderr)
-        return err.exit_status
-    except Exception as exc:  # never a traceback to the runtime
-        log.exception("cni_internal_error", command=command)
-        json.dump(CNIError(E_INTERNAL, f"internal error: {exc!r}").to_object(
-            version if version in SUPPORTED_VERSIONS else LATEST), stdout)
-        print(f"podbgp-cni: {command or '?'}: internal error: {exc!r}", file=stderr)
-        return 1
+        return asyncio.run(_HANDLERS[command](conf, env, stdin, stderr))
 
-
-
+    return run_command("podbgp-cni", COMMANDS, env, stdin, stdout, stderr, handle,
+                       lambda command: log.exception("cni_internal_error", command=command))

@@ -282,22 +282,24 @@ class Rtnl:
             text = _cstr(msg) if msg else ""
         return -code, text
 
+    def _ack(self, buf: memoryview, off: int, end: int, what: str) -> None:
+        """An NLMSG_ERROR: nothing if it is an ACK (error 0), else NetlinkError."""
+        err, text = self._error(buf, off, end)
+        if err:
+            raise NetlinkError(err, what, text)
+
     def request(self, mtype: int, flags: int, body: bytes, what: str) -> None:
         seq = self._send(mtype, flags | NLM_F_ACK, body)
         for typ, buf, off, end in self._messages(seq):
             if typ == NLMSG_ERROR:
-                err, text = self._error(buf, off, end)
-                if err:
-                    raise NetlinkError(err, what, text)
+                self._ack(buf, off, end, what)
                 return
 
     def dump(self, mtype: int, body: bytes, what: str) -> Iterator[tuple[int, memoryview, int, int]]:
         seq = self._send(mtype, NLM_F_DUMP, body)
         for typ, buf, off, end in self._messages(seq):
             if typ == NLMSG_ERROR:
-                err, text = self._error(buf, off, end)
-                if err:
-                    raise NetlinkError(err, what, text)
+                self._ack(buf, off, end, what)
                 return
             if typ == NLMSG_DONE:
                 return

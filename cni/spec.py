@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TextIO
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = "1.1.0"
@@ -170,3 +170,62 @@ def valid_attachments(conf: Mapping[str, Any]) -> set[tuple[str, str]]:
         raise CNIError(E_BAD_CONFIG, "cni.dev/valid-attachments: not a list of "
                        '{"containerID": ..., "ifname": ...}')
     return {(a["containerID"], str(a.get("ifname") or "")) for a in raw}
+
+
+def load_config(text: str, command: str = "") -> tuple[dict[str, Any], str, str]:
+    """The network configuration on stdin: (the object, its cniVersion, its name), each
+    checked (codes 6, 1 and 7 name what is wrong)."""
+    try:
+        conf = json.loads(text)
+    except ValueError as exc:
+        raise CNIError(E_DECODE, f"network configuration is not JSON: {exc}") from None
+    if not isinstance(conf, dict):
+        raise CNIError(E_DECODE, "network configuration is not a JSON object")
+    version = check_version(conf.get("cniVersion"), command)
+    name = conf.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise CNIError(E_BAD_CONFIG, f"name: {name!r} is not a network name")
+    return conf, version, name
+
+
+def opt_str(conf: Mapping[str, Any], key: str, where: str = "") -> str | None:
+    """An optional string key of a configuration ("" and null are unset); code 7 otherwise."""
+    value = conf.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise CNIError(E_BAD_CONFIG, f"{where}{key}: {value!r} is not a string")
+    return value
+
+
+def run_command(plugin: str, commands: tuple[str, ...], env: Mapping[str, str], stdin: str,
+                stdout: TextIO, stderr: TextIO,
+                handle: Callable[[str], dict[str, Any] | None],
+                on_internal: Callable[[str], None] | None = None) -> int:
+    """One plugin call: VERSION answered here, ``handle(command)`` for the ``commands``;
+    its result (if any) on stdout. A CNIError becomes the spec's error object on stdout
+    and one line on stderr; anything else an internal error, never a traceback."""
+    command = env.get("CNI_COMMAND", "")
+    version = config_version(stdin)
+    try:
+        if command == "VERSION":
+            json.dump(version_result(version), stdout)
+            return 0
+        if command not in commands:
+            raise CNIError(E_BAD_ENV, f"CNI_COMMAND: {command!r} is not one of "
+                           + ", ".join((*commands, "VERSION")), exit_status=2)
+        result = handle(command)
+        if result is not None:
+            json.dump(result, stdout)
+        return 0
+    except CNIError as err:
+        json.dump(err.to_object(version), stdout)
+        extra = f" ({err.details})" if err.details else ""
+        print(f"{plugin}: {command or '?'}: {err.msg}{extra}", file=stderr)
+        return err.exit_status
+    except Exception as exc:  # never a traceback to the runtime
+        if on_internal is not None:
+            on_internal(command)
+        json.dump(CNIError(E_INTERNAL, f"internal error: {exc!r}").to_object(version), stdout)
+        print(f"{plugin}: {command or '?'}: internal error: {exc!r}", file=stderr)
+        return 1

@@ -89,10 +89,11 @@ from cni.spec import (
     E_UNKNOWN_CONTAINER,
     CNIError,
     check_version,
-    config_version,
+    load_config,
+    opt_str,
     parse_cni_args,
+    run_command,
     valid_attachments,
-    version_result,
 )
 from ipam.allocator import (
     Allocator,
@@ -152,46 +153,28 @@ def _str_list(obj: Mapping[str, Any], name: str) -> list[str]:
     return value
 
 
-def _opt_str(conf: Mapping[str, Any], name: str) -> str | None:
-    value = conf.get(name)
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise CNIError(E_BAD_CONFIG, f"{name}: {value!r} is not a string")
-    return value
-
-
 def parse_config(text: str, env: Mapping[str, str]) -> PluginConfig:
     """Validate the network configuration; CNIError names the field that is wrong."""
-    try:
-        conf = json.loads(text)
-    except ValueError as exc:
-        raise CNIError(E_DECODE, f"network configuration is not JSON: {exc}") from None
-    if not isinstance(conf, dict):
-        raise CNIError(E_DECODE, "network configuration is not a JSON object")
-    version = check_version(conf.get("cniVersion"))
-    name = conf.get("name")
-    if not isinstance(name, str) or not name or "/" in name:
-        raise CNIError(E_BAD_CONFIG, f"name: {name!r} is not a network name")
+    conf, version, name = load_config(text)
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
         raise CNIError(E_BAD_CONFIG, "ipam: missing or not an object")
-    datastore = _opt_str(conf, "datastore_type") or env.get("DATASTORE_TYPE") or "etcdv3"
+    datastore = opt_str(conf, "datastore_type") or env.get("DATASTORE_TYPE") or "etcdv3"
     if datastore != "etcdv3":
         raise CNIError(E_BAD_CONFIG, f"datastore_type: {datastore!r} is not supported "
                        "(podbgp-ipam uses etcdv3)")
-    nodename = _opt_str(conf, "nodename") or env.get("NODENAME") or socket.gethostname()
+    nodename = opt_str(conf, "nodename") or env.get("NODENAME") or socket.gethostname()
     cfg = PluginConfig(
         cni_version=version,
         name=name,
         nodename=nodename,
-        etcd=EtcdSettings(_opt_str(conf, "etcd_endpoints"), _opt_str(conf, "etcd_ca_cert_file"),
-                          _opt_str(conf, "etcd_cert_file"), _opt_str(conf, "etcd_key_file"), env),
+        etcd=EtcdSettings(opt_str(conf, "etcd_endpoints"), opt_str(conf, "etcd_ca_cert_file"),
+                          opt_str(conf, "etcd_cert_file"), opt_str(conf, "etcd_key_file"), env),
         assign_ipv4=_flag(ipam, "assign_ipv4", True),
         assign_ipv6=_flag(ipam, "assign_ipv6", False),
         ipv4_pools=_str_list(ipam, "ipv4_pools"),
         ipv6_pools=_str_list(ipam, "ipv6_pools"),
-        log_level=_opt_str(conf, "log_level") or "warning",
+        log_level=opt_str(conf, "log_level") or "warning",
     )
     if not (cfg.assign_ipv4 or cfg.assign_ipv6):
         raise CNIError(E_BAD_CONFIG, "ipam: assign_ipv4 and assign_ipv6 are both false")
@@ -467,20 +450,13 @@ async def cmd_status(cfg: PluginConfig, env: Mapping[str, str]) -> None:
 
 def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> int:
     """The whole plugin as a function (main() wires the real process to it)."""
-    command = env.get("CNI_COMMAND", "")
-    version = config_version(stdin)
-    try:
-        if command == "VERSION":
-            json.dump(version_result(version), stdout)
-            return 0
-        if command not in ("ADD", "DEL", "CHECK", "STATUS", "GC"):
-            raise CNIError(E_BAD_ENV, f"CNI_COMMAND: {command!r} is not ADD, DEL, CHECK, "
-                           "STATUS, GC or VERSION", exit_status=2)
+
+    def handle(command: str) -> dict[str, Any] | None:
         cfg = parse_config(stdin, env)
         logs.configure(cfg.log_level)
         if command == "ADD":
-            json.dump(asyncio.run(cmd_add(cfg, env)), stdout)
-        elif command == "DEL":
+            return asyncio.run(cmd_add(cfg, env))
+        if command == "DEL":
             asyncio.run(cmd_del(cfg, env))
         elif command == "CHECK":
             asyncio.run(cmd_check(cfg, env))
@@ -489,16 +465,10 @@ def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> i
                 asyncio.run(cmd_gc(cfg, env, json.loads(stdin)))
         else:
             asyncio.run(cmd_status(cfg, env))
-        return 0
-    except CNIError as err:
-        json.dump(err.to_object(version), stdout)
-        extra = f" ({err.details})" if err.details else ""
-        print(f"podbgp-ipam: {command or '?'}: {err.msg}{extra}", file=stderr)
-        return err.exit_status
-    except Exception as exc:  # never a traceback to the runtime
-        json.dump(CNIError(999, f"internal error: {exc!r}").to_object(version), stdout)
-        print(f"podbgp-ipam: {command or '?'}: internal error: {exc!r}", file=stderr)
-        return 1
+        return None
+
+    return run_command("podbgp-ipam", ("ADD", "DEL", "CHECK", "STATUS", "GC"), env, stdin,
+                       stdout, stderr, handle)
 
 
 def main() -> int:

@@ -584,8 +584,6 @@ class Lab:
                  concurrency: int = 1, prefix: str = "p") -> list[Pod]:
         """``count`` pods on a node, ``concurrency`` CNI ADDs at a time (the namespaces are
         made first, one by one). Raises on the first failed ADD, after all have run."""
-        from concurrent.futures import ThreadPoolExecutor
-
         node = self.nodes[node_name]
         if self.cni_agent and node.cni_agent is None:
             self.start_cni_agent(node_name)
@@ -600,8 +598,7 @@ class Lab:
             conf = self.cni_conf(node, labels)
             return item, self.cni_call(node, "ADD", pod_ns, cid, pod_ns, conf=conf)
 
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            done = list(pool.map(one, todo))
+        done = _concurrently(one, todo, concurrency)
         pods, failed = [], []
         for (name, pod_ns, cid), r in done:
             if r.returncode != 0:
@@ -623,8 +620,6 @@ class Lab:
     def del_pods(self, node_name: str, names: list[str] | None = None,
                  concurrency: int = 1) -> None:
         """CNI DEL of the given pods (all of the node's by default), then their namespaces."""
-        from concurrent.futures import ThreadPoolExecutor
-
         node = self.nodes[node_name]
         chosen = [node.pods[n] for n in (names if names is not None else list(node.pods))]
 
@@ -632,8 +627,7 @@ class Lab:
             return p, self.cni_call(node, "DEL", p.ns, p.container_id, p.ns,
                                     namespace=p.namespace)
 
-        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-            done = list(pool.map(one, chosen))
+        done = _concurrently(one, chosen, concurrency)
         failed = [f"{p.name}: {r.stdout.strip()} {r.stderr.strip()[-300:]}"
                   for p, r in done if r.returncode != 0]
         for p, r in done:
@@ -656,28 +650,10 @@ class Lab:
 
     def tcp_exchange(self, src: Pod, dst: Pod, port: int = 7777, timeout: float = 5.0) -> str:
         """Echo a token from src to dst by pod IP over TCP; returns what came back."""
-        token = f"hello-from-{src.ip}-to-{dst.ip}"
-        server = subprocess.Popen(
-            ["ip", "netns", "exec", dst.ns, sys.executable, "-c",
-             "import socket,sys\n"
-             "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-             f"s.bind(('{dst.ip}',{port}));s.listen(1);s.settimeout({timeout})\n"
-             "print('ready',flush=True)\n"
-             "c,a=s.accept();d=c.recv(200);c.sendall(b'echo:'+d+b' peer='+a[0].encode());c.close()\n"],
-            stdout=subprocess.PIPE, text=True)
-        try:
-            assert server.stdout is not None
-            server.stdout.readline()
-            r = run(sys.executable, "-c",
-                    "import socket,sys\n"
-                    f"c=socket.create_connection(('{dst.ip}',{port}),timeout={timeout})\n"
-                    f"c.sendall(b'{token}');print(c.recv(300).decode())\n",
-                    ns=src.ns, check=False, timeout=timeout + 2)
-            if r.returncode != 0:
-                raise RuntimeError(f"TCP {src.ip} -> {dst.ip}: {r.stderr.strip().splitlines()[-1:]}")
-            return r.stdout.strip()
-        finally:
-            _kill_pid(server.pid, signal.SIGKILL, wait=1)
+        reply = self.tcp_exchange_many([(src, dst)], port, timeout)[(src.ip, dst.ip)]
+        if reply.startswith("ERROR: "):
+            raise RuntimeError(f"TCP {src.ip} -> {dst.ip}: {reply[7:]}")
+        return reply
 
     def tcp_exchange_many(self, pairs: list[tuple[Pod, Pod]], port: int = 7788,
                           timeout: float = 5.0) -> dict[tuple[str, str], str]:
@@ -773,6 +749,14 @@ class Lab:
         self._state_file.unlink(missing_ok=True)
         self.namespaces.clear()
         self.pids.clear()
+
+
+def _concurrently(fn, items: list, concurrency: int) -> list:
+    """``fn`` over ``items``, ``concurrency`` at a time, results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        return list(pool.map(fn, items))
 
 
 def free_tcp_port() -> int:
