@@ -9,7 +9,7 @@ same run, interleaved call by call so that load on the machine hits both
 alike:
 
 * peer: Debian's containernetworking-plugins ``bridge`` + ``host-local``
-  (LAB.md), the standard set-up, state in a file;
+  (docs/testing.md, "CNI plugins"), the standard set-up, state in a file;
 * podbgp: ``podbgp-cni`` + ``podbgp-ipam`` in host mode as a node runs them
   (the node's ``podbgp-cni agent`` listening; the executables are the fast
   ``python -IS`` launchers podbgp-install-cni writes), etcd for IPAM and the

@@ -39,9 +39,9 @@ from cni.spec import E_BAD_CONFIG, E_DECODE, E_UNSUPPORTED_FIELD, CNIError, load
 DEFAULT_INTERFACE_PREFIX = "cali"
 # Named route protocols (iproute2's /etc/iproute2/rt_protos); numbers 1-255 also work.
 ROUTE_PROTOCOLS = {"boot": 3, "static": 4}
-# Other daemons' protocols a pod route must not pretend to be (DESIGN.md: BIRD 12,
-# Felix 80, kube-router 17, FRR 186) and podbgp's own default (201): fib_sync
-# manages every route of its number.
+# Other daemons' protocols a pod route must not pretend to be (docs/architecture.md,
+# "Decisions and why": BIRD 12, Felix 80, kube-router 17, FRR 186) and podbgp's own
+# default (201): fib_sync manages every route of its number.
 RESERVED_PROTOCOLS = {2: "kernel", 12: "BIRD", 17: "kube-router", 80: "Felix", 186: "FRR",
                       201: "podbgp's bgpd (its FIB sync owns that number)"}
 _DNS = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

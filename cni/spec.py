@@ -46,7 +46,7 @@ class CNIError(Exception):
     """A failure reported to the runtime as a CNI error object.
 
     ``exit_status`` is the process exit code (1: the request failed; 2: the
-    plugin was invoked wrongly, as DESIGN.md's exit-code rule says).
+    plugin was invoked wrongly: docs/interfaces.md, "cni/", exit status).
     """
 
     def __init__(self, code: int, msg: str, details: str = "", exit_status: int = 1) -> None:

@@ -219,8 +219,9 @@ def test_version_lists_supported(node):
 
 
 def test_bridge_without_single_block_is_refused_at_the_first_add(node, netns_factory):
-    """The bridge keeps one IPv4 gateway (LAB.md): podbgp-ipam's per-block gateways would
-    break pod 62. Refused at the first ADD, naming podbgp-cni; nothing allocated."""
+    """The bridge keeps one IPv4 gateway (docs/testing.md, "CNI plugins"): podbgp-ipam's
+    per-block gateways would break pod 62. Refused at the first ADD, naming podbgp-cni;
+    nothing allocated."""
     node_ns, server, cni_path = node
     conf = _conf(server, "pbbr" + os.urandom(3).hex())
     del conf["ipam"]["bridge_single_block"]

@@ -195,7 +195,8 @@ def test_130_pods_three_blocks_200_pairs_then_clean_delete(routed_lab):
 
 def test_bridge_churn_is_refused_at_the_first_add_with_the_fix_named(routed_lab):
     """The same pods through the bridge plugin + podbgp-ipam block mode: refused at the
-    first ADD (LAB.md: one IPv4 address per bridge), naming podbgp-cni; nothing left."""
+    first ADD (docs/testing.md, "CNI plugins": one IPv4 address per bridge), naming
+    podbgp-cni; nothing left."""
     from lab.harness import CNI_BIN_DIR, run
 
     lab = routed_lab

@@ -3,7 +3,8 @@
 Everything here fails (or answers) before an interface, an address or an
 etcd key could be touched, so it runs without root: the CNI error object on
 stdout with the spec's code (containernetworking/cni SPEC.md "Error"), one
-readable line on stderr, the exit status of DESIGN.md (1 failed, 2 usage).
+readable line on stderr, the exit status of docs/interfaces.md ("cni/": 1 failed,
+2 usage).
 """
 
 from __future__ import annotations

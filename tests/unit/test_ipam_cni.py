@@ -109,8 +109,9 @@ def test_result_shapes_per_version_and_mode():
 
 
 def test_bridge_block_mode_is_refused_at_the_first_add_naming_what_to_use():
-    """LAB.md: the bridge plugin allows one IPv4 address on the bridge ("already has an IP
-    address different from"), so per-block gateways break at a node's second block."""
+    """docs/testing.md ("CNI plugins"): the bridge plugin allows one IPv4 address on the
+    bridge ("already has an IP address different from"), so per-block gateways break at a
+    node's second block."""
     text = json.dumps({**BASE, "ipam": {"type": "podbgp-ipam"}})
     with pytest.raises(CNIError) as exc:
         parse_config(text, {})
