@@ -43,11 +43,11 @@ class Peer:
 class Prober:
     """One `lab.prober` process inside a pod's network namespace."""
 
-    def __init__(self, netns: str, tcp: str = "80,81", udp: str = "80") -> None:
+    def __init__(self, netns: str, tcp: str = "80,81", udp: str = "80", sctp: str = "") -> None:
         self.netns = netns
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", netns, sys.executable, "-m", "lab.prober",
-             "--tcp", tcp, "--udp", udp],
+             "--tcp", tcp, "--udp", udp, "--sctp", sctp],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             text=True, bufsize=1)
         first = self.proc.stdout.readline()  # type: ignore[union-attr]

@@ -13,7 +13,8 @@ Cases are issue 20's: the seed's deny-all; allow from a podSelector, from a
 namespaceSelector, from both in one peer; ipBlock with except; egress denied
 with DNS-style UDP allowed; a port range (endPort); two policies adding up;
 deleting restores; a Calico GlobalNetworkPolicy Deny with a lower order
-beating a namespaced Allow; Pass.
+beating a namespaced Allow; Pass; SCTP ports and ICMP (lab.prober's raw-socket
+INIT / INIT ACK and echo probes), in Kubernetes and in Calico policies.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ NAMESPACES = ("x", "y", "z")
 PODS = ("a", "b", "c")
 ETCD_IP = "10.98.0.3"
 DNS = (("udp", 53),)
+SCTP_ICMP = (("tcp", 80), ("sctp", 80), ("sctp", 81), ("icmp", 8))
 
 
 class Cluster:
@@ -104,7 +106,7 @@ def cluster(tmp_path_factory):
                      "--log-format", "json"], stdout=log, stderr=log))
                 log.close()
             for p in c.everyone:
-                c.probers[p.id] = Prober(p.netns, udp="80,53")
+                c.probers[p.id] = Prober(p.netns, udp="80,53", sctp="80,81")
             yield c
         finally:
             for a in c.agents:
@@ -273,3 +275,32 @@ spec:
 """)
     # y's pods pass the order-2 Deny and kns.x (allow) decides; everyone else is denied
     cl.check(lambda s, d, proto, port: d.ns != "x" or s.ns == "y")
+
+
+def test_sctp_port_in_a_kubernetes_policy_isolates_icmp_too(cl):
+    cl.apply("""apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: sctp-80, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{ports: [{protocol: SCTP, port: 80}]}]
+""")
+    # x/a takes SCTP 80 from anyone and nothing else (an isolated pod: ICMP too)
+    cl.check(lambda s, d, proto, port: d.id != "x/a" or (proto, port) == ("sctp", 80),
+             SCTP_ICMP)
+
+
+def test_calico_icmp_type_and_not_protocol(cl):
+    cl.apply("""apiVersion: projectcalico.org/v3
+kind: NetworkPolicy
+metadata: {name: ping-and-not-tcp, namespace: x}
+spec:
+  selector: pod == 'a'
+  types: [Ingress]
+  ingress:
+  - {action: Allow, protocol: ICMP, icmp: {type: 8, code: 0}}
+  - {action: Allow, notProtocol: TCP, source: {namespaceSelector: ns == 'y'}}
+""")
+    # into x/a: echo requests from anyone, and from y everything but TCP
+    cl.check(lambda s, d, proto, port: d.id != "x/a" or proto == "icmp"
+             or (s.ns == "y" and proto != "tcp"), SCTP_ICMP)

@@ -34,6 +34,7 @@ pytestmark = [pytest.mark.root, pytest.mark.etcd, pytest.mark.slow]
 
 NAMESPACES = ("x", "y", "z")
 PODS = ("a", "b")
+ALL_PROTOCOLS = (*PORTS, ("sctp", 80), ("icmp", 8))
 DENY_ALL_X = """apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: deny-all, namespace: x}
@@ -52,7 +53,7 @@ class Stack:
         pod = self.lab.add_pod(node, f"{ns}{name}", labels=labels, namespace=ns)
         peer = Peer(ns, name, pod.ns, pod.ip, node, tuple(sorted(labels.items())))
         self.peers[peer.id] = peer
-        self.probers[peer.id] = Prober(pod.ns)
+        self.probers[peer.id] = Prober(pod.ns, sctp="80")
         return peer
 
     def remove(self, peer: Peer) -> None:
@@ -139,12 +140,12 @@ def test_00_every_pair_talks_across_nodes_over_bgp_routes(st):
         status = json.loads(lab.http_get(n, "/status", lab.nodes[n].policy_http)[1])
         have = {e["endpoint"].split("/")[0] for e in status["local_endpoints"]}
         assert len(status["local_endpoints"]) == 2 and len(have) == 2, status
-    st.check(lambda s, d, proto, port: True)
+    st.check(lambda s, d, proto, port: True, ALL_PROTOCOLS)
 
 
 def test_deny_all_then_pod_and_namespace_selector_then_deleted(st):
     st.lab.apply(DENY_ALL_X)
-    st.check(lambda s, d, proto, port: d.ns != "x")
+    st.check(lambda s, d, proto, port: d.ns != "x", ALL_PROTOCOLS)
     st.lab.apply("""apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: allow-y-b, namespace: x}
