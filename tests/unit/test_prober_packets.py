@@ -30,7 +30,7 @@ def ipv4(src: str, payload: bytes) -> bytes:
 def test_init_and_init_ack_layout_and_checksum():
     init = sctp_packet(40000, 80, 0, SCTP_INIT, 0xDEADBEEF)
     assert len(init) == 12 + 20
-    sport, dport, vtag, csum = struct.unpack("!HHII", init[:12])
+    sport, dport, vtag, _csum = struct.unpack("!HHII", init[:12])
     assert (sport, dport, vtag) == (40000, 80, 0)
     ctype, flags, length, tag, rwnd, out_s, in_s, tsn = struct.unpack("!BBHIIHHI", init[12:32])
     assert (ctype, flags, length, tag, out_s, in_s) == (SCTP_INIT, 0, 20, 0xDEADBEEF, 1, 1)
