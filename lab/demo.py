@@ -7,8 +7,11 @@ with `bgpctl`, creates two pods per node with `podbgp-cni` (Calico's routed
 data plane: a veth per pod, a /32, one host route each) and `podbgp-ipam`,
 then shows what a Calico user would look at: the mesh, the routes, the VXLAN
 device podbgp made with its VTEP entries, a capture proving cross-node pod
-traffic is encapsulated, pod-to-pod TCP by pod IP (never NATed), and a pod
-reaching a host outside every pool with its node's address.
+traffic is encapsulated, pod-to-pod TCP by pod IP (never NATed), a pod
+reaching a host outside every pool with its node's address, and network
+policy taking effect across nodes: `podbgp-policy` runs on every node, the
+seed's deny-all NetworkPolicy closes a pod, an allow from one label reopens
+it for one client only, deleting them restores everything.
 
     python -m lab.demo            # run, show, tear down
     python -m lab.demo --keep     # leave it running (prints how to use it)
@@ -25,6 +28,7 @@ import sys
 import time
 
 from lab.harness import Lab, cleanup_leftovers, run
+from lab.netpol import Prober
 from lab.routed import OUTSIDE_IP, RoutedLab, summarise
 
 IPPOOL = """\
@@ -142,6 +146,88 @@ def overlay_section(lab: RoutedLab, failures: list[str]) -> None:
         failures.append(f"natOutgoing: outside saw {seen}, not {n1.ip}")
 
 
+DENY_ALL = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: deny-all
+  namespace: default
+spec:
+  podSelector: {}
+  policyTypes: [Ingress]
+"""
+
+ALLOW_REPLICA_1 = """\
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-from-replica-1
+  namespace: default
+spec:
+  podSelector: {matchLabels: {app: demo, replica: "1"}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {replica: "1"}}}]
+    ports: [{protocol: TCP, port: 80}]
+"""
+
+
+def policy_section(lab: Lab, failures: list[str]) -> None:
+    """A policy taking effect: node1/p1 closed by deny-all, opened to replica 1 only."""
+    server = lab.nodes["node1"].pods["p1"]
+    clients = [lab.nodes["node2"].pods["p1"], lab.nodes["node3"].pods["p2"]]
+    # lab.prober in each pod: serves TCP 80 (the server) and probes (the clients)
+    probers = {c.name + c.node: Prober(c.ns) for c in [server, *clients]}
+
+    def reach(c) -> bool:
+        slot = probers[c.name + c.node].start("tcp", server.ip, 80, 0.3)
+        return slot[0].wait(5) and bool(slot[1]["ok"])
+
+    def expect(what: str, *want: bool) -> None:
+        """Until client i's probe is allowed exactly when want[i]; print each."""
+        t0 = time.monotonic()
+        try:
+            lab.wait_for(lambda: all(reach(c) == w
+                                     for c, w in zip(clients, want, strict=True)),
+                         20, what, interval=0.02)
+        except TimeoutError as e:
+            failures.append(f"policy: {e}")
+        took = (time.monotonic() - t0) * 1000
+        word = {True: "allowed", False: "blocked"}
+        for c, w in zip(clients, want, strict=True):
+            got = reach(c)
+            mark = (f"{GREEN}{word[got]}{RESET}" if got == w
+                    else f"{RED}{word[got]} (expected {word[w]}){RESET}")
+            show(f"{c.node}/{c.name} (replica {c.labels['replica']}) {c.ip} -> "
+                 f"node1/{server.name} {server.ip} TCP 80: {mark}")
+        show(f"(observed {took:.0f} ms after bgpctl returned; a blocked probe waits 0.3 s)")
+
+    try:
+        step("Network policy: every pod reaches node1/p1 before any policy")
+        expect("both clients to reach node1/p1", True, True)
+        step("Applying the seed's deny-all NetworkPolicy (bgpctl apply)")
+        show(DENY_ALL)
+        lab.apply(DENY_ALL)
+        expect("deny-all to block both clients", False, False)
+        step("Allowing TCP 80 from pods labelled replica=1 only")
+        show(ALLOW_REPLICA_1)
+        lab.apply(ALLOW_REPLICA_1)
+        expect("replica 1 allowed, replica 2 still blocked", True, False)
+        show("$ bgpctl get networkpolicies -n default")
+        show(lab.bgpctl("get", "networkpolicies", "-n", "default").stdout)
+        show("$ bgpctl policy show -n default   (which policies select each endpoint)")
+        show(lab.bgpctl("policy", "show", "-n", "default").stdout)
+        n1 = lab.nodes["node1"]
+        status = json.loads(lab.http_get("node1", "/status", n1.policy_http)[1])
+        show(f"node1's podbgp-policy: {len(status['local_endpoints'])} local endpoints, "
+             f"table inet podbgp-policy (nft list table inet podbgp-policy)")
+        step("Deleting both policies: everything is reachable again")
+        lab.bgpctl("delete", "-f", "-", input=DENY_ALL + "---\n" + ALLOW_REPLICA_1)
+        expect("both clients to reach node1/p1 again", True, True)
+    finally:
+        for pr in probers.values():
+            pr.close()
+
+
 def run_demo(keep: bool, etcd_members: int = 1) -> int:
     if os.geteuid() != 0:
         print("make demo needs root (network namespaces)", file=sys.stderr)
@@ -177,6 +263,14 @@ def run_demo(keep: bool, etcd_members: int = 1) -> int:
             lab.start_daemon(name)
         lab.wait_for(lambda: all(lab.ready(n) for n in lab.nodes), 60, "daemons ready")
         show("all daemons ready (/readyz)")
+
+        step("Starting podbgp-policy (the network-policy agent) on every node")
+        for name in lab.nodes:
+            lab.start_policy_agent(name)
+        lab.wait_for(lambda: all(lab.policy_ready(n) for n in lab.nodes), 60,
+                     "policy agents ready")
+        show("all policy agents ready (/readyz on :9180): no policy yet, so every pod is "
+             "open; a new pod's interface is held until its chains exist")
 
         step("Creating two pods per node (podbgp-cni + podbgp-ipam)")
         for name in lab.nodes:
@@ -220,6 +314,8 @@ def run_demo(keep: bool, etcd_members: int = 1) -> int:
                  f"{GREEN + 'ok' + RESET if ok else RED + 'FAILED ' + reply + RESET}")
             if not ok:
                 failures.append(f"{a.ip}->{b.ip}: {reply}")
+
+        policy_section(lab, failures)
     except Exception as e:
         failures.append(str(e))
         print(f"\n{RED}error: {e}{RESET}", file=sys.stderr)
@@ -235,7 +331,7 @@ def run_demo(keep: bool, etcd_members: int = 1) -> int:
             step(f"{GREEN}SUCCESS{RESET}: 3 nodes meshed over BGP, 6 pods on their own "
                  f"interfaces, all {n_pairs} cross-node pod pairs reached by pod IP through "
                  "podbgp's VXLAN routes, the outside host reached with the node's address "
-                 "(natOutgoing)")
+                 "(natOutgoing), a NetworkPolicy enforced across nodes by podbgp-policy")
         if keep and not failures:
             n1 = lab.nodes["node1"]
             print(f"""
@@ -245,6 +341,7 @@ The lab is left running (prefix {lab.prefix}).
   BGP status:       ip netns exec {n1.ns} {sys.prefix}/bin/bgpctl node status
   resources:        ip netns exec {n1.ns} {sys.prefix}/bin/bgpctl --etcd-endpoints {lab.etcd_endpoint} get bgppeers
   daemon logs:      {lab.workdir}/node1.log
+  policy agent:     {lab.workdir}/node1-policy.log; ip netns exec {n1.ns} nft list table inet podbgp-policy
   tear it down:     make demo-down   (or: {sys.executable} -m lab.demo --down)""")
         else:
             lab.down()
