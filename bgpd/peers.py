@@ -109,11 +109,14 @@ class PeerPlan:
 
 
 def router_id_for(ipv4: str | None, ipv6: str | None, name: str) -> str:
-    """Calico: the IPv4 address; for IPv6-only nodes a stable 32-bit hash of the name."""
+    """Calico: the IPv4 address; for IPv6-only nodes (where Calico's docs say to set
+    CALICO_ROUTER_ID=hash) what confd then uses: the first 4 bytes of the SHA-256 of
+    the node name, a first byte above 223 less 32 (confd/pkg/resource/template/util.go
+    HashToIPv4, bgp_processor.go)."""
     if ipv4:
         return ipv4
-    digest = hashlib.sha256((ipv6 or name).encode()).digest()[:4]
-    return str(ipaddress.IPv4Address(digest))
+    b = hashlib.sha256(name.encode()).digest()[:4]
+    return ".".join(str(x) for x in (b[0] - 32 if b[0] > 223 else b[0], *b[1:]))
 
 
 def _cluster_id(snap: Snapshot, name: str) -> str | None:

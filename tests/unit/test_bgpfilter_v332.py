@@ -31,7 +31,7 @@ MAX = 2147483647
 
 def setup(case: str, filt_peer: rib.PeerRef) -> tuple[rib.Rib, rib.PeerPolicy]:
     """A RIB with the case's filter on ``filt_peer``, plus a plain iBGP and eBGP peer."""
-    docs = confd.case_documents(next(c for c in confd.CASES if c.name == f"bgpfilter/{case}"))
+    docs = confd.case_documents(confd.case(f"bgpfilter/{case}"))
     snap = Snapshot.from_resources(parse_resource(d) for d in docs
                                    if d["kind"] in ("BGPFilter", "IPPool"))
     (name,) = snap.bgp_filters

@@ -1,9 +1,9 @@
 """Calico compatibility: what current Calico writes is read, used and kept.
 
 Sources (cited, not copied as code):
-- tests/fixtures/calico-confd/: Calico's confd test suite data, projectcalico/calico
-  commit 87c15906, confd/tests/mock_data/calicoctl/**/{input,delete}.yaml and
-  confd/tests/compiled_templates/**/bird{,6}.cfg (see SOURCES.md there).
+- tests/fixtures/confd_cases.json: facts derived from Calico's confd test suite
+  (projectcalico/calico 87c15906, confd/tests/; each case cites its paths), read
+  through tests/helpers/confd.py.
 - tests/fixtures/calico-v3.32/cluster.yaml: resources shaped by
   api/pkg/apis/projectcalico/v3/*.go and libcalico-go/lib/apis/internalapi/node.go.
 """
@@ -20,39 +20,49 @@ from bgpd.translate import rib_config
 from config.errors import ConfigError
 from config.parse import load_yaml_documents, parse_resource, to_calico_dict, unknown_fields
 from config.snapshot import Snapshot
+from tests.helpers import confd
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-CONFD = FIXTURES / "calico-confd" / "mock_data" / "calicoctl"
 V332 = FIXTURES / "calico-v3.32" / "cluster.yaml"
-
-# Kinds in confd's mock data that are Kubernetes objects, not projectcalico.org/v3.
-NOT_CALICO = {"Service", "EndpointSlice"}
-# Calico's own data that Calico's validator would refuse too: a delete file only
-# needs names, and this one carries an invalid CIDR.
-KNOWN_BAD = {("mesh/vxlan-always/delete.yaml", "ippool-v6-1"): "spec.cidr"}
 
 
 def _confd_documents():
-    for path in sorted(CONFD.rglob("*.yaml")):
-        for n, doc in enumerate(load_yaml_documents(path.read_text())):
-            yield pytest.param(path, doc, id=f"{path.relative_to(CONFD)}#{n}")
+    seen = set()
+    for case in confd.CASES:
+        for n, doc in enumerate(confd.case_documents(case)):
+            key = repr(doc)
+            if key not in seen:
+                seen.add(key)
+                yield pytest.param(doc, id=f"{case.name}#{n}")
 
 
-@pytest.mark.parametrize(("path", "doc"), list(_confd_documents()))
-def test_every_confd_mock_resource_parses_strictly_and_round_trips(path, doc):
+CONFD_DOCS = list(_confd_documents())
+
+
+@pytest.mark.parametrize("doc", CONFD_DOCS)
+def test_every_confd_resource_parses_strictly_and_round_trips(doc):
     # strict=True: bgpctl apply of Calico's own test inputs names no unknown field.
-    if doc.get("kind") in NOT_CALICO:
-        with pytest.raises(ConfigError, match="unknown kind"):
-            parse_resource(doc, strict=True)
-        return
-    bad = KNOWN_BAD.get((str(path.relative_to(CONFD)), doc["metadata"]["name"]))
-    if bad:
-        with pytest.raises(ConfigError) as info:
-            parse_resource(doc, strict=True)
-        assert info.value.field == bad
-        return
     res = parse_resource(doc, strict=True)
     assert parse_resource(to_calico_dict(res), strict=True) == res
+
+
+def test_the_confd_resources_cover_every_kind_that_decides_sessions():
+    kinds = {d.values[0]["kind"] for d in CONFD_DOCS}
+    assert kinds == {"Node", "BGPConfiguration", "BGPPeer", "BGPFilter"}
+    assert len(CONFD_DOCS) >= 150
+
+
+def test_an_invalid_cidr_in_calicos_own_data_is_refused_by_name():
+    # Calico's confd mock data carries one invalid CIDR (87c15906,
+    # confd/tests/mock_data/calicoctl/mesh/vxlan-always/delete.yaml, IPPool
+    # ippool-v6-1: "dead::beef::/64", two "::"): a delete only needs the name, but
+    # applying it must fail naming the field.
+    doc = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+           "metadata": {"name": "ippool-v6-1"},
+           "spec": {"cidr": "dead::beef::/64", "vxlanMode": "Always"}}
+    with pytest.raises(ConfigError) as info:
+        parse_resource(doc, strict=True)
+    assert info.value.field == "spec.cidr"
 
 
 def _load(path: Path = V332) -> list:

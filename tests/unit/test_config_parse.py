@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -20,35 +19,22 @@ from config.parse import (
     to_calico_dict,
     to_json,
 )
+from tests.helpers import calico_examples as examples
 
-EXAMPLES = Path("/work/shared/calico-examples")
-VALID = sorted(EXAMPLES.glob("*.yaml"))
-INVALID = sorted((EXAMPLES / "invalid").glob("*.yaml"))
-ETCD_LINES = [
-    json.loads(line)
-    for line in (EXAMPLES / "etcd-values.jsonl").read_text().splitlines()
-    if line.strip()
-]
-
-# The field Calico's error names for each invalid example (from the file's header).
-INVALID_FIELDS = {
-    "bgpconfiguration-restart-time-mesh-disabled.yaml": "spec.nodeMeshMaxRestartTime",
-    "bgppeer-invalid-peerip.yaml": "spec.peerIP",
-    "bgppeer-node-and-nodeselector.yaml": "spec.nodeSelector",
-    "ippool-blocksize-below-range.yaml": "spec.blockSize",
-    "ippool-cidr-not-strictly-masked.yaml": "spec.cidr",
-    "ippool-ipip-on-ipv6.yaml": "spec.ipipMode",
-}
+VALID = examples.VALID
+INVALID = examples.INVALID
 
 
 def test_example_sets_are_present():
-    assert len(VALID) >= 20 and len(INVALID) == len(INVALID_FIELDS)
+    assert len(VALID) >= 20 and len(INVALID) == 6
+    assert all(e.source and e.field is None for e in VALID)
+    assert all(e.source and e.field for e in INVALID)
 
 
-@pytest.mark.parametrize("path", VALID, ids=[p.name for p in VALID])
-def test_every_calico_example_parses_and_round_trips(path):
-    (res,) = parse_yaml_documents(path.read_text())
-    raw = yaml.safe_load(path.read_text())
+@pytest.mark.parametrize("ex", VALID, ids=[e.id for e in VALID])
+def test_every_calico_example_parses_and_round_trips(ex):
+    (res,) = parse_yaml_documents(ex.text)
+    raw = yaml.safe_load(ex.text)
     assert res.kind == raw["kind"] and res.metadata.name == raw["metadata"]["name"]
     stored = to_calico_dict(res)
     assert stored["apiVersion"] == "projectcalico.org/v3" and stored["kind"] == res.kind
@@ -67,33 +53,33 @@ def test_every_calico_example_parses_and_round_trips(path):
             assert stored["spec"][field] == value
 
 
-@pytest.mark.parametrize("path", INVALID, ids=[p.name for p in INVALID])
-def test_every_calico_invalid_example_is_rejected_naming_the_field(path):
+@pytest.mark.parametrize("ex", INVALID, ids=[e.id for e in INVALID])
+def test_every_calico_invalid_example_is_rejected_naming_the_field(ex):
     with pytest.raises(ConfigError) as info:
-        parse_yaml_documents(path.read_text())
-    raw = yaml.safe_load(path.read_text())
-    assert info.value.field == INVALID_FIELDS[path.name]
+        parse_yaml_documents(ex.text)
+    raw = yaml.safe_load(ex.text)
+    assert info.value.field == ex.field
     assert info.value.kind == raw["kind"]
     assert info.value.name == raw["metadata"]["name"]
-    assert INVALID_FIELDS[path.name] in str(info.value)
+    assert ex.field in str(info.value)
 
 
 def test_specific_example_values():
-    by_name = {p.name: parse_yaml_documents(p.read_text())[0] for p in VALID}
-    pool = by_name["ippool-default-ipv4-ippool.change-block-size.yaml"]
+    by_name = {e.id: parse_yaml_documents(e.text)[0] for e in VALID}
+    pool = by_name["ippool-block-size"]
     assert isinstance(pool, IPPool)
     assert (pool.spec.block_size, pool.spec.ipip_mode, pool.spec.nat_outgoing) == (28, "Always", True)
-    v6peer = by_name["bgppeer-bgppeer-v6.route_reflector.yaml"]
+    v6peer = by_name["bgppeer-v6-port"]
     assert isinstance(v6peer, BGPPeer)
     assert (v6peer.spec.peer_address, v6peer.spec.peer_port) == ("ac13::57", 50)
-    comm = by_name["bgpconfiguration-default.mesh-communities.yaml"].spec
+    comm = by_name["bgpconfiguration-communities"].spec
     # YAML 1.1 would read 5663:12 as base-60 339792; Calico (Go yaml) keeps the string
     assert comm.prefix_advertisements[0].communities == (
         "bgp-comm-standard", "5663:12", "bgp-comm-large")
-    node = by_name["node-kube-master.route_reflector.yaml"]
+    node = by_name["node-route-reflector"]
     assert node.metadata.labels == {"routeReflector": "true"}
     assert node.spec.bgp.route_reflector_cluster_id == "10.0.0.1"
-    ba = by_name["blockaffinity-kube-master-192-168-221-0-26.yaml"]
+    ba = by_name["blockaffinity-pending"]
     assert isinstance(ba, BlockAffinity)
     assert ba.to_affinity() == Affinity("kube-master", "192.168.221.0/26", "pending", False)
     assert not ba.to_affinity().advertised
@@ -128,17 +114,16 @@ spec:
 
 
 def test_block_affinity_deleted_is_stored_as_calico_string():
-    (ba,) = parse_yaml_documents((EXAMPLES / "blockaffinity-kube-master-192-168-221-0-26.yaml")
-                                 .read_text())
+    (ba,) = parse_yaml_documents(examples.by_id()["blockaffinity-pending"].text)
     assert to_calico_dict(ba)["spec"]["deleted"] == "false"
 
 
 # ------------------------------------------------------------ etcd values
 
 
-@pytest.mark.parametrize("entry", ETCD_LINES, ids=[e["key"] for e in ETCD_LINES])
-def test_every_etcd_value_is_understood(entry):
-    key, value = entry["key"], entry["value"]
+@pytest.mark.parametrize(("key", "value"), examples.ETCD_VALUES,
+                         ids=[k for k, _ in examples.ETCD_VALUES])
+def test_every_etcd_value_is_understood(key, value):
     if keys.parse_resource_key(key):
         res = parse_json(key, value.encode())
         assert res.metadata.name == keys.parse_resource_key(key)[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -24,8 +23,7 @@ from ipam.model import (
     handle_key,
     parse_affinity_key,
 )
-
-EXAMPLES = Path("/work/shared/calico-examples/etcd-values.jsonl")
+from tests.helpers import calico_examples as examples
 
 
 def test_keys_are_calicos():
@@ -46,9 +44,9 @@ def test_keys_are_calicos():
 
 
 def test_reads_a_block_from_a_real_calico_datastore():
-    line = next(x for x in EXAMPLES.read_text().splitlines() if "/calico/ipam/" in x)
-    rec = json.loads(line)
-    block = IPAMBlock.from_json(rec["key"], rec["value"])
+    # The older block format of an etcd-backed Calico v3.4/v3.5 cluster
+    # (tests/helpers/calico_examples.py says where its shape comes from).
+    block = IPAMBlock.from_json(examples.OLD_BLOCK_KEY, examples.OLD_BLOCK_VALUE)
     assert block.cidr == ipaddress.ip_network("10.244.2.0/26")
     assert block.host is None and block.in_use == 1
     assert block.handle_of("10.244.2.0") is None  # handle_id null in Calico's data

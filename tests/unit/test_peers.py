@@ -185,6 +185,15 @@ def test_router_id(v4, v6, expect_v4) -> None:
     assert rid.count(".") == 3 and rid == router_id_for(v4, v6, "x")
 
 
+@pytest.mark.parametrize(("name", "rid"), [("Testrobin123", "207.94.5.27"),
+                                           ("nodeTest", "109.174.215.226")])
+def test_router_id_of_an_ipv6_only_node_is_calicos_hash(name, rid) -> None:
+    # projectcalico/calico 87c15906 confd/pkg/resource/template/template_funcs_test.go
+    # Test_hashToIPv4_invalid_range/_valid_range: HashToIPv4 of the node name, a first
+    # byte above 223 (239 for Testrobin123) less 32.
+    assert router_id_for(None, "fd00::9", name) == rid
+
+
 def test_documented_rr_peer_gives_reflector_sessions_to_every_node() -> None:
     # Calico's docs: one BGPPeer, nodeSelector all(), peerSelector the reflectors.
     # The reflector matches the peerSelector, so it peers back with every node.
