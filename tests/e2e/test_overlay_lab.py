@@ -6,16 +6,17 @@ addresses only (lab/routed.py):
                                                        |
                                                     outside 203.0.113.2
 
-Real bgpd processes with --dataplane on (the default), pods from the real CNI
-bridge plugin + podbgp-ipam, real captures (tcpdump) on the segments and at
+Real bgpd processes with --dataplane on (the default), pods from podbgp-cni +
+podbgp-ipam, real captures (tcpdump) on the segments and at
 the router. One lab for the module; the tests run in file order and each
 leaves the pool as CrossSubnet + natOutgoing. What they prove is the issue's
 list: same-subnet pods talk natively, cross-subnet through VXLAN (the router
 sees UDP 4789 between node addresses only), Always encapsulates everything,
 Never cannot cross the router; natOutgoing masquerades to the node's address
 (and only towards outside every pool), takes effect within a second, and its
-table is repaired within the resync interval; a seed-style IPIP pool on this
-kernel is reported, nothing else affected; kill -9 under 50 ms probes loses
+table is repaired within the resync interval; the seed's own pool (IPIP Always +
+natOutgoing) masquerades real traffic and, on this kernel without `ipip`, fails
+clearly with nothing else affected; kill -9 under 50 ms probes loses
 none and the restarted daemon adopts what it finds.
 """
 
@@ -269,16 +270,60 @@ def test_nat_table_deleted_by_hand_is_repaired_within_the_resync_interval(lab) -
     assert re.search(r"podbgp_nat_table_repairs_total [1-9]", body)
 
 
-# ------------------------------------------------------------------ 5: IPIP here
+# ------------------------------------------------------------------ 5: the seed's pool
 
 
-def test_ipip_pool_on_this_kernel_is_reported_and_nothing_else_breaks(lab) -> None:
-    has_ipip = subprocess.run(["ip", "-n", lab.nodes["node1"].ns, "link", "add", "ipprobe0",
-                               "type", "ipip"], capture_output=True).returncode == 0
-    if has_ipip:
-        subprocess.run(["ip", "-n", lab.nodes["node1"].ns, "link", "del", "ipprobe0"])
-    lab.apply(pool_doc(name="seed-ipip", cidr="192.168.0.0/16", vxlan="Never", ipip="Always"))
+SEED_POOL = "192.168.0.0/16"  # the seed's one example pool: ipipMode Always, natOutgoing true
+
+
+def kernel_has_ipip(ns: str) -> bool:
+    r = subprocess.run(["ip", "-n", ns, "link", "add", "ipprobe0", "type", "ipip"],
+                       capture_output=True)
+    if r.returncode == 0:
+        subprocess.run(["ip", "-n", ns, "link", "del", "ipprobe0"])
+    return r.returncode == 0
+
+
+def seed_routes(lab, node: str) -> list[dict]:
+    return [r for r in lab.routes(node, "201") if r["dst"].startswith("192.168.")]
+
+
+def test_the_seeds_pool_as_written(lab) -> None:
+    """The seed's pool, applied as is: {cidr: 192.168.0.0/16, ipipMode: Always,
+    natOutgoing: true}, with pods of its own on node1 and node3 (across the router).
+    natOutgoing works with real traffic whatever the kernel; IPIP works where the
+    kernel has the module (IP protocol 4 between node addresses at the router) and
+    fails clearly where it does not (here): one error naming the pool and the
+    missing module, /status, metrics, no route to the remote blocks, and the VXLAN
+    pool's pods unaffected."""
+    n1, n3 = lab.nodes["node1"], lab.nodes["node3"]
+    has_ipip = kernel_has_ipip(n1.ns)
+    doc = json.loads(pool_doc(name="seed", cidr=SEED_POOL, vxlan="Never", ipip="Always"))
+    doc["spec"] = {"cidr": SEED_POOL, "ipipMode": "Always", "natOutgoing": True,
+                   "disabled": False}  # the seed's spec, word for word (blockSize: 26 default)
+    lab.apply(json.dumps(doc))
+    seed_pods = {}
     try:
+        lab.ipam_options["ipv4_pools"] = ["seed"]  # CNI ipam ipv4_pools: these from the seed's
+        try:
+            for name in ("node1", "node3"):
+                seed_pods[name] = lab.add_pod(name, "seed")
+        finally:
+            lab.ipam_options.pop("ipv4_pools")
+        for p in seed_pods.values():
+            assert p.ip.startswith("192.168."), p.ip
+
+        # Every node holds a block of the seed's pool (its tunnel address, and pods on
+        # node1 and node3) and advertises it: each node's loc-RIB has all three.
+        def blocks_everywhere() -> bool:
+            own = [[r for r in seed_routes(lab, n) if r.get("type") == "blackhole"]
+                   for n in lab.nodes]
+            return all(len(b) == 1 for b in own) and all(
+                lab.status(n)["routes"]["loc_rib"] >= 6 for n in lab.nodes)
+
+        lab.wait_for(blocks_everywhere, 30, "a seed block on every node, learned by all")
+        n3_block = next(r["dst"] for r in seed_routes(lab, "node3") if r.get("type") == "blackhole")
+
         def reported() -> dict | None:
             st = lab.status("node1")["dataplane"]
             tun = st["devices"].get("tunl0")
@@ -287,19 +332,51 @@ def test_ipip_pool_on_this_kernel_is_reported_and_nothing_else_breaks(lab) -> No
         st = lab.wait_for(reported, 30, "tunl0 to be tried")
         tun = st["devices"]["tunl0"]
         if has_ipip:
-            assert tun["state"] == "ok"
+            # The full path: tunl0 with the node's tunnel address, routes via it, IPIP on
+            # the wire between node addresses only.
+            assert tun["state"] == "ok" and not st["not_programmable_pools"]
+            node = json.loads(lab.bgpctl("get", "node", "node1", "-o", "json").stdout)
+            tunnel_addr = node["spec"]["bgp"]["ipv4IPIPTunnelAddr"]
+            assert tunnel_addr.startswith("192.168.")
+            lab.wait_for(lambda: any(r["dst"] == n3_block and r.get("dev") == "tunl0"
+                                     and r.get("gateway") == n3.ip
+                                     for r in seed_routes(lab, "node1")),
+                         30, f"{n3_block} via {n3.ip} dev tunl0 onlink on node1")
+            bare = lab.capture(lab.router, "any", f"net {SEED_POOL}")  # outer headers only
+            ipip = lab.capture(lab.router, "any", "ip proto 4")
+            reply = lab.tcp_exchange(seed_pods["node1"], seed_pods["node3"], port=7342)
+            assert reply.endswith(f"peer={seed_pods['node1'].ip}")  # pod to pod: no NAT
+            assert bare.stop() == [] and ipip.stop() != []
         else:
+            # The clear failure: what, which pool, which kernel feature; said once.
             assert tun["state"] == "error" and "'ipip' module" in tun["reason"]
-            why = st["not_programmable_pools"]["seed-ipip"]
-            assert "192.168.0.0/16" in why and "ipipMode Always" in why
+            why = st["not_programmable_pools"]["seed"]
+            assert why.startswith(f"IPPool seed ({SEED_POOL}) has ipipMode Always")
+            assert "'ipip' module" in why
             _code, body = lab.http_get("node1", "/metrics")
             assert re.search(r'podbgp_dataplane_device_up\{device="tunl0",kind="ipip"\} 0', body)
             assert re.search(r'podbgp_dataplane_device_errors_total\{device="tunl0"\} [1-9]', body)
-        # The VXLAN pool works as before, both ways across the router.
+            assert re.search(r"^podbgp_dataplane_pools_not_programmable 1(\.0)?$", body, re.M)
+            said = [ln for ln in lab.daemon_log("node1", 5000).splitlines()
+                    if "dataplane_pool_not_programmable" in ln]
+            assert len(said) == 1 and "IPPool seed" in said[0] and "'ipip' module" in said[0]
+            # node3's seed block is known but has no kernel route on node1 (the route via
+            # tunl0 cannot exist), and nothing else of node1's routes changed.
+            assert [r["dst"] for r in seed_routes(lab, "node1")
+                    if r.get("type") != "blackhole"] == []
+        # natOutgoing as written, with real traffic: the outside host sees each node's
+        # address for its seed pod (and the seed pod's own address never).
+        assert lab.udp_source_seen(seed_pods["node1"]) == n1.ip
+        assert lab.udp_source_seen(seed_pods["node3"]) == n3.ip
+        # Nothing else affected: the VXLAN pool's pods talk across the router, unNATed.
         assert exchange(lab, "node1", "node3", 7341).endswith(f"peer={pod(lab, 'node1').ip}")
-        assert st["devices"]["vxlan.calico"]["state"] == "ok"
+        assert lab.status("node1")["dataplane"]["devices"]["vxlan.calico"]["state"] == "ok"
     finally:
-        lab.bgpctl("delete", "ippool", "seed-ipip")
+        for name, p in seed_pods.items():
+            lab.del_pod(name, p.name)
+        lab.bgpctl("delete", "ippool", "seed")
+    print(f"\n  seed pool: tunl0 {tun['state']}; natOutgoing: the outside host saw "
+          f"{n1.ip} and {n3.ip}")
 
 
 # ------------------------------------------------------------------ 6: kill -9
