@@ -69,10 +69,11 @@ _SRC = "sourceaddr_gracefulrestart/input.yaml"
 
 
 def _case(golden: str, test: str, inputs: tuple[str, ...] = (), node: str = "kube-master",
-          secrets: dict | None = None, change: dict | None = None,
+          secrets: dict | None = None, changes: tuple[dict, ...] = (),
           env: dict | None = None) -> dict:
     return {"name": golden, "test": test, "inputs": inputs or (f"{golden}/input.yaml",),
-            "node": node, "env": env or {}, "secrets": secrets or {}, "change": change}
+            "node": node, "env": env or {}, "secrets": secrets or {},
+            "changes": list(changes)}
 
 
 # calico-node's environment a case sets (mesh_test.go envVars).
@@ -80,9 +81,17 @@ _ENV = {"mesh/hash": {"CALICO_ROUTER_ID": "hash"},
         "mesh/static-routes-no-ipv4-address": {"CALICO_ROUTER_ID": "10.10.10.10"}}
 
 
-# A daemon-mode step edits BGPPeer bgppeer-1's spec in Go (daemon_test.go).
+# A daemon-mode step edits a resource's spec, or deletes it, in Go (daemon_test.go).
 def _peer1(**spec: Any) -> dict:
     return {"kind": "BGPPeer", "name": "bgppeer-1", "spec": spec}
+
+
+def _default(**spec: Any) -> dict:
+    return {"kind": "BGPConfiguration", "name": "default", "spec": spec}
+
+
+def _pcr(value: str) -> dict:
+    return _default(programClusterRoutes=value)
 
 
 CASES: list[dict] = [
@@ -101,9 +110,28 @@ CASES: list[dict] = [
     # TestSourceAddrGracefulRestart (node1).
     _case("sourceaddr_gracefulrestart/step1", "confd/tests/daemon_test.go:45", (_SRC,), "node1"),
     _case("sourceaddr_gracefulrestart/step2", "confd/tests/daemon_test.go:53", (_SRC,), "node1",
-          change=_peer1(sourceAddress="None")),
+          changes=(_peer1(sourceAddress="None"),)),
     _case("sourceaddr_gracefulrestart/step3", "confd/tests/daemon_test.go:61", (_SRC,), "node1",
-          change=_peer1(sourceAddress="None", maxRestartTime="10s")),
+          changes=(_peer1(sourceAddress="None", maxRestartTime="10s"),)),
+    # TestNormalRoutePriorityChange (kube-master, no block affinities).
+    _case("bgpfilter/node_mesh/priority1", "confd/tests/daemon_test.go:388",
+          ("bgpfilter/node_mesh/input.yaml",)),
+    _case("bgpfilter/node_mesh/priority2", "confd/tests/daemon_test.go:396",
+          ("bgpfilter/node_mesh/input.yaml",), changes=(_default(ipv4NormalRoutePriority=5000),)),
+    _case("bgpfilter/node_mesh/priority3", "confd/tests/daemon_test.go:404",
+          ("bgpfilter/node_mesh/input.yaml",),
+          changes=(_default(ipv4NormalRoutePriority=5000, ipv6NormalRoutePriority=80),)),
+    # TestBGPFilterDeletion: the peers' filter is deleted.
+    _case("bgpfilter/filter_deletion/step1", "confd/tests/daemon_test.go:416",
+          ("bgpfilter/filter_deletion/input.yaml",)),
+    _case("bgpfilter/filter_deletion/step2", "confd/tests/daemon_test.go:422",
+          ("bgpfilter/filter_deletion/input.yaml",),
+          changes=({"kind": "BGPFilter", "name": "test-filter", "delete": True},)),
+    # TestProgramClusterRoutes: programClusterRoutes moved around its enum.
+    *(_case(f"mesh/restart-time/pcr-{g}", f"confd/tests/daemon_test.go:{line}",
+            ("mesh/restart-time/input.yaml",), changes=(_pcr(v),))
+      for g, v, line in (("disabled", "Disabled", 544), ("enabled", "Enabled", 545),
+                         ("ipip-only", "EnabledIPIPOnly", 546))),
     # TestBGPPeerPassword: secrets in kube-system change between steps.
     _case("password/step1", "confd/tests/daemon_test.go:139", (_PW,), "node1"),
     _case("password/step2", "confd/tests/daemon_test.go:151", (_PW,), "node1",
@@ -159,9 +187,12 @@ def resources(show, case: dict) -> list[dict]:
             else:
                 where[key] = len(out)
                 out.append(r)
-    if (ch := case["change"]) is not None:
+    for ch in case["changes"]:
         (r,) = [r for r in out if (r["kind"], r["name"]) == (ch["kind"], ch["name"])]
-        r["spec"] = {**r["spec"], **copy.deepcopy(ch["spec"])}
+        if ch.get("delete"):
+            out.remove(r)
+        else:
+            r["spec"] = {**r["spec"], **copy.deepcopy(ch["spec"])}
     return out
 
 
@@ -282,7 +313,7 @@ def render(cases: list[dict]) -> str:
     for i, c in enumerate(cases):
         out.append("    {" + ", ".join(f'"{k}": {_line(c[k])}' for k in
                                         ("name", "test", "inputs", "expected", "node",
-                                         "env", "secrets", "change")) + ",")
+                                         "env", "secrets", "changes")) + ",")
         out.append('     "resources": [')
         out.append(",\n".join(f"       {_line(r)}" for r in c["resources"]))
         out.append('     ],')

@@ -44,7 +44,7 @@ def test_the_cases_cover_what_matters() -> None:
     # for the wrong reason.
     assert confd.SOURCE["commit"].startswith("87c15906")
     every = [s for c in confd.CASES for s in confd.expected_sessions(c).values()]
-    assert len(confd.CASES) == 76 and len(every) == 240
+    assert len(confd.CASES) == 84 and len(every) == 272
     assert sum(s["passive"] for s in every) >= 50
     assert {s["port"] for s in every} >= {179, 150, 166, 177, 500, 50}
     assert any(s["rr_client"] for s in every) and any(s["password"] for s in every)
