@@ -251,3 +251,54 @@ def test_kill_9_of_every_agent_under_cross_node_probing(st):
     for k in ("allowed", "allowed2"):
         assert longest_run(probe.results[k], False) <= 1, (k, probe.results[k])
     st.check(lambda s, d, proto, port: d.ns != "x")
+
+
+def test_etcd_down_every_node_keeps_its_rules(st):
+    lab = st.lab
+    lab.apply(DENY_ALL_X)
+    st.check(lambda s, d, proto, port: d.ns != "x")
+    lab.stop_etcd()
+    try:
+        time.sleep(2.0)  # longer than the agents' 2 s resync: each has read back its table
+        # every node enforces the last rules and says it is ready doing so
+        report = eventually(st.probers, st.peers.values(),
+                            lambda s, d, proto, port: d.ns != "x", timeout=5)
+        assert report is None, f"{report}\n{st.logs()}"
+        assert all(lab.policy_ready(n) for n in lab.nodes)
+        assert all(lab.nodes[n].policy_agent.poll() is None for n in lab.nodes)
+    finally:
+        lab.start_etcd()
+    # back in step with the datastore: a delete made after the outage is enforced
+    lab.bgpctl("delete", "-f", "-", input=DENY_ALL_X)
+    st.check(lambda s, d, proto, port: True)
+
+
+def test_routing_fault_never_opens_policy(st):
+    """kill -9 of bgpd on x/a's node under probing: policy is another process and stays
+    in force; bgpd restarts and converges. (The allowed pair may stop for a while: a
+    restart slower than the lab's 10 s nodeMeshMaxRestartTime ends graceful restart on
+    the peers and they withdraw the node's block -- routing, not policy.)"""
+    lab = st.lab
+    lab.apply(DENY_ALL_X)
+    st.check(lambda s, d, proto, port: d.ns != "x")
+    xa, yb = st.peers["x/a"], st.peers["y/b"]
+    other = next(p for p in st.peers.values() if p.node not in (xa.node, yb.node))
+    pairs = {"denied": (other.id, xa.ip), "allowed": ("x/a", yb.ip if yb.node != xa.node
+                                                       else other.ip)}
+    with Continuous(st.probers, pairs) as probe:
+        time.sleep(0.5)
+        lab.stop_daemon(xa.node, signal.SIGKILL)
+        time.sleep(1.5)
+        t0 = time.monotonic()
+        lab.start_daemon(xa.node)
+        lab.wait_for(lambda: len(peers_up(lab, xa.node)) == 2, 90, "bgpd back in the mesh")
+        wait_routes(lab, list(lab.nodes))
+        lab.wait_for(lambda: probe.results["allowed"][-3:] == [True] * 3, 30,
+                     "the allowed pair to pass again")
+    allowed = probe.results["allowed"]
+    print(f"\n[policy-stack] bgpd back in the mesh {time.monotonic() - t0:.1f}s after its "
+          f"restart; allowed pair: {allowed.count(False)} of {len(allowed)} probes blocked, "
+          f"longest run {longest_run(allowed, False)}")
+    assert len(probe.results["denied"]) >= 10
+    assert not any(probe.results["denied"]), "a denied pair got through while bgpd restarted"
+    st.check(lambda s, d, proto, port: d.ns != "x")
