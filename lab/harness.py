@@ -34,6 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 from lab.etcd_cluster import EtcdCluster, EtcdMember
 
@@ -185,7 +186,28 @@ class Node:
     policy_http: str = "127.0.0.1:9180"
 
 
-class Lab:
+class Throwaway:
+    """``with`` for a lab: up() on entry (down() when up() fails half-way), down() on exit."""
+
+    def up(self) -> None:
+        raise NotImplementedError
+
+    def down(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+
+class Lab(Throwaway):
     """A throwaway multi-node lab. Use as a context manager, or up()/down()."""
 
     def __init__(self, nodes: int = 3, workdir: Path | None = None, prefix: str | None = None,
@@ -257,17 +279,6 @@ class Lab:
         run("ip", "-n", ns, "link", "set", ifname, "up")
 
     # ------------------------------------------------------------------- up
-    def __enter__(self) -> Lab:
-        try:
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.down()
-
     def up(self) -> None:
         cleanup_leftovers()
         self._save_state()

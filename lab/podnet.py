@@ -43,7 +43,7 @@ SWITCH_NET = "10.98.0"
 
 
 @dataclass
-class PodNet:
+class PodNet(harness.Throwaway):
     """`nodes` node namespaces; with more than one, they share an L2 segment (a
     bridge in a "switch" namespace, ``10.98.0.1X/24``) and route each other's pods
     by /32 via the owning node, as BGP would program them. The outside host
@@ -61,17 +61,6 @@ class PodNet:
     def __post_init__(self) -> None:
         self.node = self.node or f"pn{self.tag}"
         self.switch = f"ps{self.tag}"
-
-    def __enter__(self) -> PodNet:
-        try:
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.down()
 
     def _ns(self, name: str) -> str:
         self.made.append(name)
