@@ -43,6 +43,7 @@ from .netlink import (
     RTM_GETLINK,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    ReplyBuffer,
     iter_messages,
     open_netlink,
     parse_error,
@@ -402,7 +403,7 @@ class LinkKernel:
         self.netns = netns
         self.sock = open_netlink(netns)
         self._seq = 1
-        self._buf = bytearray(1 << 20)
+        self._buf = ReplyBuffer()
 
     def close(self) -> None:
         self.sock.close()
@@ -419,9 +420,9 @@ class LinkKernel:
         struct.pack_into("=I", data, 8, seq)
         self.sock.send(data)
         out: list[tuple[int, bytes]] = []
-        view = memoryview(self._buf)
         while True:
-            n = self.sock.recv_into(self._buf)
+            n = self._buf.recv(self.sock, what)
+            view = memoryview(self._buf.data)
             for off, ln, typ, flags, mseq in iter_messages(view, n):
                 if mseq != seq:
                     continue

@@ -39,7 +39,7 @@ from .netlink import (
     NLM_F_REPLACE,
     NLM_F_REQUEST,
     NLMSG_ERROR,
-    StateUnknown,
+    ReplyBuffer,
     dump_replies,
     iter_messages,
     open_netlink,
@@ -282,7 +282,7 @@ class NeighKernel:
         self.protocol = protocol
         self.sock = open_netlink(netns)
         self._seq = 1
-        self._buf = bytearray(4 * 1024 * 1024)
+        self._buf = ReplyBuffer()
 
     def close(self) -> None:
         self.sock.close()
@@ -390,14 +390,9 @@ class NeighKernel:
     def _send(self, data: bytes, seq0: int, last_seq: int, sent: list[tuple[str, L2]],
               errors: list[L2Error]) -> None:
         self.sock.send(data)
-        view = memoryview(self._buf)
         while True:
-            try:
-                n = self.sock.recv_into(self._buf)
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    raise StateUnknown("ENOBUFS while applying neighbour entries") from None
-                raise
+            n = self._buf.recv(self.sock, "while applying neighbour entries")
+            view = memoryview(self._buf.data)
             for off, ln, typ, flags, seq in iter_messages(view, n):
                 if typ != NLMSG_ERROR or not seq0 <= seq <= last_seq:
                     continue

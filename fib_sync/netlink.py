@@ -1,10 +1,13 @@
 """The thin netlink step: batched route apply, filtered dumps, the monitor socket.
 
 Owned by fib_sync/; only `FibSyncer` (through `Reconciler`) calls it, from one
-executor thread at a time. Message encoding is pyroute2's (`rtmsg`); the hot
-path encodes ONE message per route shape (family, prefix length, kind,
-gateway, table, metric, operation) and reuses it as a template, patching the
-destination address and the sequence number per route. Up to `CHUNK` messages
+executor thread at a time. Messages are encoded here (`encode_route`: the
+rtmsg of include/uapi/linux/rtnetlink.h, byte for byte what pyroute2's `rtmsg`
+encodes, tests/unit/test_fib_encode.py; pyroute2 itself is not imported: its
+package import alone cost the daemon ~10 MiB resident). The hot path encodes
+ONE message per route shape (family, prefix length, kind, gateway, table,
+metric, operation) and reuses it as a template, patching the destination
+address and the sequence number per route. Up to `CHUNK` messages
 go in one send and only the last asks for an ACK: the kernel processes a send
 in order and answers every failed message with an NLMSG_ERROR even without
 NLM_F_ACK, so once the chunk's ACK arrives every error of the chunk has
@@ -27,9 +30,6 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
-from pyroute2.netns import create_socket
 
 from .route import (
     NextHop,
@@ -85,6 +85,7 @@ RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 RTNH_F_ONLINK = 4
 RT_TABLE_COMPAT = 252
+CLONE_NEWNET = 0x40000000
 
 RTMGRP_LINK = 0x1
 RTMGRP_IPV4_IFADDR = 0x10
@@ -95,7 +96,13 @@ RTMGRP_IPV6_ROUTE = 0x400
 CHUNK = 1024  # messages per send; one ACK per send
 MAX_SEND = 512 * 1024  # bytes per send, well under SO_SNDBUF
 _ENCODE_SLICE = 4 * CHUNK  # routes grouped at a time: the first send starts early
-RCVBUF = 32 * 1024 * 1024
+RCVBUF = 32 * 1024 * 1024  # the kernel's queue for our socket (kernel memory, not ours)
+# Our own receive buffer: one datagram at a time. The kernel never makes a dump
+# datagram larger than 32 KiB (netlink_recvmsg caps max_recvmsg_len) and errors and
+# ACKs are small, so 64 KiB holds any; a truncated one grows it (and the replies it
+# carried are lost: StateUnknown, the table is re-read). It was 4 MiB, all resident.
+RECV_BUF = 64 * 1024
+RECV_BUF_MAX = 16 * 1024 * 1024
 
 ADD, REPLACE, DELETE = "add", "replace", "delete"
 _OP_FLAGS = {
@@ -108,14 +115,41 @@ _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _NLA = struct.Struct("=HH")
 _U16 = struct.Struct("=H")
+_RTNH = struct.Struct("=HBBi")  # rtnexthop: len, flags, hops (weight - 1), ifindex
 _U32 = struct.Struct("=I")
 _I32 = struct.Struct("=i")
 _SEQ_OFF = 8
 
 
 class StateUnknown(Exception):
-    """The kernel dropped replies (ENOBUFS): which routes applied is unknown.
-    The caller re-reads the table."""
+    """The kernel dropped replies (ENOBUFS), or one did not fit our buffer: which
+    routes applied is unknown. The caller re-reads the table."""
+
+
+class ReplyBuffer:
+    """A netlink socket's receive buffer, one datagram at a time (RECV_BUF).
+
+    ``recv`` reads with MSG_TRUNC, so the kernel says a datagram's real length: one
+    that did not fit is lost, so the buffer grows for the next read and
+    StateUnknown is raised (the caller re-reads, as after ENOBUFS). ``data`` is
+    replaced, never resized: a memoryview of the old one stays valid."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, size: int = RECV_BUF) -> None:
+        self.data = bytearray(size)
+
+    def recv(self, sock: socket.socket, what: str) -> int:
+        try:
+            n = sock.recv_into(self.data, 0, socket.MSG_TRUNC)
+        except OSError as e:
+            if e.errno == errno.ENOBUFS:
+                raise StateUnknown(f"ENOBUFS {what}") from None
+            raise
+        if n > len(self.data):
+            self.data = bytearray(min(RECV_BUF_MAX, max(n, 2 * len(self.data))))
+            raise StateUnknown(f"a {n}-byte reply did not fit the receive buffer {what}")
+        return n
 
 
 class NamespaceMissing(FileNotFoundError):
@@ -137,15 +171,53 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
+def _netlink_socket(netns: str | None) -> socket.socket:
+    """A NETLINK_ROUTE socket created in the named namespace (None: ours).
+
+    A socket stays in the namespace it was created in, and setns(2) moves only the
+    calling thread: a short-lived thread enters the namespace, creates the socket
+    and ends (no fork, no change to any other thread)."""
+    if netns is None:
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    path = f"/var/run/netns/{netns}"
+    out: list = []
+
+    def create() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            out.append(NamespaceMissing(f"network namespace {netns!r} does not exist"))
+            return
+        except OSError as e:
+            out.append(e)
+            return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                out.append(OSError(err, f"network namespace {netns!r}: setns: "
+                                        f"{os.strerror(err)}"))
+                return
+            out.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE))
+        except OSError as e:
+            out.append(e)
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=create, name="netns-socket")
+    t.start()
+    t.join()
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
 def open_netlink(netns: str | None, groups: int = 0) -> socket.socket:
     """A NETLINK_ROUTE socket in `netns` (None: ours). A missing namespace is an
-    error (pyroute2 flags=0), never created."""
+    error, never created."""
     if netns is not None and not os.path.exists(f"/var/run/netns/{netns}"):
         raise NamespaceMissing(f"network namespace {netns!r} does not exist")
-    try:
-        sock = create_socket(netns, socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE, flags=0)
-    except FileNotFoundError:
-        raise NamespaceMissing(f"network namespace {netns!r} does not exist") from None
+    sock = _netlink_socket(netns)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
     except PermissionError:
@@ -188,55 +260,58 @@ def attach_monitor_filter(sock: socket.socket, protocol: int, own_portid: int) -
 # ------------------------------------------------------------------ encoding
 
 
-def _rt_table_fields(table: int) -> tuple[int, list]:
-    return (table if table < 256 else RT_TABLE_COMPAT), [("RTA_TABLE", table)]
+def _nla(kind: int, payload: bytes) -> bytes:
+    """One attribute, padded to 4 bytes."""
+    n = 4 + len(payload)
+    return _NLA.pack(n, kind) + payload + bytes(_align(n) - n)
+
+
+def _addr(family: int, text: str) -> bytes:
+    return socket.inet_pton(family, text)
 
 
 def encode_route(op: str, route: Route, protocol: int, ifindex: dict[str, int]) -> bytes:
-    """One route message via pyroute2's rtmsg (the per-route, slower path).
+    """One route message (the per-route, slower path): header, rtmsg, then RTA_TABLE,
+    RTA_DST, RTA_PRIORITY and the next hop(s) (RTA_GATEWAY/RTA_OIF, or RTA_MULTIPATH
+    of rtnexthop entries), in the order pyroute2's rtmsg encoded them.
 
     Raises KeyError naming a device that does not exist."""
     mtype, flags = _OP_FLAGS[op]
-    m = rtmsg()
-    m["header"]["type"] = mtype
-    m["header"]["flags"] = flags
-    m["family"] = route.family
-    m["dst_len"] = route.dst_len
-    table, attrs = _rt_table_fields(route.table or 254)
-    m["table"] = table
-    m["proto"] = protocol
-    attrs.append(("RTA_DST", route.dst.partition("/")[0]))
-    attrs.append(("RTA_PRIORITY", route.metric or 0))
+    fam = route.family
+    table = route.table or 254
+    rflags = 0
+    attrs = [_nla(RTA_TABLE, _U32.pack(table)),
+             _nla(RTA_DST, _addr(fam, route.dst.partition("/")[0])),
+             _nla(RTA_PRIORITY, _U32.pack(route.metric or 0))]
     if op == DELETE:
         # Protocol in a delete makes the kernel match only our routes.
-        m["scope"] = RT_SCOPE_NOWHERE
-        m["type"] = 0
+        scope, rtype = RT_SCOPE_NOWHERE, 0
     elif route.kind is RouteKind.BLACKHOLE:
-        m["scope"] = RT_SCOPE_UNIVERSE
-        m["type"] = RTN_BLACKHOLE
+        scope, rtype = RT_SCOPE_UNIVERSE, RTN_BLACKHOLE
     else:
-        m["type"] = RTN_UNICAST
+        rtype = RTN_UNICAST
         nhs = route.nexthops
-        m["scope"] = RT_SCOPE_LINK if all(n.gateway is None for n in nhs) else RT_SCOPE_UNIVERSE
+        scope = RT_SCOPE_LINK if all(n.gateway is None for n in nhs) else RT_SCOPE_UNIVERSE
         if len(nhs) == 1:
             nh = nhs[0]
             if nh.gateway is not None:
-                attrs.append(("RTA_GATEWAY", nh.gateway))
+                attrs.append(_nla(RTA_GATEWAY, _addr(fam, nh.gateway)))
             if nh.dev is not None:
-                attrs.append(("RTA_OIF", _ifindex(ifindex, nh.dev)))
+                attrs.append(_nla(RTA_OIF, _U32.pack(_ifindex(ifindex, nh.dev))))
             if nh.onlink:
-                m["flags"] = RTNH_F_ONLINK
+                rflags = RTNH_F_ONLINK
         else:
-            mp = []
+            hops = []
             for nh in nhs:
-                ent: dict = {"hops": nh.weight - 1, "flags": RTNH_F_ONLINK if nh.onlink else 0}
-                ent["oif"] = _ifindex(ifindex, nh.dev) if nh.dev is not None else 0
-                ent["attrs"] = [("RTA_GATEWAY", nh.gateway)] if nh.gateway is not None else []
-                mp.append(ent)
-            attrs.append(("RTA_MULTIPATH", mp))
-    m["attrs"] = attrs
-    m.encode()
-    return bytes(m.data[: m["header"]["length"]])
+                gw = _nla(RTA_GATEWAY, _addr(fam, nh.gateway)) if nh.gateway is not None \
+                    else b""
+                oif = _ifindex(ifindex, nh.dev) if nh.dev is not None else 0
+                hops.append(_RTNH.pack(8 + len(gw), RTNH_F_ONLINK if nh.onlink else 0,
+                                       nh.weight - 1, oif) + gw)
+            attrs.append(_nla(RTA_MULTIPATH, b"".join(hops)))
+    body = _RTMSG.pack(fam, route.dst_len, 0, 0, table if table < 256 else RT_TABLE_COMPAT,
+                       protocol, scope, rtype, rflags) + b"".join(attrs)
+    return _HDR.pack(16 + len(body), mtype, flags, 0, 0) + body
 
 
 def _ifindex(ifindex: dict[str, int], dev: str) -> int:
@@ -370,23 +445,18 @@ def parse_route(buf, off: int, ln: int) -> RouteMsg:
     return RouteMsg(fam, dst_len, table, proto, rtype, rflags, dst, gw, oif, metric, mp)
 
 
-def dump_replies(sock: socket.socket, buf: bytearray, mtype: int, body: bytes, seq: int,
+def dump_replies(sock: socket.socket, buf: ReplyBuffer, mtype: int, body: bytes, seq: int,
                  what: str = "dump") -> Iterable[tuple[memoryview, int, int, int]]:
     """Send one dump request (`body` after the header, sequence number `seq`) on
     `sock`; yield (view, offset, length, type) of each answer, read into `buf`.
 
     A failed dump raises OSError naming `what` (the kernel reports it in an
-    NLMSG_ERROR, or as the errno carried by NLMSG_DONE); lost replies (ENOBUFS)
-    raise StateUnknown."""
+    NLMSG_ERROR, or as the errno carried by NLMSG_DONE); lost replies (ENOBUFS,
+    or a reply too long for the buffer) raise StateUnknown."""
     sock.send(_HDR.pack(16 + len(body), mtype, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
-    view = memoryview(buf)
     while True:
-        try:
-            n = sock.recv_into(buf)
-        except OSError as e:
-            if e.errno == errno.ENOBUFS:
-                raise StateUnknown(f"ENOBUFS during {what}") from None
-            raise
+        n = buf.recv(sock, f"during {what}")
+        view = memoryview(buf.data)
         for off, ln, typ, flags, mseq in iter_messages(view, n):
             if mseq != seq:
                 continue  # a late reply to an earlier request
@@ -417,7 +487,7 @@ class NetlinkKernel:
         self.sock = open_netlink(netns)
         self.portid: int = self.sock.getsockname()[0]
         self._seq = 1
-        self._buf = bytearray(4 * 1024 * 1024)
+        self._buf = ReplyBuffer()
         self._templates: dict[tuple, tuple[bytes, int]] = {}
         self._gateway_offsets: dict[tuple, int] = {}  # RTA_GATEWAY payload of "gw-patched"
         self._sender: _Sender | None = None  # started by the first apply
@@ -938,14 +1008,9 @@ class _Sender:
         sock = k.sock
         sock.send(data)
         rbuf = k._buf
-        view = memoryview(rbuf)
         while True:
-            try:
-                n = sock.recv_into(rbuf)
-            except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    raise StateUnknown("ENOBUFS while applying routes") from None
-                raise
+            n = rbuf.recv(sock, "while applying routes")
+            view = memoryview(rbuf.data)
             for moff, ln, typ, mflags, seq in iter_messages(view, n):
                 if typ != NLMSG_ERROR:
                     continue
