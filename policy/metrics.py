@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
 from bgpd import __version__
 from bgpd.ops.metrics import datastore_families
+from bgpd.ops.promtext import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Histogram,
+    Registry,
+    generate_latest,
+)
 
 if TYPE_CHECKING:
     from policy.agent import PolicyAgent
@@ -81,8 +85,7 @@ class PolicyCollector:
 
 class PolicyMetrics:
     def __init__(self, agent: PolicyAgent) -> None:
-        disable_created_metrics()
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry = Registry()
         self.registry.register(PolicyCollector(agent))
         self.programming_seconds = Histogram(
             "podbgp_policy_programming_duration_seconds",

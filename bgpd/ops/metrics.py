@@ -14,10 +14,14 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
 from bgpd import __version__
+from bgpd.ops.promtext import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Histogram,
+    Registry,
+    generate_latest,
+)
 
 if TYPE_CHECKING:
     from bgpd.daemon import Daemon
@@ -248,10 +252,9 @@ class Metrics:
     """The daemon's registry: the collector plus the FIB pass histogram."""
 
     def __init__(self, daemon: Daemon) -> None:
-        # No `_created` series: an undocumented podbgp_*_created gauge per histogram that
-        # the text format does not need (rate() works from the counters alone).
-        disable_created_metrics()
-        self.registry = CollectorRegistry(auto_describe=False)
+        # No `_created` series (bgpd.ops.promtext writes none): an undocumented
+        # podbgp_*_created gauge per histogram that rate() does not need.
+        self.registry = Registry()
         self.registry.register(DaemonCollector(daemon))
         self.fib_sync_seconds = Histogram(
             "podbgp_fib_sync_duration_seconds", "One FIB reconcile pass.",
