@@ -108,3 +108,20 @@ def test_the_rules_see_real_imports() -> None:
     assert "bgpd/daemon.py" in importers("fib_sync")
     assert "config/etcd_store.py" in importers("aetcd", ("config",))
     assert "bgpd.speaker.PeerConfigError" in imports(REPO / "bgpd" / "exabgp" / "conf.py")
+
+
+def test_the_daemon_imports_neither_pyroute2_nor_prometheus_client_nor_ssl() -> None:
+    """Issue 17 (memory): the daemon's import graph, in a fresh interpreter as the bgpd
+    console script starts it, loads no pyroute2 (fib_sync encodes its own messages) and
+    no prometheus_client (bgpd.ops.promtext), and ``ssl`` is refused by bgpd.main, not
+    loaded (etcd's TLS is grpc's own, tests/integration/test_etcd_store_tls.py)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", (
+        "import sys; import bgpd.main, bgpd.daemon, bgpd.exabgp, fib_sync, config.file_store\n"
+        "import config.etcd_store, policy.metrics\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', "
+        "'prometheus_client')), sys.modules.get('ssl'))")],
+        capture_output=True, text=True, timeout=120, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[] None", out.stdout
