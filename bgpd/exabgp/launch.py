@@ -82,6 +82,22 @@ with 1 to 50 peers, issue 18). ``Neighbor.previous`` now reads as an empty
 of it handles; the loop then finds nothing to change, which is right: the
 preamble has just applied the same configuration.
 
+Group ``lean`` (memory). asyncio imports ``ssl`` whenever it can; ExaBGP speaks
+no TLS, and ``ssl`` maps libssl and libcrypto (~4 MiB resident). Importing it
+raises ImportError in ExaBGP's process (asyncio runs without it). Applied
+first, before ExaBGP's own imports.
+
+Group ``channel`` (memory, and one copy less). ExaBGP starts the API process of
+its config (``run <python> -m bgpd.exabgp.relay SOCKET``) with ``subprocess.Popen``
+(inherited descriptors closed), and that relay, a Python interpreter of its own
+(~12 MiB resident), only copied bytes between its pipes and the speaker's unix
+socket. For exactly that command ExaBGP now connects to SOCKET itself and uses
+the connection as the process's pipes (``_Channel``: the part of ``Popen`` that
+``Processes`` touches): no relay process. Closing the speaker's end reads as the
+process exiting, so ExaBGP's respawn (a new connection) and its respawn limit
+work as they did with the relay; a socket that cannot be reached reads as a
+relay that exited. Unpatched, the relay runs as before.
+
 Each source rewrite replaces exact text of ExaBGP's function and refuses
 (leaving its group unpatched) if the text is not there; a function replaced
 whole is checked against the SHA-256 of the source it replaces. Nothing here
@@ -788,14 +804,189 @@ def _poll_targets() -> list[tuple[Any, str]]:
     return [(Reactor, "run")]
 
 
+# --------------------------------------------------------------- group "lean"
+
+# Modules ExaBGP 5.0.15 imports without using: asyncio imports ``ssl`` if it can (ExaBGP
+# speaks no TLS; asyncio works without it), which maps libssl and libcrypto (~4 MiB
+# resident). Blocked before ExaBGP's first import, so the group runs first.
+_UNUSED_MODULES = ("ssl",)
+
+
+def _patch_lean() -> None:
+    """Importing these modules now raises ImportError (a module some import already
+    loaded stays: there is nothing left to save)."""
+    for name in _UNUSED_MODULES:
+        if name not in sys.modules:
+            sys.modules[name] = None  # type: ignore[assignment]
+
+
+def _lean_targets() -> list[tuple[Any, str]]:
+    return []
+
+
+# ------------------------------------------------------------ group "channel"
+
+RELAY_MODULE = "bgpd.exabgp.relay"
+_CONNECT_TRIES = 20  # x 50 ms: a respawn racing the speaker re-creating its socket
+
+
+class _ChannelWriter:
+    """The ``stdin`` of a channel: blocking writes of whole commands' answers and
+    events onto a socket whose descriptor ExaBGP made non-blocking (for reads)."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def write(self, data: bytes) -> int:
+        import errno
+        import select
+
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                select.select([], [self._sock], [])  # the speaker reads: wait for room
+                continue
+            except OSError as exc:
+                # ExaBGP's Processes.write takes EPIPE as "the helper is gone" (any other
+                # errno makes it retry the write forever)
+                raise BrokenPipeError(errno.EPIPE, "podbgp channel closed") from exc
+            view = view[sent:]
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class _ChannelReader:
+    """The ``stdout`` of a channel: ExaBGP polls and ``os.read``s its descriptor."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def close(self) -> None:
+        return None
+
+
+class _Channel:
+    """What ExaBGP's ``Processes`` keeps for an API process (the subset of
+    ``subprocess.Popen`` it uses), backed by a unix socket ExaBGP connected to the
+    speaker itself: no relay process, no copy. ``poll()`` is None while the speaker
+    holds its end and 0 once it closed it (ExaBGP then respawns: connects again)."""
+
+    pid = 0
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.stdin = _ChannelWriter(sock)
+        self.stdout = _ChannelReader(sock)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        import socket
+
+        if self.returncode is None:
+            try:
+                if self._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                    self.returncode = 0  # the speaker closed the channel
+            except (BlockingIOError, InterruptedError):
+                pass  # open, nothing to read
+            except OSError:
+                self.returncode = 1
+        return self.returncode
+
+    def terminate(self) -> None:
+        import socket
+
+        if self.returncode is None:
+            self.returncode = 0
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    kill = terminate
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self.returncode if self.returncode is not None else 0
+
+
+def _relay_socket(run: Any) -> str | None:
+    """The socket path if ``run`` is the speaker's relay command
+    (``<python> -m bgpd.exabgp.relay SOCKET``), else None."""
+    if isinstance(run, (list, tuple)) and len(run) >= 4 and run[-3] == "-m" \
+            and run[-2] == RELAY_MODULE and isinstance(run[-1], str):
+        return run[-1]
+    return None
+
+
+def _podbgp_channel(run: Any) -> _Channel | None:
+    """For the relay command: the speaker's socket, connected here (None: any other
+    program, which ExaBGP starts as before). A socket that cannot be reached gives
+    a channel that reads as an exited process, so ExaBGP's respawn limit applies
+    exactly as to a relay that could not connect."""
+    import socket
+    import time
+
+    path = _relay_socket(run)
+    if path is None:
+        return None
+    for attempt in range(_CONNECT_TRIES):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return _Channel(sock)
+        except OSError as exc:
+            sock.close()
+            if attempt + 1 == _CONNECT_TRIES:
+                sys.stderr.write(f"podbgp: cannot connect to {path}: {exc}\n")
+            else:
+                time.sleep(0.05)
+    dead_a, dead_b = socket.socketpair()
+    dead_b.close()  # reads as end of file at once
+    channel = _Channel(dead_a)
+    channel.returncode = 1
+    return channel
+
+
+def _patch_channel() -> None:
+    """ExaBGP 5.0.15 starts an API process with ``subprocess.Popen`` (inherited
+    descriptors closed). For the speaker's relay command, ExaBGP now connects to the
+    speaker's unix socket itself instead: the relay process (a Python interpreter,
+    ~12 MiB, that only copied bytes) is not started, and the bytes are not copied
+    twice. Any other ``run`` line starts its program as before."""
+    from exabgp.reactor.api.processes import Processes
+
+    Processes._start = _rewrite(Processes, "_start", [
+        ("                self._process[process] = subprocess.Popen(\n",
+         "                self._process[process] = _podbgp_channel(run) or subprocess.Popen(\n"),
+    ], {"_podbgp_channel": _podbgp_channel})
+
+
+def _channel_targets() -> list[tuple[Any, str]]:
+    from exabgp.reactor.api.processes import Processes
+
+    return [(Processes, "_start")]
+
+
 # name -> (apply, what it rebinds: restored if the group does not fit)
 GROUPS: dict[str, tuple[Callable[[], None], Callable[[], list[tuple[Any, str]]]]] = {
+    "lean": (_patch_lean, _lean_targets),  # first: before anything imports asyncio
     "decode": (_patch_decode, _decode_targets),
     "api": (_patch_api, _api_targets),
     "notify": (_patch_notify, _notify_targets),
     "raw": (_patch_raw, _raw_targets),
     "poll": (_patch_poll, _poll_targets),
     "reload": (_patch_reload, _reload_targets),
+    "channel": (_patch_channel, _channel_targets),
 }
 
 
@@ -830,6 +1021,11 @@ def patch(skip: Iterable[str] = ()) -> bool:
             sys.stderr.write(f"podbgp: could not patch exabgp ({group}: {exc}); "
                              f"running it without the {group!r} patches\n")
             ok = False
+    # inspect.getsource (the rewrites) left the source text of every patched ExaBGP
+    # module in linecache: not needed again (a traceback reads the file afresh).
+    import linecache
+
+    linecache.clearcache()
     return ok
 
 

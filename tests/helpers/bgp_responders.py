@@ -125,6 +125,19 @@ class Responders:
         if not self._dropped.wait(5):
             raise TimeoutError("responders did not drop their connections")
 
+    def wait_all_ended(self, timeout: float = 10) -> None:
+        """Until every session that reached Established has been seen to end (after the
+        speaker was stopped: its closes reach this thread a moment later, and must not
+        be counted against the next start)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if len(self.ended) >= sum(self.established.values()):
+                    return
+            if time.monotonic() >= deadline:
+                raise TimeoutError("responders: sessions of a stopped speaker still open")
+            time.sleep(0.01)
+
     def ends_since(self, t: float) -> list[tuple[float, str, str]]:
         with self._lock:
             return [e for e in self.ended if e[0] >= t]

@@ -127,6 +127,7 @@ async def test_start_against_many_peers_50_times(net: Net) -> None:
         finally:
             await watch.stop()
             await sp.stop(graceful_restart=True)
+            net.responders.wait_all_ended()  # the old sessions' closes are not the next start's
 
 
 async def test_peer_set_changes_while_sessions_establish_50_times(net: Net) -> None:

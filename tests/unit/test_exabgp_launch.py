@@ -627,3 +627,106 @@ print(before)
 """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "None"
+
+
+CHANNEL = """
+import os, select, socket, sys, time
+import bgpd.exabgp.launch as launch
+assert launch.patch(skip={"decode", "api", "notify", "raw", "poll", "reload"})
+from exabgp.environment import getenv
+from exabgp.logger import log
+from exabgp.reactor.api.processes import Processes
+env = getenv(); env.tcp.bind = ""; log.init(env)
+path = sys.argv[1]
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+srv.listen(4)
+procs = Processes()
+relay = [sys.executable, "-m", "bgpd.exabgp.relay", path]
+procs._configuration = {"ctl": {"run": relay, "encoder": "json", "respawn": True}}
+procs._start("ctl")
+proc = procs._process["ctl"]
+print("type", type(proc).__name__)
+conn, _ = srv.accept()
+# ExaBGP's side: events written with Processes.write, commands read by received()
+procs.write("ctl", '{"type": "state"}')
+big = "x" * 300_000  # larger than the socket buffers: the writer waits for room
+import threading
+t = threading.Thread(target=lambda: procs.write("ctl", big))
+t.start()
+got = b""
+while len(got) < 18 + 300_001:
+    got += conn.recv(1 << 16)
+t.join(5)
+print("events", got[:18] == b'{"type": "state"}\\n', got[18:] == big.encode() + b"\\n")
+conn.sendall(b"neighbor 10.0.0.2 announce route 10.1.0.0/24 next-hop self\\nreload\\n")
+cmds = []
+deadline = time.time() + 5
+while len(cmds) < 2 and time.time() < deadline:
+    cmds += [c for _, c in procs.received()]
+print("commands", cmds)
+print("poll_open", proc.poll())
+conn.close()  # the speaker drops the channel: ExaBGP respawns it (connects again)
+deadline = time.time() + 5
+while procs._process.get("ctl") is proc and time.time() < deadline:
+    list(procs.received())
+print("respawned", procs._process["ctl"] is not proc, proc.poll())
+conn2, _ = srv.accept()
+procs.write("ctl", "done")
+print("second", conn2.recv(100))
+other = [sys.executable, "-c", "import sys; sys.stdout.write(sys.stdin.readline())"]
+procs._configuration["other"] = {"run": other, "encoder": "text", "respawn": False}
+procs._start("other")
+print("other", type(procs._process["other"]).__name__)
+os.unlink(path)
+procs._configuration["gone"] = {"run": relay, "encoder": "json", "respawn": False}
+launch._CONNECT_TRIES = 2
+procs._start("gone")
+print("gone", procs._process["gone"].poll())
+procs.terminate()
+"""
+
+
+def test_channel_group_connects_exabgp_to_the_speaker_without_a_relay(tmp_path: Path) -> None:
+    """Group "channel": ExaBGP's API process for the relay command is the speaker's socket,
+    connected by ExaBGP itself (no process): events written, commands read, a large event
+    waits for room instead of failing, the speaker closing its end makes ExaBGP connect
+    again (respawn), any other ``run`` line still starts a process, and a socket that
+    cannot be reached reads as a process that exited."""
+    out = subprocess.run([sys.executable, "-c", CHANNEL, str(tmp_path / "s.sock")],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    assert lines["type"] == "_Channel"
+    assert lines["events"] == "True True"
+    assert lines["commands"] == ("['neighbor 10.0.0.2 announce route 10.1.0.0/24 next-hop self',"
+                                 " 'reload']")
+    assert lines["poll_open"] == "None"
+    assert lines["respawned"] == "True 0"
+    assert lines["second"] == "b'done\\n'"
+    assert lines["other"] == "Popen"
+    assert lines["gone"] == "1"
+    assert "cannot connect to" in out.stderr
+
+
+def test_lean_group_keeps_ssl_out_of_exabgp() -> None:
+    """Group "lean": asyncio (which ExaBGP imports) finds no ssl in ExaBGP's process;
+    ExaBGP's server still imports and runs its asyncio parts."""
+    out = _run("""
+import sys, bgpd.exabgp.launch as launch
+assert launch.patch()
+import exabgp.application.server, asyncio
+loop = asyncio.new_event_loop(); loop.run_until_complete(asyncio.sleep(0)); loop.close()
+print(sys.modules.get("ssl"), "asyncio" in sys.modules)
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None True"
+    out = _run("""
+import sys, bgpd.exabgp.launch as launch
+assert launch.patch(skip={"lean"})
+import exabgp.application.server
+print(sys.modules.get("ssl") is not None)
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
