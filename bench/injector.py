@@ -17,7 +17,8 @@ CLOCK_MONOTONIC times (system-wide, so the parent compares them with its own):
     withdraw <t> / withdrawn <t>   (after "withdraw" on stdin)
     notification <code> <subcode>  (if the DUT closes the session)
 
-Stdin commands: ``withdraw`` (all K in UPDATEs of 800), ``quit``.
+Stdin commands: ``withdraw`` (all K in UPDATEs of 800), ``quit``. ``--count 0``
+sends only the End-of-RIB (an idle session, for bench.memory).
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--next-hop", default=None, help="default: the listen address")
     ap.add_argument("--count", type=int, required=True)
     a = ap.parse_args(argv)
-    pfx = prefixes(a.count)
+    if a.count < 0:
+        ap.error("--count: must be 0 or more")
+    pfx = prefixes(a.count) if a.count else []  # 0: an idle session (End-of-RIB only)
     ann, wd = build_updates(pfx, a.local_as, a.next_hop or a.listen)
     ann_blob, wd_blob = b"".join(ann), b"".join(wd)
     lsock = socket.socket()

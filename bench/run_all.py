@@ -24,6 +24,7 @@ from bench.common import REPO, RESULTS_DIR, machine, require_root
 # name -> (full args, quick args, writes JSON)
 BENCHES: dict[str, tuple[list[str], list[str], bool]] = {
     "convergence": ([], ["--k", "1000,5000", "--reps", "1"], True),
+    "memory": ([], ["--quick"], True),
     "latency": ([], ["--quick"], True),
     "restart": ([], ["--quick"], True),
     "fib": ([], ["--routes", "20000"], False),
@@ -38,6 +39,7 @@ BENCHES: dict[str, tuple[list[str], list[str], bool]] = {
 }
 TITLES = {
     "convergence": "Convergence of K routes into the kernel (and memory)",
+    "memory": "Memory of the whole process tree: idle, 20k and 100k routes (RSS, PSS)",
     "latency": "Event latency: block affinity on node A -> route in node B's kernel",
     "restart": "Restart: kill -9 and start of podbgp",
     "fib": "FIB programming: podbgp FibSyncer against `ip -batch`",
@@ -144,6 +146,9 @@ def _old_results(path: Path) -> tuple[dict[str, str], list[str]]:
     return sections, [ln for ln in heads.splitlines() if ln.startswith("- `")]
 
 
+KEPT = "(from the previous run of bench/run_all)"
+
+
 def write_results(results: list[dict], quick: bool) -> Path:
     """RESULTS.md for this run; benchmarks not run this time (``--only``) keep their
     sections and headlines from the previous file, marked with that file's date."""
@@ -179,8 +184,10 @@ def write_results(results: list[dict], quick: bool) -> Path:
         if r["rc"] != 0:
             lines += ["", "stderr (tail):", "```", r["stderr"].strip()[-1500:], "```"]
     for name in kept:
-        lines += ["", f"## {TITLES[name]}", "", "(from the previous run of bench/run_all)",
-                  old_sections[TITLES[name]].strip("\n")]
+        body = old_sections[TITLES[name]].strip("\n").splitlines()
+        while body and body[0] in (KEPT, ""):  # kept before: one marker, not one per run
+            body.pop(0)
+        lines += ["", f"## {TITLES[name]}", "", KEPT, *body]
     out.write_text("\n".join(lines) + "\n")
     return out
 
