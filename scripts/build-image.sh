@@ -2,6 +2,7 @@
 # Builds podbgp's container image with nothing but Debian's archive and PyPI.
 #
 #   scripts/build-image.sh [--export FILE] [--force] [--rebuild-base] [--no-smoke]
+#                          [--extra CONTAINERFILE=TAG ...]
 #   eval "$(scripts/build-image.sh --env)"     # then podman/buildah use the same store
 #
 # 1. The base: Docker Hub's python:3.11-slim-bookworm cannot be pulled here, so
@@ -17,6 +18,9 @@
 #    with --network none and every capability dropped.
 # 4. --export FILE: `podman save --format docker-archive` (keeps HEALTHCHECK),
 #    loadable with `docker load` / `podman load`.
+# 5. --extra CONTAINERFILE=TAG: an image built FROM podbgp's (build-arg
+#    PODBGP_IMAGE), e.g. tests/image/systemd.Containerfile; reused while the
+#    podbgp image and the file are unchanged.
 #
 # Host state: nothing outside $PODBGP_IMAGE_DIR (default .cache/image) is
 # written. podman/buildah run with a private containers.conf, storage.conf
@@ -49,6 +53,7 @@ REBUILD_BASE=0
 FORCE=0
 SMOKE=1
 PRINT_ENV=0
+EXTRAS=()
 while (($#)); do
   case $1 in
     --export) [[ $# -ge 2 ]] || die "--export needs a FILE"; EXPORT=$2; shift 2 ;;
@@ -57,6 +62,7 @@ while (($#)); do
     --force) FORCE=1; shift ;;
     --no-smoke) SMOKE=0; shift ;;
     --env) PRINT_ENV=1; shift ;;
+    --extra) [[ $# -ge 2 && $2 == *=* ]] || die "--extra needs CONTAINERFILE=TAG"; EXTRAS+=("$2"); shift 2 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed 's/^# \{0,1\}//;/^set -euo/d'; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
@@ -324,6 +330,24 @@ sys.exit("; ".join(bad) if bad else 0)' 2>&1) || die "smoke: console scripts fai
   [[ $ver == *"$VERSION"* ]] || die "smoke: bgpd --version said '$ver', expected $VERSION"
   log "smoke: ok ($out; $ver)"
 fi
+
+for extra in "${EXTRAS[@]}"; do
+  file=${extra%%=*} tag=${extra#*=}
+  [[ -f $file ]] || die "--extra: no file $file"
+  from=$(podman image inspect --format '{{.Id}}' "$IMAGE_TAG")
+  key=$( (echo "$from"; cat "$file") | sha256sum | cut -c1-24)
+  if ((!FORCE)) && image_exists "$tag" && [[ $(label_of "$tag" org.podbgp.context) == "$key" ]]; then
+    log "extra: $tag is up to date"
+    continue
+  fi
+  start=$SECONDS
+  isolated buildah bud --pull=never --format docker --network host "${mounts[@]}" \
+    --build-arg "PODBGP_IMAGE=$IMAGE_TAG" --label "org.podbgp.context=$key" -t "$tag" \
+    -f "$file" "$(dirname "$file")" >>"$LOG" 2>&1 \
+    || { tail -30 "$LOG" >&2; die "buildah bud of $file failed (log: $LOG)"; }
+  podman image prune -f >>"$LOG" 2>&1 || true
+  log "extra: $tag built from $file in $((SECONDS - start)) s"
+done
 
 if [[ -n $EXPORT ]]; then
   mkdir -p "$(dirname "$EXPORT")"

@@ -32,6 +32,9 @@ import pytest
 from tests.conftest import REPO, require_binary, require_root
 
 BUILD = REPO / "scripts" / "build-image.sh"
+# podbgp's image plus systemd as PID 1, for deploy/systemd/podbgp.service.
+SYSTEMD_CONTAINERFILE = REPO / "tests" / "image" / "systemd.Containerfile"
+SYSTEMD_IMAGE = "localhost/podbgp-systemd:test"
 REPORT: dict[str, object] = {}
 
 
@@ -148,8 +151,9 @@ def image(podman: Podman, tmp_path_factory) -> Iterator[BuiltImage]:
     before = host_state()
     export = tmp_path_factory.mktemp("image") / "podbgp.tar"
     start = time.monotonic()
-    r = subprocess.run([str(BUILD), "--export", str(export)], capture_output=True, text=True,
-                       timeout=1800)
+    r = subprocess.run([str(BUILD), "--export", str(export), "--extra",
+                        f"{SYSTEMD_CONTAINERFILE}={SYSTEMD_IMAGE}"],
+                       capture_output=True, text=True, timeout=1800)
     seconds = time.monotonic() - start
     assert r.returncode == 0, f"build-image.sh failed:\n{r.stderr[-4000:]}"
     tag = r.stdout.strip().splitlines()[-1]

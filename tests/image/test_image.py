@@ -45,7 +45,7 @@ import yaml
 from lab.harness import Lab, bin_path, run
 from tests.conftest import REPO, netns_add, netns_del, require, require_binary, unique_name
 from tests.image import kube
-from tests.image.conftest import REPORT, BuiltImage, Podman
+from tests.image.conftest import REPORT, SYSTEMD_IMAGE, BuiltImage, Podman
 from tests.interop.conftest import Bird
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.etcd]
@@ -538,3 +538,109 @@ def test_install_cni_init_container_into_a_throwaway_host(
     finally:
         netns_del(pod_ns)
         shutil.rmtree(host_root, ignore_errors=True)  # ~100 MB of runtime
+
+
+def test_systemd_unit_under_systemd(podman: Podman, image: BuiltImage, image_lab: ImageLab,
+                                    tmp_path: Path) -> None:
+    """deploy/systemd/podbgp.service and podbgp.env.example, run by systemd itself.
+
+    The test machine's PID 1 is not systemd, so systemd runs as PID 1 of a
+    container (tests/image/systemd.Containerfile: the podbgp image plus
+    Debian's systemd) in a node's namespace, not privileged: the unit's own
+    sandbox needs SYS_ADMIN (mount namespaces), MKNOD (PrivateDevices) and
+    SYS_RESOURCE (LimitNOFILE) in the container's bounding set. The unit and
+    the env example are mounted unchanged; only the example's values are set.
+    """
+    lab, bird = image_lab.lab, image_lab.bird
+    node = lab.add_node("nodesd")
+    block = "10.244.5.0/26"
+    image_lab.apply({"apiVersion": "projectcalico.org/v3", "kind": "Node",
+                     "metadata": {"name": node.name},
+                     "spec": {"bgp": {"ipv4Address": f"{node.ip}/24"}}})
+    image_lab.claim_block(node.name, block)
+    bird.neighbors.append((node.ip, NODE_AS))
+    bird.reconfigure()
+    # The env example with this cluster's values; its TLS paths as they are.
+    values = {"NODENAME": node.name, "ETCD_ENDPOINTS": image_lab.endpoint,
+              "PODBGP_HTTP_LISTEN": f"{node.ip}:9179"}
+    lines = []
+    tls_paths = {}
+    for line in (REPO / "deploy/systemd/podbgp.env.example").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            value = values.get(key, value)
+            if key.startswith("ETCD_") and key.endswith("_FILE"):
+                tls_paths[key] = value
+        lines.append(f"{key}{sep}{value}" if sep else line)
+    env_file = tmp_path / "podbgp.env"
+    env_file.write_text("\n".join(lines) + "\n")
+    env_file.chmod(0o600)
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    mounts = []
+    for key, secret in (("ETCD_CA_CERT_FILE", "etcd-ca"), ("ETCD_CERT_FILE", "etcd-cert"),
+                        ("ETCD_KEY_FILE", "etcd-key")):
+        path = tls / secret
+        path.write_bytes(image_lab.secret[secret])
+        path.chmod(0o600)  # root-owned and private, as the example asks
+        mounts += ["-v", f"{path}:{tls_paths[key]}:ro"]
+    name = f"podbgp-systemd-{uuid.uuid4().hex[:8]}"
+    argv = ["run", "-d", "--name", name, "--systemd=always", "--network",
+            f"ns:/run/netns/{node.ns}", "--health-interval", "disable", "--hostname", node.name,
+            "--cap-add", "SYS_ADMIN", "--cap-add", "MKNOD", "--cap-add", "SYS_RESOURCE",
+            "--cap-add", "NET_ADMIN",
+            "-v", f"{REPO / 'deploy/systemd/podbgp.service'}:/etc/systemd/system/podbgp.service:ro",
+            "-v", f"{env_file}:/etc/podbgp/podbgp.env:ro", *mounts, SYSTEMD_IMAGE]
+
+    def sh(command: str, check: bool = True) -> str:
+        return podman("exec", name, "sh", "-c", command, check=check, timeout=150).stdout.strip()
+
+    def show(*props: str) -> dict[str, str]:
+        out = sh("systemctl show " + " ".join(f"-p {p}" for p in props) + " podbgp")
+        return dict(line.split("=", 1) for line in out.splitlines())
+
+    with started(podman, argv, name):
+        try:
+            lab.wait_for(lambda: sh("systemctl is-system-running", check=False)
+                         in ("running", "degraded"), 60, "systemd in the container")
+            t0 = time.monotonic()
+            sh("systemctl start podbgp")  # Type=notify: returns after READY=1
+            REPORT["systemd_start_s"] = round(time.monotonic() - t0, 2)
+            first = show("ActiveState", "MainPID")
+            assert first["ActiveState"] == "active"
+            status = sh(f"grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/{first['MainPID']}/status")
+            fields = dict(line.split(":\t") for line in status.splitlines())
+            assert int(fields["CapEff"], 16) == int(fields["CapBnd"], 16) == (1 << 12) | (1 << 10)
+            assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2"
+            wait_routed(image_lab, node.name, block, podman, name)
+
+            # reload = SIGHUP: same process, the session does not flap.
+            sh("systemctl reload podbgp")
+            time.sleep(2)
+            assert show("MainPID", "ActiveState") == first
+            _, metrics = http_get(node.ns, f"http://{node.ip}:9179/metrics")
+            assert 'podbgp_bgp_session_flaps_total{peer="10.99.0.101"} 0.0' in metrics
+
+            # kill -9: Restart=on-failure starts it again; KillMode=mixed has removed
+            # the old ExaBGP; the routes never left the kernel.
+            old_exabgp = sh("pgrep -f 'exabgp' || true").split()
+            assert old_exabgp
+            sh("systemctl kill -s SIGKILL --kill-whom=main podbgp")
+            assert TOR_PREFIX in kernel_routes(node.ns, "proto", "201")
+            lab.wait_for(lambda: show("NRestarts", "ActiveState") == {
+                "NRestarts": "1", "ActiveState": "active"}, 60, "systemd to restart bgpd")
+            assert not set(old_exabgp) & set(sh("pgrep -f exabgp || true").split())
+            assert show("MainPID")["MainPID"] != first["MainPID"]
+            wait_routed(image_lab, node.name, block, podman, name)
+
+            # stop: SIGTERM to bgpd, exit 0, routes stay.
+            t0 = time.monotonic()
+            sh("systemctl stop podbgp")
+            REPORT["systemd_stop_s"] = round(time.monotonic() - t0, 2)
+            assert show("ActiveState", "Result", "ExecMainStatus") == {
+                "ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+            routes = kernel_routes(node.ns, "proto", "201")
+            assert TOR_PREFIX in routes and routes.get(block, {}).get("type") == "blackhole"
+        except BaseException:
+            print(sh("journalctl -u podbgp --no-pager | tail -40", check=False))
+            raise

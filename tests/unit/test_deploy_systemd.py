@@ -4,6 +4,8 @@
 pin the contract with bgpd (notify, signals, capabilities, environment) so a
 later edit cannot quietly weaken it; the MDWE check proves that
 MemoryDenyWriteExecute=yes does not break the Python runtime we ship.
+The unit is also run by systemd itself, in a container with systemd as
+PID 1: tests/image/test_image.py::test_systemd_unit_under_systemd.
 """
 
 from __future__ import annotations
