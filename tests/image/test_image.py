@@ -157,11 +157,16 @@ class ImageLab:
     def claim_block(self, node: str, cidr: str) -> None:
         """A confirmed block affinity, as Calico IPAM writes it (key and value)."""
         key = f"/calico/ipam/v2/host/{node}/ipv4/block/{cidr.replace('/', '-')}"
-        run(require_binary("etcdctl"), f"--endpoints=https://127.0.0.1:{TLS_PORT}",
-            f"--cacert={self.pki / 'ca.crt'}", f"--cert={self.pki / 'client.crt'}",
-            f"--key={self.pki / 'client.key'}", "put", key,
-            json.dumps({"state": "confirmed", "deleted": False}), ns=self.lab.etcd_ns,
-            env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"})
+        self._etcdctl("put", key, json.dumps({"state": "confirmed", "deleted": False}))
+
+    def etcd_keys(self, prefix: str) -> list[str]:
+        return self._etcdctl("get", "--prefix", "--keys-only", prefix).split()
+
+    def _etcdctl(self, *args: str) -> str:
+        return run(require_binary("etcdctl"), f"--endpoints=https://127.0.0.1:{TLS_PORT}",
+                   f"--cacert={self.pki / 'ca.crt'}", f"--cert={self.pki / 'client.crt'}",
+                   f"--key={self.pki / 'client.key'}", *args, ns=self.lab.etcd_ns,
+                   env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}).stdout
 
     def kube_node(self, name: str, host_root: Path) -> kube.Node:
         node = self.lab.nodes[name]
@@ -503,14 +508,16 @@ def test_install_cni_init_container_into_a_throwaway_host(
                         ("etcd_key_file", "etcd-key")):
         assert plugin[key] == f"/etc/cni/net.d/podbgp-tls/{secret}"
         assert (net_dir / "podbgp-tls" / secret).read_bytes() == image_lab.secret[secret]
-    assert plugin["etcd_endpoints"] == image_lab.endpoint and plugin["nodename"] == "node4"
+    assert plugin["etcd_endpoints"] == image_lab.endpoint and plugin["nodename"] == node.name
 
     # The node runs the installed plugins with its own Python out of sight: a CNI
-    # ADD through the real bridge plugin and the installed podbgp-ipam.
+    # ADD through the installed main plugin (podbgp-cni) and its IPAM (podbgp-ipam).
     netconf = {"cniVersion": conf["cniVersion"], "name": conf["name"], **plugin}
     for key in ("etcd_ca_cert_file", "etcd_cert_file", "etcd_key_file"):
         netconf[key] = str(host_root) + netconf[key]  # the node's /etc is host_root/etc here
     netconf["ipam"] = {**netconf["ipam"], "lock_file": str(host_root / "run/podbgp/ipam.lock")}
+    # No node agent here: the installed runtime does the work (not another test's agent).
+    netconf["agent_socket"] = str(host_root / "run/podbgp-cni/agent.sock")
     pod_ns = unique_name("pbtimgpod")
     netns_add(pod_ns)
     cid = uuid.uuid4().hex
@@ -527,14 +534,24 @@ def test_install_cni_init_container_into_a_throwaway_host(
                               text=True, timeout=120)
 
     try:
+        t0 = time.monotonic()
         add = cni("ADD")
+        REPORT["installed_cni_add_s"] = round(time.monotonic() - t0, 2)  # no agent: cold Python
         assert add.returncode == 0, add.stdout + add.stderr
         ip = json.loads(add.stdout)["ips"][0]["address"]
         assert ip.startswith("10.244."), ip
-        addrs = run("ip", "-j", "addr", "show", "eth0", ns=pod_ns).stdout
-        assert ip.split("/")[0] in addrs
+        addr = ip.split("/")[0]
+        assert addr in run("ip", "-j", "addr", "show", "eth0", ns=pod_ns).stdout
+        if plugin["type"] == "podbgp-cni":  # Calico's data plane: a host route per pod
+            (route,) = json.loads(run("ip", "-j", "route", "show", addr, ns=node.ns).stdout)
+            assert route["dev"].startswith("cali"), route
+            assert any(pod_ns in k for k in image_lab.etcd_keys(
+                "/calico/resources/v3/projectcalico.org/workloadendpoints/default/"))
         delete = cni("DEL")
         assert delete.returncode == 0, delete.stdout + delete.stderr
+        assert not json.loads(run("ip", "-j", "route", "show", addr, ns=node.ns).stdout or "[]")
+        assert not any(pod_ns in k for k in image_lab.etcd_keys(
+            "/calico/resources/v3/projectcalico.org/workloadendpoints/"))
     finally:
         netns_del(pod_ns)
         shutil.rmtree(host_root, ignore_errors=True)  # ~100 MB of runtime
