@@ -46,6 +46,7 @@ from lab.harness import Lab, bin_path, run
 from tests.conftest import REPO, netns_add, netns_del, require, require_binary, unique_name
 from tests.image import kube
 from tests.image.conftest import REPORT, SYSTEMD_IMAGE, BuiltImage, Podman
+from tests.integration.test_etcd_store_tls import make_pki
 from tests.interop.conftest import Bird
 
 pytestmark = [pytest.mark.slow, pytest.mark.root, pytest.mark.etcd]
@@ -95,23 +96,6 @@ def sidecar_pod() -> dict:
 # ------------------------------------------------------------------ the lab
 
 
-def openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def make_pki(d: Path, ips: list[str]) -> None:
-    """A throwaway CA, an etcd server certificate for ``ips``, a client certificate."""
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=" + ",".join(f"IP:{ip}" for ip in ips) + "\n")
-    for name in ("server", "client"):
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-CAcreateserial", "-days", "1", "-extfile", "san.ext", "-out", f"{name}.crt",
-                cwd=d)
-
-
 class ImageLab:
     """Lab + TLS etcd + BIRD ToR, and the objects a cluster would hold."""
 
@@ -120,7 +104,7 @@ class ImageLab:
         self.pki = lab.workdir / "pki"
         self.pki.mkdir()
         etcd_ip = lab.etcd_endpoint.split("//")[1].split(":")[0]
-        make_pki(self.pki, [etcd_ip, "127.0.0.1"])
+        make_pki(self.pki, (etcd_ip, "127.0.0.1"))
         self.endpoint = f"https://{etcd_ip}:{TLS_PORT}"
         data = lab.workdir / "etcd-tls"
         peer = f"http://127.0.0.1:{TLS_PORT + 1}"
