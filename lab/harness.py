@@ -477,6 +477,20 @@ class Lab(Throwaway):
         status, _, body = r.stdout.partition("\n")
         return int(status or 0), body
 
+    def metric(self, name: str, metric: str, listen: str | None = None, **labels: str) -> float:
+        """The sum of the samples of `metric` on the node's /metrics (bgpd's, or that of the
+        process listening on `listen`) whose labels include `labels`; 0.0 when absent."""
+        code, body = self.http_get(name, "/metrics", listen)
+        if code != 200:
+            raise RuntimeError(f"/metrics on {name} ({listen or 'bgpd'}): {code} {body[:200]}")
+        total = 0.0
+        for line in body.splitlines():
+            head, _, value = line.rpartition(" ")
+            if (head == metric or head.startswith(metric + "{")) and all(
+                    f'{k}="{v}"' in head for k, v in labels.items()):
+                total += float(value)
+        return total
+
     def ready(self, name: str) -> bool:
         return self.http_get(name, "/readyz")[0] == 200
 

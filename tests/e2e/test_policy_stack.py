@@ -70,6 +70,10 @@ class Stack:
         report = eventually(self.probers, self.peers.values(), allowed, ports, timeout)
         assert report is None, f"{report}\n{self.logs()}"
 
+    def metric(self, node: str, name: str, **labels: str) -> float:
+        """A metric of the node's podbgp-policy."""
+        return self.lab.metric(node, name, self.lab.nodes[node].policy_http, **labels)
+
     def logs(self) -> str:
         out = []
         for n in self.lab.nodes:
@@ -245,6 +249,8 @@ def test_kill_9_of_every_agent_under_cross_node_probing(st):
         lab.wait_for(lambda: all(lab.policy_ready(n) for n in lab.nodes), 60,
                      "the restarted agents to be ready")
         time.sleep(1.0)
+    for n in lab.nodes:  # each restarted agent replaced its table in one full transaction
+        assert st.metric(n, "podbgp_policy_transactions_total", type="full") == 1, n
     for k in ("denied", "denied2"):
         assert len(probe.results[k]) >= 10
         assert not any(probe.results[k]), f"{k}: a denied pair got through"
@@ -259,6 +265,8 @@ def test_etcd_down_every_node_keeps_its_rules(st):
     st.check(lambda s, d, proto, port: d.ns != "x")
     lab.stop_etcd()
     try:
+        lab.wait_for(lambda: all(st.metric(n, "podbgp_datastore_connected") == 0
+                                 for n in lab.nodes), 30, "every agent to see etcd gone")
         time.sleep(2.0)  # longer than the agents' 2 s resync: each has read back its table
         # every node enforces the last rules and says it is ready doing so
         report = eventually(st.probers, st.peers.values(),
@@ -268,6 +276,8 @@ def test_etcd_down_every_node_keeps_its_rules(st):
         assert all(lab.nodes[n].policy_agent.poll() is None for n in lab.nodes)
     finally:
         lab.start_etcd()
+    lab.wait_for(lambda: all(st.metric(n, "podbgp_datastore_connected") == 1
+                             for n in lab.nodes), 60, "every agent to reconnect")
     # back in step with the datastore: a delete made after the outage is enforced
     lab.bgpctl("delete", "-f", "-", input=DENY_ALL_X)
     st.check(lambda s, d, proto, port: True)
