@@ -31,14 +31,12 @@ counts it and keeps everything else running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import functools
 import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import structlog
@@ -74,6 +72,7 @@ from .netlink import (
     iter_messages,
     open_netlink,
 )
+from .passloop import PassLoop
 
 log = structlog.get_logger(__name__)
 
@@ -456,12 +455,14 @@ def attach_drop_portids(sock: socket.socket, portids: Iterable[int]) -> None:
     sock.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER (the kernel copies it)
 
 
-class OverlaySyncer:
+class OverlaySyncer(PassLoop):
     """Keeps podbgp's tunnel devices and their L2 entries in one namespace.
 
     `set_desired` hands whole sets; one pass at a time runs in a dedicated
     executor thread; the monitor, the resync timer and a retry timer only
     mark work and wake the loop."""
+
+    _what = "OverlaySyncer"
 
     def __init__(self, netns: str | None = None, protocol: int = 201,
                  resync_interval: float = 30.0, retry_interval: float = 1.0,
@@ -480,24 +481,14 @@ class OverlaySyncer:
         self._links = _links
         self._neigh = _neigh
         self._rec: OverlayReconciler | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="overlay_sync")
+        self._init_loop("overlay_sync")
         self._devices: dict[str, DeviceSpec] = {}
         self._entries: dict[tuple, L2] = {}
         self._stale: dict[tuple, L2] = {}
         self._sweep: frozenset = frozenset()  # stale keys released by converged()
         self._remove_unwanted = False
-        self._need_full = False
         self._check_devices = True
-        self._gen = 0
-        self._done_gen = 0
-        self._waiters: list[tuple[int, asyncio.Future]] = []
-        self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self._monitor: socket.socket | None = None
         self._watched: set[int] = set()  # ifindexes whose changes need a pass
-        self._retry_handle: asyncio.TimerHandle | None = None
-        self._started = False
-        self._error: BaseException | None = None
         self._adopted_devices: list[str] = []
 
     # ------------------------------------------------------------ public API
@@ -517,9 +508,7 @@ class OverlaySyncer:
                 RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)
             attach_drop_portids(mon, [self._links.sock.getsockname()[0],
                                       self._neigh.sock.getsockname()[0]])
-            mon.setblocking(False)
-            self._monitor = mon
-            loop.add_reader(mon.fileno(), self._on_monitor)
+            self._watch(mon)
         self._rec = OverlayReconciler(self._links, self._neigh, self.stats)
         adopted = await loop.run_in_executor(self._executor, self._rec.adopt)
         self._adopted_devices = sorted(self._rec.own_devices)
@@ -527,8 +516,7 @@ class OverlaySyncer:
         self._started = True
         log.info("overlay_sync_started", netns=self.netns,
                  devices=sorted(self._rec.own_devices), adopted=len(adopted))
-        self._tasks.append(asyncio.create_task(self._sync_loop(), name="overlay_sync_loop"))
-        self._tasks.append(asyncio.create_task(self._resync_timer(), name="overlay_resync"))
+        self._start_tasks("overlay_sync")
         if self._devices or self._entries:
             await self._request()
 
@@ -569,31 +557,9 @@ class OverlaySyncer:
         if self._started:
             await self._request()
 
-    async def resync(self) -> None:
-        self._need_full = True
-        await self._request()
-
     async def stop(self) -> None:
         """Stop monitoring and syncing; every device and entry stays."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
-        if self._retry_handle is not None:
-            self._retry_handle.cancel()
-        if self._monitor is not None:
-            asyncio.get_running_loop().remove_reader(self._monitor.fileno())
-            self._monitor.close()
-            self._monitor = None
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
-        for _, fut in self._waiters:
-            if not fut.done():
-                fut.set_exception(RuntimeError("OverlaySyncer stopped"))
-        self._waiters.clear()
-        self._started = False
+        await self._stop_loop()
         log.info("overlay_sync_stopped", netns=self.netns)
 
     @property
@@ -648,23 +614,6 @@ class OverlaySyncer:
             close = getattr(k, "close", None)
             if close is not None:
                 close()
-
-    async def _request(self, wait: bool = True) -> None:
-        if self._error is not None:
-            raise RuntimeError("OverlaySyncer sync loop died") from self._error
-        self._gen += 1
-        self._wake.set()
-        if not wait:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((self._gen, fut))
-        await fut
-
-    async def _resync_timer(self) -> None:
-        while True:
-            await asyncio.sleep(self.resync_interval)
-            self._need_full = True
-            self._wake.set()
 
     def _on_monitor(self) -> None:
         mon = self._monitor
@@ -735,12 +684,7 @@ class OverlaySyncer:
         except asyncio.CancelledError:
             raise
         except BaseException as e:
-            self._error = e
-            log.exception("overlay_sync_loop_died")
-            for _, fut in self._waiters:
-                if not fut.done():
-                    fut.set_exception(RuntimeError("OverlaySyncer sync loop died"))
-            self._waiters.clear()
+            self._died(e, "overlay_sync_loop_died")
             raise
 
     def _after_pass(self, report: OverlayReport, gen: int) -> None:
@@ -763,15 +707,7 @@ class OverlaySyncer:
             self._need_full = True
             self._wake.set()
             return
-        self._done_gen = gen
-        keep = []
-        for g, fut in self._waiters:
-            if g <= gen:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((g, fut))
-        self._waiters = keep
+        self._passed(gen)
         # A kernel without the module will not grow one: that waits for the resync.
         retry = rec.failing or any(
             s.state in (ERROR, FOREIGN) and s.errno != errno.EOPNOTSUPP

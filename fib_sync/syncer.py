@@ -18,11 +18,8 @@ trigger only marks state and wakes the loop, so a burst of triggers (many
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-import socket
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
@@ -44,6 +41,7 @@ from .netlink import (
     open_netlink,
     parse_route,
 )
+from .passloop import PassLoop
 from .reconcile import FibStats, KernelBackend, PassReport, Reconciler
 from .route import (
     DEFAULT_METRIC,
@@ -62,13 +60,15 @@ DEFAULT_PROTOCOL = 201
 _RESERVED_PROTOCOLS = {0, 1, 2, 3, 4}
 
 
-class FibSyncer:
+class FibSyncer(PassLoop):
     """Programs podbgp's routes into one network namespace's FIB.
 
     Only routes carrying `protocol` are listed, changed or deleted; start-up
     adopts them as stale (never flushes), `converged()` or `stale_timeout`
     sweeps those not re-confirmed, `stop()` leaves the kernel as it is.
     """
+
+    _what = "FibSyncer"
 
     def __init__(
         self,
@@ -112,7 +112,7 @@ class FibSyncer:
         self.on_pass = on_pass  # the daemon observes pass durations for its histogram
         self._kernel = _kernel
         self._reconciler: Reconciler | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="fib_sync")
+        self._init_loop("fib_sync")
         # Keyed by internal key (fib_sync.route): dst alone for main/DEFAULT_METRIC.
         self._desired: dict[IKey, Route] = {}
         self._desired_tables: set[int] = {table}  # tables of desired routes (a superset)
@@ -123,20 +123,10 @@ class FibSyncer:
         self._whole = True  # the desired set changed as a whole: diff everything
         self._changed: set[IKey] = set()  # keys changed by update()
         self._stale: dict[IKey, Route] = {}
-        self._gen = 0  # bumped by every request that must be reflected in a pass
-        self._done_gen = 0
-        self._waiters: list[tuple[int, asyncio.Future]] = []
-        self._wake = asyncio.Event()
-        self._need_full = False
         self._repair_only = False
         self._gone: set[IKey] = set()
         self._sweep: set[IKey] = set()  # stale keys released by converged()
-        self._tasks: list[asyncio.Task] = []
-        self._monitor: socket.socket | None = None
-        self._retry_handle: asyncio.TimerHandle | None = None
         self._stale_handle: asyncio.TimerHandle | None = None
-        self._started = False
-        self._error: BaseException | None = None
 
     # ------------------------------------------------------------ public API
 
@@ -161,9 +151,7 @@ class FibSyncer:
                 | RTMGRP_IPV6_ROUTE,
             )
             attach_monitor_filter(mon, self.protocol, self._kernel.portid)
-            mon.setblocking(False)
-            self._monitor = mon
-            loop.add_reader(mon.fileno(), self._on_monitor)
+            self._watch(mon)
         self._reconciler = Reconciler(self._kernel, self.stats)
         adopted = await loop.run_in_executor(self._executor, self._reconciler.adopt, self._tables())
         # Routes desired before start() are re-confirmed, not stale.
@@ -177,8 +165,7 @@ class FibSyncer:
             adopted=len(adopted),
             stale=len(self._stale),
         )
-        self._tasks.append(asyncio.create_task(self._sync_loop(), name="fib_sync_loop"))
-        self._tasks.append(asyncio.create_task(self._resync_timer(), name="fib_resync_timer"))
+        self._start_tasks("fib_sync")
         if self._stale and self.stale_timeout is not None:
             self._stale_handle = loop.call_later(self.stale_timeout, self._stale_expired)
         if self._desired:
@@ -274,34 +261,9 @@ class FibSyncer:
         if self._started:
             await self._request()
 
-    async def resync(self) -> None:
-        """Re-read the kernel and repair now (what the periodic timer does)."""
-        self._need_full = True
-        await self._request()
-
     async def stop(self) -> None:
         """Stop monitoring and syncing. The kernel keeps every route."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks.clear()
-        for h in (self._retry_handle, self._stale_handle):
-            if h is not None:
-                h.cancel()
-        if self._monitor is not None:
-            asyncio.get_running_loop().remove_reader(self._monitor.fileno())
-            self._monitor.close()
-            self._monitor = None
-        # Waits for an in-flight pass: the thread cannot be interrupted.
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_kernel)
-        self._executor.shutdown(wait=True)
-        for _, fut in self._waiters:
-            if not fut.done():
-                fut.set_exception(RuntimeError("FibSyncer stopped"))
-        self._waiters.clear()
-        self._started = False
+        await self._stop_loop(self._stale_handle)
         log.info("fib_sync_stopped", netns=self.netns)
 
     async def kernel_routes(self) -> dict[RouteKey, Route]:
@@ -341,22 +303,14 @@ class FibSyncer:
     def _tables(self) -> set[int]:
         return set(self._desired_tables)
 
-    def _close_kernel(self) -> None:
+    def _close(self) -> None:
         close = getattr(self._kernel, "close", None)
         if close is not None:
             close()
 
     async def _request(self, wait: bool = True) -> None:
-        if self._error is not None:
-            raise RuntimeError("FibSyncer sync loop died") from self._error
-        self._gen += 1
         self._repair_only = False
-        self._wake.set()
-        if not wait:
-            return
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append((self._gen, fut))
-        await fut
+        await super()._request(wait)
 
     def _stale_expired(self) -> None:
         self._stale_handle = None
@@ -365,12 +319,6 @@ class FibSyncer:
         self._changed.update(self._stale)
         self._stale.clear()
         self._wake.set()
-
-    async def _resync_timer(self) -> None:
-        while True:
-            await asyncio.sleep(self.resync_interval)
-            self._need_full = True
-            self._wake.set()
 
     def _on_monitor(self) -> None:
         """Read every pending notification; mark what needs doing; wake once."""
@@ -475,12 +423,7 @@ class FibSyncer:
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # a bug: fail loudly and release waiters
-            self._error = e
-            log.exception("fib_sync_loop_died")
-            for _, fut in self._waiters:
-                if not fut.done():
-                    fut.set_exception(RuntimeError("FibSyncer sync loop died"))
-            self._waiters.clear()
+            self._died(e, "fib_sync_loop_died")
             raise
 
     def _after_pass(self, report: PassReport, gen: int) -> None:
@@ -508,15 +451,7 @@ class FibSyncer:
             self._need_full = True
             self._wake.set()
             return  # waiters wait for a pass that knows the state
-        self._done_gen = gen
-        keep = []
-        for g, fut in self._waiters:
-            if g <= gen:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((g, fut))
-        self._waiters = keep
+        self._passed(gen)
         if rec is not None and rec.failing and self._retry_handle is None:
             self._retry_handle = asyncio.get_running_loop().call_later(
                 self.retry_interval, self._retry
