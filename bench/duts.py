@@ -21,7 +21,12 @@ DUT_AS, INJ_AS = 64512, 65001
 # benchmark's routes are /26 blocks of 10.0.0.0/8 (bench.common.prefixes).
 POOL = "10.0.0.0/8"
 
-PODBGP_CONFIG = f"""\
+def podbgp_resources(node: str, address: str, asn: int, peers: list[tuple[str, str, int]],
+                     node_bgp: str = "") -> str:
+    """A file datastore for one podbgp node: the pool, BGPConfiguration (no mesh), the
+    Node (``address`` with its prefix length; ``node_bgp``: more of its spec.bgp, e.g.
+    ", routeReflectorClusterID: ...") and a BGPPeer per (name, peerIP, asNumber)."""
+    docs = [f"""\
 apiVersion: projectcalico.org/v3
 kind: IPPool
 metadata: {{name: bench-pool}}
@@ -30,18 +35,23 @@ spec: {{cidr: {POOL}, blockSize: 26, ipipMode: Never, vxlanMode: Never, natOutgo
 apiVersion: projectcalico.org/v3
 kind: BGPConfiguration
 metadata: {{name: default}}
-spec: {{nodeToNodeMeshEnabled: false, asNumber: {DUT_AS}}}
+spec: {{nodeToNodeMeshEnabled: false, asNumber: {asn}}}
 ---
 apiVersion: projectcalico.org/v3
 kind: Node
-metadata: {{name: dut}}
-spec: {{bgp: {{ipv4Address: {DUT_IP}/24, asNumber: {DUT_AS}}}}}
----
+metadata: {{name: {node}}}
+spec: {{bgp: {{ipv4Address: {address}, asNumber: {asn}{node_bgp}}}}}
+"""]
+    docs += [f"""\
 apiVersion: projectcalico.org/v3
 kind: BGPPeer
-metadata: {{name: injector}}
-spec: {{peerIP: {INJ_IP}, asNumber: {INJ_AS}}}
-"""
+metadata: {{name: {name}}}
+spec: {{peerIP: {ip}, asNumber: {peer_as}}}
+""" for name, ip, peer_as in peers]
+    return "---\n".join(docs)
+
+
+PODBGP_CONFIG = podbgp_resources("dut", f"{DUT_IP}/24", DUT_AS, [("injector", INJ_IP, INJ_AS)])
 
 
 def start_podbgp(env: Netns, ns: str, *extra: str) -> list[int]:

@@ -62,6 +62,7 @@ from bench.common import (
     table,
 )
 from bench.convergence import start_profiler, stop_profiler
+from bench.duts import podbgp_resources
 from bench.rrclients import address
 
 RR_IP = "172.30.0.1"
@@ -69,7 +70,6 @@ FIRST_CLIENT = "172.30.1.1"
 PREFIX_LEN = 16  # one link: the reflector and every client address
 ASN = 64512
 CLUSTER_ID = "244.0.0.1"
-POOL = "10.0.0.0/8"  # the clients' blocks (bench.rrclients.block) are inside it
 DEFAULT_N = (50, 100, 200)
 LABELS = {"podbgp": "podbgp", "bird2": "BIRD 2"}
 # Targets (issue 16), checked at the largest N
@@ -83,30 +83,8 @@ TARGET_FLAT = 1.5  # CPU per reflected route at the largest N / at the smallest
 def podbgp_config(n: int, reflector: bool = True) -> str:
     """A file datastore: pool, BGPConfiguration (no mesh), the node, one BGPPeer per client."""
     cid = f", routeReflectorClusterID: {CLUSTER_ID}" if reflector else ""
-    docs = [f"""\
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata: {{name: bench-pool}}
-spec: {{cidr: {POOL}, blockSize: 26, ipipMode: Never, vxlanMode: Never, natOutgoing: false}}
----
-apiVersion: projectcalico.org/v3
-kind: BGPConfiguration
-metadata: {{name: default}}
-spec: {{nodeToNodeMeshEnabled: false, asNumber: {ASN}}}
----
-apiVersion: projectcalico.org/v3
-kind: Node
-metadata: {{name: rr}}
-spec: {{bgp: {{ipv4Address: {RR_IP}/{PREFIX_LEN}, asNumber: {ASN}{cid}}}}}
-"""]
-    for i in range(n):
-        docs.append(f"""\
-apiVersion: projectcalico.org/v3
-kind: BGPPeer
-metadata: {{name: client-{i}}}
-spec: {{peerIP: {address(FIRST_CLIENT, i)}, asNumber: {ASN}}}
-""")
-    return "---\n".join(docs)
+    return podbgp_resources("rr", f"{RR_IP}/{PREFIX_LEN}", ASN, [
+        (f"client-{i}", address(FIRST_CLIENT, i), ASN) for i in range(n)], cid)
 
 
 def bird_config(n: int) -> str:

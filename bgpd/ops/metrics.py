@@ -120,6 +120,17 @@ class DaemonCollector:
         yield CounterMetricFamily("podbgp_speaker_garbage_events",
                                   "Unparseable lines from the BGP speaker.",
                                   value=sp.garbage_lines if sp else 0)
+        sent = CounterMetricFamily(
+            "podbgp_bgp_prefixes_sent", "Route announcements and withdrawals the speaker "
+            "took, once per peer (a route reflected to 200 clients counts 200).",
+            labels=["action"])
+        sent.add_metric(["announce"], getattr(sp, "prefixes_announced", 0))
+        sent.add_metric(["withdraw"], getattr(sp, "prefixes_withdrawn", 0))
+        yield sent
+        yield CounterMetricFamily(
+            "podbgp_speaker_command_failures", "Commands the speaker refused or never "
+            "answered (what they carried is sent again).",
+            value=getattr(sp, "commands_failed", 0))
         yield from _session_outcomes(sp)
 
         yield GaugeMetricFamily("podbgp_rib_prefixes", "Loc-RIB size.",

@@ -526,10 +526,13 @@ async def test_raw_a_route_for_many_peers_is_encoded_once(raw_speaker) -> None:
     ]
     assert all(parts[0][2] == "10.0.0.2" for _, parts in sends[:-1])
     assert sends[-1] == (["10.0.0.2", "10.0.0.3", "10.0.0.4"], [("eor", [], None)])
+    # counted once per peer (podbgp_bgp_prefixes_sent_total): 3 routes to 2 peers each
+    assert (sp.stats.prefixes_announced, sp.stats.prefixes_withdrawn) == (6, 0)
     # a withdrawal for all three: one command, booked for each
     await sp.update_exports_many({k: (False, {"10.2.0.0/26": None}) for k in own})
     assert raw_sends(sp)[-1] == (["10.0.0.3", "10.0.0.4"], [("withdraw", ["10.2.0.0/26"], None)])
     assert sp._exports[KEY2].sent == {"10.4.0.0/26": r1}
+    assert (sp.stats.prefixes_announced, sp.stats.prefixes_withdrawn) == (6, 2)
     # no End-of-RIB unless asked for
     await sp.update_exports_many({KEY: (False, {"10.9.9.0/26": r1})})
     assert [kind for _, parts in raw_sends(sp)[-1:] for kind, _, _ in parts] == ["announce"]
