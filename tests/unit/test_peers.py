@@ -217,3 +217,25 @@ def test_peer_ip_naming_a_node_gives_that_node_the_reverse_session() -> None:
     n1 = plan_peers(s, "n1").peers
     assert [(p.address, p.name, p.resource) for p in n1] == [
         ("10.0.0.2", "Node_10_0_0_2", "n2-to-n1")]
+
+
+def test_route_reflector_example_of_the_docs_plans_as_written() -> None:
+    """docs/route-reflector.md's YAML, as a user would apply it, plus two client nodes:
+    the reflector peers with both clients as its clients, each client with the
+    reflector only (the mesh is off), and the reflector never with itself."""
+    import re
+    from pathlib import Path
+
+    from config.parse import parse_yaml_documents
+
+    text = (Path(__file__).parents[2] / "docs" / "route-reflector.md").read_text()
+    example = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    s = Snapshot.from_resources([*parse_yaml_documents(example, strict=True),
+                                 parse_resource(node("c1", "10.0.1.1")),
+                                 parse_resource(node("c2", "10.0.1.2"))])
+    rr = plan_peers(s, "rr1")
+    assert rr.node.cluster_id == "244.0.0.1"
+    assert [(p.address, p.rr_client, p.peer_as) for p in rr.peers] == [
+        ("10.0.1.1", True, 64512), ("10.0.1.2", True, 64512)]
+    c1 = plan_peers(s, "c1").peers
+    assert [(p.address, p.rr_client) for p in c1] == [("10.0.0.1", False)]
