@@ -33,10 +33,14 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from cni.metrics import AgentStats
+
 DEFAULT_AGENT_SOCKET = "/var/run/podbgp-cni/agent.sock"
+DEFAULT_HTTP = "127.0.0.1:9181"  # bgpd 9179, podbgp-policy 9180
 MAX_MESSAGE = 16 << 20
 _LEN = struct.Struct(">I")
 _CRED = struct.Struct("=iII")
@@ -123,6 +127,7 @@ class Agent:
         self.sock: socket.socket | None = None
         self.slots = threading.BoundedSemaphore(max_concurrent)
         self.served = 0
+        self.stats = AgentStats()
         self._uid = os.getuid()
         self._stop = threading.Event()
 
@@ -183,18 +188,28 @@ class Agent:
         try:
             with conn:
                 if not self._peer_allowed(conn):
+                    self.stats.count_rejected_peer()
                     send_message(conn, {"rc": 1, "stdout": "", "stderr":
                                         "podbgp-cni agent: permission denied\n"})
                     return
-                req = recv_message(conn)
-                env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
-                stdin = req.get("stdin") or ""
-                out, err = io.StringIO(), io.StringIO()
                 try:
-                    rc = _runner(req.get("plugin", ""))(env, stdin, out, err)
+                    req = recv_message(conn)
+                    env = {str(k): str(v) for k, v in (req.get("env") or {}).items()}
+                    stdin = str(req.get("stdin") or "")
+                    plugin = str(req.get("plugin", ""))
+                except (ValueError, AttributeError, ConnectionError):
+                    self.stats.count_bad_request()
+                    raise ValueError("unreadable request") from None
+                out, err = io.StringIO(), io.StringIO()
+                self.stats.started()
+                start = time.monotonic()
+                try:
+                    rc = _runner(plugin)(env, stdin, out, err)
                 except Exception as exc:  # the plugins catch their own; belt and braces
                     rc = 1
                     err.write(f"podbgp-cni agent: internal error: {exc!r}\n")
+                self.stats.finished(plugin, env.get("CNI_COMMAND", ""), rc, out.getvalue(),
+                                    time.monotonic() - start)
                 self.served += 1
                 send_message(conn, {"rc": rc, "stdout": out.getvalue(),
                                     "stderr": err.getvalue()})
@@ -205,25 +220,61 @@ class Agent:
             self.slots.release()
 
 
-def serve(path: str) -> int:
+def _serve_http(agent: Agent, listen: tuple[str, int]):
+    """/metrics and /healthz on ``listen`` from a thread of their own; the loop to stop.
+    OSError if the address cannot be bound (raised here, before any request is served)."""
+    import asyncio
+
+    from bgpd.ops.http import HttpServer
+    from cni.metrics import AgentMetrics
+
+    metrics = AgentMetrics(agent.stats)
+    http = HttpServer(listen[0], listen[1], {
+        "/metrics": lambda: (200, "text/plain; version=0.0.4; charset=utf-8", metrics.render()),
+        "/healthz": lambda: (200, "text/plain", b"ok\n"),
+    })
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(http.start())
+    except OSError:
+        loop.close()
+        raise
+    threading.Thread(target=loop.run_forever, name="cni-agent-http", daemon=True).start()
+    return loop, http
+
+
+def serve(path: str, http_listen: tuple[str, int] | None = None) -> int:
     agent = Agent(path)
     try:
         agent.bind()
     except (OSError, RuntimeError) as exc:
         print(f"podbgp-cni agent: cannot listen on {path}: {exc}", file=sys.stderr)
         return 1
+    http_loop = None
+    if http_listen is not None:
+        try:
+            http_loop, http = _serve_http(agent, http_listen)
+        except OSError as exc:
+            agent.stop()
+            print(f"podbgp-cni agent: cannot listen on {http_listen[0]}:{http_listen[1]} "
+                  f"(--http-listen): {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        http_listen = (http_listen[0], http.port)
 
     def _term(_sig: int, _frame: Any) -> None:
         threading.Thread(target=agent.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, _term)
     signal.signal(signal.SIGINT, _term)
-    print(json.dumps({"event": "cni_agent_listening", "socket": path, "pid": os.getpid()}),
+    print(json.dumps({"event": "cni_agent_listening", "socket": path, "pid": os.getpid(),
+                      "http": f"{http_listen[0]}:{http_listen[1]}" if http_listen else None}),
           file=sys.stderr, flush=True)
     try:
         agent.serve_forever()
     finally:
         agent.stop()
+        if http_loop is not None:
+            http_loop.call_soon_threadsafe(http_loop.stop)
     print(json.dumps({"event": "cni_agent_stopped", "served": agent.served}), file=sys.stderr,
           flush=True)
     return 0

@@ -9,7 +9,7 @@ library until they know they must do the work here: when the node's agent
 plugin in this process.
 
     podbgp-cni                       the CNI plugin (CNI_COMMAND, config on stdin)
-    podbgp-cni agent [--socket PATH] the node's agent
+    podbgp-cni agent [--socket PATH] [--http-listen ADDR:PORT|off]  the node's agent
     podbgp-cni --version
 
 Interpreter start-up is most of what is left: a launcher that starts Python
@@ -30,8 +30,11 @@ podbgp-cni: a CNI plugin in Calico's routed data-plane model (README "Pod interf
   podbgp-cni                        run by the container runtime: CNI_COMMAND
                                     (ADD, DEL, CHECK, STATUS, GC, VERSION) and the
                                     network configuration on stdin
-  podbgp-cni agent [--socket PATH]  the node's agent that keeps the plugins warm
+  podbgp-cni agent [--socket PATH] [--http-listen ADDR:PORT|off]
+                                    the node's agent that keeps the plugins warm
                                     (PODBGP_CNI_SOCKET; default /var/run/podbgp-cni/agent.sock)
+                                    and serves /metrics (PODBGP_CNI_HTTP_LISTEN;
+                                    default 127.0.0.1:9181)
   podbgp-cni --version | --help"""
 
 
@@ -107,7 +110,7 @@ def _agent(argv: list[str]) -> int:
     import argparse
 
     _full_path()
-    from cni.agent import DEFAULT_AGENT_SOCKET, serve
+    from cni.agent import DEFAULT_AGENT_SOCKET, DEFAULT_HTTP, serve
 
     ap = argparse.ArgumentParser(prog="podbgp-cni agent",
                                  description="Serve podbgp's CNI plugins from a warm process.")
@@ -115,8 +118,20 @@ def _agent(argv: list[str]) -> int:
                     or DEFAULT_AGENT_SOCKET,
                     help="unix socket to listen on (PODBGP_CNI_SOCKET; default "
                     f"{DEFAULT_AGENT_SOCKET})")
+    ap.add_argument("--http-listen", default=os.environ.get("PODBGP_CNI_HTTP_LISTEN")
+                    or DEFAULT_HTTP,
+                    help="ADDR:PORT for /metrics and /healthz, or 'off' (PODBGP_CNI_HTTP_LISTEN; "
+                    f"default {DEFAULT_HTTP})")
     args = ap.parse_args(argv)
-    return serve(args.socket)
+    listen = None
+    if args.http_listen.lower() not in ("off", "none", ""):
+        from bgpd.ops.http import parse_listen
+
+        try:
+            listen = parse_listen(args.http_listen)
+        except ValueError as exc:
+            ap.error(f"--http-listen: {exc}")
+    return serve(args.socket, listen)
 
 
 def cni_main() -> int:

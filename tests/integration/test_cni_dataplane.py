@@ -3,11 +3,21 @@
 Each test makes a "node" and a "pod" namespace (conftest `netns_factory`);
 the dataplane runs with this thread inside the node namespace, so nothing is
 created in the host's. What is checked is Calico's data plane
-(projectcalico/calico cni-plugin/pkg/dataplane/linux/dataplane_linux.go):
-host side MAC ee:ee:ee:ee:ee:ee, proxy_arp/forwarding (proxy_ndp for IPv6),
-pod addresses /32 and /128, 169.254.1.1 scope link + default via it, IPv6
-default via the host side's link-local address, one host route per address
-(scope link, protocol boot).
+(projectcalico/calico cni-plugin/pkg/dataplane/linux/dataplane_linux.go, read
+at commit 87c15906f20c4ca1fda55af92295e7678b0cc0b2):
+- host side MAC ee:ee:ee:ee:ee:ee (``hostSideMAC``) and the IPv6 gateway its
+  EUI-64 link-local address (``hostSideMACAsIPv6LL``);
+- pod addresses /32 and /128 (``DoWorkloadNetnsSetUp``: the mask is forced),
+  ``169.254.1.1`` scope link + the default route via it, IPv6 default via the
+  host side's link-local address, DAD off in the pod (``disableDAD``);
+- host side sysctls (``configureSysctls``): proxy_delay 0, proxy_arp 1,
+  forwarding 1; IPv6 accept_dad 0, disable_ipv6 0, proxy_ndp 1, forwarding 1,
+  accept_ra 0. route_localnet=1 is the one Calico sysctl not set (podbgp has
+  no NAT to localhost; docs in cni/dataplane.py);
+- in the pod, ip_forward 0 unless ``allow_ip_forwarding``
+  (``configureContainerSysctls``);
+- one host route per address, scope link, protocol boot (``SetupRoutes``:
+  vishvananda/netlink's RouteAdd sends RTPROT_BOOT when no protocol is set).
 """
 
 from __future__ import annotations
@@ -102,8 +112,12 @@ def test_pod_interface_is_calicos_shape_dual_stack(nodepod):
                       ("net.ipv4.neigh.calitest000001.proxy_delay", "0"),
                       ("net.ipv6.conf.calitest000001.proxy_ndp", "1"),
                       ("net.ipv6.conf.calitest000001.forwarding", "1"),
-                      ("net.ipv6.conf.calitest000001.accept_ra", "0")):
+                      ("net.ipv6.conf.calitest000001.accept_ra", "0"),
+                      ("net.ipv6.conf.calitest000001.accept_dad", "0"),
+                      ("net.ipv6.conf.calitest000001.disable_ipv6", "0")):
         assert sysctl(node, key) == want, key
+    assert sysctl(pod, "net.ipv6.conf.eth0.accept_dad") == "0"
+    assert sysctl(node, "net.ipv4.conf.calitest000001.route_localnet") == "0"
     eth0 = jip(pod, "addr", "show", "eth0")[0]
     assert eth0["mtu"] == 1400 and eth0["address"] == built.pod_mac
     assert {(a["local"], a["prefixlen"]) for a in eth0["addr_info"]

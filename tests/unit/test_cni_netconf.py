@@ -113,3 +113,35 @@ def test_agent_socket_named_without_parsing_the_rest():
     assert socket_from('{"agent_socket": "/x/s"}', {}) == "/x/s"
     assert socket_from("not json", {"PODBGP_CNI_SOCKET": "/e/s"}) == "/e/s"
     assert socket_from("{}", {}) == DEFAULT_AGENT_SOCKET
+
+
+def test_the_readmes_configurations_are_accepted_and_its_error_is_the_real_one():
+    """What README "Pod interfaces" tells a user to write works as written; the error it
+    quotes for a bad key is the one the plugin prints."""
+    import io
+    import re
+
+    from cni.plugin import run
+    from tests.conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Pod interfaces"):]
+    section = section[:section.index("\n## ", 1)]
+    texts = re.findall(r"```json\n(.*?)```", section, re.S)
+    texts += re.findall(r"<<'CONF'\n(.*?)\nCONF\n", section, re.S)
+    routed = [t for t in texts if '"podbgp-cni"' in t]
+    assert len(routed) == 2, texts
+    for text in routed:
+        nc = parse_netconf(text, {"NODENAME": "n1"}, "ADD")
+        assert (nc.ipam_type, nc.mtu, nc.etcd_endpoints) == ("podbgp-ipam", 0,
+                                                             "http://10.0.0.5:2379")
+    quoted = re.search(r'"msg":\s*"(mtu: -1 is not) \.\.\."', section)
+    assert quoted, "the README quotes the error of mtu -1"
+    out, err = io.StringIO(), io.StringIO()
+    bad = json.loads(routed[0]) | {"mtu": -1}
+    rc = run({"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "pod1", "CNI_IFNAME": "eth0",
+              "CNI_NETNS": "/var/run/netns/pod1", "CNI_PATH": "/opt/cni/bin"},
+             json.dumps(bad), out, err)
+    got = json.loads(out.getvalue())
+    assert rc == 1 and got["code"] == 7 and got["msg"].startswith(quoted.group(1))
+    assert err.getvalue().count("\n") == 1

@@ -130,3 +130,106 @@ def test_garbage_on_the_socket_does_not_kill_the_agent(running_agent):
     s.close()
     reply = agent.call(running_agent.path, "cni", {"CNI_COMMAND": "VERSION"}, "{}")
     assert reply is not None and reply["rc"] == 0
+    assert running_agent.stats.bad_requests == 1
+
+
+# ------------------------------------------------------------------ the agent's metrics
+
+
+def scrape(text: str) -> dict[tuple[str, tuple], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_agent_counts_bad_configs_by_cni_error_code(running_agent):
+    """Bad input from outside is counted where it comes in (GUIDE "Standards"): every
+    failed call by the code of its CNI error object (SPEC.md "Error": 7 invalid network
+    configuration, 6 decode failure), successes by command."""
+    from cni.metrics import AgentMetrics
+
+    metrics = AgentMetrics(running_agent.stats)
+    for conf in ({**BASE, "mtu": -1}, {**BASE, "interface_prefix": "toolong"}, "{not json"):
+        reply = agent.call(running_agent.path, "cni", ENV,
+                           conf if isinstance(conf, str) else json.dumps(conf))
+        assert reply["rc"] == 1
+    reply = agent.call(running_agent.path, "ipam", ENV, json.dumps({**BASE, "ipam": "x"}))
+    assert reply["rc"] == 1 and json.loads(reply["stdout"])["code"] == 7
+    assert agent.call(running_agent.path, "cni", {"CNI_COMMAND": "VERSION"}, "{}")["rc"] == 0
+    assert agent.call(running_agent.path, "cni", {**ENV, "CNI_COMMAND": "FROB"},
+                      json.dumps(BASE))["rc"] == 2
+    got = scrape(metrics.render().decode())
+
+    def err(plugin, command, code, reason):
+        return got.get(("podbgp_cni_errors_total", (("code", code), ("command", command),
+                                                    ("plugin", plugin), ("reason", reason))))
+
+    assert err("cni", "ADD", "7", "invalid_config") == 2
+    assert err("cni", "ADD", "6", "decode_failure") == 1
+    assert err("ipam", "ADD", "7", "invalid_config") == 1
+    assert err("cni", "other", "4", "invalid_environment") == 1  # the command is bounded
+    req = {k[1]: v for k, v in got.items() if k[0] == "podbgp_cni_requests_total"}
+    assert req[(("command", "VERSION"), ("plugin", "cni"), ("result", "ok"))] == 1
+    assert req[(("command", "ADD"), ("plugin", "cni"), ("result", "error"))] == 3
+    assert got[("podbgp_cni_requests_in_flight", ())] == 0
+    assert got[("podbgp_cni_request_duration_seconds_count",
+                (("command", "ADD"), ("plugin", "cni")))] == 3
+
+
+def test_agent_process_serves_metrics_and_names_a_bad_listen_address(tmp_path):
+    """`podbgp-cni agent` as a user starts it: /metrics on --http-listen; an address in
+    use or not an address is a one-line error and a non-zero exit, not a traceback."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    def agent_cmd(*args):
+        return [sys.executable, "-c", "import sys; from cni.shim import cni_main; "
+                "sys.exit(cni_main())", "agent", "--socket", str(tmp_path / "a.sock"), *args]
+
+    r = subprocess.run(agent_cmd("--http-listen", "nowhere"), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "--http-listen" in r.stderr and "Traceback" not in r.stderr
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = busy.getsockname()[1]
+        r = subprocess.run(agent_cmd("--http-listen", f"127.0.0.1:{port}"), capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 1 and f"127.0.0.1:{port} (--http-listen)" in r.stderr
+        assert "Traceback" not in r.stderr and not (tmp_path / "a.sock").exists()
+    finally:
+        busy.close()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(agent_cmd("--http-listen", f"127.0.0.1:{port}"),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if '"cni_agent_listening"' in line:
+                break
+        listening = json.loads(lines[-1])
+        assert listening["http"] == f"127.0.0.1:{port}", lines
+        url = f"http://{listening['http']}/metrics"
+        reply = agent.call(str(tmp_path / "a.sock"), "cni", ENV, json.dumps({**BASE, "mtu": "x"}))
+        assert reply["rc"] == 1 and json.loads(reply["stdout"])["code"] == 7
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            got = scrape(resp.read().decode())
+        assert got[("podbgp_cni_errors_total", (("code", "7"), ("command", "ADD"),
+                                                ("plugin", "cni"), ("reason", "invalid_config")))] == 1
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    assert proc.returncode == 0 and not (tmp_path / "a.sock").exists()
