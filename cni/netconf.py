@@ -34,7 +34,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cni.agent import DEFAULT_AGENT_SOCKET
-from cni.spec import E_BAD_CONFIG, E_DECODE, E_UNSUPPORTED_FIELD, CNIError, load_config, opt_str
+from cni.spec import (
+    E_BAD_CONFIG,
+    E_DECODE,
+    E_UNSUPPORTED_FIELD,
+    CNIError,
+    load_config,
+    opt_bool,
+    opt_str,
+)
 
 DEFAULT_INTERFACE_PREFIX = "cali"
 # Named route protocols (iproute2's /etc/iproute2/rt_protos); numbers 1-255 also work.
@@ -79,17 +87,6 @@ class NetConf:
     labels: dict[str, str] = field(default_factory=dict)
     ipam_routes: list[str] = field(default_factory=list)
     prev_result: dict[str, Any] | None = None
-
-
-def _bool(conf: Mapping[str, Any], key: str, where: str = "") -> bool:
-    value = conf.get(key, False)
-    if value is None:
-        return False
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    if not isinstance(value, bool):
-        raise CNIError(E_BAD_CONFIG, f"{where}{key}: {value!r} is not true or false")
-    return value
 
 
 def _mtu(conf: Mapping[str, Any]) -> int:
@@ -216,8 +213,9 @@ def parse_netconf(text: str, env: Mapping[str, str], command: str = "") -> NetCo
         etcd_ca=opt_str(conf, "etcd_ca_cert_file"), etcd_cert=opt_str(conf, "etcd_cert_file"),
         etcd_key=opt_str(conf, "etcd_key_file"),
         mtu=_mtu(conf), log_level=level,
-        allow_ip_forwarding=_bool(settings, "allow_ip_forwarding", "container_settings."),
-        include_default_routes=_bool(conf, "include_default_routes"),
+        allow_ip_forwarding=opt_bool(settings, "allow_ip_forwarding",
+                                     where="container_settings."),
+        include_default_routes=opt_bool(conf, "include_default_routes"),
         interface_prefix=prefix, route_protocol=_route_protocol(conf),
         agent_socket=(opt_str(conf, "agent_socket") or env.get("PODBGP_CNI_SOCKET")
                       or DEFAULT_AGENT_SOCKET),

@@ -359,17 +359,22 @@ class Rtnl:
     def link(self, name: str) -> Link | None:
         """The link called ``name``, None if there is none."""
         body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name))
-        seq = self._send(RTM_GETLINK, 0, body)  # one answer: the link, or an error
+        return self._get_one(RTM_GETLINK, body, RTM_NEWLINK, self._parse_link,
+                             (_errno.ENODEV, _errno.ENOENT), f"look up link {name}")
+
+    def _get_one(self, mtype: int, body: bytes, answer: int, parse, absent: tuple[int, ...],
+                 what: str):
+        """A request with one answer: ``parse`` of the ``answer`` message, or None when the
+        kernel says one of the ``absent`` errors (NetlinkError for any other)."""
+        seq = self._send(mtype, 0, body)
         for typ, buf, off, end in self._messages(seq):
             if typ == NLMSG_ERROR:
                 err, text = self._error(buf, off, end)
-                if err in (_errno.ENODEV, _errno.ENOENT):
-                    return None
-                if err:
-                    raise NetlinkError(err, f"look up link {name}", text)
+                if err and err not in absent:
+                    raise NetlinkError(err, what, text)
                 return None
-            if typ == RTM_NEWLINK:
-                return self._parse_link(buf, off + _HDR.size, end)
+            if typ == answer:
+                return parse(buf, off + _HDR.size, end)
         return None
 
     def links(self) -> list[Link]:
@@ -448,19 +453,10 @@ class Rtnl:
         fam = socket.AF_INET if dst.version == 4 else socket.AF_INET6
         body = (_RTMSG.pack(fam, dst.max_prefixlen, 0, 0, 0, 0, 0, 0, RTM_F_FIB_MATCH)
                 + _attr(RTA_DST, dst.network_address.packed))
-        seq = self._send(RTM_GETROUTE, 0, body)
-        for typ, buf, off, end in self._messages(seq):
-            if typ == NLMSG_ERROR:
-                err, text = self._error(buf, off, end)
-                if err in (_errno.ENETUNREACH, _errno.EHOSTUNREACH, _errno.EINVAL,
-                           _errno.ESRCH, _errno.ENOENT):
-                    return None  # no route, or a blackhole/unreachable one
-                if err:
-                    raise NetlinkError(err, f"look up route {dst}", text)
-                return None
-            if typ == RTM_NEWROUTE:
-                return self._parse_route(buf, off + _HDR.size, end)
-        return None
+        # Absent: no route, or a blackhole/unreachable one.
+        return self._get_one(RTM_GETROUTE, body, RTM_NEWROUTE, self._parse_route,
+                             (_errno.ENETUNREACH, _errno.EHOSTUNREACH, _errno.EINVAL,
+                              _errno.ESRCH, _errno.ENOENT), f"look up route {dst}")
 
     def _parse_route(self, buf: memoryview, off: int, end: int) -> Route:
         rfam, dlen, _s, _t, tbl, proto, scope, rtype, _f = _RTMSG.unpack_from(buf, off)

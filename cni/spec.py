@@ -198,6 +198,19 @@ def opt_str(conf: Mapping[str, Any], key: str, where: str = "") -> str | None:
     return value
 
 
+def opt_bool(conf: Mapping[str, Any], key: str, default: bool = False, where: str = "") -> bool:
+    """An optional boolean key: JSON true/false or Calico's strings "true"/"false"
+    (its plugins take flags as strings); absent or null is ``default``; code 7 otherwise."""
+    value = conf.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise CNIError(E_BAD_CONFIG, f'{where}{key}: {value!r} is not true or false ("true"/"false")')
+
+
 def run_command(plugin: str, commands: tuple[str, ...], env: Mapping[str, str], stdin: str,
                 stdout: TextIO, stderr: TextIO,
                 handle: Callable[[str], dict[str, Any] | None],

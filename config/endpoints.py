@@ -41,7 +41,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 
 from config import keys
 from config.errors import ConfigError
-from config.model import API_VERSION, CalicoModel, CalicoResource, Metadata, Str
+from config.model import API_VERSION, CIDR, CalicoModel, CalicoResource, Metadata, Str
 from config.model import check_labels as model_check_labels
 
 __all__ = [
@@ -133,16 +133,6 @@ def _gateway(version: int):
     return BeforeValidator(check)
 
 
-def _cidr_text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError("must be a CIDR")
-    try:
-        ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a valid CIDR") from None
-    return value
-
-
 def _uint16(positive: bool):
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -190,7 +180,7 @@ class WorkloadEndpointSpec(CalicoModel):
     interface_name: Str | None = None
     mac: Str | None = None
     ports: tuple[WorkloadEndpointPort, ...] = ()
-    allow_spoofed_source_prefixes: tuple[Annotated[str, BeforeValidator(_cidr_text)], ...] = ()
+    allow_spoofed_source_prefixes: tuple[CIDR, ...] = ()
     qos_controls: dict[str, Any] | None = None
 
     @field_validator("ip_networks", "ip_nats", "profiles", "ports",

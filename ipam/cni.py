@@ -90,6 +90,7 @@ from cni.spec import (
     CNIError,
     check_version,
     load_config,
+    opt_bool,
     opt_str,
     parse_cni_args,
     run_command,
@@ -134,18 +135,6 @@ class PluginConfig:
     prev_result: dict[str, Any] | None = None
 
 
-def _flag(obj: Mapping[str, Any], name: str, default: bool) -> bool:
-    # Calico's plugins take these as strings ("true"/"false"); accept JSON booleans too.
-    value = obj.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "false"):
-        return value.lower() == "true"
-    raise CNIError(E_BAD_CONFIG, f"ipam.{name}: {value!r} is not \"true\" or \"false\"")
-
-
 def _str_list(obj: Mapping[str, Any], name: str) -> list[str]:
     value = obj.get(name) or []
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
@@ -170,8 +159,8 @@ def parse_config(text: str, env: Mapping[str, str]) -> PluginConfig:
         nodename=nodename,
         etcd=EtcdSettings(opt_str(conf, "etcd_endpoints"), opt_str(conf, "etcd_ca_cert_file"),
                           opt_str(conf, "etcd_cert_file"), opt_str(conf, "etcd_key_file"), env),
-        assign_ipv4=_flag(ipam, "assign_ipv4", True),
-        assign_ipv6=_flag(ipam, "assign_ipv6", False),
+        assign_ipv4=opt_bool(ipam, "assign_ipv4", True, "ipam."),
+        assign_ipv6=opt_bool(ipam, "assign_ipv6", False, "ipam."),
         ipv4_pools=_str_list(ipam, "ipv4_pools"),
         ipv6_pools=_str_list(ipam, "ipv6_pools"),
         log_level=opt_str(conf, "log_level") or "warning",
@@ -183,7 +172,7 @@ def parse_config(text: str, env: Mapping[str, str]) -> PluginConfig:
     if mode not in ("block", "host"):
         raise CNIError(E_BAD_CONFIG, f"ipam.address_mode: {mode!r} is not \"block\" or \"host\"")
     cfg.address_mode = mode
-    single = _flag(ipam, "bridge_single_block", False)
+    single = opt_bool(ipam, "bridge_single_block", False, "ipam.")
     if main_type == "bridge" and mode == "block":
         if not single:
             raise CNIError(

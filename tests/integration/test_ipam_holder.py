@@ -47,5 +47,12 @@ async def test_borrowed_address_names_its_holder_and_handle(etcd):
         assert attr.handle_id == "podnet.c2"
         assert dict(attr.secondary) == {"node": "node2", "namespace": "prod", "pod": "b"}
         assert dict(block.attributes_of(v4[0].address).secondary)["node"] == "node1"
+        # What podbgp-ipam writes is what the daemon's /32 rule reads (issue 14 item 3):
+        # the borrowed address, held by node2, lent by node1; node1's own pod is not lent.
+        from config.parse import parse_block_lending
+
+        lent = parse_block_lending(got.key.decode(), got.value)
+        assert [(x.ip, x.holder, x.owner, x.prefix) for x in lent] == [
+            (str(v4b[0].address), "node2", "node1", f"{v4b[0].address}/32")]
     finally:
         await client.close()
