@@ -306,3 +306,46 @@ def test_policy_agent_runs_beside_bgpd_standalone_only() -> None:
     # Beside calico-node Felix enforces policy: the sidecar has no agent.
     sidecar = (K8S / "podbgp-sidecar.yaml").read_text()
     assert "podbgp-policy" not in sidecar
+
+
+def test_cni_agent_runs_beside_bgpd_where_the_plugins_look_for_it() -> None:
+    """The podbgp-cni agent container serves the socket the node's plugins use by
+    default, at the host's paths: every path a plugin call names (CNI_NETNS under
+    /var/run/netns, the config's TLS files under /etc/cni/net.d, the IPAM plugin in
+    /opt/cni/bin, the IPAM lock) is the host's own, so a call gives the same result
+    through the agent as in the plugin's own process."""
+    import os.path
+
+    from cni.agent import DEFAULT_AGENT_SOCKET
+    from ipam.cni import DEFAULT_LOCK_FILE
+
+    (ds,) = by_kind(load(K8S / "podbgp.yaml"), "DaemonSet")
+    c = container(ds, "podbgp-cni-agent")
+    pod = ds["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    cmd = c["command"]
+    assert cmd[cmd.index("podbgp-cni") + 1] == "agent"
+    assert cmd[cmd.index("--socket") + 1] == DEFAULT_AGENT_SOCKET
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+
+    def host_path(path: str) -> str:
+        return volumes[mounts[path]["name"]]["hostPath"]["path"]
+
+    for path in (os.path.dirname(DEFAULT_AGENT_SOCKET), "/var/run/netns",
+                 os.path.dirname(DEFAULT_LOCK_FILE), "/etc/cni/net.d", "/opt/cni/bin"):
+        assert host_path(path) == path, path
+    assert mounts["/var/run/netns"]["mountPropagation"] == "HostToContainer"
+    # install-cni writes the plugins and config to the same host directories.
+    init = next(i for i in pod["initContainers"] if i["name"] == "install-cni")
+    init_mounts = {m["name"] for m in init["volumeMounts"]}
+    assert {mounts["/etc/cni/net.d"]["name"], mounts["/opt/cni/bin"]["name"]} <= init_mounts
+    env = env_of(c)
+    names = [e["name"] for e in c["env"]]
+    assert names.index("HOST_IP") < names.index("PODBGP_CNI_HTTP_LISTEN")
+    port = int(env["PODBGP_CNI_HTTP_LISTEN"]["value"].rpartition(":")[2])
+    assert port not in (listen_port(container(ds)), 9180)
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"http-cni": port}
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True and "/tmp" in mounts
+    # Beside calico-node, Calico's CNI plugin is the node's: the sidecar has no agent.
+    assert "podbgp-cni-agent" not in (K8S / "podbgp-sidecar.yaml").read_text()
