@@ -1,4 +1,4 @@
-"""The CNI agent's Prometheus metrics (names and meanings: docs/metrics.md).
+"""The CNI agent's Prometheus metrics (names and meanings: docs/cni.md).
 
 Owned by cni/. A CNI plugin is a process per pod event and has nowhere to
 keep a counter; the node's agent (cni/agent.py) runs every call of both

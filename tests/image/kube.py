@@ -30,7 +30,8 @@ reference for Container, SecurityContext, Volume):
   schedules.
 - volumes: secret/configMap -> a directory of its keys (mode defaultMode,
   read-only as the kubelet mounts them); emptyDir -> a fresh directory, or a
-  tmpfs with size=sizeLimit for medium Memory; hostPath -> HOST_ROOT/path.
+  tmpfs with size=sizeLimit for medium Memory; hostPath -> HOST_ROOT/path;
+  mountPropagation HostToContainer -> rslave, Bidirectional -> rshared.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ SECURITY_KEYS = {
     "runAsUser", "runAsGroup", "runAsNonRoot", "privileged", "allowPrivilegeEscalation",
     "readOnlyRootFilesystem", "capabilities", "seccompProfile",
 }
-MOUNT_KEYS = {"name", "mountPath", "readOnly"}
+MOUNT_KEYS = {"name", "mountPath", "readOnly", "mountPropagation"}
+# mountPropagation -> the bind mount's propagation (Kubernetes API reference,
+# VolumeMount: HostToContainer is rslave, Bidirectional rshared, None private).
+PROPAGATION = {"None": "", "HostToContainer": "rslave", "Bidirectional": "rshared"}
 UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9, "": 1}
 
 
@@ -141,7 +145,12 @@ def volume_args(pod: dict, container: dict, node: Node, scratch: Path) -> list[s
             raise Unsupported(f"volumeMount {mount['name']}: {sorted(extra)}")
         vol = volumes[mount["name"]]
         target = mount["mountPath"]
-        ro = ":ro" if mount.get("readOnly") else ""
+        if mount.get("mountPropagation", "None") not in PROPAGATION:
+            raise Unsupported(f"volumeMount {mount['name']}: mountPropagation "
+                              f"{mount['mountPropagation']!r}")
+        options = [o for o in ("ro" if mount.get("readOnly") else "",
+                               PROPAGATION[mount.get("mountPropagation", "None")]) if o]
+        ro = ":" + ",".join(options) if options else ""
         where = scratch / f"vol-{mount['name']}"
         if "secret" in vol:
             src = vol["secret"]

@@ -233,3 +233,26 @@ def test_agent_process_serves_metrics_and_names_a_bad_listen_address(tmp_path):
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(5)
     assert proc.returncode == 0 and not (tmp_path / "a.sock").exists()
+
+
+def test_the_agents_metrics_are_the_documented_ones(running_agent):
+    """docs/cni.md's table and what /metrics exposes: same names, types and labels."""
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from cni.metrics import AgentMetrics
+    from tests.conftest import REPO
+
+    doc = {}
+    for line in (REPO / "docs" / "cni.md").read_text().splitlines():
+        m = re.match(r"\|\s*`(podbgp_\w+)`\s*\|\s*(\w+)\s*\|([^|]*)\|", line)
+        if m:
+            doc[m.group(1)] = (m.group(2), frozenset(re.findall(r"`(\w+)`", m.group(3))))
+    metrics = AgentMetrics(running_agent.stats)
+    agent.call(running_agent.path, "cni", ENV, json.dumps({**BASE, "mtu": -1}))
+    exposed = {}
+    for fam in text_string_to_metric_families(metrics.render().decode()):
+        labels = frozenset(k for s in fam.samples for k in s.labels if k != "le")
+        exposed[fam.name + ("_total" if fam.type == "counter" else "")] = (fam.type, labels)
+    assert len(doc) >= 7 and doc == exposed
