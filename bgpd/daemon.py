@@ -43,6 +43,7 @@ from bgpd.dataplane import DataplaneSettings, cluster_route_policy
 from bgpd.dataplane_io import DataplaneShell
 from bgpd.node import Node
 from bgpd.ops.http import HttpServer
+from bgpd.ops.memory import Housekeeper
 from bgpd.ops.metrics import Metrics
 from bgpd.ops.sdnotify import Notifier
 from bgpd.options import Options
@@ -51,6 +52,10 @@ from bgpd.speaker import Backend, PeerConfigError, Speaker, SpeakerConfig
 from fib_sync import FibSyncer
 
 log = structlog.get_logger(__name__)
+
+# /healthz fails once the event loop has not run its heartbeat for this long (a burst
+# of 200,000 routes keeps it turning every few hundred ms on a loaded machine).
+LOOP_STALL_SECONDS = 30.0
 
 PeerKey = tuple[str, int]
 
@@ -119,11 +124,20 @@ class Daemon:
                 opts.node, settings, store=self.store, etcd=etcd,
                 protocol=opts.route_protocol, resync_interval=opts.resync_interval,
                 state_dir=opts.state_dir, on_cluster_routes=self._cluster_routes_changed)
+        # After a large withdrawal: compact the RIB's and the speaker's tables, give the
+        # heap back (bgpd.ops.memory).
+        self.housekeeper = Housekeeper(self.rib_path_count, (
+            lambda: self.rib.compact() if self.rib is not None else None,
+            # compact() is optional in the speaker interface (bgpd.speaker)
+            lambda: getattr(self.speaker, "compact", lambda: None)()))
         self.metrics = Metrics(self)
+        # Its own thread: scrapes and probes are answered while the loop works through
+        # a burst; /healthz judges the loop by its heartbeat (bgpd.ops.http).
         self.http = HttpServer(opts.http_listen[0], opts.http_listen[1], {
             "/metrics": self._http_metrics, "/healthz": self._http_healthz,
             "/readyz": self._http_readyz, "/status": self._http_status,
-        })
+        }, threaded=True)
+        self._beat = time.monotonic()  # the event loop's heartbeat
         self.speaker: Speaker | None = None
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
@@ -206,7 +220,9 @@ class Daemon:
             for coro, name in ((self._config_loop(), "config"), (self._fib_pump(), "fib-pump"),
                                (self._export_pump(), "export-pump"),
                                (self._datastore_watch(), "datastore-watch"),
-                               (self._watchdog(), "watchdog")):
+                               (self._watchdog(), "watchdog"),
+                               (self.housekeeper.run(), "housekeeping"),
+                               (self._heartbeat(), "heartbeat")):
                 self._spawn(coro, name)
             self.notifier.status("waiting for configuration")
             await self._stop.wait()
@@ -274,6 +290,11 @@ class Daemon:
         await self.store.close()
         await self.http.stop()
         log.info("bgpd_stopped", exit_code=self._exit_code)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            self._beat = time.monotonic()
+            await asyncio.sleep(1.0)
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval
@@ -490,6 +511,9 @@ class Daemon:
         return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
 
     def _http_healthz(self):
+        stalled = time.monotonic() - self._beat
+        if stalled > LOOP_STALL_SECONDS:
+            return 503, "text/plain", f"event loop stalled for {stalled:.0f}s\n".encode()
         return 200, "text/plain", b"ok\n"
 
     def _http_readyz(self):

@@ -30,6 +30,8 @@ What a speaker does (``Speaker``):
 - ``events()``: ``bgpd.events`` records, in the order the backend saw them;
 - ``peer_ref(address)``: the ``rib.PeerRef`` the backend tags Paths from that
   neighbor with (None: not configured);
+- optionally ``compact()`` (may be a coroutine): give back the room a large
+  withdrawal left in the backend's tables (called by bgpd.ops.memory);
 - ``start()``, ``stop(graceful_restart)``, and ``stats`` (plain counters read by
   the metrics: ``updates_received``, ``restarts``, ``garbage_lines``).
 

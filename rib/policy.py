@@ -257,6 +257,10 @@ class ExportContext:
             *config.service_prefixes))
         self._passable: dict[str, bool] = {}
 
+    def forget(self) -> None:
+        """Drop the per-prefix cache (it only speeds ``passable`` up)."""
+        self._passable = {}
+
     def passable(self, prefix: str) -> bool:
         """A learned ``prefix`` lies inside a pool or service range (cached per prefix)."""
         known = self._passable.get(prefix)

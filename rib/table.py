@@ -121,6 +121,22 @@ class Rib:
             self._replace_candidate(prefix, None, path, touched)
         self._settle(touched, Changes())
 
+    def compact(self) -> None:
+        """Give back what a shrunken table still holds: Python dicts keep their largest
+        size after deletions (200,000 withdrawn prefixes leave tables sized for
+        200,000), and the export context caches a verdict per prefix ever seen.
+        Rebuilds the per-prefix dicts at their current size and clears the cache;
+        changes no content. Called by the daemon's housekeeping after a large
+        withdrawal (bgpd.ops.memory)."""
+        self._dest = dict(self._dest)
+        self._local = dict(self._local)
+        self._ectx.forget()
+        for peer in self._peers.values():
+            for part in peer.all():
+                part.adj_in = dict(part.adj_in)
+                part.rejected = dict(part.rejected)
+                part.adj_out = dict(part.adj_out)
+
     # ---- views --------------------------------------------------------------------
 
     @property

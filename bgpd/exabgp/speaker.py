@@ -101,6 +101,12 @@ class _PeerExports:
         self.dirty = set()
         self.all_dirty = True
 
+    def compact(self) -> None:
+        """Rebuild the dicts at their current size (a dict never shrinks by itself)."""
+        self.desired = dict(self.desired)
+        self.sent = dict(self.sent)
+        self.dirty = set(self.dirty)
+
 
 @dataclass(slots=True)
 class _Batch:
@@ -814,6 +820,13 @@ class Speaker:
                                       wire.encode_payload(wire.end_of_rib(ipv6)),
                                       tuple(self._epoch.get(k[0], 0) for k in raw)))
         return batches
+
+    async def compact(self) -> None:
+        """Give back the room a large withdrawal left in the export tables (between
+        flushes: a flush in progress keeps references to them across its awaits)."""
+        async with self._flush_lock:
+            for exports in self._exports.values():
+                exports.compact()
 
     def exports(self, peer_key: PeerKey) -> dict[str, Hashable]:
         e = self._exports.get(peer_key)

@@ -1,15 +1,24 @@
 """The daemon's HTTP endpoint: /metrics, /healthz, /readyz, /status.
 
 A deliberately small HTTP/1.1 server on asyncio (GET/HEAD only, one request per
-connection) so it runs on the daemon's own event loop: /healthz answering at
-all proves that loop is responsive. Handlers are plain callables returning
-(status, content type, body); the daemon owns them.
+connection). Handlers are plain callables returning (status, content type,
+body); the daemon owns them.
+
+``threaded=True`` serves from a thread of its own (its own event loop), so a
+scrape or a probe is answered while the daemon's loop works through a burst: a
+200,000-route flood made /metrics and /healthz wait 10-45 s on a busy machine,
+past Prometheus' scrape timeout and the kubelet's liveness timeout. Handlers
+then run in that thread and only read the daemon's state; the daemon tells its
+loop's health by a heartbeat (``/healthz``), not by the server answering.
+Without it the server runs on the caller's loop (podbgp-policy).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import ipaddress
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,18 +49,70 @@ class HttpServer:
     host: str
     port: int
     routes: dict[str, Handler]
+    threaded: bool = False
     _server: asyncio.base_events.Server | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
 
     async def start(self) -> None:
+        if not self.threaded:
+            await self._listen()
+            return
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def run() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self._listen())
+                ready.set_result(None)
+                loop.run_forever()
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            except BaseException as exc:  # a bind error goes back to start()'s caller
+                if not ready.done():
+                    ready.set_exception(exc)
+                else:
+                    log.exception("http_thread_failed")
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="http", daemon=True)
+        self._thread.start()
+        await asyncio.wrap_future(ready)
+
+    async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
-        log.info("http_listening", address=self.host, port=self.port)
+        log.info("http_listening", address=self.host, port=self.port,
+                 thread=self.threaded)
 
-    async def stop(self) -> None:
+    async def _close(self) -> None:
         if self._server:
             self._server.close()
             await self._server.wait_closed()
+
+    async def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            await self._close()
+            return
+        loop, thread = self._loop, self._thread
+        if thread.is_alive():
+            done = asyncio.run_coroutine_threadsafe(self._close(), loop)
+            await asyncio.wrap_future(done)
+            loop.call_soon_threadsafe(loop.stop)
+            await asyncio.to_thread(thread.join, 5)
+        self._loop = self._thread = None
+
+    def _call(self, handler: Handler) -> tuple[int, str, bytes]:
+        """A threaded server reads state the daemon's loop is changing: a dict that
+        changed size under an iteration is read again (a few times) before it is a 500."""
+        for attempt in range(3 if self.threaded else 1):
+            try:
+                return handler()
+            except RuntimeError:
+                if attempt == 2 or not self.threaded:
+                    raise
+        raise AssertionError("unreachable")
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -74,7 +135,7 @@ class HttpServer:
                     status, ctype, body = 404, "text/plain", b"not found\n"
                 else:
                     try:
-                        status, ctype, body = handler()
+                        status, ctype, body = self._call(handler)
                     except Exception:
                         log.exception("http_handler_failed", path=path)
                         status, ctype, body = 500, "text/plain", b"internal error\n"

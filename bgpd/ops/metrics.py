@@ -10,6 +10,9 @@ reason/kind sets, never prefixes.
 
 from __future__ import annotations
 
+import os
+import resource
+import sys
 import time
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -167,6 +170,13 @@ class DaemonCollector:
                                 value=d.convergence_seconds or 0)
         yield GaugeMetricFamily("podbgp_ready", "1 when /readyz is 200.",
                                 value=1 if d.is_ready() else 0)
+        hk = getattr(d, "housekeeper", None)
+        yield CounterMetricFamily("podbgp_memory_compactions",
+                                  "Table compactions after a large withdrawal.",
+                                  value=hk.compactions if hk else 0)
+        yield GaugeMetricFamily("podbgp_python_allocated_blocks",
+                                "Memory blocks CPython has allocated (a leak shows here "
+                                "before it shows in RSS).", value=sys.getallocatedblocks())
         yield from self._dataplane(getattr(d, "dataplane", None))
 
     @staticmethod
@@ -259,6 +269,43 @@ def _session_outcomes(sp) -> list:
     return [errs, downs, notes]
 
 
+class ProcessCollector:
+    """Prometheus' standard process metrics (the names client libraries use), read from
+    /proc/self; nothing on a system without it."""
+
+    def __init__(self, proc: str = "/proc/self") -> None:
+        self.proc = proc
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def collect(self):
+        try:
+            with open(f"{self.proc}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open("/proc/stat") as f:
+                boot = next(float(line.split()[1]) for line in f if line.startswith("btime "))
+            fds = len(os.listdir(f"{self.proc}/fd"))
+        except (OSError, StopIteration, IndexError, ValueError):
+            return
+        # fields[0] is stat's field 3 (state): utime 14, stime 15, starttime 22, vsize 23,
+        # rss 24 (proc(5))
+        yield GaugeMetricFamily("process_virtual_memory_bytes", "Virtual memory size in bytes.",
+                                value=float(fields[20]))
+        yield GaugeMetricFamily("process_resident_memory_bytes",
+                                "Resident memory size in bytes.",
+                                value=float(fields[21]) * self.page)
+        yield GaugeMetricFamily("process_start_time_seconds",
+                                "Start time of the process since unix epoch in seconds.",
+                                value=float(fields[19]) / self.ticks + boot)
+        yield CounterMetricFamily("process_cpu_seconds",
+                                  "Total user and system CPU time spent in seconds.",
+                                  value=(float(fields[11]) + float(fields[12])) / self.ticks)
+        yield GaugeMetricFamily("process_open_fds", "Number of open file descriptors.",
+                                value=fds)
+        yield GaugeMetricFamily("process_max_fds", "Maximum number of open file descriptors.",
+                                value=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+
+
 class Metrics:
     """The daemon's registry: the collector plus the FIB pass histogram."""
 
@@ -267,6 +314,8 @@ class Metrics:
         # podbgp_*_created gauge per histogram that rate() does not need.
         self.registry = Registry()
         self.registry.register(DaemonCollector(daemon))
+        # process_resident_memory_bytes, process_cpu_seconds_total, open fds (standard names)
+        self.registry.register(ProcessCollector())
         self.fib_sync_seconds = Histogram(
             "podbgp_fib_sync_duration_seconds", "One FIB reconcile pass.",
             buckets=FIB_BUCKETS, registry=self.registry)

@@ -120,3 +120,52 @@ async def test_port_in_use_raises_oserror(server) -> None:
     other = HttpServer("127.0.0.1", server.port, {})
     with pytest.raises(OSError):
         await other.start()
+
+
+async def test_threaded_server_answers_while_the_callers_loop_is_busy() -> None:
+    """threaded=True: a request is served while the caller's event loop is stuck in
+    synchronous work (a 200,000-route burst kept the daemon's loop busy for tens of
+    seconds: Prometheus and the kubelet's probe timed out). Handlers that hit a dict
+    changing size are retried."""
+    import threading
+    import time
+    import urllib.request
+
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        return 200, "text/plain", b"fine\n"
+
+    srv = HttpServer("127.0.0.1", 0, {"/x": lambda: (200, "text/plain", b"x\n"), "/f": flaky},
+                     threaded=True)
+    await srv.start()
+    try:
+        got: dict[str, object] = {}
+
+        def client() -> None:
+            t0 = time.monotonic()
+            with urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/x", timeout=5) as r:
+                got["body"], got["s"] = r.read(), time.monotonic() - t0
+
+        t = threading.Thread(target=client)
+        t.start()
+        time.sleep(1.5)  # the caller's loop does not run at all meanwhile
+        t.join(5)
+        assert got["body"] == b"x\n" and got["s"] < 1.0, got
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/f", timeout=5).read())
+        assert body == b"fine\n" and calls["n"] == 2
+    finally:
+        await srv.stop()
+    with pytest.raises(OSError):  # stopped: nothing listens any more
+        await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/x", timeout=2))
+
+
+async def test_threaded_bind_error_reaches_the_caller(server) -> None:
+    srv = HttpServer("127.0.0.1", server.port, {}, threaded=True)
+    with pytest.raises(OSError):
+        await srv.start()

@@ -21,7 +21,7 @@ def documented() -> dict[str, tuple[str, frozenset[str]]]:
     """name -> (type, label names) from the table in docs/metrics.md."""
     out = {}
     for line in DOC.read_text().splitlines():
-        m = re.match(r"\|\s*`(podbgp_\w+)`\s*\|\s*(\w+)\s*\|([^|]*)\|", line)
+        m = re.match(r"\|\s*`((?:podbgp|process)_\w+)`\s*\|\s*(\w+)\s*\|([^|]*)\|", line)
         if m:
             labels = frozenset(re.findall(r"`(\w+)`", m.group(3)))
             out[m.group(1)] = (m.group(2), labels)
@@ -104,7 +104,7 @@ def test_exposed_names_types_and_labels_match_the_doc() -> None:
     doc = documented()
     assert len(doc) >= 25  # the table parsed
     exposed = exposed_families(scrape(FakeDaemon()))
-    podbgp = {n: v for n, v in exposed.items() if n.startswith("podbgp_")}
+    podbgp = {n: v for n, v in exposed.items() if n.startswith(("podbgp_", "process_"))}
     assert set(podbgp) - set(doc) == set(), "exposed but undocumented"
     assert set(doc) - set(podbgp) == set(), "documented but not exposed"
     for name, (typ, labels) in doc.items():

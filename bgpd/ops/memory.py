@@ -1,0 +1,102 @@
+"""Housekeeping after a large withdrawal: give the memory a flood took back.
+
+Owned by the daemon (one ``Housekeeper`` task). CPython keeps what a burst of
+routes made it allocate: a dict never shrinks after deletions (the RIB's,
+the speaker's export tables sized for the flood's 200,000 prefixes stay that
+size), caches keyed by prefix keep their entries, and freed heap stays in the
+process unless asked back. So once the number of routes has fallen by half or
+more from its peak (and by at least ``min_drop``) and stayed there for a
+sample, the housekeeper rebuilds those tables at their current size (each
+component's ``compact``), runs a full garbage collection and asks the C
+allocator to return free pages (glibc ``malloc_trim``). It logs what it gave
+back (``memory_compacted``) and counts it (``podbgp_memory_compactions_total``).
+
+What it cannot give back (docs/reliability.md): CPython's small-object
+allocator returns a 1 MiB arena only when every object in it is gone, so free
+room inside arenas that still hold a few live objects stays resident.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import gc
+import inspect
+import time
+from collections.abc import Awaitable, Callable, Iterable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Compactor = Callable[[], Awaitable[None] | None]
+
+
+def rss_bytes() -> int:
+    """This process's resident set (0 if /proc cannot tell)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+try:
+    import resource
+
+    _PAGE = resource.getpagesize()
+except (ImportError, OSError):  # pragma: no cover - not Linux
+    _PAGE = 4096
+
+
+def trim_heap() -> bool:
+    """glibc's malloc_trim(0): free heap pages go back to the kernel (False elsewhere)."""
+    try:
+        return bool(ctypes.CDLL(None).malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+class Housekeeper:
+    """Samples ``size()`` (e.g. the RIB's path count) every ``interval`` seconds and
+    compacts once it has dropped to ``ratio`` of its peak or below, by at least
+    ``min_drop``, and did not change over the last sample."""
+
+    def __init__(self, size: Callable[[], int], compactors: Iterable[Compactor], *,
+                 interval: float = 1.0, min_drop: int = 10_000, ratio: float = 0.5) -> None:
+        self.size = size
+        self.compactors = list(compactors)
+        self.interval, self.min_drop, self.ratio = interval, min_drop, ratio
+        self.compactions = 0
+        self.peak = 0
+
+    def due(self, now: int, previous: int) -> bool:
+        return (now == previous and self.peak - now >= self.min_drop
+                and now <= self.peak * self.ratio)
+
+    async def run(self) -> None:
+        previous = self.peak = self.size()
+        while True:
+            await asyncio.sleep(self.interval)
+            now = self.size()
+            self.peak = max(self.peak, now)
+            if self.due(now, previous):
+                await self.compact(now)
+            previous = now
+
+    async def compact(self, now: int | None = None) -> None:
+        t0 = time.monotonic()
+        before = rss_bytes()
+        for compactor in self.compactors:
+            result = compactor()
+            if inspect.isawaitable(result):
+                await result
+        collected = gc.collect()
+        trimmed = trim_heap()
+        after = rss_bytes()
+        self.compactions += 1
+        log.info("memory_compacted", peak=self.peak, now=now, collected=collected,
+                 trimmed=trimmed, rss_before_mib=round(before / 2**20, 1),
+                 rss_after_mib=round(after / 2**20, 1),
+                 seconds=round(time.monotonic() - t0, 3))
+        self.peak = self.size() if now is None else now

@@ -1,0 +1,77 @@
+"""bgpd.ops.memory and the compact() methods it calls: after a large withdrawal the
+tables are rebuilt at their size, caches dropped, nothing else changes."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from bgpd.ops.memory import Housekeeper, rss_bytes
+from rib import PeerKind, PeerPolicy, PeerRef, Pool, Rib, RibConfig
+from rib.path import Path, Withdraw
+
+PEER = PeerRef("10.1.0.3", 65001, "10.1.0.3", PeerKind.EBGP)
+OTHER = PeerRef("10.1.0.4", 65002, "10.1.0.4", PeerKind.EBGP)
+CONFIG = RibConfig(local_asn=64512, router_id="10.1.0.1", cluster_id="1.0.0.1",
+                   node_addresses=frozenset({"10.1.0.1"}), own_blocks=(),
+                   pools=(Pool("10.240.0.0/12"),))
+
+
+def hosts(n: int) -> list[str]:
+    return [f"10.{240 + i // 65536}.{i // 256 % 256}.{i % 256}/32" for i in range(n)]
+
+
+def test_rib_compact_gives_back_a_floods_tables_and_keeps_the_content() -> None:
+    rib = Rib(CONFIG)
+    for peer in (PEER, OTHER):
+        rib.peer_up(PeerPolicy(key=peer.address, peer=peer))
+    rib.update(PEER.address, [Path("10.241.0.0/24", PEER.address, PEER, as_path=(65001,))], [])
+    flood = hosts(50_000)
+    rib.update(PEER.address, [Path(p, PEER.address, PEER, as_path=(65001,)) for p in flood], [])
+    rib.update(PEER.address, [], [Withdraw(p, PEER) for p in flood])
+    before = (rib.loc_rib(), rib.adj_rib_in(PEER.address), rib.adj_rib_out(OTHER.address))
+    peer_state = rib._peers[PEER.address]
+    sizes = (sys.getsizeof(rib._dest), sys.getsizeof(peer_state.adj_in),
+             len(rib._ectx._passable))
+    rib.compact()
+    after = (rib.loc_rib(), rib.adj_rib_in(PEER.address), rib.adj_rib_out(OTHER.address))
+    assert after == before and len(after[0]) == 1
+    assert sys.getsizeof(rib._dest) < sizes[0] / 100
+    assert sys.getsizeof(rib._peers[PEER.address].adj_in) < sizes[1] / 100
+    assert sizes[2] >= 50_000 and len(rib._ectx._passable) == 0
+    # Still a working RIB.
+    ch = rib.update(PEER.address, [Path("10.242.0.0/24", PEER.address, PEER,
+                                        as_path=(65001,))], [])
+    assert [k.prefix for k in ch.kernel_add] == ["10.242.0.0/24"]
+
+
+async def test_housekeeper_compacts_once_after_a_large_stable_drop() -> None:
+    sizes = iter([0, 30_000, 80_000, 80_000, 30_000, 20_000, 20_000, 20_000, 25_000])
+    calls: list[str] = []
+
+    async def speaker_compact() -> None:
+        calls.append("speaker")
+
+    hk = Housekeeper(lambda: next(sizes), [lambda: calls.append("rib"), speaker_compact],
+                     interval=0.001, min_drop=10_000)
+    task = asyncio.create_task(hk.run())
+    for _ in range(200):
+        await asyncio.sleep(0.002)
+        if task.done():
+            break
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # 80k peak, down to 20k and unchanged for one sample: compact, exactly once.
+    assert calls == ["rib", "speaker"] and hk.compactions == 1
+    assert hk.peak == 20_000 or hk.peak == 25_000
+
+
+def test_no_compaction_for_small_or_ongoing_drops() -> None:
+    hk = Housekeeper(lambda: 0, [], min_drop=10_000)
+    hk.peak = 15_000
+    assert not hk.due(9_000, 9_000)  # dropped 6,000: not enough
+    hk.peak = 100_000
+    assert not hk.due(60_000, 60_000)  # above half the peak
+    assert not hk.due(40_000, 45_000)  # still moving
+    assert hk.due(40_000, 40_000)
+    assert rss_bytes() > 0
