@@ -56,6 +56,14 @@ def test_second_bgpd_refuses_and_the_first_keeps_running(lab: Lab) -> None:
     shared = str(lab.workdir / "shared-state")  # as if both used the default /run/podbgp
     lab.start_daemon("node1", "--state-dir", shared)
     wait(lab, lambda: lab.ready("node1"), "node1 ready", 30, node="node1")
+    # Ready is about the kernel, not the speaker: ExaBGP starts on a config without
+    # peers and the speaker writes the peer set once ExaBGP's channel is up (it never
+    # rewrites the file while ExaBGP may be reading it), which can be after ready.
+    # Only a config that already names node2 is the first daemon's settled one.
+    conf = Path(shared) / "exabgp" / "exabgp.conf"
+    n2 = lab.nodes["node2"].ip
+    wait(lab, lambda: f"neighbor {n2} " in conf.read_text(), "node1's ExaBGP config has its "
+         "peer", 30, node="node1")
     first_pid = lab.nodes["node1"].proc.pid
     before = _exabgp(shared)
 
