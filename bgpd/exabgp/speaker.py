@@ -179,6 +179,16 @@ def _redact(line: str) -> str:
     return _SECRET.sub(r"\1<redacted>", line)
 
 
+def _log_failure(task: asyncio.Task) -> None:
+    """A speaker task that failed says so with its cause (issue 18: errors never
+    vanish); SpeakerError is the channel going away, handled where it is raised."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, SpeakerError):
+        log.error("speaker_task_failed", task=task.get_name(), exc_info=exc)
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie has released its sockets and port 179 already)."""
     try:
@@ -338,6 +348,7 @@ class Speaker:
         self._write_config()
         await self._spawn()
         self._supervisor = asyncio.create_task(self._supervise(), name="exabgp-supervisor")
+        self._supervisor.add_done_callback(_log_failure)
 
     async def stop(self, graceful_restart: bool = False) -> None:
         """Stop ExaBGP: SIGTERM (it sends Cease), or SIGKILL with ``graceful_restart``
@@ -468,6 +479,7 @@ class Speaker:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     # -------------------------------------------------------------- channel

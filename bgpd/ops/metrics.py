@@ -120,6 +120,11 @@ class DaemonCollector:
                                   value=sp.updates_received if sp else 0)
         yield CounterMetricFamily("podbgp_speaker_restarts", "BGP speaker process restarts.",
                                   value=sp.restarts if sp else 0)
+        yield CounterMetricFamily(
+            "podbgp_speaker_channel_connections",
+            "Command channels the BGP speaker opened: one per start; more means its API "
+            "helper was respawned (events in flight then may be lost).",
+            value=getattr(sp, "connections", 0) if sp else 0)
         yield CounterMetricFamily("podbgp_speaker_garbage_events",
                                   "Unparseable lines from the BGP speaker.",
                                   value=sp.garbage_lines if sp else 0)

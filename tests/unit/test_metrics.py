@@ -46,7 +46,8 @@ class FakeDaemon:
         self.rejections = Counter({("10.99.0.12", "not-in-pool"): 2})
         self.speaker = SimpleNamespace(stats=SimpleNamespace(
             updates_received=11, restarts=1, garbage_lines=4, prefixes_announced=600,
-            prefixes_withdrawn=199, commands_failed=3))
+            prefixes_withdrawn=199, commands_failed=3,
+            connections=2))
         self.fib = SimpleNamespace(
             stats=SimpleNamespace(installed=6, replaced=1, deleted=2, swept=3, failed=1,
                                   repairs=5),
@@ -132,6 +133,7 @@ def test_values_come_from_daemon_state() -> None:
     assert sample(fams, "podbgp_bgp_prefixes_sent_total", action="announce") == 600
     assert sample(fams, "podbgp_bgp_prefixes_sent_total", action="withdraw") == 199
     assert sample(fams, "podbgp_speaker_command_failures_total") == 3
+    assert sample(fams, "podbgp_speaker_channel_connections_total") == 2
     assert sample(fams, "podbgp_rib_prefixes") == 9
     assert sample(fams, "podbgp_rib_paths") == 12
     assert sample(fams, "podbgp_kernel_routes", kind="multipath") == 1

@@ -619,3 +619,27 @@ async def test_a_slow_answer_behind_a_backlog_is_no_lost_answer(tmp_path) -> Non
     with pytest.raises(CommandFailed):
         await sp._wait_ack(quiet, "podbgp-send")
     assert writer.closed and sp._writer is None and sp.stats.commands_failed == 1
+
+
+async def test_a_failed_speaker_task_is_logged_with_its_cause(speaker) -> None:
+    """Issue 18 (errors never vanish): a speaker task that fails with a bug says so,
+    with the exception; the channel going away (SpeakerError) is handled where raised."""
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from bgpd.exabgp.speaker import SpeakerError
+
+    async def bug() -> None:
+        raise KeyError("a shape we never saw")
+
+    async def gone() -> None:
+        raise SpeakerError("exabgp command channel is not connected")
+
+    with capture_logs() as logs:
+        tasks = [speaker._spawn_task(bug(), "bug"), speaker._spawn_task(gone(), "gone")]
+        await asyncio.wait(tasks)
+        await asyncio.sleep(0)  # done callbacks run on the next turn
+    failed = [e for e in logs if e["event"] == "speaker_task_failed"]
+    assert [e["task"] for e in failed] == ["bug"], logs
+    assert isinstance(failed[0]["exc_info"], KeyError)
