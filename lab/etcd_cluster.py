@@ -20,10 +20,11 @@ import json
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from lab.poll import wait_for
 
 CLIENT_PORT = 2379
 PEER_PORT = 2380
@@ -203,17 +204,4 @@ class EtcdCluster:
                  "--command-timeout=5s", *args, check=check, timeout=20)
         return r.stdout
 
-    @staticmethod
-    def wait(pred, timeout: float, what: str, interval: float = 0.05):
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                v = pred()
-                if v:
-                    return v
-            except Exception as e:  # keep polling; report the last
-                last = e
-            time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
-                           + (f" (last error: {last})" if last else ""))
+    wait = staticmethod(wait_for)

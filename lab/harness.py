@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Self
 
 from lab.etcd_cluster import EtcdCluster, EtcdMember
+from lab.poll import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("PODBGP_LAB_STATE", "/run/podbgp-lab"))
@@ -739,20 +740,7 @@ class Lab(Throwaway):
                 _kill_pid(proc.pid, signal.SIGKILL, wait=1)
 
     # ------------------------------------------------------------- waiting
-    @staticmethod
-    def wait_for(pred, timeout: float, what: str, interval: float = 0.05):
-        deadline = time.monotonic() + timeout
-        last_exc: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                v = pred()
-                if v:
-                    return v
-            except Exception as e:  # keep polling, report the last
-                last_exc = e
-            time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}"
-                           + (f" (last error: {last_exc})" if last_exc else ""))
+    wait_for = staticmethod(wait_for)
 
     def daemon_log(self, name: str, tail: int = 40) -> str:
         node = self.nodes[name]
