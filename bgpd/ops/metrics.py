@@ -122,8 +122,8 @@ class DaemonCollector:
                                   value=sp.restarts if sp else 0)
         yield CounterMetricFamily(
             "podbgp_speaker_channel_connections",
-            "Command channels the BGP speaker opened: one per start; more means its API "
-            "helper was respawned (events in flight then may be lost).",
+            "Command channels the BGP speaker opened: one per start; more means a running "
+            "speaker reconnected its API channel (events in flight then may be lost).",
             value=getattr(sp, "connections", 0) if sp else 0)
         yield CounterMetricFamily("podbgp_speaker_garbage_events",
                                   "Unparseable lines from the BGP speaker.",

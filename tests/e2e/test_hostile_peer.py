@@ -197,10 +197,10 @@ class Hostile:
             f"{case}: bgpd is not the same process\n{self.case_log()}"
         restarts = self.counter("podbgp_speaker_restarts_total") - self.case_restarts
         assert restarts == 0, f"{case}: ExaBGP restarted {restarts:g}x\n{self.case_log()}"
-        # A new command channel under the same ExaBGP: its relay died and was respawned
-        # (events it had not passed on are lost).
+        # A new command channel under the same ExaBGP: its API channel ended and it
+        # reconnected (events it had not passed on are lost).
         channels = self.counter("podbgp_speaker_channel_connections_total") - self.case_channels
-        assert channels == 0, f"{case}: ExaBGP's relay reconnected {channels:g}x\n" \
+        assert channels == 0, f"{case}: ExaBGP's API channel reconnected {channels:g}x\n" \
             f"{self.case_log()}"
         pool = ipaddress.ip_network(POOL)
         outside = [p for p in self.kernel() if p != GOOD
@@ -513,7 +513,7 @@ def test_300_fuzzed_updates(hostile: Hostile) -> None:
 
 
 def _tree_rss(pid: int) -> int:
-    """RSS in bytes of a process and all its descendants (bgpd, ExaBGP, the relay)."""
+    """RSS in bytes of a process and all its descendants (bgpd, ExaBGP)."""
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
