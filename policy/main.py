@@ -172,10 +172,20 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"podbgp-policy: removed table inet {opts.table}")
         return 0
+    from bgpd.ops.lock import AlreadyRunning, policy_table_lock
+
+    try:
+        # Before anything is read or written: a second agent touches nothing.
+        lock = policy_table_lock(opts.table)
+    except AlreadyRunning as e:
+        print(f"podbgp-policy: {e}", file=sys.stderr)
+        return 1
     try:
         return asyncio.run(_serve(opts))
     except KeyboardInterrupt:
         return 0
+    finally:
+        lock.close()
 
 
 if __name__ == "__main__":

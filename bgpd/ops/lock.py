@@ -20,6 +20,9 @@ and lets the kernel drop them when the process ends (however it ends).
 
 A second bgpd exits at once (status 1) with one line naming the holder's PID
 and the directory or table; it has touched nothing of the first's.
+
+``podbgp-policy`` takes the same kind of lock for its nftables table
+(``@podbgp/policy/inet/<table>``, ``policy_table_lock``); it keeps no state directory.
 """
 
 from __future__ import annotations
@@ -81,20 +84,10 @@ class InstanceLocks:
 
     def _lock_table(self, table: int, protocol: int) -> None:
         self.name = f"podbgp/fib/{table}/{protocol}"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind("\0" + self.name)
-            sock.listen(8)
-        except OSError as exc:
-            sock.close()
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            raise AlreadyRunning(
-                f"routing table {table} protocol {protocol} in this network namespace is "
-                f"managed by another bgpd ({_pid_text(_socket_holder(self.name))}); one "
-                "bgpd per node (or give each its own --route-table/--route-protocol)"
-            ) from None
-        self._sock = sock
+        self._sock = hold_name(
+            self.name, f"routing table {table} protocol {protocol} in this network namespace "
+            "is managed by another bgpd", "one bgpd per node (or give each its own "
+            "--route-table/--route-protocol)")
 
     def release(self) -> None:
         if self._sock is not None:
@@ -105,6 +98,31 @@ class InstanceLocks:
                 os.ftruncate(self._fd, 0)
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
+
+
+def hold_name(name: str, what: str, advice: str) -> socket.socket:
+    """Hold abstract unix socket ``name`` in this network namespace for as long as the
+    returned socket is open (the kernel closes it with the process). Taken already:
+    AlreadyRunning "<what> (pid N); <advice>"."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.bind("\0" + name)
+        sock.listen(8)
+    except OSError as exc:
+        sock.close()
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise AlreadyRunning(f"{what} ({_pid_text(_socket_holder(name))}); {advice}") from None
+    return sock
+
+
+def policy_table_lock(table: str) -> socket.socket:
+    """podbgp-policy's lock: one agent per nftables table per network namespace (two
+    would replace each other's rules in turn)."""
+    return hold_name(f"podbgp/policy/inet/{table}",
+                     f"nftables table inet {table} in this network namespace is managed by "
+                     "another podbgp-policy", "one podbgp-policy per node (or give each its "
+                     "own --table)")
 
 
 def _read_pid(fd: int) -> int | None:

@@ -96,3 +96,29 @@ def test_bgpd_main_exits_1_with_one_line(tmp_path: Path, table: int) -> None:
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bgpd: state directory"), r.stderr
     assert f"pid {os.getpid()}" in lines[0] and r.stdout == ""
+
+
+def test_second_policy_agent_for_one_table_exits_1_with_one_line() -> None:
+    """Issue 18: podbgp-policy keeps no state directory but owns an nftables table per
+    network namespace; a second agent for it exits before touching etcd or nft."""
+    from bgpd.ops.lock import policy_table_lock
+
+    name = f"podbgp-t{random.randint(10_000, 2**31 - 1)}"
+    held = policy_table_lock(name)
+    try:
+        # etcd at a closed port and a 1 s timeout: were the lock not taken first, the
+        # agent would be waiting on etcd (or nft) instead of exiting at once.
+        r = subprocess.run([sys.executable, "-m", "policy.main", "--node", "n1", "--table", name,
+                            "--etcd-endpoints", "http://127.0.0.1:9"],
+                           capture_output=True, text=True, timeout=60)
+        with pytest.raises(AlreadyRunning) as err:
+            policy_table_lock(name)
+    finally:
+        held.close()
+    assert r.returncode == 1, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"podbgp-policy: nftables table inet {name}"), \
+        r.stderr
+    assert f"pid {os.getpid()}" in lines[0] and r.stdout == ""
+    assert f"pid {os.getpid()}" in str(err.value)
+    policy_table_lock(name).close()  # free again once the holder let go
