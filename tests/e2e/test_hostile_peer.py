@@ -132,9 +132,11 @@ class Hostile:
                 timeout=70)
         return float(r.stdout)
 
-    def counter(self, name: str, **labels: str) -> float:
+    def counter(self, name: str, scrape: str | None = None, **labels: str) -> float:
+        """The sum of ``name``'s samples with ``labels``, from ``scrape`` (one /metrics
+        text, for several reads of one moment) or a new scrape."""
         total = 0.0
-        for line in self.metrics().splitlines():
+        for line in (self.metrics() if scrape is None else scrape).splitlines():
             head, _, value = line.rpartition(" ")
             if (head == name or head.startswith(name + "{")) and all(
                     f'{k}="{v}"' in head for k, v in labels.items()):
@@ -177,14 +179,16 @@ class Hostile:
         if proc is None or proc.poll() is not None:
             self.lab.start_daemon(NODE)
             wait(self.lab, lambda: self.lab.ready(NODE), "node1 ready again", 60, node=NODE)
-        wait(self.lab, lambda: self.counter("podbgp_bgp_session_up", peer=self.bird.ip) == 1
-             and GOOD in self.kernel(), "BIRD's session and GOOD back", 90, node=NODE)
+        wait(self.lab, lambda: GOOD in self.kernel() and self.counter(
+            "podbgp_bgp_session_up", peer=self.bird.ip) == 1, "BIRD's session and GOOD",
+            90, node=NODE)
 
     def begin(self) -> None:
         """The baseline a case is judged against (``check``)."""
         self.case_pid = self.lab.nodes[NODE].proc.pid
-        self.case_restarts = self.counter("podbgp_speaker_restarts_total")
-        self.case_channels = self.counter("podbgp_speaker_channel_connections_total")
+        scrape = self.metrics()
+        self.case_restarts = self.counter("podbgp_speaker_restarts_total", scrape)
+        self.case_channels = self.counter("podbgp_speaker_channel_connections_total", scrape)
         self.case_misses = len(self.watch.misses)
         self.case_log_lines = len(self._log_lines())
 
@@ -195,11 +199,13 @@ class Hostile:
         proc = self.lab.nodes[NODE].proc
         assert proc is not None and proc.poll() is None and proc.pid == self.case_pid, \
             f"{case}: bgpd is not the same process\n{self.case_log()}"
-        restarts = self.counter("podbgp_speaker_restarts_total") - self.case_restarts
+        scrape = self.metrics()
+        restarts = self.counter("podbgp_speaker_restarts_total", scrape) - self.case_restarts
         assert restarts == 0, f"{case}: ExaBGP restarted {restarts:g}x\n{self.case_log()}"
         # A new command channel under the same ExaBGP: its API channel ended and it
         # reconnected (events it had not passed on are lost).
-        channels = self.counter("podbgp_speaker_channel_connections_total") - self.case_channels
+        channels = self.counter("podbgp_speaker_channel_connections_total",
+                                scrape) - self.case_channels
         assert channels == 0, f"{case}: ExaBGP's API channel reconnected {channels:g}x\n" \
             f"{self.case_log()}"
         pool = ipaddress.ip_network(POOL)
@@ -208,7 +214,7 @@ class Hostile:
         assert outside == [], f"{case}: routes outside policy in the kernel: {outside[:5]}"
         misses = self.watch.misses[self.case_misses:]
         assert misses == [], f"{case}: GOOD left the kernel: {misses[:3]}\n{self.case_log()}"
-        assert self.counter("podbgp_bgp_session_up", peer=self.bird.ip) == 1, \
+        assert self.counter("podbgp_bgp_session_up", scrape, peer=self.bird.ip) == 1, \
             f"{case}: BIRD's session is not up\n{self.case_log()}"
 
 
