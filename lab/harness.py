@@ -208,6 +208,18 @@ class Throwaway:
         self.down()
 
 
+def metric_sum(text: str, metric: str, **labels: str) -> float:
+    """The sum of the samples of ``metric`` in a /metrics ``text`` whose labels include
+    ``labels``; 0.0 when absent."""
+    total = 0.0
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if (head == metric or head.startswith(metric + "{")) and all(
+                f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
 class Lab(Throwaway):
     """A throwaway multi-node lab. Use as a context manager, or up()/down()."""
 
@@ -484,13 +496,7 @@ class Lab(Throwaway):
         code, body = self.http_get(name, "/metrics", listen)
         if code != 200:
             raise RuntimeError(f"/metrics on {name} ({listen or 'bgpd'}): {code} {body[:200]}")
-        total = 0.0
-        for line in body.splitlines():
-            head, _, value = line.rpartition(" ")
-            if (head == metric or head.startswith(metric + "{")) and all(
-                    f'{k}="{v}"' in head for k, v in labels.items()):
-                total += float(value)
-        return total
+        return metric_sum(body, metric, **labels)
 
     def ready(self, name: str) -> bool:
         return self.http_get(name, "/readyz")[0] == 200

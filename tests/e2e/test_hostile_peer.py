@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from lab.harness import Lab, run
+from lab.harness import Lab, metric_sum, run
 from tests.helpers import hostile_speaker as hs
 from tests.interop.conftest import (
     NODE_AS,
@@ -135,13 +135,7 @@ class Hostile:
     def counter(self, name: str, scrape: str | None = None, **labels: str) -> float:
         """The sum of ``name``'s samples with ``labels``, from ``scrape`` (one /metrics
         text, for several reads of one moment) or a new scrape."""
-        total = 0.0
-        for line in (self.metrics() if scrape is None else scrape).splitlines():
-            head, _, value = line.rpartition(" ")
-            if (head == name or head.startswith(name + "{")) and all(
-                    f'{k}="{v}"' in head for k, v in labels.items()):
-                total += float(value)
-        return total
+        return metric_sum(self.metrics() if scrape is None else scrape, name, **labels)
 
     def kernel(self) -> dict[str, dict]:
         return {r["dst"]: r for r in self.lab.routes(NODE, "201")}
