@@ -36,6 +36,8 @@ class Case:
     sessions: dict[str, dict] = field(default_factory=dict)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)  # calico-node's environment
+    # Tests with no golden assert only how many IPv4 sessions bird.cfg has.
+    ipv4_session_count: int | None = None
     sources: tuple[str, ...] = ()  # the Calico paths the facts come from
 
 
@@ -51,7 +53,8 @@ def _load() -> tuple[Case, ...]:
         Case(name=c["name"], test=c["test"], node=c["node"],
              resources=tuple(c["resources"]),
              sessions={n: {**copy.deepcopy(defaults), **s} for n, s in c["sessions"].items()},
-             secrets=c["secrets"], env=c["env"], sources=(*c["inputs"], *c["expected"]))
+             secrets=c["secrets"], env=c["env"],
+             ipv4_session_count=c["ipv4_session_count"], sources=(*c["inputs"], *c["expected"]))
         for c in t["cases"])
 
 
