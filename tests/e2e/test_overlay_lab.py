@@ -358,8 +358,8 @@ def test_the_seeds_pool_as_written(lab) -> None:
             assert re.search(r'podbgp_dataplane_device_errors_total\{device="tunl0"\} [1-9]', body)
             assert re.search(r"^podbgp_dataplane_pools_not_programmable 1(\.0)?$", body, re.M)
             said = [ln for ln in lab.daemon_log("node1", 5000).splitlines()
-                    if "dataplane_pool_not_programmable" in ln]
-            assert len(said) == 1 and "IPPool seed" in said[0] and "'ipip' module" in said[0]
+                    if "dataplane_pool_not_programmable" in ln and "IPPool seed " in ln]
+            assert len(said) == 1 and "'ipip' module" in said[0], said
             # node3's seed block is known but has no kernel route on node1 (the route via
             # tunl0 cannot exist), and nothing else of node1's routes changed.
             assert [r["dst"] for r in seed_routes(lab, "node1")
