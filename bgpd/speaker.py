@@ -33,7 +33,8 @@ What a speaker does (``Speaker``):
 - optionally ``compact()`` (may be a coroutine): give back the room a large
   withdrawal left in the backend's tables (called by bgpd.ops.memory);
 - ``start()``, ``stop(graceful_restart)``, and ``stats`` (plain counters read by
-  the metrics: ``updates_received``, ``restarts``, ``garbage_lines``).
+  the metrics: ``updates_received``, ``restarts``, ``garbage_lines``); optionally
+  ``events_pending()``, events not yet taken, for ``podbgp_speaker_events_pending``).
 
 See docs/architecture.md ("The speaker interface").
 """

@@ -1162,6 +1162,11 @@ class Speaker:
     async def next_event(self, timeout: float | None = None) -> ev.Event:
         return await asyncio.wait_for(self._events.get(), timeout)
 
+    def events_pending(self) -> int:
+        """Events parsed and not yet taken by the consumer: how far the node is behind
+        what ExaBGP has told it (a reflector under more churn than it has CPU for)."""
+        return self._events.qsize()
+
     @property
     def sessions_up(self) -> frozenset[str]:
         return frozenset(self._up)

@@ -128,6 +128,11 @@ class DaemonCollector:
         yield CounterMetricFamily("podbgp_speaker_garbage_events",
                                   "Unparseable lines from the BGP speaker.",
                                   value=sp.garbage_lines if sp else 0)
+        pending = getattr(d.speaker, "events_pending", None) if d.speaker else None
+        yield GaugeMetricFamily(
+            "podbgp_speaker_events_pending", "Events from the BGP speaker not yet taken by "
+            "the node: how far it is behind its sessions.",
+            value=pending() if callable(pending) else 0)
         sent = CounterMetricFamily(
             "podbgp_bgp_prefixes_sent", "Route announcements and withdrawals the speaker "
             "took, once per peer (a route reflected to 200 clients counts 200).",

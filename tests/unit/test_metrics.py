@@ -44,7 +44,7 @@ class FakeDaemon:
              "prefixes_accepted": 0, "prefixes_advertised": 0},
         ]
         self.rejections = Counter({("10.99.0.12", "not-in-pool"): 2})
-        self.speaker = SimpleNamespace(stats=SimpleNamespace(
+        self.speaker = SimpleNamespace(events_pending=lambda: 17, stats=SimpleNamespace(
             updates_received=11, restarts=1, garbage_lines=4, prefixes_announced=600,
             prefixes_withdrawn=199, commands_failed=3,
             connections=2))
@@ -133,6 +133,7 @@ def test_values_come_from_daemon_state() -> None:
     assert sample(fams, "podbgp_bgp_prefixes_sent_total", action="announce") == 600
     assert sample(fams, "podbgp_bgp_prefixes_sent_total", action="withdraw") == 199
     assert sample(fams, "podbgp_speaker_command_failures_total") == 3
+    assert sample(fams, "podbgp_speaker_events_pending") == 17
     assert sample(fams, "podbgp_speaker_channel_connections_total") == 2
     assert sample(fams, "podbgp_rib_prefixes") == 9
     assert sample(fams, "podbgp_rib_paths") == 12

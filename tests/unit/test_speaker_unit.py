@@ -643,3 +643,15 @@ async def test_a_failed_speaker_task_is_logged_with_its_cause(speaker) -> None:
     failed = [e for e in logs if e["event"] == "speaker_task_failed"]
     assert [e["task"] for e in failed] == ["bug"], logs
     assert isinstance(failed[0]["exc_info"], KeyError)
+
+
+async def test_events_pending_counts_what_the_node_has_not_taken(tmp_path) -> None:
+    """podbgp_speaker_events_pending: parsed events waiting for the node, 0 once taken."""
+    sp = Speaker("n1", "10.0.0.1", ["10.0.0.1"], tmp_path / "sp")
+    assert sp.events_pending() == 0
+    for _ in range(3):
+        sp._dispatch(ev.SessionUp("10.0.0.2", "10.0.0.1", 64512, 64512))
+    assert sp.events_pending() == 3
+    for _ in range(3):
+        await sp.next_event(1)
+    assert sp.events_pending() == 0
