@@ -12,8 +12,12 @@ import sys
 # structlog through it) imports ``ssl`` whenever it can, mapping libssl and libcrypto:
 # ~5 MiB resident for nothing (issue 17). Importing it raises ImportError here, which
 # asyncio expects where ssl is missing. First, before anything imports asyncio.
+# Likewise ``_hashlib`` (hashlib's OpenSSL half, ~3.4 MiB of libcrypto resident): what
+# podbgp hashes (sha256, sha1) hashlib then serves from its builtin modules.
 if "ssl" not in sys.modules:
     sys.modules["ssl"] = None  # type: ignore[assignment]
+if "_hashlib" not in sys.modules:
+    sys.modules["_hashlib"] = None  # type: ignore[assignment]
 
 import asyncio
 import gc

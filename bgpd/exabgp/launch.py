@@ -83,9 +83,10 @@ of it handles; the loop then finds nothing to change, which is right: the
 preamble has just applied the same configuration.
 
 Group ``lean`` (memory). asyncio imports ``ssl`` whenever it can; ExaBGP speaks
-no TLS, and ``ssl`` maps libssl and libcrypto (~4 MiB resident). Importing it
-raises ImportError in ExaBGP's process (asyncio runs without it). Applied
-first, before ExaBGP's own imports.
+no TLS, and ``ssl`` maps libssl and libcrypto (~4 MiB resident); ``_hashlib``
+(hashlib's OpenSSL half) maps libcrypto as well. Importing either raises
+ImportError in ExaBGP's process (asyncio runs without ssl, hashlib falls back
+to its builtin digests). Applied first, before ExaBGP's own imports.
 
 Group ``channel`` (memory, and one copy less). ExaBGP starts the API process of
 its config (``run <python> -m bgpd.exabgp.relay SOCKET``) with ``subprocess.Popen``
@@ -809,7 +810,9 @@ def _poll_targets() -> list[tuple[Any, str]]:
 # Modules ExaBGP 5.0.15 imports without using: asyncio imports ``ssl`` if it can (ExaBGP
 # speaks no TLS; asyncio works without it), which maps libssl and libcrypto (~4 MiB
 # resident). Blocked before ExaBGP's first import, so the group runs first.
-_UNUSED_MODULES = ("ssl",)
+# ``_hashlib`` (hashlib's OpenSSL half) maps libcrypto too; ExaBGP hashes nothing, and
+# this module's own source check (sha256) gets hashlib's builtin implementation.
+_UNUSED_MODULES = ("ssl", "_hashlib")
 
 
 def _patch_lean() -> None:

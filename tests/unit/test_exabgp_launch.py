@@ -710,23 +710,29 @@ def test_channel_group_connects_exabgp_to_the_speaker_without_a_relay(tmp_path: 
     assert "cannot connect to" in out.stderr
 
 
-def test_lean_group_keeps_ssl_out_of_exabgp() -> None:
-    """Group "lean": asyncio (which ExaBGP imports) finds no ssl in ExaBGP's process;
+LIBCRYPTO = "print(any('libcrypto' in line for line in open('/proc/self/maps')))"
+
+
+def test_lean_group_keeps_ssl_and_libcrypto_out_of_exabgp() -> None:
+    """Group "lean": asyncio (which ExaBGP imports) finds no ssl, and hashlib (launch's
+    own source check) no _hashlib, in ExaBGP's process: libcrypto is not mapped;
     ExaBGP's server still imports and runs its asyncio parts."""
-    out = _run("""
+    out = _run(f"""
 import sys, bgpd.exabgp.launch as launch
 assert launch.patch()
-import exabgp.application.server, asyncio
+import exabgp.application.server, exabgp.reactor.loop, asyncio
 loop = asyncio.new_event_loop(); loop.run_until_complete(asyncio.sleep(0)); loop.close()
-print(sys.modules.get("ssl"), "asyncio" in sys.modules)
+print(sys.modules.get("ssl"), sys.modules.get("_hashlib"), "asyncio" in sys.modules)
+{LIBCRYPTO}
 """)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "None True"
-    out = _run("""
+    assert out.stdout.split() == ["None", "None", "True", "False"]
+    out = _run(f"""
 import sys, bgpd.exabgp.launch as launch
-assert launch.patch(skip={"lean"})
+assert launch.patch(skip={{"lean"}})
 import exabgp.application.server
 print(sys.modules.get("ssl") is not None)
+{LIBCRYPTO}
 """)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "True"
+    assert out.stdout.split() == ["True", "True"]

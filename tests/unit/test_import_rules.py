@@ -113,15 +113,24 @@ def test_the_rules_see_real_imports() -> None:
 def test_the_daemon_imports_neither_pyroute2_nor_prometheus_client_nor_ssl() -> None:
     """Issue 17 (memory): the daemon's import graph, in a fresh interpreter as the bgpd
     console script starts it, loads no pyroute2 (fib_sync encodes its own messages) and
-    no prometheus_client (bgpd.ops.promtext), and ``ssl`` is refused by bgpd.main, not
-    loaded (etcd's TLS is grpc's own, tests/integration/test_etcd_store_tls.py)."""
+    no prometheus_client (bgpd.ops.promtext), and ``ssl`` and ``_hashlib`` are refused by
+    bgpd.main, not loaded (etcd's TLS is grpc's own, tests/integration/test_etcd_store_tls.py;
+    hashlib serves sha256/sha1 from its builtin modules): libcrypto is never mapped."""
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-c", (
         "import sys; import bgpd.main, bgpd.daemon, bgpd.exabgp, fib_sync, config.file_store\n"
         "import config.etcd_store, policy.metrics\n"
+        "import hashlib\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', "
-        "'prometheus_client')), sys.modules.get('ssl'))")],
+        "'prometheus_client')), sys.modules.get('ssl'), sys.modules.get('_hashlib'))\n"
+        "print(hashlib.sha256(b'abc').hexdigest(), hashlib.sha1(b'abc').hexdigest())\n"
+        "print(any('libcrypto' in line for line in open('/proc/self/maps')))")],
         capture_output=True, text=True, timeout=120, check=True, cwd=REPO)
-    assert out.stdout.strip() == "[] None", out.stdout
+    lines = out.stdout.splitlines()
+    assert lines[0] == "[] None None", out.stdout
+    # the builtin digests serve what podbgp hashes (FIPS 180-4 test vectors for "abc")
+    assert lines[1] == ("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad "
+                        "a9993e364706816aba3e25717850c26c9cd0d89d")
+    assert lines[2] == "False"  # libcrypto is not mapped at all
