@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from bench.common import Netns, fib_prefixes, median, require_root, rss_tree, table, write_json
-from bench.duts import DUT_IP, DUTS, INJ_IP, LABELS
+from bench.duts import DUT_IP, DUTS, INJ_IP, LABELS, parse_duts_and_counts
 
 DEFAULT_K = (1_000, 20_000, 100_000)
 
@@ -256,14 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="DIR", help="py-spy flame graphs of podbgp here")
     a = ap.parse_args(argv)
     require_root("bench.convergence")
-    duts = [d.strip() for d in a.dut.split(",") if d.strip()]
-    bad = [d for d in duts if d not in DUTS]
-    if bad:
-        ap.error(f"--dut: unknown {', '.join(bad)} (known: {', '.join(DUTS)})")
-    try:
-        ks = [int(x) for x in a.k.split(",")]
-    except ValueError:
-        ap.error(f"--k: {a.k!r} is not a comma-separated list of numbers")
+    duts, ks = parse_duts_and_counts(ap, a.dut, a.k)
     if a.quick:
         ks, a.reps = [1000], 1
     trials: list[Trial] = []

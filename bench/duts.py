@@ -8,6 +8,7 @@ kernel's main table. Returns the PIDs whose resident memory is the DUT's.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import textwrap
@@ -54,14 +55,22 @@ spec: {{peerIP: {ip}, asNumber: {peer_as}}}
 PODBGP_CONFIG = podbgp_resources("dut", f"{DUT_IP}/24", DUT_AS, [("injector", INJ_IP, INJ_AS)])
 
 
-def start_podbgp(env: Netns, ns: str, *extra: str) -> list[int]:
+def start_podbgp(env: Netns, ns: str, *extra: str, environ: dict | None = None) -> list[int]:
     conf = env.workdir / "podbgp.yaml"
     conf.write_text(PODBGP_CONFIG)
     proc = env.spawn(ns, [bin_path("bgpd"), "--node", "dut", "--datastore", "file",
                           "--config-file", str(conf), "--log-format", "json",
                           "--log-level", "warning", "--state-dir", str(env.workdir / "state"),
-                          "--convergence-timeout", "600", *extra], "dut.log")
+                          "--convergence-timeout", "600", *extra], "dut.log", env=environ)
     return [proc.pid]  # + its ExaBGP child: rss_tree
+
+
+def start_podbgp_relay(env: Netns, ns: str) -> list[int]:
+    """podbgp with ExaBGP's API process a relay again, and ssl in ExaBGP's process
+    (launch groups 'channel' and 'lean' off): the same run's measure of those two
+    levers (issue 17)."""
+    return start_podbgp(env, ns, environ={**os.environ,
+                                          "PODBGP_EXABGP_UNPATCHED": "channel,lean"})
 
 
 def _bird(env: Netns, ns: str, binary: str, conf_text: str) -> list[int]:
@@ -132,5 +141,22 @@ def start_frr(env: Netns, ns: str) -> list[int]:
     return [zebra.pid, bgpd.pid]
 
 
-DUTS = {"podbgp": start_podbgp, "bird1": start_bird1, "bird2": start_bird2, "frr": start_frr}
-LABELS = {"podbgp": "podbgp", "bird1": "BIRD 1.6", "bird2": "BIRD 2", "frr": "FRR"}
+DUTS = {"podbgp": start_podbgp, "bird1": start_bird1, "bird2": start_bird2, "frr": start_frr,
+        "podbgp-relay": start_podbgp_relay}
+LABELS = {"podbgp": "podbgp", "bird1": "BIRD 1.6", "bird2": "BIRD 2", "frr": "FRR",
+          "podbgp-relay": "podbgp+relay"}
+
+
+def parse_duts_and_counts(ap: argparse.ArgumentParser, duts: str,
+                          counts: str) -> tuple[list[str], list[int]]:
+    """``--dut`` (comma-separated names of DUTS) and ``--k`` (comma-separated route
+    counts) of a benchmark; anything else is a usage error naming it."""
+    names = [d.strip() for d in duts.split(",") if d.strip()]
+    bad = [d for d in names if d not in DUTS]
+    if bad:
+        ap.error(f"--dut: unknown {', '.join(bad)} (known: {', '.join(DUTS)})")
+    try:
+        ks = [int(x) for x in counts.split(",")]
+    except ValueError:
+        ap.error(f"--k: {counts!r} is not a comma-separated list of numbers")
+    return names, ks

@@ -2,7 +2,7 @@
 against BIRD 1.6, BIRD 2 and FRR, in the same run.
 
     sudo .venv/bin/python -m bench.memory [--k 0,20000,100000] [--reps 3]
-        [--dut podbgp,bird1,bird2,frr] [--settle 3] [--quick] [--json PATH]
+        [--dut podbgp,podbgp-relay,bird1,bird2,frr] [--settle 3] [--quick] [--json PATH]
 
 Per trial, fresh namespaces: DUT <-veth-> injector (bench.injector), as in
 bench.convergence. The injector sends K /26 routes and End-of-RIB once the
@@ -18,7 +18,7 @@ Medians of ``--reps`` trials; DUTs interleave so machine drift hits all alike.
 
 podbgp's targets (issue 17) are checked on the tree's RSS and PSS: idle <= 50
 MiB, 20k routes <= 60 MiB, 100k <= 90 MiB. The last line:
-``memory: podbgp RSS <idle>/<20k>/<100k> MiB, PSS ..., BIRD 1.6 ..., FRR ... (targets ...)``.
+``memory: MiB at idle/20k/100k: podbgp RSS a/b/c PSS d/e/f; ... (targets ...)``.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from bench.common import (
     table,
 )
 from bench.convergence import Injector, poll_kernel, write_json_path
-from bench.duts import DUT_IP, DUTS, INJ_IP, LABELS
+from bench.duts import DUT_IP, DUTS, INJ_IP, LABELS, parse_duts_and_counts
 
 DEFAULT_K = (0, 20_000, 100_000)
 # issue 17: podbgp's whole process tree, MiB, by route count
@@ -195,7 +195,7 @@ def report(summary: dict, samples: list[Sample], duts: list[str],
                    f": RSS {sum(met)}/{len(met)} met, PSS {sum(met_pss)}/{len(met_pss)} met)")
         head["targets_met_rss"] = all(met)
         head["targets_met_pss"] = all(met_pss)
-    lines.append(f"\nmemory MiB at {'/'.join(_k_label(k) for k in ks)}: "
+    lines.append(f"\nmemory: MiB at {'/'.join(_k_label(k) for k in ks)}: "
                  + "; ".join(parts) + verdict)
     return "\n".join(lines), head
 
@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
                                  description=__doc__.splitlines()[0])
     ap.add_argument("--k", default=",".join(map(str, DEFAULT_K)),
                     help="route counts (0 = idle)")
-    ap.add_argument("--dut", default="podbgp,bird1,bird2,frr", help="DUTs, comma-separated")
+    ap.add_argument("--dut", default="podbgp,podbgp-relay,bird1,bird2,frr",
+                    help="DUTs, comma-separated (podbgp-relay: ExaBGP's groups 'channel' and "
+                    "'lean' off, the same run's measure of those levers)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds between the last route in the kernel and the reading")
@@ -214,14 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the samples and medians to this file")
     a = ap.parse_args(argv)
     require_root("bench.memory")
-    duts = [d.strip() for d in a.dut.split(",") if d.strip()]
-    bad = [d for d in duts if d not in DUTS]
-    if bad:
-        ap.error(f"--dut: unknown {', '.join(bad)} (known: {', '.join(DUTS)})")
-    try:
-        ks = [int(x) for x in a.k.split(",")]
-    except ValueError:
-        ap.error(f"--k: {a.k!r} is not a comma-separated list of numbers")
+    duts, ks = parse_duts_and_counts(ap, a.dut, a.k)
     if a.quick:
         ks, a.reps, a.settle = [0, 1000], 1, min(a.settle, 1.0)
     samples: list[Sample] = []
