@@ -214,8 +214,14 @@ label_of() { podman image inspect --format "{{ index .Labels \"$2\" }}" "$1" 2>/
 BASE_PKGS=python3.11,python3.11-venv,ca-certificates,netbase,tzdata
 # debuerreotype's "slim" settings (what Docker's debian:*-slim and hence
 # python:*-slim carry): no docs/man/locales from later installs, no apt
-# caches or .debs left behind, no translations.
+# caches or .debs left behind, no translations; dpkg's force-unsafe-io
+# (debuerreotype scripts/debuerreotype-minimizing-config, commit 027b65f,
+# "docker-apt-speedup": no fsync per unpacked file, which also makes this
+# bootstrap and every later `apt-get install` in an image build faster).
+# Not copied: its /usr/sbin/policy-rc.d (mmdebstrap removes the one it uses
+# while bootstrapping; nothing in podbgp's images starts a service on install).
 DPKG_OPTS=(
+  'force-unsafe-io'
   'path-exclude=/usr/share/man/*' 'path-exclude=/usr/share/groff/*'
   'path-exclude=/usr/share/info/*' 'path-exclude=/usr/share/locale/*'
   'path-exclude=/usr/share/lintian/*' 'path-exclude=/usr/share/linda/*'

@@ -18,8 +18,11 @@ installing what it learns into its kernel. Then:
 - the image with the file datastore mounted (a directory, so edits that
   replace the file are seen) and the hardening flags of the README;
 - the DaemonSet's ``install-cni`` init container into a throwaway host
-  directory; the plugins it installed then allocate a pod address through
-  the real ``bridge`` plugin on a host whose own Python is hidden.
+  directory; the plugins it installed (``podbgp-cni`` + ``podbgp-ipam``, as the
+  ConfigMap names them) then set up and remove a pod on a host whose own
+  Python is hidden;
+- deploy/systemd's ``podbgp.service`` and ``podbgp-policy.service`` run by
+  systemd itself, as PID 1 of an unprivileged container.
 
 Every namespace and process belongs to the lab or to the test and is removed
 even on failure; containers are removed before the lab goes down.
@@ -358,12 +361,17 @@ def test_image_build_export_and_contents(podman: Podman, image: BuiltImage) -> N
     # runtime lock's distributions are installed (no pip, no test tools).
     listing = podman("run", "--rm", "--network", "none", "--health-interval", "disable",
                      "--entrypoint", "python", image.tag, "-c",
-                     "import importlib.metadata as m, shutil, json; "
+                     "import importlib.metadata as m, shutil, json, glob; "
                      "d = m.distribution('podbgp'); "
                      "print(json.dumps({'scripts': {e.name: shutil.which(e.name) for e in "
                      "d.entry_points if e.group == 'console_scripts'}, 'dists': sorted("
-                     "x.metadata['Name'] for x in m.distributions())}))").stdout
+                     "x.metadata['Name'] for x in m.distributions()), 'dpkg_cfg': ''.join("
+                     "open(f).read() for f in glob.glob('/etc/dpkg/dpkg.cfg.d/*'))}))").stdout
     found = json.loads(listing)
+    # The base has the official image's dpkg settings (debuerreotype's minimizing
+    # config: no fsync per unpacked file) and its slim excludes.
+    assert "force-unsafe-io" in found["dpkg_cfg"], found
+    assert "path-exclude=/usr/share/doc/*" in found["dpkg_cfg"], found
     cfg = configparser.ConfigParser()
     cfg.read(REPO / "setup.cfg")
     wanted = {line.split("=")[0].strip()
@@ -543,14 +551,15 @@ def test_install_cni_init_container_into_a_throwaway_host(
 
 def test_systemd_unit_under_systemd(podman: Podman, image: BuiltImage, image_lab: ImageLab,
                                     tmp_path: Path) -> None:
-    """deploy/systemd/podbgp.service and podbgp.env.example, run by systemd itself.
+    """deploy/systemd/podbgp.service and podbgp-policy.service with their env examples,
+    run by systemd itself.
 
     The test machine's PID 1 is not systemd, so systemd runs as PID 1 of a
     container (tests/image/systemd.Containerfile: the podbgp image plus
     Debian's systemd) in a node's namespace, not privileged: the unit's own
     sandbox needs SYS_ADMIN (mount namespaces), MKNOD (PrivateDevices) and
-    SYS_RESOURCE (LimitNOFILE) in the container's bounding set. The unit and
-    the env example are mounted unchanged; only the example's values are set.
+    SYS_RESOURCE (LimitNOFILE) in the container's bounding set. The units are
+    mounted unchanged; the env files are the examples with only their values set.
     """
     lab, bird = image_lab.lab, image_lab.bird
     node = lab.add_node("nodesd")
@@ -576,6 +585,16 @@ def test_systemd_unit_under_systemd(podman: Podman, image: BuiltImage, image_lab
     env_file = tmp_path / "podbgp.env"
     env_file.write_text("\n".join(lines) + "\n")
     env_file.chmod(0o600)
+    # podbgp-policy's own example: every line is a commented default; set the listener.
+    policy_listen = f"{node.ip}:9180"
+    policy_env = tmp_path / "podbgp-policy.env"
+    policy_lines = (REPO / "deploy/systemd/podbgp-policy.env.example").read_text().splitlines()
+    assert "#PODBGP_POLICY_HTTP_LISTEN=127.0.0.1:9180" in policy_lines
+    policy_env.write_text("\n".join(
+        f"PODBGP_POLICY_HTTP_LISTEN={policy_listen}"
+        if line.startswith("#PODBGP_POLICY_HTTP_LISTEN=") else line
+        for line in policy_lines) + "\n")
+    policy_env.chmod(0o600)
     tls = tmp_path / "tls"
     tls.mkdir()
     mounts = []
@@ -590,15 +609,21 @@ def test_systemd_unit_under_systemd(podman: Podman, image: BuiltImage, image_lab
             f"ns:/run/netns/{node.ns}", "--health-interval", "disable", "--hostname", node.name,
             "--cap-add", "SYS_ADMIN", "--cap-add", "MKNOD", "--cap-add", "SYS_RESOURCE",
             "--cap-add", "NET_ADMIN",
-            "-v", f"{REPO / 'deploy/systemd/podbgp.service'}:/etc/systemd/system/podbgp.service:ro",
-            "-v", f"{env_file}:/etc/podbgp/podbgp.env:ro", *mounts, SYSTEMD_IMAGE]
+            *(arg for unit in ("podbgp.service", "podbgp-policy.service") for arg in (
+                "-v", f"{REPO / 'deploy/systemd' / unit}:/etc/systemd/system/{unit}:ro")),
+            "-v", f"{env_file}:/etc/podbgp/podbgp.env:ro",
+            "-v", f"{policy_env}:/etc/podbgp/podbgp-policy.env:ro", *mounts, SYSTEMD_IMAGE]
 
     def sh(command: str, check: bool = True) -> str:
         return podman("exec", name, "sh", "-c", command, check=check, timeout=150).stdout.strip()
 
-    def show(*props: str) -> dict[str, str]:
-        out = sh("systemctl show " + " ".join(f"-p {p}" for p in props) + " podbgp")
+    def show(*props: str, unit: str = "podbgp") -> dict[str, str]:
+        out = sh("systemctl show " + " ".join(f"-p {p}" for p in props) + f" {unit}")
         return dict(line.split("=", 1) for line in out.splitlines())
+
+    def sandbox(pid: str) -> dict[str, str]:
+        status = sh(f"grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/{pid}/status")
+        return dict(line.split(":\t") for line in status.splitlines())
 
     with started(podman, argv, name):
         try:
@@ -609,8 +634,7 @@ def test_systemd_unit_under_systemd(podman: Podman, image: BuiltImage, image_lab
             REPORT["systemd_start_s"] = round(time.monotonic() - t0, 2)
             first = show("ActiveState", "MainPID")
             assert first["ActiveState"] == "active"
-            status = sh(f"grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/{first['MainPID']}/status")
-            fields = dict(line.split(":\t") for line in status.splitlines())
+            fields = sandbox(first["MainPID"])
             assert int(fields["CapEff"], 16) == int(fields["CapBnd"], 16) == (1 << 12) | (1 << 10)
             assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2"
             wait_routed(image_lab, node.name, block, podman, name)
@@ -642,6 +666,27 @@ def test_systemd_unit_under_systemd(podman: Podman, image: BuiltImage, image_lab
                 "ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
             routes = kernel_routes(node.ns, "proto", "201")
             assert TOR_PREFIX in routes and routes.get(block, {}).get("type") == "blackhole"
+
+            # podbgp-policy.service (Type=notify: start returns once its table holds the
+            # datastore's policy) under the same sandbox settings: NET_ADMIN only, and nft
+            # (a child) works under its seccomp filter and MemoryDenyWriteExecute.
+            t0 = time.monotonic()
+            sh("systemctl start podbgp-policy")
+            REPORT["systemd_policy_start_s"] = round(time.monotonic() - t0, 2)
+            policy = show("ActiveState", "MainPID", unit="podbgp-policy")
+            assert policy["ActiveState"] == "active"
+            fields = sandbox(policy["MainPID"])
+            assert int(fields["CapEff"], 16) == int(fields["CapBnd"], 16) == 1 << 12
+            assert fields["NoNewPrivs"] == "1" and fields["Seccomp"] == "2"
+            assert "table inet podbgp-policy" in sh("nft list tables")
+            code, body = http_get(node.ns, f"http://{policy_listen}/readyz")
+            assert code == 200, body
+            # stop: exit 0; the table stays (pods stay policed while the agent is down).
+            sh("systemctl stop podbgp-policy")
+            assert show("ActiveState", "Result", "ExecMainStatus", unit="podbgp-policy") == {
+                "ActiveState": "inactive", "Result": "success", "ExecMainStatus": "0"}
+            assert "table inet podbgp-policy" in sh("nft list tables")
         except BaseException:
-            print(sh("journalctl -u podbgp --no-pager | tail -40", check=False))
+            print(sh("journalctl -u podbgp -u podbgp-policy --no-pager | tail -60",
+                     check=False))
             raise
