@@ -9,6 +9,7 @@ reason; no other exception escapes these functions for any input.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -154,6 +155,16 @@ def parse_resource(obj: Mapping[str, Any], *, strict: bool = False) -> Resource:
     kind = obj.get("kind")
     if kind is None:
         raise ConfigError("?", name, "kind", reason="required field is missing")
+    try:
+        bad = _non_finite(obj)
+    except RecursionError:
+        raise ConfigError(kind if isinstance(kind, str) else "?", name, "", reason="document nested too deeply") from None
+    if bad is not None:
+        # Calico's Go decoder refuses NaN/Infinity; a field we do not model would
+        # otherwise be written back as null (JSON cannot hold them).
+        path, value = bad
+        raise ConfigError(kind if isinstance(kind, str) else "?", name, path, value,
+                          "not a finite number (JSON has no NaN or Infinity)")
     if k8s.is_foreign(obj):
         return k8s.convert(obj, _problems, unknown_fields if strict else None)
     model = _MODELS.get(kind) if isinstance(kind, str) else None
@@ -189,6 +200,20 @@ def parse_resource(obj: Mapping[str, Any], *, strict: bool = False) -> Resource:
             raise ConfigError(kind, name, first.field, first.value, first.reason,
                               problems=problems)
     return res  # type: ignore[return-value]
+
+
+def _non_finite(obj: Any, prefix: str = "") -> tuple[str, float] | None:
+    """The first NaN/Infinity in a decoded document, as (dotted path, value)."""
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (prefix, obj)
+    items: Any = (obj.items() if isinstance(obj, Mapping)
+                  else enumerate(obj) if isinstance(obj, list) else ())
+    for key, value in items:
+        found = _non_finite(value, f"{prefix}[{key}]" if isinstance(key, int)
+                            else _join(prefix, str(key)))
+        if found is not None:
+            return found
+    return None
 
 
 def _decode(raw: bytes | str) -> str:

@@ -122,3 +122,20 @@ def test_an_unknown_field_in_a_node_keeps_the_node_and_its_sessions():
     assert plan_peers(snap, "node-a").peers == plan_peers(ref, "node-a").peers
     assert {p for p, _ in unknown_fields(snap.nodes["node-a"])} == {
         "spec.bgp.someFutureKnob", "spec.futureSpec"}
+
+
+@pytest.mark.parametrize("raw, field", [
+    (b'{"kind": "Node", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "n"},'
+     b' "spec": {"futureKnob": Infinity}}', "spec.futureKnob"),
+    (b'{"kind": "Node", "apiVersion": "projectcalico.org/v3", "metadata": {"name": "n"},'
+     b' "spec": {"bgp": {"ipv4Address": "10.0.0.1/24"}, "x": [1, NaN]}}', "spec.x[1]"),
+])
+def test_nan_or_infinity_is_refused_by_name_not_written_back_as_null(raw, field):
+    # Python's json module reads the non-standard NaN/Infinity tokens; Go's encoding/json
+    # (what Calico reads etcd with) refuses them. Kept as an unknown field, the value came
+    # back as null on the next write (found by tests/fuzz/test_config_fuzz.py).
+    from config.parse import parse_json
+
+    with pytest.raises(ConfigError) as exc:
+        parse_json("/calico/resources/v3/projectcalico.org/nodes/n", raw)
+    assert exc.value.field == field and "finite" in str(exc.value)
