@@ -34,39 +34,17 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from typing import Any
 
+from cni.fast import DEFAULT_AGENT_SOCKET, MAX_MESSAGE, call, recv_exact, socket_from
 from cni.metrics import AgentStats
 
-DEFAULT_AGENT_SOCKET = "/var/run/podbgp-cni/agent.sock"
+__all__ = ["DEFAULT_AGENT_SOCKET", "Agent", "call", "serve", "socket_from"]
+
 DEFAULT_HTTP = "127.0.0.1:9181"  # bgpd 9179, podbgp-policy 9180
-MAX_MESSAGE = 16 << 20
 _LEN = struct.Struct(">I")
 _CRED = struct.Struct("=iII")
 SO_PEERCRED = 17
-
-
-def socket_from(stdin: str, env: Mapping[str, str]) -> str:
-    """The agent socket a raw network configuration names (``agent_socket``), else
-    PODBGP_CNI_SOCKET, else the default; nothing else of the configuration is read."""
-    try:
-        value = json.loads(stdin).get("agent_socket")
-    except (ValueError, AttributeError):
-        value = None
-    if isinstance(value, str) and value:
-        return value
-    return env.get("PODBGP_CNI_SOCKET") or DEFAULT_AGENT_SOCKET
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("peer closed the connection")
-        buf += chunk
-    return bytes(buf)
 
 
 def send_message(sock: socket.socket, obj: Any) -> None:
@@ -75,38 +53,10 @@ def send_message(sock: socket.socket, obj: Any) -> None:
 
 
 def recv_message(sock: socket.socket) -> Any:
-    (n,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
+    (n,) = _LEN.unpack(recv_exact(sock, _LEN.size))
     if n > MAX_MESSAGE:
         raise ValueError(f"message of {n} bytes is larger than {MAX_MESSAGE}")
-    return json.loads(_recv_exact(sock, n))
-
-
-def call(path: str, plugin: str, env: dict[str, str], stdin: str,
-         timeout: float = 300.0) -> dict[str, Any] | None:
-    """Have the agent at ``path`` run ``plugin``; None if no agent listens there.
-
-    Raises ConnectionError when the agent was reached but failed mid-request
-    (the caller must not silently redo the request: it may have run).
-    """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(2.0)
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError,
-                PermissionError, TimeoutError):
-            return None
-        sock.settimeout(timeout)
-        try:
-            send_message(sock, {"plugin": plugin, "env": env, "stdin": stdin})
-            reply = recv_message(sock)
-        except (OSError, ValueError) as exc:
-            raise ConnectionError(f"the CNI agent at {path} failed: {exc}") from None
-        if not isinstance(reply, dict) or not isinstance(reply.get("rc"), int):
-            raise ConnectionError(f"the CNI agent at {path} answered {reply!r}")
-        return reply
-    finally:
-        sock.close()
+    return json.loads(recv_exact(sock, n))
 
 
 def _runner(plugin: str):

@@ -42,21 +42,27 @@ def _stdin() -> str:
     return sys.stdin.read() if not sys.stdin.isatty() else ""
 
 
+def agent_failed(plugin: str, stdin: str, exc: Exception) -> int:
+    """The agent was reached but failed mid-request: try again later (code 11); the
+    request is not redone here, it may have run."""
+    import json
+
+    from cni.spec import E_TRY_AGAIN, CNIError, config_version
+
+    json.dump(CNIError(E_TRY_AGAIN, str(exc)).to_object(config_version(stdin)), sys.stdout)
+    sys.stdout.flush()
+    print(f"podbgp-{plugin}: {exc}", file=sys.stderr)
+    return 1
+
+
 def _forward(plugin: str, stdin: str) -> int | None:
     """The exit status of the agent's run of ``plugin``; None: no agent, run here."""
-    from cni.agent import call, socket_from
+    from cni.fast import call, socket_from
 
-    path = socket_from(stdin, os.environ)
     try:
-        reply = call(path, plugin, dict(os.environ), stdin)
+        reply = call(socket_from(stdin, os.environ), plugin, dict(os.environ), stdin)
     except ConnectionError as exc:
-        import json
-
-        from cni.spec import E_TRY_AGAIN, CNIError, config_version
-
-        json.dump(CNIError(E_TRY_AGAIN, str(exc)).to_object(config_version(stdin)), sys.stdout)
-        print(f"podbgp-{plugin}: {exc}", file=sys.stderr)
-        return 1
+        return agent_failed(plugin, stdin, exc)
     if reply is None:
         return None
     sys.stdout.write(reply.get("stdout", ""))
@@ -72,20 +78,27 @@ def _full_path() -> None:
         site.main()
 
 
+ENTRIES = {"cni_main": "cni", "ipam_main": "ipam"}
+
+
 def launcher_text(entry: str, python: str | None = None) -> str:
-    """A fast launcher script for ``entry`` ("cni_main", "ipam_main")."""
+    """A fast launcher script for ``entry`` ("cni_main", "ipam_main"): ``python -IS``,
+    only this package's directory on the path, straight into `cni.fast.launch`."""
     import cni
 
     pkg_dir = os.path.dirname(os.path.dirname(os.path.abspath(cni.__file__)))
     return (f"#!{python or sys.executable} -IS\n"
             "import sys\n"
             f"sys.path.insert(0, {pkg_dir!r})\n"
-            f"from cni.shim import {entry}\n"
-            f"sys.exit({entry}())\n")
+            "from cni.fast import launch\n"
+            f"sys.exit(launch({ENTRIES[entry]!r}))\n")
 
 
-def _plugin(plugin: str) -> int:
-    stdin = _stdin()
+def _plugin(plugin: str, stdin: str | None = None) -> int:
+    """Run here; ``stdin`` is given when cni.fast already read it and found no agent."""
+    forward = stdin is None
+    if stdin is None:
+        stdin = _stdin()
     if os.environ.get("CNI_COMMAND") == "VERSION":
         import json
 
@@ -94,7 +107,7 @@ def _plugin(plugin: str) -> int:
         json.dump(version_result(config_version(stdin)), sys.stdout)
         sys.stdout.flush()
         return 0
-    rc = _forward(plugin, stdin)
+    rc = _forward(plugin, stdin) if forward else None
     if rc is None:
         _full_path()
         if plugin == "cni":
@@ -134,7 +147,10 @@ def _agent(argv: list[str]) -> int:
     return serve(args.socket, listen)
 
 
-def cni_main() -> int:
+def main(plugin: str, stdin: str | None = None) -> int:
+    """What cni.fast.launch did not do: anything but a call the agent answered."""
+    if plugin == "ipam":
+        return _plugin("ipam", stdin)
     argv = sys.argv[1:]
     if argv[:1] == ["agent"]:
         return _agent(argv[1:])
@@ -151,8 +167,16 @@ def cni_main() -> int:
         print(f"podbgp-cni: unexpected arguments {argv!r} (a CNI plugin reads CNI_COMMAND and "
               "stdin; `podbgp-cni agent` runs the node's agent; see --help)", file=sys.stderr)
         return 2
-    return _plugin("cni")  # a runtime's extra arguments are ignored, as CNI plugins do
+    return _plugin("cni", stdin)  # a runtime's extra arguments are ignored, as CNI plugins do
+
+
+def cni_main() -> int:
+    from cni.fast import launch
+
+    return launch("cni")
 
 
 def ipam_main() -> int:
-    return _plugin("ipam")
+    from cni.fast import launch
+
+    return launch("ipam")

@@ -133,6 +133,99 @@ def test_garbage_on_the_socket_does_not_kill_the_agent(running_agent):
     assert running_agent.stats.bad_requests == 1
 
 
+# ------------------------------------------------------------------ the launchers
+
+
+def launcher(tmp_path, entry: str):
+    from cni.shim import launcher_text
+
+    path = tmp_path / entry
+    path.write_text(launcher_text(entry))
+    path.chmod(0o755)
+    return str(path)
+
+
+def run_launcher(path: str, env: dict, conf: str, *args: str) -> tuple[int, str, str]:
+    import subprocess
+
+    r = subprocess.run([path, *args], input=conf, env=env, capture_output=True, text=True,
+                       timeout=120)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_the_fast_path_imports_only_builtins():
+    """What a launcher loads before it hands the call to the agent (cni.fast): nothing of
+    the standard library's Python modules, so a pod event costs one bare interpreter start."""
+    import subprocess
+    import sys
+
+    import cni
+
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(cni.__file__)))
+    code = ("import sys; before = set(sys.modules); sys.path.insert(0, %r); import cni.fast; "
+            "print(' '.join(sorted(set(sys.modules) - before)))" % pkg)
+    out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert set(out) <= {"cni", "cni.fast", "_json", "_socket", "posix"}, out
+
+
+def test_fast_json_reads_what_json_reads():
+    from cni.fast import loads, request
+
+    for text in ('{"a": [1, -2.5e3, true, null, "\\u00e9\\n"], "b": {}}', " [NaN] \n", '"x"'):
+        assert json.dumps(loads(text)) == json.dumps(json.loads(text))
+    for bad in ("", "{", '{"a": 1} x', "[1,]"):
+        with pytest.raises(ValueError):
+            loads(bad)
+    env = {"A": "\u00e9\udcff", "CNI_COMMAND": "ADD"}
+    body = request("cni", env, '{"k": "v"}\n')
+    assert int.from_bytes(body[:4], "big") == len(body) - 4
+    assert json.loads(body[4:]) == {"plugin": "cni", "env": env, "stdin": '{"k": "v"}\n'}
+
+
+@pytest.mark.parametrize("entry,plugin", [("cni_main", "cni"), ("ipam_main", "ipam")])
+def test_launchers_forward_to_the_agent_and_run_here_without_it(running_agent, tmp_path,
+                                                                  entry, plugin):
+    exe = launcher(tmp_path, entry)
+    env = {**ENV, "PATH": os.environ.get("PATH", ""), "CNI_CONTAINERID": ""}
+    conf = json.dumps({**BASE, "agent_socket": running_agent.path})
+    got = run_launcher(exe, env, conf)
+    assert running_agent.served == 1
+    reply = agent.call(running_agent.path, plugin, env, conf)
+    assert got == (reply["rc"], reply["stdout"], reply["stderr"])
+    assert got[0] != 0 and isinstance(json.loads(got[1])["code"], int)
+    # No agent at the socket the config names: the same answer, worked out in the process.
+    alone = run_launcher(exe, env, json.dumps({**BASE, "agent_socket": str(tmp_path / "no")}))
+    assert (alone[0], json.loads(alone[1])) == (got[0], json.loads(got[1]))
+    assert running_agent.served == 2
+    # VERSION is answered by the launcher itself.
+    rc, out, _ = run_launcher(exe, {**env, "CNI_COMMAND": "VERSION"}, '{"cniVersion": "0.4.0"}')
+    assert rc == 0 and json.loads(out)["cniVersion"] == "0.4.0" and running_agent.served == 2
+
+
+def test_an_agent_that_fails_mid_request_means_try_again(tmp_path):
+    import socket
+
+    path = str(tmp_path / "bad.sock")
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(path)
+    srv.listen(1)
+
+    def hang_up():
+        conn, _ = srv.accept()
+        conn.recv(4)
+        conn.close()
+
+    t = threading.Thread(target=hang_up, daemon=True)
+    t.start()
+    env = {**ENV, "PATH": os.environ.get("PATH", "")}
+    rc, out, err = run_launcher(launcher(tmp_path, "cni_main"), env,
+                                json.dumps({**BASE, "agent_socket": path}))
+    t.join(5)
+    srv.close()
+    assert rc == 1 and json.loads(out)["code"] == 11 and "CNI agent" in err
+
+
 # ------------------------------------------------------------------ the agent's metrics
 
 
