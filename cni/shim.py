@@ -12,11 +12,13 @@ plugin in this process.
     podbgp-cni agent [--socket PATH] [--http-listen ADDR:PORT|off]  the node's agent
     podbgp-cni --version
 
-Interpreter start-up is most of what is left: a launcher that starts Python
-with ``-IS`` (isolated, no site processing) and puts only this package's directory
-on the path (`launcher_text`) starts in about half the time; when it must do
-the work itself it runs ``site.main()`` first, so the installed libraries are
-found as usual.
+Interpreter start-up is most of what is left. A launcher starts Python with
+``-IS`` (isolated, no site processing), puts only this package's directory
+(or, for podbgp-install-cni's runtime, its site-packages) on the path and
+calls `cni.fast.launch`, which hands the call to the agent importing nothing
+beyond sys, posix, _socket and _json. Only when no agent listens, or for
+VERSION/agent/--version/--help, does it come here; then ``site.main()`` runs
+first, so the installed libraries are found as usual.
 """
 
 from __future__ import annotations
@@ -71,11 +73,16 @@ def _forward(plugin: str, stdin: str) -> int | None:
 
 
 def _full_path() -> None:
-    """Site processing skipped by a ``-S`` launcher: do it now (in-process fallback)."""
+    """Site processing skipped by a ``-S`` launcher: do it now (in-process fallback),
+    including the .pth files of a site directory the launcher put on sys.path
+    (podbgp-install-cni's runtime)."""
     if sys.flags.no_site:
         import site
 
         site.main()
+        for path in list(sys.path):
+            if os.path.basename(path) == "site-packages":
+                site.addsitedir(path)
 
 
 ENTRIES = {"cni_main": "cni", "ipam_main": "ipam"}

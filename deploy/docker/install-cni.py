@@ -73,10 +73,11 @@ STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip
 SITE_SKIP = {"pip", "setuptools", "wheel", "_distutils_hack", "distutils-precedence.pth"}
 LAUNCHER = """#!/bin/sh
 # {name}: installed by podbgp-install-cni from podbgp {version}. Do not edit.
-# Runs the plugin on podbgp's own Python runtime, whatever the node has.
+# Runs the plugin on podbgp's own Python runtime, whatever the node has; -S: the
+# call is handed to the node's agent before anything else is imported (cni.fast).
 R="$(dirname "$0")/{runtime}"
-exec "$R/lib/{loader}" --library-path "$R/lib" "$R/bin/{python}" -I -c \\
-  'import sys, site; sys.argv.pop(0); site.addsitedir(sys.argv.pop(1)); from {module} import {attr} as m; sys.exit(m())' \\
+exec "$R/lib/{loader}" --library-path "$R/lib" "$R/bin/{python}" -I -S -c \\
+  'import sys; sys.argv.pop(0); sys.path.insert(0, sys.argv.pop(1)); from {module} import {attr} as m; sys.exit(m())' \\
   "$0" "$R/site-packages" "$@"
 """
 
