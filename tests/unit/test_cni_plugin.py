@@ -162,8 +162,8 @@ def test_the_fast_path_imports_only_builtins():
     import cni
 
     pkg = os.path.dirname(os.path.dirname(os.path.abspath(cni.__file__)))
-    code = ("import sys; before = set(sys.modules); sys.path.insert(0, %r); import cni.fast; "
-            "print(' '.join(sorted(set(sys.modules) - before)))" % pkg)
+    code = (f"import sys; before = set(sys.modules); sys.path.insert(0, {pkg!r}); "
+            "import cni.fast; print(' '.join(sorted(set(sys.modules) - before)))")
     out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
                          check=True).stdout.split()
     assert set(out) <= {"cni", "cni.fast", "_json", "_socket", "posix"}, out
