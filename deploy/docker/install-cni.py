@@ -77,7 +77,10 @@ LAUNCHER = """#!/bin/sh
 # call is handed to the node's agent before anything else is imported (cni.fast).
 R="$(dirname "$0")/{runtime}"
 exec "$R/lib/{loader}" --library-path "$R/lib" "$R/bin/{python}" -I -S -c \\
-  'import sys; sys.argv.pop(0); sys.path.insert(0, sys.argv.pop(1)); from {module} import {attr} as m; sys.exit(m())' \\
+  'import sys; sys.argv.pop(0); p = sys.argv.pop(1); sys.path.insert(0, p)
+try: from {module} import {attr} as m
+except ImportError: import site; site.addsitedir(p); from {module} import {attr} as m
+sys.exit(m())' \\
   "$0" "$R/site-packages" "$@"
 """
 
