@@ -124,6 +124,9 @@ from typing import Any
 
 PINNED_VERSION = "5.0.15"
 UNPATCHED_ENV = "PODBGP_EXABGP_UNPATCHED"
+# The PID of the daemon that spawned this ExaBGP: ExaBGP dies with it (die_with_parent).
+PARENT_ENV = "PODBGP_EXABGP_PARENT"
+PR_SET_PDEATHSIG = 1
 
 
 class PatchError(RuntimeError):
@@ -1032,8 +1035,36 @@ def patch(skip: Iterable[str] = ()) -> bool:
     return ok
 
 
+def die_with_parent() -> bool:
+    """SIGKILL when the daemon that spawned us dies (``PR_SET_PDEATHSIG``), armed here,
+    after exec, for the PID in ``PODBGP_EXABGP_PARENT`` (the variable is removed: the
+    relay ExaBGP starts must not inherit it). False without it.
+
+    Not in the speaker's ``preexec_fn``: that runs Python in a child forked from a
+    threaded daemon, and the fork runs gRPC's (the etcd client's) fork handlers while
+    its threads are busy; the child then sometimes died of SIGSEGV/SIGABRT before
+    exec (ExaBGP "exited" with code -11 at start-up, issue 18). If the daemon died
+    before this ran, our parent is already someone else: exit, as PDEATHSIG would
+    have done.
+    """
+    parent = os.environ.pop(PARENT_ENV, "")
+    if not parent.isdigit():
+        return False
+    import ctypes
+    import signal
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        sys.stderr.write(f"podbgp: prctl(PR_SET_PDEATHSIG): errno {ctypes.get_errno()}\n")
+    if os.getppid() != int(parent):
+        sys.stderr.write(f"podbgp: parent {parent} is gone; not starting exabgp\n")
+        sys.exit(1)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    die_with_parent()  # first: nothing else may run while an orphan could be left behind
     # Escape hatch (and the A/B switch for benchmarks): plain ExaBGP, same command line;
     # or a list of groups to leave out.
     unpatched = os.environ.get(UNPATCHED_ENV, "").strip()

@@ -5,7 +5,9 @@ Owned by the daemon (one ``Speaker`` per node). The speaker owns:
 - the ExaBGP child (spawned as ``python -m bgpd.exabgp.launch``, the venv's
   ExaBGP without its per-route debug work; restarted with a
   capped exponential backoff when it dies; never outlives the daemon:
-  ``PR_SET_PDEATHSIG`` plus a pid file checked on start);
+  ``PR_SET_PDEATHSIG``, armed by the launcher itself after exec (no Python runs
+  between fork and exec: see ``launch.die_with_parent``), plus a pid file
+  checked on start);
 - the config file (rendered by ``bgpd.exabgp.conf``; rewritten atomically and
   ``reload``-ed when the peer set changes: unchanged sessions keep running);
 - the command channel: a unix socket served here, reached by ExaBGP through
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import re
 import signal
@@ -39,7 +40,7 @@ import structlog
 from bgpd import events as ev
 from bgpd.exabgp import wire
 from bgpd.exabgp.conf import check_peers, render_config, render_env
-from bgpd.exabgp.launch import HELLO_COMMAND, RAW_COMMAND
+from bgpd.exabgp.launch import HELLO_COMMAND, PARENT_ENV, RAW_COMMAND
 from bgpd.exabgp.parse import parse_line
 from bgpd.peerspec import PeerSpec
 from bgpd.speaker import default_peer_ref
@@ -47,7 +48,6 @@ from rib.path import Origin, PeerRef
 
 log = structlog.get_logger(__name__)
 
-PR_SET_PDEATHSIG = 1
 BATCH_SIZE = 500  # NLRI per `announce attributes` command (docs/exabgp.md, Commands)
 RAW_PART = 4000  # prefixes encoded at once for podbgp-send (~20 KiB of UPDATEs)
 RAW_CHUNK = 192 << 10  # octets of UPDATEs per podbgp-send command
@@ -161,14 +161,6 @@ class _Turn:
         if now >= self._until:
             await asyncio.sleep(0)
             self._until = time.monotonic() + self.slice_s
-
-
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    # SIGKILL, not SIGTERM: a dying daemon should not make ExaBGP send a Cease
-    # NOTIFICATION; a dropped TCP session lets graceful-restart peers keep our
-    # routes while the daemon comes back.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 _SECRET = re.compile(r"(md5-password\s*)\S+", re.IGNORECASE)
@@ -408,11 +400,15 @@ class Speaker:
         cmd = [*self._exabgp_cmd, "server", str(self.conf_path)]
         if self.netns:
             cmd = ["ip", "netns", "exec", self.netns, *cmd]  # `ip` execs: same PID
-        env = {**os.environ, **self._env}
+        # ExaBGP's launcher arms PR_SET_PDEATHSIG for this PID itself. No preexec_fn:
+        # Python run in a child forked from this threaded process (gRPC's fork handlers
+        # with the etcd client busy) sometimes killed the child before exec (SIGSEGV,
+        # an ExaBGP "restart" at start-up); without one the child only execs.
+        env = {**os.environ, **self._env, PARENT_ENV: str(os.getpid())}
         self._proc = await asyncio.create_subprocess_exec(
             *cmd, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_set_pdeathsig, cwd=str(self.workdir),
+            cwd=str(self.workdir),
         )
         self.started_at = time.monotonic()
         self._loaded_generation = self._config_generation  # a fresh start reads the file
