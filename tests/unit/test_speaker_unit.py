@@ -715,21 +715,14 @@ def test_launcher_dies_with_the_daemon_that_spawned_it(parent):
         child = int(words[0])
         if parent == "'1'":  # named parent is not ours: the launcher exits, does not arm
             assert words[1:] == [], words
-            until_sync(lambda: not _alive_pid(child), timeout=10)
+            until_sync(lambda: not _alive(child), timeout=10)
             return
         assert words[1:] == ["True"], words
-        assert _alive_pid(child)
+        assert _alive(child)
         mid.kill()
         mid.wait()
-        until_sync(lambda: not _alive_pid(child), timeout=10)
+        until_sync(lambda: not _alive(child), timeout=10)
     finally:
         mid.kill()
         mid.wait()
 
-
-def _alive_pid(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
