@@ -1,7 +1,7 @@
 """Network policy: enforcement latency, and what a loaded policy table costs pods.
 
     sudo .venv/bin/python -m bench.policy [--changes 100] [--policies 1000]
-        [--endpoints 5000] [--seconds 1] [--rounds 7] [--json FILE]
+        [--endpoints 5000] [--seconds 2] [--rounds 15] [--pair-rounds 60] [--json FILE]
 
 One node (lab.podnet: pods wired as podbgp-cni wires them) with a client and
 a server pod; the cluster around them is data: ``--endpoints``
@@ -21,12 +21,25 @@ by all.
    the rules in force), carrying its send time; the server echoes. Latency of a change = from the etcd write to
    the first datagram sent after it that got through (allow), or to just after
    the last one that did (deny). Clocks: CLOCK_MONOTONIC, one kernel.
-2. Cost on the pods' traffic, each variant in turn, ``--rounds`` times, in the
-   same run: no table; the table with no policies; the table with everything
-   loaded (the same compiler's output, loaded with one nft transaction); and,
-   for scale, a table where all the policies select the server. TCP
-   connections per second (connect + close, 64 in flight, Python on both
-   ends) and throughput (iperf3, one stream) from client to server.
+2. Connection-rate cost, side by side (the target: cost <= 10 %). Two
+   client/server pairs, one per node, each node its own table, measured at the
+   same time, so both see the same machine load second by second (at load
+   12-15 on 2 cores, one variant measured in turn ranged from 1,500 to 7,300
+   conn/s between rounds, and the per-round ratios from 0.55 to 2.05): TCP connections per second by wrk (C,
+   one thread, ``--conns`` in flight, ``Connection: close``: a new TCP
+   connection, so a new conntrack flow meeting the rules, per request) against
+   nginx (one process, keepalive off, 204 to everything). ``--pair-rounds``
+   rounds of the table with no policies on one node and everything loaded on
+   the other, the nodes swapped every round; first a quarter as many A/A rounds
+   (no policies on both) show the method's own noise. The cost is the median of
+   the per-round ratios with a distribution-free 95 % interval of that median
+   (order statistics): the target is met when the whole interval is within it,
+   not met when it is all outside, and unresolvable otherwise.
+3. For scale, one node, each variant in turn, ``--rounds`` rounds (order
+   rotated): no table; the table with no policies; everything loaded (the same
+   compiler's output, loaded with one nft transaction); a table where all the
+   policies select the server. wrk as above and throughput (iperf3, one
+   stream, 1 s); per-round ratios to the table with no policies.
 """
 
 from __future__ import annotations
@@ -58,16 +71,28 @@ TOGGLE = "bench-udp-toggle"
 # ------------------------------------------------------------------ data
 
 
+# (pod, IP, app label) of the bench's client and server, and of the second pair
+# (node 1) that the side-by-side measurement runs at the same time
+PAIR_A = (("client", "10.77.0.1", "client"), ("server", "10.77.0.2", "server"))
+PAIR_B = (("client-b", "10.77.0.3", "client"), ("server-b", "10.77.0.4", "server"))
+
+
+def local_endpoints(pair) -> list:
+    """WorkloadEndpoints of a client/server pair on the node whose table is built."""
+    from config.endpoints import host_interface_name, pod_endpoint
+
+    return [pod_endpoint(node=NODE, namespace="bench", pod=name, endpoint="eth0",
+                         container_id=name, interface_name=host_interface_name("bench", name),
+                         mac=None, ip_networks=[ip + "/32"], labels={"app": app})
+            for name, ip, app in pair]
+
+
 def gen_cluster(n_eps: int, n_pols: int, all_select_server: bool = False):
     """(WorkloadEndpoints, policy resources) of the simulated cluster."""
     from config.endpoints import host_interface_name, pod_endpoint
     from config.parse import parse_resource
 
-    weps = [
-        pod_endpoint(node=NODE, namespace="bench", pod=name, endpoint="eth0", container_id=name,
-                     interface_name=host_interface_name("bench", name), mac=None,
-                     ip_networks=[ip + "/32"], labels={"app": name})
-        for name, ip in (("client", "10.77.0.1"), ("server", "10.77.0.2"))]
+    weps = local_endpoints(PAIR_A)
     for k in range(n_eps):
         ns, pod = f"ns{k % 100}", f"p{k}"
         weps.append(pod_endpoint(
@@ -216,43 +241,6 @@ def worker_udp_flood(addr: str, port: int, seconds: float, interval: float, out:
     Path(out).write_text(json.dumps({"sent": sent, "echoed": got}))
 
 
-def worker_crr_server(port: int) -> None:
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind(("0.0.0.0", port))
-    srv.listen(4096)
-    while True:
-        c, _ = srv.accept()
-        c.close()
-
-
-def worker_crr_client(addr: str, port: int, seconds: float, conc: int = 64) -> None:
-    """TCP connections per second: connect, and close once connected; `conc` in flight."""
-    sel = selectors.DefaultSelector()
-    done = failed = 0
-    end = time.monotonic() + seconds
-
-    def start() -> None:
-        s = socket.socket()
-        s.setblocking(False)
-        s.connect_ex((addr, port))
-        sel.register(s, selectors.EVENT_WRITE)
-
-    for _ in range(conc):
-        start()
-    while time.monotonic() < end:
-        for key, _ in sel.select(0.5):
-            s = key.fileobj
-            sel.unregister(s)
-            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
-                done += 1
-            else:
-                failed += 1
-            s.close()
-            start()
-    print(json.dumps({"connections": done, "failed": failed, "seconds": seconds}))
-
-
 # ---------------------------------------------------------------- driver
 
 
@@ -276,37 +264,102 @@ def nft_apply(ns: str, script: str) -> float:
     return time.perf_counter() - t0
 
 
+NGINX_CONF = """\
+# bench/policy.py: the connection-rate server (nginx, one process, no files but these)
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log warn;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_timeout 0;
+    client_body_temp_path {dir}/nginx-tmp;
+    proxy_temp_path {dir}/nginx-tmp;
+    fastcgi_temp_path {dir}/nginx-tmp;
+    uwsgi_temp_path {dir}/nginx-tmp;
+    scgi_temp_path {dir}/nginx-tmp;
+    server {{
+        listen {port} backlog=4096;
+        location / {{ return 204; }}
+    }}
+}}
+"""
+
+
+def start_crr_server(ns: str, workdir: Path, port: int) -> subprocess.Popen:
+    """nginx in `ns` answering every request with 204 and closing (keepalive off)."""
+    conf = workdir / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(dir=workdir, port=port))
+    return subprocess.Popen(["ip", "netns", "exec", ns, "nginx", "-p", str(workdir), "-c",
+                             str(conf), "-e", str(workdir / "nginx-error.log")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def parse_wrk(out: str) -> dict:
+    """wrk's summary: requests/s, and its socket errors and non-2xx responses."""
+    import re
+
+    m = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    if not m:
+        raise RuntimeError(f"wrk printed no rate:\n{out[-800:]}")
+    errors = 0
+    e = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if e:
+        # with "Connection: close" wrk counts the server's close after a response as a
+        # read "error" on some versions; connect/write/timeout are real failures
+        errors += int(e.group(1)) + int(e.group(3)) + int(e.group(4))
+    n = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if n:
+        errors += int(n.group(1))
+    r = re.search(r"(\d+) requests in", out)
+    return {"rate": float(m.group(1)), "errors": errors,
+            "requests": int(r.group(1)) if r else 0}
+
+
+def crr_round(client_ns: str, addr: str, port: int, seconds: int, conns: int) -> dict:
+    r = ns_run(client_ns, "wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "-H",
+               "Connection: close", f"http://{addr}:{port}/", timeout=seconds + 60)
+    if r.returncode != 0:
+        raise RuntimeError(f"wrk exit {r.returncode}: {r.stderr.strip()[-400:]}")
+    return parse_wrk(r.stdout)
+
+
 def measure_cost(net, variants: dict[str, str | None], seconds: float, rounds: int,
-                 client, server) -> dict:
-    """Connections/s and throughput per variant, interleaved `rounds` times."""
+                 client, server, workdir: Path, conns: int = 64) -> dict:
+    """Connections/s (wrk against nginx, a new TCP connection per request) and
+    throughput (iperf3) per variant; every round runs each variant once, the order
+    rotated from round to round so no variant always follows the same one."""
     from fib_sync.nft import Nft
 
-    crr_srv = subprocess.Popen(["ip", "netns", "exec", server.netns, sys.executable, "-m",
-                                "bench.policy", "--crr-server", str(CRR_PORT)], cwd=REPO,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    crr_srv = start_crr_server(server.netns, workdir, CRR_PORT)
     iperf_srv = subprocess.Popen(["ip", "netns", "exec", server.netns, "iperf3", "-s", "-p",
                                   str(IPERF_PORT)], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
     results: dict[str, dict[str, list[float]]] = {v: {"crr": [], "gbps": [], "load_s": []}
                                                  for v in variants}
+    names = list(variants)
+    secs = max(1, round(seconds))  # wrk and iperf3 take whole seconds
     try:
         time.sleep(1.0)
-        for _ in range(rounds):
-            for name, script in variants.items():
+        if crr_srv.poll() is not None:
+            raise RuntimeError("nginx exited: " + (workdir / "nginx-error.log").read_text()[-800:])
+        for k in range(rounds):
+            for name in names[k % len(names):] + names[:k % len(names)]:
+                script = variants[name]
                 Nft(net.node).delete_table("inet", "podbgp-policy")
                 if script is not None:
                     results[name]["load_s"].append(nft_apply(net.node, script))
-                r = worker(client.netns, "--crr-client", server.ip, str(CRR_PORT), str(seconds),
-                           timeout=seconds + 60)
-                res = json.loads(r.stdout)
-                if res["failed"] > res["connections"] * 0.01:
-                    raise RuntimeError(f"{name}: {res['failed']} connections failed: the "
-                                       "policies do not allow the bench traffic")
-                results[name]["crr"].append(res["connections"] / seconds)
-                # iperf3 takes whole seconds (0 would mean "forever")
+                time.sleep(0.2)  # let the transaction's deferred work settle
+                res = crr_round(client.netns, server.ip, CRR_PORT, secs, conns)
+                if res["errors"] > res["requests"] * 0.01:
+                    raise RuntimeError(f"{name}: {res['errors']} of {res['requests']} "
+                                       "requests failed: the policies do not allow the "
+                                       "bench traffic")
+                results[name]["crr"].append(res["rate"])
                 r = ns_run(client.netns, "iperf3", "-c", server.ip, "-p", str(IPERF_PORT),
-                           "-t", str(max(1, round(seconds))), "--connect-timeout", "3000",
-                           "-J", timeout=seconds + 60)
+                           "-t", "1", "--connect-timeout", "3000", "-J", timeout=60)
                 bps = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]
                 results[name]["gbps"].append(bps / 1e9)
     finally:
@@ -315,6 +368,91 @@ def measure_cost(net, variants: dict[str, str | None], seconds: float, rounds: i
             p.wait(5)
         Nft(net.node).delete_table("inet", "podbgp-policy")
     return results
+
+
+def measure_side_by_side(nodes: list[str], pairs: list, first: tuple[str, str],
+                         second: tuple[str, str], rounds: int, seconds: int, conns: int,
+                         workdir: Path) -> list[float]:
+    """Two client/server pairs, each on its own node (its own table), measured AT
+    THE SAME TIME, so both see the same machine load second by second. `first` and
+    `second` are a variant's table for node 0 and for node 1; one node gets the
+    first variant and the other the second, swapped every round so that neither
+    node always runs the same one. Returns the per-round ratios rate(second) /
+    rate(first)."""
+    from fib_sync.nft import Nft
+
+    servers = []
+    for k, (_client, server) in enumerate(pairs):
+        d = workdir / f"side{k}"
+        d.mkdir(exist_ok=True)
+        servers.append(start_crr_server(server.netns, d, CRR_PORT))
+    ratios: list[float] = []
+    try:
+        time.sleep(1.0)
+        for r in range(rounds):
+            swap = r % 2
+            placed = [second[0], first[1]] if swap else [first[0], second[1]]
+            for node, script in zip(nodes, placed, strict=True):
+                Nft(node).delete_table("inet", "podbgp-policy")
+                nft_apply(node, script)
+            time.sleep(0.2)
+            runs = [subprocess.Popen(
+                ["ip", "netns", "exec", client.netns, "wrk", "-t1", f"-c{conns}",
+                 f"-d{seconds}s", "-H", "Connection: close",
+                 f"http://{server.ip}:{CRR_PORT}/"], stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, text=True) for client, server in pairs]
+            res = [parse_wrk(p.communicate(timeout=seconds + 60)[0]) for p in runs]
+            for x in res:
+                if x["errors"] > x["requests"] * 0.01:
+                    raise RuntimeError(f"side by side: {x['errors']} of {x['requests']} "
+                                       "requests failed")
+            r_first, r_second = (res[1], res[0]) if swap else (res[0], res[1])
+            ratios.append(r_second["rate"] / r_first["rate"])
+    finally:
+        for p in servers:
+            p.kill()
+            p.wait(5)
+        for node in nodes:
+            Nft(node).delete_table("inet", "podbgp-policy")
+    return ratios
+
+
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval for the median: the order statistics x_(k) and
+    x_(n-k+1), k the largest with P(Binomial(n, 1/2) < k) <= (1 - level) / 2
+    (min and max when n is too small for any)."""
+    from math import comb
+
+    xs, n = sorted(xs), len(xs)
+    tail, k, cdf = (1 - level) / 2, 0, 0.0
+    while k < n:
+        cdf += comb(n, k) / 2 ** n  # P(X <= k)
+        if cdf > tail:
+            break
+        k += 1
+    k = max(k, 1)  # x_(k), 1-based; k = 1 is min-max
+    return xs[k - 1], xs[n - k]
+
+
+def ratio_stats(xs: list[float], base: list[float]) -> dict:
+    """Paired per-round ratios x/base: median, min, max and a 95 % interval of the
+    median (order statistics, no assumption about the noise's distribution)."""
+    rs = [x / b for x, b in zip(xs, base, strict=True)]
+    return {"median": statistics.median(rs), "min": min(rs), "max": max(rs),
+            "ci": median_ci(rs), "n": len(rs)}
+
+
+def verdict(st: dict, max_cost: float = 0.10) -> str:
+    """'met' when the whole 95 % interval of the rate ratio is at or above 1 - max_cost,
+    'not met' when it is all below, else 'unresolvable' (the noise spans the target)."""
+    lo, hi = st["ci"]
+    if st["n"] < 5:
+        return "unresolvable (fewer than 5 rounds)"
+    if lo >= 1 - max_cost:
+        return "met"
+    if hi < 1 - max_cost:
+        return "not met"
+    return "unresolvable"
 
 
 def measure_latency(net, workdir: Path, weps, pols, changes: int, gap: float,
@@ -411,8 +549,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--changes", type=int, default=100)
     ap.add_argument("--policies", type=int, default=1000)
     ap.add_argument("--endpoints", type=int, default=5000)
-    ap.add_argument("--seconds", type=float, default=1.0, help="per measurement")
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--seconds", type=float, default=2.0,
+                    help="connection-rate measurement per variant and round (whole seconds)")
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--conns", type=int, default=64, help="connections wrk keeps in flight")
+    ap.add_argument("--pair-rounds", type=int, default=60,
+                    help="side-by-side rounds (loaded vs no policies, at the same time)")
     ap.add_argument("--gap", type=float, default=0.3, help="seconds between changes")
     ap.add_argument("--json")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
@@ -420,8 +562,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--load", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--toggle", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--udp-flood", nargs=5, help=argparse.SUPPRESS)
-    ap.add_argument("--crr-server", help=argparse.SUPPRESS)
-    ap.add_argument("--crr-client", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.load:
         worker_load(*a.load)
@@ -432,12 +572,6 @@ def main(argv: list[str] | None = None) -> int:
     if a.udp_flood:
         addr, port, secs, interval, out = a.udp_flood
         worker_udp_flood(addr, int(port), float(secs), float(interval), out)
-        return 0
-    if a.crr_server:
-        worker_crr_server(int(a.crr_server))
-        return 0
-    if a.crr_client:
-        worker_crr_client(a.crr_client[0], int(a.crr_client[1]), float(a.crr_client[2]))
         return 0
     require_root("bench.policy")
     import tempfile
@@ -454,12 +588,32 @@ def main(argv: list[str] | None = None) -> int:
         f"{a.policies} policies / {a.endpoints} endpoints": engine_script(weps, pols),
         f"{a.policies} policies all selecting the server": engine_script(weps[:2], worst),
     }
+    # the second pair (side by side, on node 1): the same cluster with this pair local
+    weps_b = local_endpoints(PAIR_B)
+    base_b, loaded_b = engine_script(weps_b, []), engine_script(weps_b + weps[2:], pols)
     gen_s = time.perf_counter() - t0
-    with PodNet() as net:
-        client = net.add_pod("bench", "client", "10.77.0.1", {"app": "client"})
-        server = net.add_pod("bench", "server", "10.77.0.2", {"app": "server"})
-        cost = measure_cost(net, variants, a.seconds, a.rounds, client, server) \
+    with PodNet(nodes=2) as net:
+        client, server = (net.add_pod("bench", name, ip, {"app": app})
+                          for name, ip, app in PAIR_A)
+        pair_b = tuple(net.add_pod("bench", name, ip, {"app": app}, node=1)
+                       for name, ip, app in PAIR_B)
+        load_before = os.getloadavg()
+        base_name = "table, no policies"
+        loaded_name = f"{a.policies} policies / {a.endpoints} endpoints"
+        # A/A first (the method's own noise, node asymmetry included), then A/B
+        base, loaded = (variants[base_name], base_b), (variants[loaded_name], loaded_b)
+        secs = max(1, round(a.seconds))
+        aa = measure_side_by_side(net.node_names, [(client, server), pair_b], base, base,
+                                  max(a.pair_rounds // 4, 1), secs, a.conns, workdir) \
+            if a.pair_rounds else [1.0]
+        ab = measure_side_by_side(net.node_names, [(client, server), pair_b], base, loaded,
+                                  a.pair_rounds, secs, a.conns, workdir) \
+            if a.pair_rounds else [1.0]
+        load_mid = os.getloadavg()
+        cost = measure_cost(net, variants, a.seconds, a.rounds, client, server, workdir,
+                            a.conns) \
             if a.rounds else {v: {"crr": [1.0], "gbps": [1.0], "load_s": []} for v in variants}
+        load_after = os.getloadavg()
         lat = measure_latency(net, workdir, weps, pols, a.changes, a.gap, client, server)
     if a.keep:
         print(f"work directory kept: {workdir}")
@@ -467,25 +621,41 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["rm", "-rf", str(workdir)])
 
     med = {v: {k: statistics.median(xs) for k, xs in r.items() if xs} for v, r in cost.items()}
-    base_name = "table, no policies"
-    loaded_name = f"{a.policies} policies / {a.endpoints} endpoints"
 
-    def paired(v: str, k: str) -> float:
+    def paired(v: str, k: str) -> dict:
         # each round's variants ran back to back: the ratio within a round cancels the
         # machine's drifting load better than a ratio of medians
-        return statistics.median(x / b for x, b in zip(cost[v][k], cost[base_name][k],
-                                                      strict=True))
+        return ratio_stats(cost[v][k], cost[base_name][k])
 
     rows = []
     for v, m in med.items():
-        rows.append([v, round(m["crr"]), round(paired(v, "crr"), 3),
-                     round(m["gbps"], 2), round(paired(v, "gbps"), 3),
+        c, g = paired(v, "crr"), paired(v, "gbps")
+        rows.append([v, round(m["crr"]), round(c["median"], 3),
+                     f"{c['ci'][0]:.3f}-{c['ci'][1]:.3f}", f"{c['min']:.3f}-{c['max']:.3f}",
+                     round(m["gbps"], 2), round(g["median"], 3),
                      round(m["load_s"], 3) if "load_s" in m else "-"])
-    print(f"Pod-to-pod TCP on one node, client -> server ({a.rounds} rounds of {a.seconds:g} s "
-          "each, the variants back to back in every round; medians, and the median of the "
-          "per-round ratios)")
-    print(table(["table", "conn/s", "vs no policies", "Gbit/s", "vs no policies",
-                 "nft load (s)"], rows))
+    print(f"Pod-to-pod TCP connection rate, side by side: two client -> server pairs on two "
+          f"nodes measured at the same time ({secs} s of wrk each, a new connection per "
+          f"request, {a.conns} in flight, against nginx), one node's table the first variant "
+          "and the other's the second, swapped every round; ratio = second / first per round "
+          f"(load average before {load_before[0]:.2f}, after {load_mid[0]:.2f}; "
+          f"{os.cpu_count()} CPUs)")
+    side_rows = []
+    for name, rs in (("A/A: no policies / no policies", aa), (f"{loaded_name} / no policies", ab)):
+        st = ratio_stats(rs, [1.0] * len(rs))
+        side_rows.append([name, st["n"], round(st["median"], 3),
+                          f"{st['ci'][0]:.3f}-{st['ci'][1]:.3f}",
+                          f"{st['min']:.3f}-{st['max']:.3f}"])
+    print(table(["variants (second / first)", "rounds", "median ratio", "95% CI", "min-max"],
+                side_rows))
+    print(f"\nPod-to-pod TCP on one node, client -> server ({a.rounds} rounds; in each, every "
+          f"variant once, order rotated: {max(1, round(a.seconds))} s of wrk, a new "
+          f"connection per request, {a.conns} in flight, against nginx; then 1 s of iperf3). "
+          "conn/s and Gbit/s: medians; ratios: median of the per-round ratios to the table "
+          "with no policies, its 95 % interval (order statistics), min-max of the ratios")
+    print(f"(load average before {load_mid[0]:.2f}, after {load_after[0]:.2f})")
+    print(table(["table", "conn/s", "vs no policies", "95% CI", "min-max", "Gbit/s",
+                 "vs no policies", "nft load (s)"], rows))
     allow, deny = lat["allow_ms"], lat["deny_ms"]
     both = [x for x in allow + deny if x == x]
     print(f"\nEnforcement latency: NetworkPolicy written to etcd -> in force in the data plane "
@@ -505,14 +675,21 @@ def main(argv: list[str] | None = None) -> int:
     missing = sum(1 for x in allow if x != x)
     if missing:
         print(f"({missing} allow changes never took effect within {a.gap:g} s)")
-    cost_pct = (1 - paired(loaded_name, "crr")) * 100
-    thr_ratio = paired(loaded_name, "gbps")
+    crr = ratio_stats(ab, [1.0] * len(ab))
+    thr_ratio = paired(loaded_name, "gbps")["median"]
+    cost_pct = (1 - crr["median"]) * 100
+    lo, hi = ((1 - crr["ci"][1]) * 100, (1 - crr["ci"][0]) * 100)
+    print(f"\nConnection-rate cost of {a.policies} policies / {a.endpoints} endpoints vs none "
+          f"(target <= 10 %): {cost_pct:+.1f} % (95 % interval {lo:+.1f} % to {hi:+.1f} %, "
+          f"{crr['n']} side-by-side rounds): {verdict(crr)}")
     headline = (f"policy: enforcement p50 {percentile(both, 50):.1f} ms p99 "
                 f"{percentile(both, 99):.1f} ms over {len(both)} changes; "
                 f"{a.policies} policies/{a.endpoints} endpoints vs none: connection rate "
-                f"{cost_pct:+.1f}% cost, throughput ratio {thr_ratio:.2f} (data {gen_s:.1f} s)")
+                f"{cost_pct:+.1f}% cost (95% CI {lo:+.1f}% to {hi:+.1f}%, target <= 10%: "
+                f"{verdict(crr)}), throughput ratio {thr_ratio:.2f} (data {gen_s:.1f} s)")
     if a.json:
-        Path(a.json).write_text(json.dumps({"cost": cost, "latency": {
+        Path(a.json).write_text(json.dumps({"cost": cost, "side_by_side": {"aa": aa, "ab": ab},
+                                            "latency": {
             k: v for k, v in lat.items() if k != "metrics"}, "headline": headline}))
     print(f"\n{headline}")
     return 0

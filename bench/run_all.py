@@ -31,7 +31,7 @@ BENCHES: dict[str, tuple[list[str], list[str], bool]] = {
     "rib": ([], ["--prefixes", "5000"], False),
     "config_load": ([], ["--count", "200", "--runs", "2"], False),
     "policy": ([], ["--changes", "20", "--policies", "200", "--endpoints", "1000",
-                    "--seconds", "1", "--rounds", "1"], True),
+                    "--seconds", "1", "--rounds", "1", "--pair-rounds", "4"], True),
     "rr_scale": ([], ["--quick"], True),
     "soak": ([], ["--quick"], True),
     "overlay": ([], ["--blocks", "2000", "--reps", "1", "--seconds", "2"], False),

@@ -13,8 +13,11 @@ PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iprou
       # crun (crun 1.8.1 refuses this host's hybrid cgroups); openssl for the
       # tests' throwaway etcd CA.
       podman buildah mmdebstrap runc openssl
-      # bench/policy.py and its smoke test: pod-to-pod throughput.
-      iperf3)
+      # bench/policy.py and its smoke test: pod-to-pod throughput, and the
+      # connection rate (wrk, a new TCP connection per request, against nginx run
+      # by the bench itself in a pod namespace; policy-rc.d below keeps the
+      # package from starting nginx's own service).
+      iperf3 wrk nginx)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -114,17 +114,21 @@ def test_policy_quick():
     require_root()
     require_binary("nft")
     require_binary("iperf3")
+    require_binary("wrk")
+    require_binary("nginx")
     before = _podnet_namespaces()
     r = subprocess.run([sys.executable, "-m", "bench.policy", "--changes", "6",
                         "--policies", "30", "--endpoints", "100", "--seconds", "0.5",
-                        "--rounds", "1"], cwd=REPO, capture_output=True, text=True, timeout=600)
+                        "--rounds", "1", "--pair-rounds", "2"], cwd=REPO, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, f"exit {r.returncode}\n{r.stdout}\n{r.stderr[-2000:]}"
     out = r.stdout
     assert "never took effect" not in out, out
     for variant in ("no table", "table, no policies", "30 policies / 100 endpoints",
                     "30 policies all selecting the server"):
-        m = re.search(rf"\|\s+{re.escape(variant)} \|\s+([\d,]+) \|\s+[\d.]+ \|\s+([\d.]+) \|",
-                      out)
+        # conn/s, ratio, its 95 % interval, min-max of the ratios, Gbit/s
+        m = re.search(rf"\|\s+{re.escape(variant)} \|\s+([\d,]+) \|\s+[\d.]+ \|"
+                      r"\s+[\d.]+-[\d.]+ \|\s+[\d.]+-[\d.]+ \|\s+([\d.]+) \|", out)
         assert m, f"no row for {variant}:\n{out}"
         assert int(m.group(1).replace(",", "")) > 0 and float(m.group(2)) > 0, variant
     m = re.search(r"\|\s+all \|\s+(\d+) \|\s+([\d.]+) \|\s+([\d.]+) \|", out)
@@ -132,7 +136,9 @@ def test_policy_quick():
     assert 0 <= float(m.group(3)) < 5000, out  # p50 in ms
     last = out.strip().splitlines()[-1]
     assert re.fullmatch(r"policy: enforcement p50 [\d.]+ ms p99 [\d.]+ ms over 6 changes; "
-                        r"30 policies/100 endpoints vs none: connection rate [+-][\d.]+% cost, "
+                        r"30 policies/100 endpoints vs none: connection rate [+-][\d.]+% cost "
+                        r"\(95% CI [+-][\d.]+% to [+-][\d.]+%, target <= 10%: "
+                        r"unresolvable \(fewer than 5 rounds\)\), "
                         r"throughput ratio [\d.]+ \(data [\d.]+ s\)", last), last
     assert _podnet_namespaces() <= before, "namespaces left behind"
 
