@@ -58,6 +58,10 @@ BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 RPC_TIMEOUT = 5.0
 PROBE_TIMEOUT = 2.0
+# A read answered UNAVAILABLE (a leader election, "etcdserver: leader changed", a member
+# going away) is tried again after these pauses, as etcd's clientv3 retries immutable
+# RPCs (client/v3/retry.go, isSafeRetryImmutableRPC). Writes are not retried.
+READ_RETRY_PAUSES = (0.2, 0.5, 1.0)
 
 # etcd's "require leader" metadata (clientv3.WithRequireLeader): a member that has
 # lost its leader (partitioned from the others) ends the watch with "no leader"
@@ -471,10 +475,24 @@ class EtcdDatastore:
     def _ident(kind: str, name: str, namespace: str | None) -> str:
         return f"{namespace}/{name}" if ckeys.is_namespaced(kind) and namespace else name
 
+    async def _read(self, fn: Any) -> Any:
+        """``await fn()`` guarded, tried again while etcd answers UNAVAILABLE."""
+        for pause in (*READ_RETRY_PAUSES, None):
+            try:
+                return await self._guard(fn())
+            except DatastoreUnavailable as e:
+                cause = e.__cause__
+                if pause is None or not (isinstance(cause, grpc.aio.AioRpcError)
+                                         and cause.code() == grpc.StatusCode.UNAVAILABLE):
+                    raise
+                log.info("etcd_read_retry", error=_rpc_text(cause), retry_in=pause)
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
     async def get(self, kind: str, name: str, namespace: str | None = None) -> Any:
         kind = ckeys.normalize_kind(kind)
         key = ckeys.key_for(kind, name, namespace)
-        kv = await self._guard(self._get_raw(key))
+        kv = await self._read(lambda: self._get_raw(key))
         if kv is None:
             raise ResourceNotFound(kind, self._ident(kind, name, namespace))
         return self._parse_stored(key, kv)
@@ -485,10 +503,14 @@ class EtcdDatastore:
         namespaced = ckeys.is_namespaced(kind)
         prefix = (ckeys.namespaced_prefix(kind, namespace) if namespaced
                   else ckeys.resource_prefix(kind))
-        client = await self._guard(self._crud())
-        resp = await self._guard(client.kvstub.Range(
-            rpc.RangeRequest(key=prefix.encode(), range_end=prefix_range_end(prefix.encode())),
-            timeout=self._rpc_timeout))
+
+        async def rng() -> Any:
+            client = await self._crud()
+            return await client.kvstub.Range(
+                rpc.RangeRequest(key=prefix.encode(), range_end=prefix_range_end(prefix.encode())),
+                timeout=self._rpc_timeout)
+
+        resp = await self._read(rng)
         out = []
         for kv in resp.kvs:
             key = kv.key.decode()
@@ -561,7 +583,7 @@ class EtcdDatastore:
         ident = self._ident(res.kind, md.name, md.namespace)
         wanted_rv = res.metadata.resource_version
         for _ in range(5):  # retry only a lost race with another writer
-            kv = await self._guard(self._get_raw(key))
+            kv = await self._read(lambda: self._get_raw(key))
             if kv is None:
                 if must_exist:
                     raise ResourceNotFound(res.kind, ident)

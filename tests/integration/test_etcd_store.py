@@ -321,3 +321,50 @@ async def test_borrowed_addresses_of_ipam_blocks_reach_the_snapshot(etcd, store)
     put(etcd, key, block(["n1", "n3"]))
     snap = await wait_snapshot(store, lambda s: s.lent)
     assert snap.lent == (Lent("10.244.1.1", "n3", "n1"),) and not snap.rejected
+
+
+async def test_reads_ride_out_a_leader_change_and_other_errors_do_not_retry(etcd, store):
+    # Found by tests/integration/test_etcd_cluster.py: `bgpctl get` right after the leader
+    # was killed failed with "UNAVAILABLE: etcdserver: leader changed". etcd's clientv3
+    # retries immutable RPCs on UNAVAILABLE (client/v3/retry.go, isSafeRetryImmutableRPC);
+    # so do our reads. Other codes fail at once.
+    import types
+
+    import grpc
+
+    from config.datastore import DatastoreUnavailable
+
+    put(etcd, resource_key("IPPool", "p"), pool_json("p", "10.244.0.0/16"))
+    real_crud = store._crud
+    failures: list = []
+
+    def failing(code, times):
+        async def crud():
+            client = await real_crud()
+
+            def rng(*args, **kwargs):
+                if len(failures) < times:
+                    failures.append(code)
+                    raise grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                               details="etcdserver: leader changed")
+                return client.kvstub.Range(*args, **kwargs)
+            return types.SimpleNamespace(kvstub=types.SimpleNamespace(Range=rng))
+        failures.clear()
+        store._crud = crud
+
+    failing(grpc.StatusCode.UNAVAILABLE, 2)
+    assert (await store.get("IPPool", "p")).spec.cidr == "10.244.0.0/16"
+    assert len(failures) == 2
+    failing(grpc.StatusCode.UNAVAILABLE, 2)
+    assert [p.metadata.name for p in await store.list("IPPool")] == ["p"]
+    assert len(failures) == 2
+
+    failing(grpc.StatusCode.PERMISSION_DENIED, 5)
+    with pytest.raises(DatastoreUnavailable, match="PERMISSION_DENIED"):
+        await store.get("IPPool", "p")
+    assert len(failures) == 1
+
+    failing(grpc.StatusCode.UNAVAILABLE, 99)
+    with pytest.raises(DatastoreUnavailable, match="leader changed"):
+        await store.get("IPPool", "p")
+    assert len(failures) == 4  # the first try and three more, then the error
