@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from bench.common import Netns, fib_prefixes, median, require_root, rss_tree, table, write_json
@@ -104,27 +105,39 @@ def poll_kernel(anchor: int, done, timeout: float, alive) -> float:
         time.sleep(max(0.001, 2 * (t1 - t0)))
 
 
+def injector_pair(env: Netns, k: int) -> tuple[str, int, int, Injector]:
+    """The DUT's namespace linked to an injector of ``k`` routes (started, not yet
+    listening): (DUT namespace, its FIB anchor, its FIB size before, the injector)."""
+    dut_ns, inj_ns = env.add_ns("d"), env.add_ns("i")
+    env.link(dut_ns, f"{DUT_IP}/24", inj_ns, f"{INJ_IP}/24")
+    anchor = env.anchor(dut_ns)
+    base = fib_prefixes(anchor)
+    inj = Injector(env.spawn(inj_ns, [sys.executable, "-m", "bench.injector", "--listen",
+                                      INJ_IP, "--count", str(k)],
+                             "injector.log", pipes=True))
+    return dut_ns, anchor, base, inj
+
+
+def dut_alive_check(env: Netns, dut: str, pids: list[int]) -> Callable[[], None]:
+    """A check that raises (with the end of the DUT's log) once a DUT process exited."""
+    def alive() -> None:
+        for p in env.procs:
+            if p.pid in pids and p.poll() is not None:
+                raise RuntimeError(f"{dut} exited ({p.returncode}): {env.log('dut.log', 5)}")
+    return alive
+
+
 def trial(dut: str, k: int, rep: int, timeout: float, profile_dir: str | None = None) -> Trial:
     tr = Trial(dut=dut, k=k, rep=rep)
     with Netns("bc") as env:
-        dut_ns, inj_ns = env.add_ns("d"), env.add_ns("i")
-        env.link(dut_ns, f"{DUT_IP}/24", inj_ns, f"{INJ_IP}/24")
-        anchor = env.anchor(dut_ns)
-        base = fib_prefixes(anchor)
-        inj = Injector(env.spawn(inj_ns, [sys.executable, "-m", "bench.injector", "--listen",
-                                          INJ_IP, "--count", str(k)],
-                                 "injector.log", pipes=True))
+        dut_ns, anchor, base, inj = injector_pair(env, k)
         pids: list[int] = []
         spy = None
         try:
             inj.expect("listening", 60)
             pids = DUTS[dut](env, dut_ns)
 
-            def alive() -> None:
-                for p in env.procs:
-                    if p.pid in pids and p.poll() is not None:
-                        raise RuntimeError(f"{dut} exited ({p.returncode}): "
-                                           f"{env.log('dut.log', 5)}")
+            alive = dut_alive_check(env, dut, pids)
 
             if profile_dir and dut == "podbgp":
                 spy = start_profiler(pids[0], f"{profile_dir}/podbgp-{k}.txt")

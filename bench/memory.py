@@ -31,15 +31,14 @@ from dataclasses import asdict, dataclass, field
 
 from bench.common import (
     Netns,
-    fib_prefixes,
     median,
     require_root,
     smaps,
     smaps_tree,
     table,
 )
-from bench.convergence import Injector, poll_kernel, write_json_path
-from bench.duts import DUT_IP, DUTS, INJ_IP, LABELS, parse_duts_and_counts
+from bench.convergence import dut_alive_check, injector_pair, poll_kernel, write_json_path
+from bench.duts import DUTS, LABELS, parse_duts_and_counts
 
 DEFAULT_K = (0, 20_000, 100_000)
 # issue 17: podbgp's whole process tree, MiB, by route count
@@ -82,22 +81,12 @@ def _per_process(pids: list[int]) -> list[dict]:
 def trial(dut: str, k: int, rep: int, settle: float, timeout: float) -> Sample:
     s = Sample(dut=dut, k=k, rep=rep)
     with Netns("bm") as env:
-        dut_ns, inj_ns = env.add_ns("d"), env.add_ns("i")
-        env.link(dut_ns, f"{DUT_IP}/24", inj_ns, f"{INJ_IP}/24")
-        anchor = env.anchor(dut_ns)
-        base = fib_prefixes(anchor)
-        inj = Injector(env.spawn(inj_ns, [sys.executable, "-m", "bench.injector", "--listen",
-                                          INJ_IP, "--count", str(k)],
-                                 "injector.log", pipes=True))
+        dut_ns, anchor, base, inj = injector_pair(env, k)
         try:
             inj.expect("listening", 60)
             pids = DUTS[dut](env, dut_ns)
 
-            def alive() -> None:
-                for p in env.procs:
-                    if p.pid in pids and p.poll() is not None:
-                        raise RuntimeError(f"{dut} exited ({p.returncode}): "
-                                           f"{env.log('dut.log', 5)}")
+            alive = dut_alive_check(env, dut, pids)
 
             inj.expect("established", 120)
             inj.expect("sent", 60)
