@@ -59,9 +59,13 @@ BACKOFF_MAX = 5.0
 RPC_TIMEOUT = 5.0
 PROBE_TIMEOUT = 2.0
 # A read answered UNAVAILABLE (a leader election, "etcdserver: leader changed", a member
-# going away) is tried again after these pauses, as etcd's clientv3 retries immutable
-# RPCs (client/v3/retry.go, isSafeRetryImmutableRPC). Writes are not retried.
+# going away), or refused because every member that answered has no leader yet, is tried
+# again after these pauses (the last repeats) until READ_RETRY_BUDGET seconds have passed,
+# as etcd's clientv3 retries immutable RPCs until its context ends (client/v3/retry.go,
+# isSafeRetryImmutableRPC). Writes are not retried. An election after the leader died
+# takes an election timeout or more, longer on a loaded machine (CI saw > 1.7 s).
 READ_RETRY_PAUSES = (0.2, 0.5, 1.0)
+READ_RETRY_BUDGET = 8.0
 
 # etcd's "require leader" metadata (clientv3.WithRequireLeader): a member that has
 # lost its leader (partitioned from the others) ends the watch with "no leader"
@@ -165,6 +169,7 @@ class EtcdDatastore:
     async def _connect(self) -> EtcdClient:
         """A client to the first endpoint that answers, starting at the last good one."""
         errors = []
+        leaderless = False
         n = len(self._endpoints)
         for i in range(n):
             idx = (self._ep_index + i) % n
@@ -175,7 +180,9 @@ class EtcdDatastore:
                 status = await client.maintenancestub.Status(rpc.StatusRequest(),
                                                              timeout=PROBE_TIMEOUT)
                 if not status.leader:
-                    # Cut off from the other members: its data may be stale.
+                    # Cut off from the other members, or an election under way: its data
+                    # may be stale.
+                    leaderless = True
                     raise DatastoreUnavailable("member has no leader")
             except (TimeoutError, grpc.RpcError, aetcd.ClientError, OSError,
                     DatastoreUnavailable) as e:
@@ -186,7 +193,9 @@ class EtcdDatastore:
             self._ep_index = idx
             self.endpoint = f"{'https' if tls else 'http'}://{host}:{port}"
             return client
-        raise DatastoreUnavailable("cannot reach etcd: " + "; ".join(errors))
+        err = DatastoreUnavailable("cannot reach etcd: " + "; ".join(errors))
+        err.transient = leaderless  # a member answered: an election may end it
+        raise err
 
     # --------------------------------------------------------------- watcher
 
@@ -476,16 +485,21 @@ class EtcdDatastore:
         return f"{namespace}/{name}" if ckeys.is_namespaced(kind) and namespace else name
 
     async def _read(self, fn: Any) -> Any:
-        """``await fn()`` guarded, tried again while etcd answers UNAVAILABLE."""
-        for pause in (*READ_RETRY_PAUSES, None):
+        """``await fn()`` guarded, tried again while etcd answers UNAVAILABLE or has no
+        leader yet, for up to READ_RETRY_BUDGET seconds."""
+        deadline = time.monotonic() + READ_RETRY_BUDGET
+        for attempt in range(1_000_000):
             try:
                 return await self._guard(fn())
             except DatastoreUnavailable as e:
                 cause = e.__cause__
-                if pause is None or not (isinstance(cause, grpc.aio.AioRpcError)
-                                         and cause.code() == grpc.StatusCode.UNAVAILABLE):
+                pause = READ_RETRY_PAUSES[min(attempt, len(READ_RETRY_PAUSES) - 1)]
+                retryable = getattr(e, "transient", False) or (
+                    isinstance(cause, grpc.aio.AioRpcError)
+                    and cause.code() == grpc.StatusCode.UNAVAILABLE)
+                if not retryable or time.monotonic() + pause > deadline:
                     raise
-                log.info("etcd_read_retry", error=_rpc_text(cause), retry_in=pause)
+                log.info("etcd_read_retry", error=str(e), retry_in=pause)
                 await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 

@@ -323,7 +323,8 @@ async def test_borrowed_addresses_of_ipam_blocks_reach_the_snapshot(etcd, store)
     assert snap.lent == (Lent("10.244.1.1", "n3", "n1"),) and not snap.rejected
 
 
-async def test_reads_ride_out_a_leader_change_and_other_errors_do_not_retry(etcd, store):
+async def test_reads_ride_out_a_leader_change_and_other_errors_do_not_retry(etcd, store,
+                                                                           monkeypatch):
     # Found by tests/integration/test_etcd_cluster.py: `bgpctl get` right after the leader
     # was killed failed with "UNAVAILABLE: etcdserver: leader changed". etcd's clientv3
     # retries immutable RPCs on UNAVAILABLE (client/v3/retry.go, isSafeRetryImmutableRPC);
@@ -364,7 +365,43 @@ async def test_reads_ride_out_a_leader_change_and_other_errors_do_not_retry(etcd
         await store.get("IPPool", "p")
     assert len(failures) == 1
 
+    # Retried until the budget is spent: pauses 0.2 + 0.5 + 1.0, the next 1.0 would pass 2 s.
+    import config.etcd_store as es
+    monkeypatch.setattr(es, "READ_RETRY_BUDGET", 2.0)
     failing(grpc.StatusCode.UNAVAILABLE, 99)
     with pytest.raises(DatastoreUnavailable, match="leader changed"):
         await store.get("IPPool", "p")
     assert len(failures) == 4  # the first try and three more, then the error
+
+
+async def test_reads_wait_out_an_election_but_not_a_dead_cluster(etcd, store):
+    # Found by the fresh-clone CI run (tests/integration/test_etcd_cluster.py): right after
+    # the leader was killed, `bgpctl get` met one member refusing connections and two that
+    # answered "member has no leader" (an election under way) and failed at once. A member
+    # that answers without a leader is an election that will end: the read waits for it.
+    # Every member refusing (nothing there) fails at once.
+    from config.datastore import DatastoreUnavailable
+
+    put(etcd, resource_key("IPPool", "p"), pool_json("p", "10.244.0.0/16"))
+    real_connect = store._connect
+    calls: list = []
+
+    def connect_failing(times, transient):
+        async def connect():
+            if len(calls) < times:
+                calls.append(transient)
+                err = DatastoreUnavailable("cannot reach etcd: m2: member has no leader")
+                err.transient = transient
+                raise err
+            return await real_connect()
+        calls.clear()
+        store._crud_client = None
+        store._connect = connect
+
+    connect_failing(3, transient=True)
+    assert (await store.get("IPPool", "p")).spec.cidr == "10.244.0.0/16"
+    assert calls == [True] * 3
+    connect_failing(3, transient=False)
+    with pytest.raises(DatastoreUnavailable, match="no leader"):
+        await store.list("IPPool")
+    assert calls == [False]
