@@ -94,6 +94,9 @@ class _PeerExports:
     sent: dict[str, Hashable] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)
     all_dirty: bool = True
+    # End-of-RIB asked for and not yet acknowledged: sent with the peer's next flush
+    # (a channel that failed, or an ``error`` answer, loses no End-of-RIB).
+    eor_owed: bool = False
 
     def forget_sent(self) -> None:
         """ExaBGP no longer holds what it acknowledged (restarted, or re-created the peer)."""
@@ -120,6 +123,7 @@ class _Batch:
     peers: tuple[PeerKey, ...]
     raw: str = ""
     epochs: tuple[int, ...] | None = None
+    eor: bool = False  # an End-of-RIB: acknowledged, it is no longer owed
 
     def command(self) -> str:
         if self.raw:
@@ -788,6 +792,8 @@ class Speaker:
         so a reflector's burst costs commands per route, not per route and peer.
         ``end_of_rib``: peers that also get End-of-RIB, behind their routes in the same
         stream of commands (no wait for their acknowledgements)."""
+        end_of_rib = list(end_of_rib)
+        self._owe_eor(end_of_rib)
         for key, (full, routes) in changes.items():
             exports = self._exports.setdefault(key, _PeerExports())
             desired = exports.desired
@@ -801,32 +807,40 @@ class Speaker:
                     desired[prefix] = attrs
             if not exports.all_dirty:
                 exports.dirty.update(routes)
-        await self._flush(tuple(changes), end_of_rib)
+        await self._flush((*changes, *(k for k in end_of_rib if k not in changes)))
+
+    def _owe_eor(self, keys: Iterable[PeerKey]) -> None:
+        for key in keys:
+            self._exports.setdefault(key, _PeerExports()).eor_owed = True
 
     async def end_of_rib(self, keys: Iterable[PeerKey]) -> None:
         """Send End-of-RIB (the session's unicast family) to each of ``keys``, one
         command per family and kind of session; after whatever was sent them before
-        (podbgp-send sessions get it as bytes, behind their UPDATEs). Raises
-        ``SpeakerError`` if the channel is down."""
+        (podbgp-send sessions get it as bytes, behind their UPDATEs). It stays owed
+        until acknowledged: a channel that is down, fails or answers ``error`` sends
+        it with the peer's next flush. Raises ``SpeakerError`` if the channel is down."""
+        keys = list(keys)
+        self._owe_eor(keys)
         async with self._flush_lock:
             await self._send_batches(self._eor_batches(keys))
 
     def _eor_batches(self, keys: Iterable[PeerKey]) -> list[_Batch]:
-        """End-of-RIB commands for ``keys``: one per family and kind of session (a
-        session that is down or not loaded gets none: it gets one with its next set)."""
-        keys = [k for k in keys if k in self._peers and self._in_exabgp(k)]
+        """End-of-RIB commands for those of ``keys`` owed one: one per family and kind
+        of session (a session that is down or not loaded gets none yet: it stays owed)."""
+        keys = [k for k in keys if k in self._peers and self._in_exabgp(k)
+                and (e := self._exports.get(k)) is not None and e.eor_owed]
         modes = {k: self._mode(self._peers[k]) for k in keys}
         batches = []
         for ipv6, afi in ((False, "ipv4"), (True, "ipv6")):
             peers = tuple(k for k in keys if (":" in k[0]) == ipv6 and modes[k] == "text")
             if peers:
                 batches.append(_Batch(f"{_selector(peers)} announce eor {afi} unicast", [],
-                                      peers))
+                                      peers, eor=True))
             raw = tuple(k for k in keys if (":" in k[0]) == ipv6 and modes[k] == "raw")
             if raw:
                 batches.append(_Batch(RAW_COMMAND, [], raw,
                                       wire.encode_payload(wire.end_of_rib(ipv6)),
-                                      tuple(self._epoch.get(k[0], 0) for k in raw)))
+                                      tuple(self._epoch.get(k[0], 0) for k in raw), eor=True))
         return batches
 
     async def compact(self) -> None:
@@ -840,10 +854,10 @@ class Speaker:
         e = self._exports.get(peer_key)
         return dict(e.desired) if e else {}
 
-    async def _flush(self, keys: Iterable[PeerKey], eor: Iterable[PeerKey] = ()) -> None:
+    async def _flush(self, keys: Iterable[PeerKey]) -> None:
         async with self._flush_lock:
             try:
-                await self._flush_peers(keys, eor)
+                await self._flush_peers(keys)
             except SpeakerError as exc:
                 # The channel went away mid-flush: what was not acknowledged is sent
                 # again on the next channel (or to the restarted ExaBGP).
@@ -906,12 +920,13 @@ class Speaker:
         return self._peer_generation.get(key, self._loaded_generation + 1) \
             <= self._loaded_generation
 
-    async def _flush_peers(self, keys: Iterable[PeerKey], eor: Iterable[PeerKey] = ()) -> None:
+    async def _flush_peers(self, keys: Iterable[PeerKey]) -> None:
         """Send what ExaBGP has not acknowledged for ``keys``: each (attributes, target
         peers) group once, as text commands of up to BATCH_SIZE prefixes or as
-        podbgp-send commands of encoded UPDATEs."""
+        podbgp-send commands of encoded UPDATEs; then the End-of-RIBs owed them."""
         if self._writer is None:
             return  # sent when the channel is up
+        keys = list(keys)
         # session shape -> next hop / attributes -> prefix -> peers. The shape keeps
         # apart what one command cannot mix: the family (text: (IPv6,)); for raw bytes
         # also iBGP (LOCAL_PREF) and ADD-PATH (path identifiers): (IPv6, iBGP, ADD-PATH).
@@ -962,7 +977,7 @@ class Speaker:
                         peers.append(key)
         batches = self._text_batches(withdraw, announce)
         batches += self._raw_batches(raw_withdraw, raw_announce)
-        batches += self._eor_batches(eor)
+        batches += self._eor_batches(keys)
         if batches:
             await self._send_batches(batches)
 
@@ -1107,6 +1122,8 @@ class Speaker:
                     continue  # removed meanwhile
                 if b.epochs is not None and self._epoch.get(key[0], 0) != b.epochs[i]:
                     continue  # that session ended: ExaBGP dropped the bytes (sent forgotten)
+                if b.eor:
+                    exports.eor_owed = False
                 sent = exports.sent
                 for attrs, prefixes in b.parts:
                     if attrs is None:

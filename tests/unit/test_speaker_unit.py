@@ -309,6 +309,49 @@ async def test_restart_resends_everything_and_reports_down(speaker) -> None:
     assert int(speaker.pid_path.read_text()) == speaker.pid
 
 
+async def test_end_of_rib_lost_with_the_channel_is_sent_on_the_next(speaker) -> None:
+    """RFC 4724 §4.1: the receiving speaker (a graceful-restart helper) keeps the
+    routes it had as stale until our End-of-RIB, then drops what did not come again;
+    without it a helper waits out its whole stale timer. An End-of-RIB asked for while
+    the command channel is failing (ExaBGP died here) must reach the next ExaBGP,
+    behind the routes it follows."""
+    await started(speaker)
+    await _next(speaker, ev.SessionUp)
+    os.kill(speaker.pid, signal.SIGKILL)
+    # The channel may still look open (the command goes to a dead process and is never
+    # answered) or be gone already: either way the End-of-RIB is owed.
+    await speaker.update_exports_many({KEY: (True, {"10.7.0.0/24": A1})}, end_of_rib=[KEY])
+
+    def second_instance() -> list[str]:
+        log = commands(speaker)
+        starts = [i for i, c in enumerate(log) if c.startswith("START")]
+        return log[starts[-1]:] if len(starts) >= 2 else []
+
+    await _until(lambda: "neighbor 10.0.0.2 announce eor ipv4 unicast" in second_instance())
+    log = second_instance()
+    eor = log.index("neighbor 10.0.0.2 announce eor ipv4 unicast")
+    assert any("nlri 10.7.0.0/24" in c for c in log[:eor])
+    await _until(lambda: not speaker._exports[KEY].eor_owed)  # once its answer is read
+    # Acknowledged: not sent again with the next change.
+    await speaker.update_exports_many({KEY: (False, {"10.8.0.0/24": A1})})
+    assert sum("announce eor" in c for c in second_instance()) == 1
+
+
+async def test_end_of_rib_answered_error_is_tried_again(speaker) -> None:
+    bad = ("6.6.6.6", 179)
+    await started(speaker, peers=[spec(), spec(address="6.6.6.6")])
+    await speaker.update_exports_many({bad: (True, {})}, end_of_rib=[bad])
+
+    def eors() -> list[str]:
+        return [c for c in commands(speaker) if "eor" in c]
+
+    tried = len(eors())
+    assert tried >= 1 and set(eors()) == {"neighbor 6.6.6.6 announce eor ipv4 unicast"}
+    assert speaker._exports[bad].eor_owed
+    await speaker.update_exports_many({bad: (False, {"10.3.0.0/24": A1})})
+    assert len(eors()) == tried + 1  # still owed: tried with the peer's next flush
+
+
 async def test_stale_exabgp_from_pid_file_is_killed(tmp_path, fake_exabgp) -> None:
     workdir = tmp_path / "sp"
     workdir.mkdir()
