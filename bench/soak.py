@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -71,6 +72,11 @@ class Soak:
     notifications: int = 0
     cpu_s: float = float("nan")
     rss_samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds, bytes)
+    # podbgp: podbgp_speaker_events_pending (events parsed, not yet taken by the node)
+    # every sample, through the churn and the settling: (seconds, count; -1 unreadable)
+    pending_samples: list[tuple[float, int]] = field(default_factory=list)
+    pending_at_stop: int = -1
+    pending_max: int = -1
     rss_baseline: float = float("nan")
     rss_final: float = float("nan")
     growth_mib: float = float("nan")
@@ -100,6 +106,20 @@ def error_lines(kind: str, text: str) -> list[str]:
     return out
 
 
+def events_pending(ns: str) -> int:
+    """podbgp_speaker_events_pending read from the reflector's /metrics in `ns` (-1: unreadable)."""
+    try:
+        out = subprocess.run(["ip", "netns", "exec", ns, "curl", "-s", "-m", "2",
+                              "http://127.0.0.1:9179/metrics"], capture_output=True,
+                             text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return -1
+    for line in out.splitlines():
+        if line.startswith("podbgp_speaker_events_pending "):
+            return int(float(line.split()[1]))
+    return -1
+
+
 def run(kind: str, a: argparse.Namespace) -> Soak:
     n = a.clients + 1  # client 0 also flaps
     res = Soak(reflector=kind, duration_s=a.duration, clients=a.clients, flap=a.flap)
@@ -125,6 +145,8 @@ def run(kind: str, a: argparse.Namespace) -> Soak:
             while (now := time.monotonic()) < t0 + a.duration:
                 if now >= nxt_sample:
                     res.rss_samples.append((now - t0, rss_tree(pid)))
+                    if kind == "podbgp":
+                        res.pending_samples.append((now - t0, events_pending(r_ns)))
                     nxt_sample += SAMPLE_EVERY
                     alive()
                 if now >= nxt_reset:
@@ -140,12 +162,17 @@ def run(kind: str, a: argparse.Namespace) -> Soak:
             # the churn) from a lost change (idle, views still wrong).
             t_stop = time.monotonic()
             cpu_stop = cpu_tree(pid)
+            if kind == "podbgp":
+                res.pending_at_stop = events_pending(r_ns)
             while True:
+                if kind == "podbgp":
+                    res.pending_samples.append((time.monotonic() - t0, events_pending(r_ns)))
                 check = clients.ask("check", "check", 60)
                 if check["mismatched_clients"] == 0 or time.monotonic() - t_stop > a.settle:
                     break
                 time.sleep(1.0)
             res.settle_s = time.monotonic() - t_stop
+            res.pending_max = max((c for _, c in res.pending_samples), default=-1)
             res.settle_cpu_s = cpu_tree(pid) - cpu_stop
             res.mismatched_clients = check["mismatched_clients"]
             res.wrong_attributes = check["wrong_attributes"]
@@ -186,17 +213,22 @@ def _rss_growth(res: Soak, warmup: float) -> None:
         res.max_growth_mib = (max(after) - res.rss_baseline) / 2**20
 
 
+def _count(c: int) -> str:
+    return "-" if c < 0 else str(c)
+
+
 def report(results: list[Soak]) -> tuple[str, dict]:
     rows = []
     for r in results:
         rows.append([LABELS[r.reflector], f"{r.duration_s:.0f}", r.flaps, r.resets_done,
                      r.unexpected_resets, r.cpu_s, r.rss_baseline / 2**20, r.rss_final / 2**20,
                      r.growth_mib, r.max_growth_mib, r.error_logs, r.settle_s, r.settle_cpu_s,
-                     r.mismatched_clients, r.wrong_attributes,
+                     _count(r.pending_at_stop), _count(r.pending_max), r.mismatched_clients, r.wrong_attributes,
                      "yes" if r.kernel_equal else f"no (-{r.kernel_missing} +{r.kernel_extra})"])
     lines = ["", table(["reflector", "seconds", "flaps", "resets asked", "resets unasked",
                         "CPU s", "RSS MiB after warm-up", "RSS MiB at end", "growth MiB",
                         "max growth MiB", "error logs", "settle s", "CPU s settling",
+                        "events pending at stop", "events pending max",
                         "clients differing",
                         "wrong attrs", "kernel = announced"], rows)]
     for r in results:
