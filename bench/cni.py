@@ -11,9 +11,12 @@ alike:
 * peer: Debian's containernetworking-plugins ``bridge`` + ``host-local``
   (docs/testing.md, "CNI plugins"), the standard set-up, state in a file;
 * podbgp: ``podbgp-cni`` + ``podbgp-ipam`` in host mode as a node runs them
-  (the node's ``podbgp-cni agent`` listening; the executables are the fast
-  ``python -IS`` launchers podbgp-install-cni writes), etcd for IPAM and the
+  (the node's ``podbgp-cni agent`` listening; the executables are the compiled
+  forwarder, cni/forward.c, when `make deps` built it, as podbgp-install-cni
+  installs them; else the ``python -IS`` launchers), etcd for IPAM and the
   WorkloadEndpoint;
+* podbgp with the Python launchers as the executables (the same agent), for
+  comparison, unless ``--no-python-launchers``;
 * and, for information, podbgp-cni with no agent (each call does everything
   in its own process), for ``--in-process`` pods.
 
@@ -40,7 +43,7 @@ from pathlib import Path
 
 from bench.common import percentile, require_root, table
 from cni import rtnl
-from lab.harness import CNI_BIN_DIR, Lab, run
+from lab.harness import CNI_BIN_DIR, Lab, run, write_cni_plugins
 
 POOL = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
         "metadata": {"name": "bench-pods"},
@@ -51,8 +54,9 @@ POOL = {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
 class Setup:
     """One CNI set-up on the lab node: how to call it and where its pods go."""
 
-    def __init__(self, lab: Lab, name: str, tag: str, plugin: str, conf: dict) -> None:
-        self.lab, self.name, self.tag = lab, name, tag
+    def __init__(self, lab: Lab, name: str, tag: str, plugin: str, conf: dict,
+                 cni_path: str | None = None) -> None:
+        self.lab, self.name, self.tag, self.cni_path = lab, name, tag, cni_path
         self.plugin, self.conf = plugin, json.dumps(conf)
         self.node = lab.nodes["node1"]
         self.pods: list[tuple[str, str]] = []  # (pod namespace, container id)
@@ -67,6 +71,8 @@ class Setup:
     def call(self, command: str, pod: tuple[str, str]) -> float:
         pod_ns, cid = pod
         env = self.lab.cni_env(self.node, command, pod_ns, cid, pod_ns)
+        if self.cni_path:
+            env["CNI_PATH"] = self.cni_path
         with rtnl.in_netns(f"/var/run/netns/{self.node.ns}"):
             t0 = time.perf_counter()
             r = subprocess.run([self.plugin], input=self.conf, env=env, capture_output=True,
@@ -109,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrent", type=int, default=20, help="pods added at once")
     ap.add_argument("--in-process", type=int, default=10,
                     help="sequential pods for podbgp-cni without its agent (0: skip)")
+    ap.add_argument("--no-python-launchers", dest="python_launchers", action="store_false",
+                    help="skip the set-up with the Python launchers as the executables")
     ap.add_argument("--quick", action="store_true", help="20 sequential, 10 concurrent, 3")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
@@ -121,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         node = lab.nodes["node1"]
         lab.start_cni_agent("node1")
         bin_dir = Path(lab._cni_path().split(":")[0])
+        launchers = ("compiled forwarder" if (bin_dir / "podbgp-cni-python").exists()
+                     else "python launchers (forwarder not built: `make deps` with cc)")
         podbgp = Setup(lab, "podbgp-cni", "pc", str(bin_dir / "podbgp-cni"), lab.cni_conf(node))
+        py_dir = lab.workdir / "cni-bin-python"
+        py_dir.mkdir()
+        write_cni_plugins(py_dir, forwarder=False)
+        podbgp_py = Setup(lab, "podbgp-cni (python launchers)", "pp",
+                          str(py_dir / "podbgp-cni"), {**lab.cni_conf(node), "name": "podnet3"},
+                          cni_path=f"{py_dir}:{CNI_BIN_DIR}")
         peer = Setup(lab, "bridge+host-local", "br", f"{CNI_BIN_DIR}/bridge", {
             "cniVersion": "1.0.0", "name": "benchbr", "type": "bridge", "bridge": "cnib0",
             "isGateway": True, "ipMasq": False,
@@ -131,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                          "agent_socket": str(lab.workdir / "no-agent.sock")}
         in_proc = Setup(lab, "podbgp-cni (no agent)", "pn", str(bin_dir / "podbgp-cni"),
                         no_agent_conf)
-        both = [peer, podbgp]
+        both = [peer, podbgp, *([podbgp_py] if a.python_launchers else [])]
         # One warm-up pod each (first block claim, bridge creation, caches), not counted.
         for s in both:
             warm = s.new_pods(1)
@@ -174,9 +190,11 @@ def main(argv: list[str] | None = None) -> int:
              for k in ("add", "del", "concurrent_add", "concurrent_del")}
     results["ratio_p99"] = ratio
     results["loadavg"] = load
+    results["launchers"] = launchers
     print(table(["set-up", "pods", "ADD p50 ms", "ADD p99 ms", "DEL p50 ms", "DEL p99 ms",
                  "wall ADD / DEL ms"], rows))
-    print(f"\nload average during the run: {' '.join(load)} (2 cores, shared)")
+    print(f"\npodbgp-cni's executables: {launchers}")
+    print(f"load average during the run: {' '.join(load)} (2 cores, shared)")
     print(f"p99 ratio podbgp-cni / bridge+host-local: ADD {ratio['add']}x, DEL "
           f"{ratio['del']}x, concurrent ADD {ratio['concurrent_add']}x, concurrent DEL "
           f"{ratio['concurrent_del']}x (target: ADD <= 2x)")

@@ -15,6 +15,9 @@ ways); the request is the same object `cni.agent.call` sends. When no agent
 listens, or for anything that is not a plugin call (VERSION, ``agent``,
 ``--version``, ``--help``), `launch` goes on to cni.shim, which does the work
 here exactly as before (stdin already read is passed on, not read twice).
+
+cni/forward.c is this module's path in C (no interpreter at all); it execs
+the Python launcher for everything else, so the two behave the same.
 """
 
 import _json
@@ -24,6 +27,9 @@ import sys
 
 DEFAULT_AGENT_SOCKET = "/var/run/podbgp-cni/agent.sock"  # cni.agent.DEFAULT_AGENT_SOCKET
 MAX_MESSAGE = 16 << 20  # cni.agent.MAX_MESSAGE
+# Set by the compiled forwarder (cni/forward.c) when the agent failed mid-request:
+# the reason; this launcher then writes the code-11 object (cni.shim.agent_failed).
+FORWARD_FAILED = "PODBGP_CNI_FORWARD_FAILED"
 _NOT_AN_AGENT = (FileNotFoundError, ConnectionRefusedError, NotADirectoryError,
                  PermissionError, TimeoutError)
 _SPECIAL_ARGS = ("agent", "--version", "--help", "-h")
@@ -50,7 +56,10 @@ def loads(text: str):
     i = len(text) - len(text.lstrip(_SPACE))
     try:
         obj, end = _scan(text, i)
-    except StopIteration:
+    except (StopIteration, SystemError):
+        # SystemError: an error inside a value, where _json raises json.decoder's
+        # JSONDecodeError only if json.decoder is already imported (here it is not:
+        # "returned NULL without setting an exception", CPython 3.11).
         raise ValueError("not JSON") from None
     if text[end:].strip(_SPACE):
         raise ValueError("extra data")
@@ -132,8 +141,11 @@ def call(path: str, plugin: str, env: dict[str, str], stdin: str, timeout: float
             reply = loads(recv_exact(sock, n).decode("utf-8", "surrogateescape"))
         except (OSError, ValueError) as exc:
             raise ConnectionError(f"the CNI agent at {path} failed: {exc}") from None
-        if not isinstance(reply, dict) or type(reply.get("rc")) is not int:
-            raise ConnectionError(f"the CNI agent at {path} answered {reply!r}")
+        if (not isinstance(reply, dict) or type(reply.get("rc")) is not int
+                or not isinstance(reply.get("stdout", ""), str)
+                or not isinstance(reply.get("stderr", ""), str)):
+            raise ConnectionError(f"the CNI agent at {path} failed: its reply is not an "
+                                  "object with an integer rc and string stdout/stderr")
         return reply
     finally:
         sock.close()
@@ -147,16 +159,17 @@ def launch(plugin: str) -> int:
     if command and command != "VERSION" and (
             plugin != "cni" or sys.argv[1:2] == [] or sys.argv[1] not in _SPECIAL_ARGS):
         stdin = _read_stdin()
-        path = socket_from(stdin, env)
         try:
-            reply = call(path, plugin, env, stdin)
+            if FORWARD_FAILED in env:  # the forwarder's request failed: say so, here
+                raise ConnectionError(env[FORWARD_FAILED])
+            reply = call(socket_from(stdin, env), plugin, env, stdin)
         except ConnectionError as exc:
             from cni.shim import agent_failed
 
             return agent_failed(plugin, stdin, exc)
         if reply is not None:
-            _write(1, str(reply.get("stdout", "")))
-            _write(2, str(reply.get("stderr", "")))
+            _write(1, reply.get("stdout", ""))
+            _write(2, reply.get("stderr", ""))
             return reply["rc"]
     from cni.shim import main
 

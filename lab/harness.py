@@ -220,6 +220,24 @@ def metric_sum(text: str, metric: str, **labels: str) -> float:
     return total
 
 
+
+def write_cni_plugins(bin_dir: Path, forwarder: bool = True) -> str:
+    """podbgp-cni and podbgp-ipam in ``bin_dir`` as a node has them: the compiled
+    forwarder (cni/forward.c) with its Python launchers beside it when it is built and
+    ``forwarder`` is True, else the fast Python launchers (python -IS) themselves, as
+    podbgp-install-cni writes them. Returns which: "forwarder" or "python"."""
+    from cni import forward
+    from cni.shim import launcher_text
+
+    if forwarder and forward.built():
+        forward.install(bin_dir, lambda plugin: launcher_text(forward.ENTRIES[plugin]))
+        return "forwarder"
+    for plugin, entry in forward.ENTRIES.items():
+        (bin_dir / plugin).write_text(launcher_text(entry))
+        (bin_dir / plugin).chmod(0o755)
+    return "python"
+
+
 class Lab(Throwaway):
     """A throwaway multi-node lab. Use as a context manager, or up()/down()."""
 
@@ -549,13 +567,8 @@ class Lab(Throwaway):
         ADDs must never see it half-written)."""
         d = self.workdir / "cni-bin"
         if not d.exists():
-            from cni.shim import launcher_text
-
             tmp = Path(tempfile.mkdtemp(prefix="cni-bin-", dir=self.workdir))
-            for plugin, entry in (("podbgp-ipam", "ipam_main"), ("podbgp-cni", "cni_main")):
-                # A fast launcher (python -IS), as podbgp-install-cni writes on a node.
-                (tmp / plugin).write_text(launcher_text(entry))
-                (tmp / plugin).chmod(0o755)
+            write_cni_plugins(tmp, forwarder=True)
             try:
                 tmp.rename(d)
             except OSError:  # another thread made it first

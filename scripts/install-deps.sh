@@ -17,7 +17,10 @@ PKGS=(etcd-server etcd-client bird2 frr gobgpd containernetworking-plugins iprou
       # connection rate (wrk, a new TCP connection per request, against nginx run
       # by the bench itself in a pod namespace; policy-rc.d below keeps the
       # package from starting nginx's own service).
-      iperf3 wrk nginx)
+      iperf3 wrk nginx
+      # The CNI plugins' compiled forwarder (cni/forward.c, built below): gcc and
+      # libc's headers (a Recommends of gcc, which --no-install-recommends skips).
+      gcc libc6-dev)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -58,4 +61,10 @@ if [[ ! -f $stamp || setup.cfg -nt $stamp || pyproject.toml -nt $stamp \
   # image ships (deploy/requirements.lock), so tests run what users run.
   "$VENV/bin/pip" install -q -c deploy/requirements.lock -e '.[test,bench]'
   touch "$stamp"
+fi
+
+# podbgp-cni/podbgp-ipam as a compiled forwarder to the node's agent (cni/forward.c;
+# the lab and `make demo` use it when built). Rebuilt when the source is newer.
+if [[ ! -x cni/podbgp-cni-forward || cni/forward.c -nt cni/podbgp-cni-forward ]]; then
+  "$VENV/bin/python" -m cni.forward --build --if-cc >/dev/null
 fi
