@@ -272,6 +272,8 @@ def trial(kind: str, n: int, rep: int, *, withdrawals: int, idle: float,
             if eor:
                 tr.eor_max_s, tr.eor_median_s = max(eor), median(eor)
             # withdrawal / re-announcement samples, spread over the clients
+            if profile and kind == "podbgp":
+                spy = start_profiler(pid, f"{profile}/podbgp-rr-{n}-withdrawals.txt")
             for k in range(withdrawals):
                 i = (k * 7919) % n
                 time.sleep(0.2)
@@ -280,6 +282,9 @@ def trial(kind: str, n: int, rep: int, *, withdrawals: int, idle: float,
                 time.sleep(0.2)
                 a = clients.ask(f"announce {i}", "announced")
                 tr.announce_ms.append((a["t"] - a["t0"]) * 1000)
+            if spy is not None:
+                stop_profiler(spy)
+                spy = None
             c0 = cpu_tree(pid)
             t0 = time.monotonic()
             time.sleep(idle)
@@ -501,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-node", action="store_true", help="skip the plain-node RSS baseline")
     ap.add_argument("--quick", action="store_true", help="N=20, one trial each")
     ap.add_argument("--keep", metavar="DIR", help="copy each trial's logs here")
-    ap.add_argument("--profile", metavar="DIR", help="py-spy profiles of podbgp (to convergence)")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy profiles of podbgp (to "
+                    "convergence; then over the withdrawal samples)")
     ap.add_argument("--json", help="write the trials and medians to this file")
     a = ap.parse_args(argv)
     require_root("bench.rr_scale")

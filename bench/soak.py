@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -40,6 +41,7 @@ from bench.common import (
     cpu_tree,
     median,
     proc_routes,
+    proc_tree,
     require_root,
     rss_tree,
     table,
@@ -67,6 +69,7 @@ class Soak:
     clients: int
     flap: int
     flaps: int = 0
+    cpu_limit: float = 0.0  # cores the reflector was capped at during the churn (0: none)
     resets_done: int = 0
     unexpected_resets: int = 0
     notifications: int = 0
@@ -120,10 +123,51 @@ def events_pending(ns: str) -> int:
     return -1
 
 
+@contextlib.contextmanager
+def cpu_cap(pid: int, fraction: float):
+    """While open, `pid`'s process tree gets at most `fraction` of one core (a cgroup's
+    CPU quota, v1 or v2): a reflector starved as on a loaded machine, on purpose.
+    Yields a callable that lifts the cap (the processes go back to the root group)."""
+    v2 = os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+    root = "/sys/fs/cgroup" if v2 else "/sys/fs/cgroup/cpu"
+    group = f"{root}/podbgp-soak-{os.getpid()}"
+    os.mkdir(group)
+    period = 100_000
+    if v2:
+        with open(f"{group}/cpu.max", "w") as f:
+            f.write(f"{int(fraction * period)} {period}")
+    else:
+        with open(f"{group}/cpu.cfs_period_us", "w") as f:
+            f.write(str(period))
+        with open(f"{group}/cpu.cfs_quota_us", "w") as f:
+            f.write(str(int(fraction * period)))
+
+    def move(to: str) -> None:
+        for p in proc_tree(pid):
+            with contextlib.suppress(OSError), open(f"{to}/cgroup.procs", "w") as f:
+                f.write(str(p))
+
+    def lift() -> None:
+        move(root)
+
+    move(group)
+    try:
+        yield lift
+    finally:
+        lift()
+        for _ in range(50):  # a process leaving its group is not instant
+            try:
+                os.rmdir(group)
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
 def run(kind: str, a: argparse.Namespace) -> Soak:
     n = a.clients + 1  # client 0 also flaps
-    res = Soak(reflector=kind, duration_s=a.duration, clients=a.clients, flap=a.flap)
-    with Netns("rk") as env:
+    res = Soak(reflector=kind, duration_s=a.duration, clients=a.clients, flap=a.flap,
+               cpu_limit=a.cpu_limit)
+    with Netns("rk") as env, contextlib.ExitStack() as stack:
         r_ns, c_ns = lab(env, n)
         anchor = env.anchor(r_ns)
         clients = start_clients(env, c_ns, n, "--flap", str(a.flap))
@@ -137,6 +181,7 @@ def run(kind: str, a: argparse.Namespace) -> Soak:
                                        f"{env.log('reflector.log', 5)[-600:]}")
 
             clients.expect("converged", a.timeout, alive)
+            cap = stack.enter_context(cpu_cap(pid, a.cpu_limit)) if a.cpu_limit else None
             t0 = time.monotonic()
             cpu0 = cpu_tree(pid)
             clients.ask(f"flap on {a.rate}", "flap")
@@ -157,6 +202,8 @@ def run(kind: str, a: argparse.Namespace) -> Soak:
                 time.sleep(max(0.0, min(nxt_sample, nxt_reset) - time.monotonic()))
             clients.ask("flap off", "flap")
             res.cpu_s = cpu_tree(pid) - cpu0
+            if cap is not None:
+                cap()  # settling at full speed: a backlog drains, a lost change stays lost
             # Churn over: every client must end up holding exactly what is announced.
             # The reflector's CPU meanwhile tells a backlog (still working through
             # the churn) from a lost change (idle, views still wrong).
@@ -276,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reflector", default="podbgp,bird2")
     ap.add_argument("--quick", action="store_true", help="60 s, 20 clients, 200 routes")
     ap.add_argument("--keep", metavar="DIR", help="copy each run's logs here")
+    ap.add_argument("--cpu-limit", type=float, default=0.0, metavar="CORES",
+                    help="cap the reflector at this share of a core during the churn "
+                    "(a cgroup quota; lifted for the settling): a reflector that falls "
+                    "behind on purpose, to tell a backlog from a lost change")
     ap.add_argument("--json", help="write the results to this file")
     a = ap.parse_args(argv)
     require_root("bench.soak")
@@ -289,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     for k in kinds:
         r = run(k, a)
         results.append(r)
-        print(f"  soak {LABELS[k]:<7} {r.duration_s:.0f}s: growth {r.growth_mib:+.2f} MiB, "
+        print(f"  soak {LABELS[k]:<7} {r.duration_s:.0f}s"
+              + (f" (capped at {r.cpu_limit:g} core)" if r.cpu_limit else "") + f": growth {r.growth_mib:+.2f} MiB, "
               f"errors {r.error_logs}, differing clients {r.mismatched_clients}"
               + (f" ({r.error[:200]})" if r.error else ""), flush=True)
     print(f"load after: {_loadavg()}", flush=True)
