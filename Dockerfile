@@ -27,6 +27,17 @@ COPY . /src/
 RUN pip wheel --wheel-dir /wheels --no-deps . \
  && ls /wheels
 
+# ---------------------------------------------------------------- forwarder
+# podbgp-cni/podbgp-ipam's compiled forwarder to the node's agent (cni/forward.c,
+# libc only). Linked statically: podbgp-install-cni puts it on the node, which
+# may have any libc. The compiler stays in this stage.
+FROM ${PYTHON_IMAGE} AS forwarder
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+COPY cni/forward.c /src/forward.c
+RUN cc -Wall -Wextra -O2 -static -o /podbgp-cni-forward /src/forward.c
+
 # ---------------------------------------------------------------- runtime
 FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="podbgp" \
@@ -54,9 +65,11 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
  && pip check \
  && pip uninstall -y pip setuptools wheel
 # Two stdlib-only helpers: the HEALTHCHECK probe, and the DaemonSet init
-# container's installer of the CNI plugins onto the node (deploy/README.md).
+# container's installer of the CNI plugins onto the node (deploy/README.md),
 COPY deploy/docker/healthcheck.py /usr/local/bin/podbgp-healthcheck
 COPY deploy/docker/install-cni.py /usr/local/bin/podbgp-install-cni
+# The forwarder podbgp-install-cni installs as podbgp-cni and podbgp-ipam.
+COPY --from=forwarder /podbgp-cni-forward /usr/local/lib/podbgp/podbgp-cni-forward
 RUN chmod 0755 /usr/local/bin/podbgp-healthcheck /usr/local/bin/podbgp-install-cni
 # Root, on purpose and visibly: bgpd needs CAP_NET_ADMIN (routes over
 # rtnetlink) and ExaBGP CAP_NET_BIND_SERVICE (port 179). Container runtimes

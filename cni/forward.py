@@ -7,14 +7,16 @@ everything else. `make deps` builds it when a C compiler is present:
 
     python -m cni.forward --build [--out PATH] [--static]
 
-`built()` is the binary next to the source when it is at least as new as the
-source (so a stale one is never used); `install(bin_dir, python_launcher)`
+`built()` is the binary next to the source when it was built from this very
+source (the source's SHA-256 is kept beside it: a stale one is never used,
+and a checkout that only touched the file's time does not make it stale); `install(bin_dir, python_launcher)`
 writes the layout a CNI bin directory needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -22,8 +24,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-SOURCE = Path(__file__).with_name("forward.c")
-BINARY = Path(__file__).with_name("podbgp-cni-forward")
+SOURCE = Path(__file__).resolve().with_name("forward.c")
+BINARY = Path(__file__).resolve().with_name("podbgp-cni-forward")
+STAMP = Path(__file__).resolve().with_name("podbgp-cni-forward.source-sha256")
 CFLAGS = ("-Wall", "-Wextra", "-O2")
 PLUGINS = ("podbgp-cni", "podbgp-ipam")
 PYTHON_SUFFIX = "-python"  # the launcher the forwarder execs: <dir>/<name>-python
@@ -50,13 +53,19 @@ def build(out: Path = BINARY, static: bool = False) -> Path:
         tmp.unlink(missing_ok=True)
         raise BuildError(f"{' '.join(cmd)} failed:\n{r.stderr.strip()}")
     tmp.replace(out)
+    if out == BINARY:
+        STAMP.write_text(source_digest() + "\n")
     return out
 
 
+def source_digest() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()
+
+
 def built() -> Path | None:
-    """The built forwarder, if there is one at least as new as its source."""
+    """The built forwarder, if it was built from the source as it is now."""
     try:
-        if BINARY.stat().st_mtime >= SOURCE.stat().st_mtime and os.access(BINARY, os.X_OK):
+        if STAMP.read_text().strip() == source_digest() and os.access(BINARY, os.X_OK):
             return BINARY
     except OSError:
         pass
@@ -87,11 +96,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build", action="store_true", help="compile cni/forward.c")
     ap.add_argument("--out", type=Path, default=BINARY, help=f"where to (default {BINARY})")
     ap.add_argument("--static", action="store_true", help="link statically")
+    ap.add_argument("--if-stale", action="store_true",
+                    help="only when not built from the source as it is now")
     ap.add_argument("--if-cc", action="store_true",
                     help="only say so, exit 0, when there is no C compiler")
     a = ap.parse_args(argv)
     if not a.build:
         print(built() or "not built")
+        return 0
+    if a.if_stale and a.out == BINARY and built():
         return 0
     if a.if_cc and compiler() is None:
         print("cni.forward: no C compiler: podbgp-cni/podbgp-ipam stay Python launchers",

@@ -64,7 +64,5 @@ if [[ ! -f $stamp || setup.cfg -nt $stamp || pyproject.toml -nt $stamp \
 fi
 
 # podbgp-cni/podbgp-ipam as a compiled forwarder to the node's agent (cni/forward.c;
-# the lab and `make demo` use it when built). Rebuilt when the source is newer.
-if [[ ! -x cni/podbgp-cni-forward || cni/forward.c -nt cni/podbgp-cni-forward ]]; then
-  "$VENV/bin/python" -m cni.forward --build --if-cc >/dev/null
-fi
+# the lab and `make demo` use it when built). Rebuilt when the source changed.
+"$VENV/bin/python" -m cni.forward --build --if-stale --if-cc >/dev/null

@@ -19,6 +19,13 @@ is written under a temporary name and renamed into place, is reused when
 already there, and the two newest are kept (a plugin call that started
 before an upgrade finishes on its old runtime).
 
+podbgp-cni and podbgp-ipam are, where the image has it
+(/usr/local/lib/podbgp/podbgp-cni-forward, PODBGP_CNI_FORWARDER), the compiled
+forwarder (cni/forward.c, linked statically in the image's build: it runs on
+whatever libc the node has): it hands the call to the node's agent without
+starting Python, and execs the /bin/sh launcher installed beside it as
+``<plugin>-python`` for everything else (no agent, VERSION, ...).
+
 Which plugins: every ``type`` and ``ipam.type`` of the rendered network
 config that is a console script of the podbgp distribution (so
 ``podbgp-cni`` is installed as soon as the config names it). A type that is
@@ -37,6 +44,8 @@ Environment (Calico's names where Calico has one):
   SKIP_CNI_BINARIES      comma-separated plugin names not to install
   HOST_CNI_BIN_DIR       the mount of the node's /opt/cni/bin (default /host/opt/cni/bin)
   HOST_CNI_NET_DIR       the mount of the node's /etc/cni/net.d (default /host/etc/cni/net.d)
+  PODBGP_CNI_FORWARDER   the compiled forwarder (default /usr/local/lib/podbgp/podbgp-cni-forward;
+                         absent: the plugins are the /bin/sh launchers themselves)
 Template placeholders: __ETCD_ENDPOINTS__ __ETCD_CA_CERT_FILE__
 __ETCD_CERT_FILE__ __ETCD_KEY_FILE__ __DATASTORE_TYPE__ __KUBERNETES_NODE_NAME__
 __CNI_MTU__ __LOG_LEVEL__ (values from the variables of the same name, NODENAME
@@ -66,6 +75,8 @@ from pathlib import Path
 DIST = "podbgp"
 RUNTIME_DIR = "podbgp-runtime"
 KEEP_RUNTIMES = 2
+FORWARDER = "/usr/local/lib/podbgp/podbgp-cni-forward"  # the Dockerfile's forwarder stage
+FORWARDED = ("podbgp-cni", "podbgp-ipam")  # what cni/forward.c can be (cni.forward.PLUGINS)
 TLS_FILES = ("etcd-ca", "etcd-cert", "etcd-key")
 # Standard-library parts no CNI plugin imports: tests, GUIs, 2to3, pip's bootstrap.
 STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "lib2to3", "ensurepip",
@@ -318,6 +329,18 @@ def check_plugin(path: Path, cni_version: str) -> None:
                            f"(it supports {', '.join(versions)})")
 
 
+def install_plugin(host_bin: Path, plugin: str, launcher: str,
+                   forwarder: Path) -> tuple[bool, bool]:
+    """``plugin`` in the node's bin dir: the compiled forwarder with the launcher beside it
+    as ``<plugin>-python`` (written first: the forwarder execs it), or the launcher itself.
+    Returns (whether anything changed, whether it is the forwarder)."""
+    target = host_bin / plugin
+    if plugin in FORWARDED and forwarder.is_file():
+        changed = write_atomic(host_bin / f"{plugin}-python", launcher.encode(), 0o755)
+        return write_atomic(target, forwarder.read_bytes(), 0o755) or changed, True
+    return write_atomic(target, launcher.encode(), 0o755), False
+
+
 def install(env: dict[str, str]) -> Path:
     host_bin = Path(env.get("HOST_CNI_BIN_DIR", "/host/opt/cni/bin"))
     host_net = Path(env.get("HOST_CNI_NET_DIR", "/host/etc/cni/net.d"))
@@ -344,6 +367,7 @@ def install(env: dict[str, str]) -> Path:
                                f"podbgp plugin ({', '.join(sorted(scripts))}) nor installed "
                                f"in the node's CNI bin directory")
 
+    forwarder = Path(env.get("PODBGP_CNI_FORWARDER", FORWARDER))
     runtime = loader = python = ""
     if ours:
         runtime, loader, python = install_runtime(host_bin, version)
@@ -356,10 +380,10 @@ def install(env: dict[str, str]) -> Path:
         module, _, attr = ep.value.partition(":")
         text = LAUNCHER.format(name=plugin, version=version, runtime=runtime, loader=loader,
                                python=python, module=module.strip(), attr=attr.strip() or "main")
-        changed = write_atomic(target, text.encode(), 0o755)
+        changed, forwarded = install_plugin(host_bin, plugin, text, forwarder)
         check_plugin(target, conf["cniVersion"])
         log("plugin_installed" if changed else "plugin_up_to_date", plugin=plugin,
-            path=str(target))
+            path=str(target), forwarder=forwarded)
     if runtime:
         prune_runtimes(host_bin, runtime)
 

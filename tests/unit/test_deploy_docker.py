@@ -151,12 +151,29 @@ def test_multi_stage_runtime_has_no_build_tools_or_sources() -> None:
     # Wheels from the builder only, constrained by the lock.
     assert "--no-index" in install[0] and "from=builder" in install[0]
     assert "requirements.lock" in install[0]
-    # The runtime copies no source tree: only the stdlib helper scripts.
+    # The runtime copies no source tree: only the stdlib helper scripts, and the CNI
+    # plugins' forwarder compiled in its own stage.
     copies = [shlex.split(a) for i, a in runtime if i == "COPY"]
+    assert ["--from=forwarder", "/podbgp-cni-forward",
+            "/usr/local/lib/podbgp/podbgp-cni-forward"] in copies, copies
+    copies = [c for c in copies if c[0] != "--from=forwarder"]
     assert copies and all(
         len(c) == 2 and c[0].startswith("deploy/docker/") and c[0].endswith(".py")
         and c[1].startswith("/usr/local/bin/podbgp-") for c in copies
     ), copies
+
+
+def test_the_forwarder_is_compiled_statically_in_a_stage_of_its_own() -> None:
+    """cni/forward.c runs on the node (podbgp-install-cni copies it there), whatever libc
+    the node has: -static; warnings on; the path is the one install-cni reads."""
+    (fwd,) = [s for s in stages() if re.search(r"\bAS forwarder\b", s[0][1])]
+    text = "\n".join(a for _, a in fwd)
+    assert "gcc" in text and "libc6-dev" in text and "COPY cni/forward.c" in "\n".join(
+        f"{i} {a}" for i, a in fwd)
+    cc = [a for i, a in fwd if i == "RUN" and a.startswith("cc ")]
+    assert cc and all(f in cc[0].split() for f in ("-static", "-Wall", "-Wextra", "-O2"))
+    script = (REPO / "deploy" / "docker" / "install-cni.py").read_text()
+    assert 'FORWARDER = "/usr/local/lib/podbgp/podbgp-cni-forward"' in script
 
 
 def test_builder_gets_every_package_setup_cfg_installs() -> None:

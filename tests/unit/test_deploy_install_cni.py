@@ -141,3 +141,36 @@ def test_launcher_runs_the_console_script_named_in_the_metadata(ic) -> None:
                               loader="ld.so", python="python3.11", module=module, attr=attr)
     assert f"from {module} import {attr} as m" in text
     assert text.startswith("#!/bin/sh\n") and '"$@"' in text
+
+
+def test_the_forwarder_is_installed_with_its_launcher_beside_it(ic, tmp_path) -> None:
+    """podbgp-cni/podbgp-ipam as the compiled forwarder (cni/forward.c) when the image has
+    it: the /bin/sh launcher goes to <plugin>-python, which the forwarder execs for VERSION
+    (containernetworking/cni SPEC.md, "VERSION": supportedVersions on stdout)."""
+    import os
+    import subprocess
+
+    from cni import forward
+
+    binary = forward.built()
+    if binary is None:
+        if os.environ.get("CI") == "true" or forward.compiler() is not None:
+            pytest.fail(f"{forward.BINARY} is not built: `make deps` builds it")
+        pytest.skip("no C compiler: the forwarder cannot be built here")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    launcher = ('#!/bin/sh\necho "{\\"cniVersion\\": \\"1.0.0\\", \\"supportedVersions\\": '
+                '[\\"1.0.0\\"], \\"argv0\\": \\"$(basename "$0")\\"}"\n')
+    assert ic.install_plugin(bin_dir, "podbgp-ipam", launcher, binary) == (True, True)
+    assert (bin_dir / "podbgp-ipam").read_bytes() == binary.read_bytes()
+    assert (bin_dir / "podbgp-ipam-python").read_text() == launcher
+    r = subprocess.run([str(bin_dir / "podbgp-ipam")], env={"CNI_COMMAND": "VERSION"},
+                       input="{}", capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["argv0"] == "podbgp-ipam-python"
+    ic.check_plugin(bin_dir / "podbgp-ipam", "1.0.0")
+    # Unchanged on a second run; without a forwarder the launcher is the plugin itself.
+    assert ic.install_plugin(bin_dir, "podbgp-ipam", launcher, binary) == (False, True)
+    assert ic.install_plugin(bin_dir, "podbgp-cni", launcher, tmp_path / "absent") == (True,
+                                                                                       False)
+    assert (bin_dir / "podbgp-cni").read_text() == launcher
+    assert ic.install_plugin(bin_dir, "other", launcher, binary) == (True, False)
