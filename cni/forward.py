@@ -6,6 +6,7 @@ interpreter, and execs the Python launcher beside it (``<name>-python``) for
 everything else. `make deps` builds it when a C compiler is present:
 
     python -m cni.forward --build [--out PATH] [--static]
+    python -m cni.forward --install /opt/cni/bin   # the forwarder + this venv's launchers
 
 `built()` is the binary next to the source when it was built from this very
 source (the source's SHA-256 is kept beside it: a stale one is never used,
@@ -96,11 +97,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build", action="store_true", help="compile cni/forward.c")
     ap.add_argument("--out", type=Path, default=BINARY, help=f"where to (default {BINARY})")
     ap.add_argument("--static", action="store_true", help="link statically")
+    ap.add_argument("--install", type=Path, metavar="DIR",
+                    help="put podbgp-cni and podbgp-ipam (the forwarder, with this Python's "
+                    "launchers beside it) into DIR, e.g. /opt/cni/bin")
     ap.add_argument("--if-stale", action="store_true",
                     help="only when not built from the source as it is now")
     ap.add_argument("--if-cc", action="store_true",
                     help="only say so, exit 0, when there is no C compiler")
     a = ap.parse_args(argv)
+    if a.install:
+        from cni.shim import launcher_text
+
+        if not a.install.is_dir():
+            ap.error(f"--install: {a.install} is not a directory")
+        for plugin in PLUGINS:
+            for name in (plugin, plugin + PYTHON_SUFFIX):
+                (a.install / name).unlink(missing_ok=True)
+        try:
+            install(a.install, lambda plugin: launcher_text(ENTRIES[plugin]))
+        except BuildError as exc:
+            print(f"cni.forward: {exc}", file=sys.stderr)
+            return 1
+        print(" ".join(str(a.install / p) for p in PLUGINS))
+        return 0
     if not a.build:
         print(built() or "not built")
         return 0

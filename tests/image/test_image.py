@@ -491,6 +491,16 @@ def test_install_cni_init_container_into_a_throwaway_host(
         p["ipam"]["type"] for p in conf["plugins"] if "ipam" in p}
     ours = {t for t in types if t.startswith("podbgp-")}
     assert ours and all((bin_dir / t).stat().st_mode & 0o111 for t in ours)
+    # podbgp-cni/podbgp-ipam are the image's static forwarder (cni/forward.c) with the
+    # /bin/sh launcher beside each: the ADD below goes forwarder -> launcher (no agent).
+    for t in ours:
+        elf = (bin_dir / t).read_bytes()
+        assert elf[:5] == b"\x7fELF\x02", t  # ELF64; static: no PT_INTERP program header
+        phoff, (phentsize, phnum) = int.from_bytes(elf[0x20:0x28], "little"), (
+            int.from_bytes(elf[0x36:0x38], "little"), int.from_bytes(elf[0x38:0x3a], "little"))
+        assert all(int.from_bytes(elf[phoff + i * phentsize:][:4], "little") != 3
+                   for i in range(phnum)), f"{t} is dynamically linked"
+        assert (bin_dir / f"{t}-python").read_text().startswith("#!/bin/sh\n")
     runtimes = list((bin_dir / "podbgp-runtime").iterdir())
     assert len(runtimes) == 1
     REPORT["cni_runtime_mb"] = round(sum(
