@@ -335,3 +335,25 @@ def test_without_any_socket_setting_both_use_the_default_path(bins):
         pytest.skip(f"an agent may listen at {DEFAULT_AGENT_SOCKET} on this machine")
     rc, out, _ = both(bins, "podbgp-cni", {**ENV, "CNI_NETNS": ""}, json.dumps(BASE))
     assert rc != 0 and json.loads(out)["code"] == 4  # run here: SPEC 4, CNI_NETNS missing
+
+
+def test_install_command_puts_both_plugins_in_a_directory(tmp_path):
+    """`python -m cni.forward --install DIR` (README "Set-up on a node"), run twice."""
+    import sys
+
+    if forward.built() is None:
+        if CI or forward.compiler() is not None:
+            pytest.fail("the forwarder is not built: `make deps` builds it")
+        _no_compiler()
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-m", "cni.forward", "--install", str(tmp_path)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "podbgp-cni", "podbgp-cni-python", "podbgp-ipam", "podbgp-ipam-python"]
+    r = subprocess.run([str(tmp_path / "podbgp-ipam")], input='{"cniVersion": "1.0.0"}',
+                       env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout)["cniVersion"] == "1.0.0"
+    r = subprocess.run([sys.executable, "-m", "cni.forward", "--install", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "is not a directory" in r.stderr
