@@ -794,8 +794,11 @@ class Speaker:
         stream of commands (no wait for their acknowledgements)."""
         end_of_rib = list(end_of_rib)
         self._owe_eor(end_of_rib)
+        all_exports = self._exports
         for key, (full, routes) in changes.items():
-            exports = self._exports.setdefault(key, _PeerExports())
+            exports = all_exports.get(key)
+            if exports is None:
+                exports = all_exports[key] = _PeerExports()
             desired = exports.desired
             if full:
                 desired.clear()
@@ -827,8 +830,9 @@ class Speaker:
     def _eor_batches(self, keys: Iterable[PeerKey]) -> list[_Batch]:
         """End-of-RIB commands for those of ``keys`` owed one: one per family and kind
         of session (a session that is down or not loaded gets none yet: it stays owed)."""
-        keys = [k for k in keys if k in self._peers and self._in_exabgp(k)
-                and (e := self._exports.get(k)) is not None and e.eor_owed]
+        exports_get = self._exports.get
+        keys = [k for k in keys if (e := exports_get(k)) is not None and e.eor_owed
+                and k in self._peers and self._in_exabgp(k)]
         modes = {k: self._mode(self._peers[k]) for k in keys}
         batches = []
         for ipv6, afi in ((False, "ipv4"), (True, "ipv6")):
@@ -934,10 +938,14 @@ class Speaker:
         announce: _Groups = {}
         raw_withdraw: _Groups = {}
         raw_announce: _Groups = {}
+        peers_get, exports_get = self._peers.get, self._exports.get
+        generation_get, loaded = self._peer_generation.get, self._loaded_generation
+        shapes: dict[tuple, tuple[dict, dict]] = {}  # (mode, shape) -> its two groups
         for key in keys:
-            spec = self._peers.get(key)
-            exports = self._exports.get(key)
-            if spec is None or exports is None or not self._in_exabgp(key):
+            spec = peers_get(key)
+            exports = exports_get(key)
+            # (self._in_exabgp, inline: a reflector's flush runs this for every peer)
+            if spec is None or exports is None or generation_get(key, loaded + 1) > loaded:
                 continue  # sent when the peer is configured and loaded
             mode = self._mode(spec)
             if mode == "wait":
@@ -947,18 +955,23 @@ class Speaker:
                 candidates: Iterable[str] = [*desired, *(p for p in sent if p not in desired)]
             else:
                 candidates = exports.dirty
+                if not candidates:
+                    continue
             exports.dirty = set()
             exports.all_dirty = False
             if mode == "raw":
-                shape: tuple = (spec.ipv6, spec.peer_as == spec.local_as,
+                shape: tuple = (mode, spec.ipv6, spec.peer_as == spec.local_as,
                                 self._add_path_send(spec))
-                w_shape = raw_withdraw.setdefault(shape, {})
-                a_shape = raw_announce.setdefault(shape, {})
             else:
-                w_shape = withdraw.setdefault((spec.ipv6,), {})
-                a_shape = announce.setdefault((spec.ipv6,), {})
+                shape = (mode, spec.ipv6)
                 if self._raw_ok:
                     self._text_peers.add(key)
+            groups = shapes.get(shape)
+            if groups is None:
+                groups = shapes[shape] = (
+                    (raw_withdraw if mode == "raw" else withdraw).setdefault(shape[1:], {}),
+                    (raw_announce if mode == "raw" else announce).setdefault(shape[1:], {}))
+            w_shape, a_shape = groups
             # per (route, peer): a reflector does this 100k times a second under churn
             for prefix in candidates:
                 want, have = desired.get(prefix), sent.get(prefix)
