@@ -82,6 +82,18 @@ with 1 to 50 peers, issue 18). ``Neighbor.previous`` now reads as an empty
 of it handles; the loop then finds nothing to change, which is right: the
 preamble has just applied the same configuration.
 
+Group ``write`` (latency; needs ``raw``). podbgp-send bytes waited for each
+session's own turn of ExaBGP's loop (one generator step per session: a
+withdrawal reflected to 200 clients was 200 steps before its last byte left).
+The loop now writes every session's queued bytes once it has run the API
+commands it read (coalesced, in order), straight to the socket, when nothing
+else of the session's is pending: no podbgp-send bytes being written by the
+session's turn, no message of ExaBGP's own half written (Connection.writer now
+notes one: ``_podbgp_mid``), and room for all of it in the socket's send
+buffer; otherwise the session's turn writes it, as before. The ``poll`` group
+also parks idle sessions for ``_park_seconds`` (hold time / 30, 0.5-3 s) and
+lets the loop sleep 250 ms instead of 10 ms when every session is parked.
+
 Group ``lean`` (memory). asyncio imports ``ssl`` whenever it can; ExaBGP speaks
 no TLS, and ``ssl`` maps libssl and libcrypto (~4 MiB resident); ``_hashlib``
 (hashlib's OpenSSL half) maps libcrypto as well. Importing either raises
@@ -635,11 +647,86 @@ def _raw_messages_ok(data: bytes) -> bool:
     return True
 
 
+_SIOCOUTQ = 0x5411  # linux/sockios.h: octets in a socket's send queue
+
+
+# Group "write": sessions podbgp-send queued bytes for since the loop last wrote
+# them (id -> peer); filled only while the group is applied.
+_QUEUED: dict[int, Any] = {}
+_WRITE_NOW: list[bool] = []  # [True] once group "write" is applied
+
+
+def _write_queued() -> None:
+    """Called by the reactor loop (group "poll") once it has run the API commands it
+    read: each session's queued podbgp-send bytes — every command of this turn,
+    coalesced — written at once where ``_write_now`` may, else left for the session's
+    own turn."""
+    while _QUEUED:
+        _, peer = _QUEUED.popitem()
+        if _write_now(peer):
+            peer.stats["send-update"] += 1
+
+
+def _write_now(peer: Any) -> bool:
+    """Write the session's queued podbgp-send bytes to its socket right now, whole, if
+    that cannot cut into or overtake another write of the session: no podbgp-send
+    bytes being written by its own turn (``_podbgp_busy``), no message of ExaBGP's
+    own half written (``_podbgp_mid``, set by the patched Connection.writer), and
+    room for all of it in the socket's send buffer. True: written (a reflected
+    withdrawal reaches N clients in N send()s, not N turns of ExaBGP's loop); False:
+    nothing was written, the session's turn writes it as before."""
+    import fcntl
+    import select
+    import socket
+    import struct
+    import time
+
+    n = peer.neighbor
+    data = n.__dict__.get("_podbgp_raw")
+    if not data or n.__dict__.get("_podbgp_busy"):
+        return False
+    conn = getattr(peer.proto, "connection", None)
+    io = getattr(conn, "io", None)
+    if not isinstance(io, socket.socket) or conn.__dict__.get("_podbgp_mid") \
+            or io.gettimeout() != 0.0:
+        return False
+    try:
+        queued = struct.unpack("i", fcntl.ioctl(io.fileno(), _SIOCOUTQ, b"\0" * 4))[0]
+        room = io.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 4 - queued
+        if len(data) > room:
+            return False
+        sent = io.send(data)
+    except (BlockingIOError, InterruptedError):
+        return False  # nothing written
+    except OSError:
+        return False  # the session's own turn meets the error and ends it
+    n._podbgp_raw = bytearray()
+    view = memoryview(bytes(data))[sent:]
+    # The room was checked, so this does not happen in practice; if the kernel took
+    # part anyway, the rest must follow before anything else: finish it here.
+    deadline = time.monotonic() + 5.0
+    while view:
+        select.select([], [io], [], max(0.0, deadline - time.monotonic()))
+        try:
+            view = view[io.send(view):]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            break
+        if time.monotonic() >= deadline:
+            break
+    if view:
+        conn.close()  # half a message on the wire: the session cannot go on
+    return True
+
+
 def _podbgp_send(self: Any, reactor: Any, service: str, line: str, use_json: bool) -> bool:
-    """``podbgp-send <base64 messages> <peer address> ...``: queue the messages, as they
-    are, for every named neighbour whose session is Established (others are skipped:
-    the speaker sends a new session its whole set). Answers ``error`` if the payload is
-    not whole UPDATE / ROUTE-REFRESH messages; nothing is queued then."""
+    """``podbgp-send <base64 messages> <peer address> ...``: the messages, as they are,
+    for every named neighbour whose session is Established (others are skipped: the
+    speaker sends a new session its whole set), queued in order; written once the
+    loop has run this turn's commands (``_write_queued``) or by the session's turn.
+    Answers ``error`` if the payload is not whole UPDATE / ROUTE-REFRESH messages;
+    nothing is queued then."""
     import base64
     import binascii
 
@@ -662,11 +749,13 @@ def _podbgp_send(self: Any, reactor: Any, service: str, line: str, use_json: boo
         if str(neighbor["peer-address"]) not in wanted:
             continue
         if peer.fsm == FSM.ESTABLISHED and peer.proto is not None:
+            neighbor._podbgp_raw_mode = True
             buf = neighbor.__dict__.get("_podbgp_raw")
             if buf is None:
                 buf = neighbor._podbgp_raw = bytearray()
             buf += data
-            neighbor._podbgp_raw_mode = True
+            if _WRITE_NOW:
+                _QUEUED[id(peer)] = peer
     reactor.processes.answer_done(service)
     return True
 
@@ -695,12 +784,15 @@ _MAIN_RAW = [
      "                        self.neighbor._podbgp_raw = bytearray()\n"
      "                        self.stats['send-update'] += 1\n"
      "                        _podbgp_raw = self.proto.connection.writer(bytes(_podbgp_buf))\n"
+     "                        self.neighbor._podbgp_busy = True\n"
      "                if _podbgp_raw is not None:\n"
      "                    try:\n"
      "                        if next(_podbgp_raw):\n"
      "                            _podbgp_raw = None\n"
      "                    except StopIteration:\n"
      "                        _podbgp_raw = None\n"
+     "                    if _podbgp_raw is None:\n"
+     "                        self.neighbor._podbgp_busy = False\n"
      "\n"
      "                # Need to send update\n"
      "                if not new_routes and _podbgp_raw is None and "
@@ -728,8 +820,10 @@ def _patch_raw() -> None:
     Neighbor.reset_rib = _rewrite(Neighbor, "reset_rib", [
         ("        self.refresh = deque()\n",
          "        self.refresh = deque()\n"
-         "        self._podbgp_raw = bytearray()\n"),
+         "        self._podbgp_raw = bytearray()\n"
+         "        self._podbgp_busy = False\n"),
     ], {})
+
     # ROUTE-REFRESH from a peer fed by podbgp-send: ExaBGP's adj-rib-out has none of its
     # routes (an enhanced refresh would send BoRR/EoRR around nothing and the peer would
     # drop every route); the speaker answers it (it gets the refresh event).
@@ -751,12 +845,28 @@ def _raw_targets() -> list[tuple[Any, str]]:
 
 # --------------------------------------------------------------- group "poll"
 
-PARK_SECONDS = 0.5  # an idle Established peer runs at least this often (keepalives)
+PARK_SECONDS = 0.5  # parked peers are looked at least this often (their timers)
+PARK_MAX_SECONDS = 3.0  # and each runs at least this often
+IDLE_SLEEP_SECONDS = 0.25  # the loop's wait when every session is parked (was 10 ms)
+
+
+def _park_seconds(peer: Any) -> float:
+    """How long an idle Established session may stay parked: its timers count whole
+    seconds (exabgp.bgp.timer), a KEEPALIVE is due every hold time / 3 and the hold
+    timer expires after the hold time (RFC 4271 §4.4, §10), so running it every hold
+    time / 30 keeps both within a tenth of a KEEPALIVE interval. 0.5 s to 3 s (90 s hold)."""
+    try:
+        hold = int(peer.proto.negotiated.holdtime)
+    except (AttributeError, TypeError, ValueError):
+        return PARK_SECONDS
+    if hold <= 0:
+        return PARK_MAX_SECONDS  # no keepalives, no hold timer
+    return min(PARK_MAX_SECONDS, max(PARK_SECONDS, hold / 30))
 
 
 def _podbgp_wake(peer: Any, since: float, now: float) -> bool:
     """Run a parked peer: it has something to send or to act on, or it is due."""
-    if now - since >= PARK_SECONDS:
+    if now - since >= _park_seconds(peer):
         return True
     n = peer.neighbor
     return bool(peer._teardown is not None or peer._neighbor is not None
@@ -770,24 +880,39 @@ def _patch_poll() -> None:
     (a reflector with 200 clients: ~20% of a core doing nothing). An Established peer
     that had nothing to do ("LATER") is now parked until its socket is readable, it has
     something queued (adj-rib-out, podbgp-send bytes, EoR, operational, refresh), a
-    teardown or new definition arrives, or PARK_SECONDS pass (keepalives and timers
-    are checked when it runs). Peers in any other state run every loop, as before."""
+    teardown or new definition arrives, or ``_park_seconds`` pass (keepalives and
+    timers are checked when it runs). Peers in any other state run every loop, as
+    before. Parked peers are looked at (``_podbgp_wake``, O(parked)) only after an API
+    command or asynchronous work (what can queue something for them) and every
+    PARK_SECONDS, not on every turn of the loop; and when every session is parked
+    and nothing is due the loop waits IDLE_SLEEP_SECONDS in poll() (sockets and the
+    API channel still wake it at once) instead of 10 ms."""
     from exabgp.reactor.loop import Reactor
 
     Reactor.run = _rewrite(Reactor, "run", [
         ("        ms_sleep = int(self._sleep_time * 1000)\n",
          "        ms_sleep = int(self._sleep_time * 1000)\n"
-         "        _podbgp_parked = {}  # peer key -> when it was parked\n"),
+         "        _podbgp_parked = {}  # peer key -> when it was parked\n"
+         "        _podbgp_scan = True  # look at the parked peers on the next turn\n"
+         "        _podbgp_next = 0.0  # ... and at the latest then (their timers)\n"),
         ("                peers = self.active_peers()\n",
          "                peers = self.active_peers()\n"
          "                if _podbgp_parked:\n"
          "                    _podbgp_now = time.monotonic()\n"
-         "                    for _podbgp_key in [k for k in peers if k in _podbgp_parked]:\n"
-         "                        if _podbgp_wake(self._peers[_podbgp_key],\n"
-         "                                        _podbgp_parked[_podbgp_key], _podbgp_now):\n"
-         "                            del _podbgp_parked[_podbgp_key]\n"
-         "                        else:\n"
-         "                            peers.discard(_podbgp_key)\n"),
+         "                    if _podbgp_scan or _podbgp_now >= _podbgp_next:\n"
+         "                        _podbgp_scan = False\n"
+         "                        _podbgp_next = _podbgp_now + PARK_SECONDS\n"
+         "                        for _podbgp_key in list(_podbgp_parked):\n"
+         "                            if _podbgp_key not in peers:\n"
+         "                                del _podbgp_parked[_podbgp_key]  # gone\n"
+         "                            elif _podbgp_wake(self._peers[_podbgp_key],\n"
+         "                                              _podbgp_parked[_podbgp_key],\n"
+         "                                              _podbgp_now):\n"
+         "                                del _podbgp_parked[_podbgp_key]\n"
+         "                            else:\n"
+         "                                peers.discard(_podbgp_key)\n"
+         "                    else:\n"
+         "                        peers.difference_update(_podbgp_parked)\n"),
         ("                        # no need to come back to it before a a full cycle\n"
          "                        peers.discard(key)\n",
          "                        # no need to come back to it before a a full cycle\n"
@@ -799,13 +924,69 @@ def _patch_poll() -> None:
          "                    if io not in api_fds:\n"
          "                        peers.add(workers[io])\n"
          "                        _podbgp_parked.pop(workers[io], None)\n"),
-    ], {"_podbgp_wake": _podbgp_wake})
+        ("                    self.api.process(self, service, command)\n",
+         "                    self.api.process(self, service, command)\n"
+         "                    _podbgp_scan = True\n"),
+        ("                self.asynchronous.run()\n",
+         "                if not self.asynchronous.ready():\n"
+         "                    _podbgp_scan = True\n"
+         "                self.asynchronous.run()\n"
+         "                if sleep and not _podbgp_scan and _podbgp_parked and \\\n"
+         "                        self.asynchronous.ready() and \\\n"
+         "                        _podbgp_parked.keys() >= self.active_peers():\n"
+         "                    # every session parked, nothing due: wait for a socket, the\n"
+         "                    # API or the next look at the parked peers\n"
+         "                    sleep = max(1, min(int(IDLE_SLEEP_SECONDS * 1000), int(\n"
+         "                        (_podbgp_next - time.monotonic()) * 1000)))\n"),
+    ], {"_podbgp_wake": _podbgp_wake, "PARK_SECONDS": PARK_SECONDS,
+        "IDLE_SLEEP_SECONDS": IDLE_SLEEP_SECONDS})
 
 
 def _poll_targets() -> list[tuple[Any, str]]:
     from exabgp.reactor.loop import Reactor
 
     return [(Reactor, "run")]
+
+
+# -------------------------------------------------------------- group "write"
+
+
+def _patch_write() -> None:
+    """podbgp-send bytes written from the loop's API turn (``_write_queued``) instead of
+    by each session's own turn: a reflected change to N sessions was N generator
+    steps of ExaBGP's loop before its first byte left; Connection.writer notes a
+    message it has only partly written (``_podbgp_mid``) so nothing is written into
+    the middle of it."""
+    from exabgp.reactor.loop import Reactor
+    from exabgp.reactor.network.connection import Connection
+
+    Connection.writer = _rewrite(Connection, "writer", [
+        ("                    data = data[number:]\n"
+         "                    if not data:\n"
+         "                        yield True\n"
+         "                        return\n"
+         "                    yield False\n",
+         "                    data = data[number:]\n"
+         "                    if not data:\n"
+         "                        self._podbgp_mid = False\n"
+         "                        yield True\n"
+         "                        return\n"
+         "                    self._podbgp_mid = True\n"
+         "                    yield False\n"),
+    ], {})
+    Reactor.run = _rewrite(Reactor, "run", [
+        ("                self.asynchronous.run()\n",
+         "                _write_queued()  # podbgp-send bytes of this turn's commands\n"
+         "                self.asynchronous.run()\n"),
+    ], {"_write_queued": _write_queued})
+    _WRITE_NOW[:] = [True]
+
+
+def _write_targets() -> list[tuple[Any, str]]:
+    from exabgp.reactor.loop import Reactor
+    from exabgp.reactor.network.connection import Connection
+
+    return [(Connection, "writer"), (Reactor, "run")]
 
 
 # --------------------------------------------------------------- group "lean"
@@ -991,6 +1172,7 @@ GROUPS: dict[str, tuple[Callable[[], None], Callable[[], list[tuple[Any, str]]]]
     "notify": (_patch_notify, _notify_targets),
     "raw": (_patch_raw, _raw_targets),
     "poll": (_patch_poll, _poll_targets),
+    "write": (_patch_write, _write_targets),  # after "raw" and "poll"
     "reload": (_patch_reload, _reload_targets),
     "channel": (_patch_channel, _channel_targets),
 }

@@ -582,6 +582,109 @@ assert p["a"].neighbor._podbgp_raw_mode and not hasattr(p["d"].neighbor, "_podbg
     assert out.returncode == 0, out.stderr
 
 
+def test_raw_bytes_go_out_at_once_only_when_nothing_of_the_session_is_pending() -> None:
+    """podbgp-send writes a message straight to an idle session's socket (no turn of
+    ExaBGP's loop per session), but never into the middle of another message, nor
+    ahead of bytes queued or being written before it: BGP is a byte stream, a message
+    cut by another corrupts the session (RFC 4271 §4.1) and an UPDATE overtaken by a
+    later one leaves the peer with the earlier state."""
+    out = _run("""
+import base64, socket, bgpd.exabgp.launch as launch
+from bgpd.exabgp import wire
+from rib.policy import ExportAttrs
+assert launch.patch()
+from exabgp.bgp.fsm import FSM
+from exabgp.reactor.api import API
+from exabgp.reactor.network.connection import Connection
+class Neighbor(dict):
+    pass
+class Conn:
+    def __init__(self, io): self.io = io
+class Proto:
+    def __init__(self, io): self.connection = Conn(io)
+class Peer:
+    def __init__(self, address, io):
+        self.neighbor = Neighbor({"peer-address": address})
+        self.fsm, self.proto, self.stats = FSM(None, FSM.ESTABLISHED), Proto(io), {"send-update": 0}
+answers = []
+class Processes:
+    def answer_done(self, service, force=False): answers.append("done")
+    def answer_error(self, service): answers.append("error")
+pairs = [socket.socketpair() for _ in range(4)]
+for a, b in pairs:
+    a.setblocking(False)
+class Reactor:
+    processes = Processes()
+    _peers = {k: Peer(f"10.0.0.{i + 2}", pairs[i][0]) for i, k in enumerate("abcd")}
+reactor = Reactor()
+p = reactor._peers
+p["b"].proto.connection._podbgp_mid = True  # ExaBGP's own message half written
+p["c"].neighbor._podbgp_raw = bytearray(b"earlier")  # queued before
+p["d"].neighbor._podbgp_busy = True  # being written by its session
+api = API.__new__(API)
+data = wire.announce(ExportAttrs(next_hop="10.0.0.1"), ["10.1.0.0/24"], ibgp=True, ipv6=False)
+b64 = base64.b64encode(data).decode()
+api.response(reactor, "podbgp", f"podbgp-send {b64} 10.0.0.2 10.0.0.3 10.0.0.4 10.0.0.5", False)
+api.response(reactor, "podbgp", f"podbgp-send {b64} 10.0.0.2", False)
+assert answers == ["done", "done"], answers
+for _, b in pairs:
+    b.setblocking(False)
+launch._write_queued()  # as the loop does once it has run the turn's commands
+assert pairs[0][1].recv(65536) == data + data  # both commands, in order, at once
+assert p["a"].stats["send-update"] == 1 and not p["a"].neighbor._podbgp_raw
+assert pairs[2][1].recv(65536) == b"earlier" + data  # queued before: first
+assert bytes(p["b"].neighbor._podbgp_raw) == data  # left: not into the middle
+assert bytes(p["d"].neighbor._podbgp_raw) == data  # left: behind what is being written
+for _, b in (pairs[1], pairs[3]):
+    try:
+        assert b.recv(65536) == b"", "nothing written"
+    except BlockingIOError:
+        pass
+# Connection.writer notes a message it has only partly written, and its end.
+class C(Connection):
+    def __init__(self, io): self.io, self.defensive = io, False
+    def writing(self): return True
+    def session(self): return "s"
+a, b = socket.socketpair()
+a.setblocking(False)
+c = C(a)
+big = b"x" * (8 << 20)
+w = c.writer(big)
+assert next(w) is False and c._podbgp_mid  # the socket took part of it
+b.setblocking(False)
+got = 0
+while True:
+    try:
+        got += len(b.recv(1 << 20))
+    except BlockingIOError:
+        if next(w):
+            break
+assert c._podbgp_mid is False
+print("ok")
+""")
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_a_parked_session_runs_often_enough_for_its_timers() -> None:
+    """RFC 4271 §4.4/§10: a KEEPALIVE is due every hold time / 3 (ExaBGP: SendTimer)
+    and the hold timer expires after the hold time; a parked session checks both only
+    when it runs, so it must run well within a KEEPALIVE interval — and an idle
+    reflector with hundreds of sessions no more often than that needs."""
+    from types import SimpleNamespace as NS
+
+    def peer(hold):
+        return NS(proto=NS(negotiated=NS(holdtime=hold)))
+
+    for hold in (3, 9, 30, 90, 180, 65535):
+        park = exabgp_launch._park_seconds(peer(hold))
+        assert park <= hold / 3 / 5 or park == exabgp_launch.PARK_SECONDS, (hold, park)
+        assert exabgp_launch.PARK_SECONDS <= park <= exabgp_launch.PARK_MAX_SECONDS
+    assert exabgp_launch._park_seconds(peer(90)) == 3.0  # Calico's default hold time
+    assert exabgp_launch._park_seconds(peer(3)) == exabgp_launch.PARK_SECONDS  # the shortest legal
+    assert exabgp_launch._park_seconds(NS(proto=None)) == exabgp_launch.PARK_SECONDS  # no session yet
+    assert exabgp_launch._park_seconds(peer(0)) == exabgp_launch.PARK_MAX_SECONDS  # no timers at all
+
+
 def test_groups_editing_one_function_compose() -> None:
     # "decode" and "raw" both edit Peer._main: the result holds the edits of both, and
     # leaving "raw" out leaves decode's alone.
