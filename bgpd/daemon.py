@@ -346,10 +346,13 @@ class Daemon:
             await self._carry_out(handler(*args))
 
     def _wake_pumps(self) -> None:
-        if self.node.kernel_pending:
-            self._fib_wake.set()
+        # Exports first: the export pump's commands are out before the FIB pump's
+        # netlink thread competes for the interpreter (a reflected withdrawal waits for
+        # no kernel write; the kernel's turn comes while ExaBGP acknowledges).
         if self.node.exports_pending:
             self._export_wake.set()
+        if self.node.kernel_pending:
+            self._fib_wake.set()
 
     async def _carry_out(self, actions: Sequence[nd.Action]) -> None:
         """Do what the node asked, in order (called with the lock held, or before any
