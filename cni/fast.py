@@ -30,8 +30,13 @@ MAX_MESSAGE = 16 << 20  # cni.agent.MAX_MESSAGE
 # Set by the compiled forwarder (cni/forward.c) when the agent failed mid-request:
 # the reason; this launcher then writes the code-11 object (cni.shim.agent_failed).
 FORWARD_FAILED = "PODBGP_CNI_FORWARD_FAILED"
+# BlockingIOError: the agent's listen backlog stayed full for CONNECT_WAIT.
 _NOT_AN_AGENT = (FileNotFoundError, ConnectionRefusedError, NotADirectoryError,
-                 PermissionError, TimeoutError)
+                 PermissionError, TimeoutError, BlockingIOError)
+# SO_SNDTIMEO for the connect, a struct timeval {2 s, 0}: a unix-socket connect to an agent
+# whose backlog is full waits that long, then fails EAGAIN (cni/forward.c does the same).
+_LONG = 8 if sys.maxsize > 2**32 else 4
+CONNECT_WAIT = (2).to_bytes(_LONG, sys.byteorder) + bytes(_LONG)
 _SPECIAL_ARGS = ("agent", "--version", "--help", "-h")
 _encode = _json.encode_basestring_ascii
 
@@ -127,7 +132,10 @@ def call(path: str, plugin: str, env: dict[str, str], stdin: str, timeout: float
     ConnectionError when it was reached but failed mid-request."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(2.0)
+        # Blocking, with SO_SNDTIMEO: Python's own timeout mode makes the socket
+        # non-blocking, and a non-blocking unix connect fails at once (EAGAIN) when the
+        # agent's backlog is full instead of waiting for it.
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_SNDTIMEO, CONNECT_WAIT)
         try:
             sock.connect(path)
         except _NOT_AN_AGENT:

@@ -45,6 +45,7 @@
 #define DEFAULT_AGENT_SOCKET "/var/run/podbgp-cni/agent.sock" /* cni.fast */
 #define MAX_MESSAGE (16u << 20)                               /* cni.fast.MAX_MESSAGE */
 #define AGENT_TIMEOUT 300                                     /* cni.fast.call */
+#define CONNECT_TIMEOUT 2                                     /* cni.fast.call */
 #define FAILED_ENV "PODBGP_CNI_FORWARD_FAILED"                /* cni.fast.FORWARD_FAILED */
 #define MAX_DEPTH 500 /* below CPython's recursion limit: deeper goes to Python */
 
@@ -692,10 +693,13 @@ int main(int argc, char **argv)
         python(&in, 1);
     memcpy(addr.sun_path, path, plen);
     int s = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct timeval tv = {.tv_sec = CONNECT_TIMEOUT}; /* a unix connect waits up to SO_SNDTIMEO */
+    if (s >= 0)
+        setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
     if (s < 0 || connect(s, (struct sockaddr *)&addr,
                          (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen)) < 0)
         python(&in, 1); /* no agent: the launcher finds none either and runs the plugin */
-    struct timeval tv = {.tv_sec = AGENT_TIMEOUT};
+    tv.tv_sec = AGENT_TIMEOUT;
     setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 

@@ -357,3 +357,24 @@ def test_install_command_puts_both_plugins_in_a_directory(tmp_path):
     r = subprocess.run([sys.executable, "-m", "cni.forward", "--install", str(tmp_path / "x")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "is not a directory" in r.stderr
+
+
+def test_an_agent_whose_backlog_is_full_is_waited_for_then_run_here(bins, tmp_path):
+    """An agent that accepts nothing (every slot busy, its listen backlog full): both wait
+    2 s for a place (SO_SNDTIMEO), then run the plugin here, with the same answer. The
+    Python launcher used to die with a BlockingIOError traceback and no error object."""
+    path = str(tmp_path / "busy.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(0)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    filler.setblocking(False)
+    try:
+        filler.connect(path)  # the one place a backlog of 0 holds
+        conf = json.dumps({k: v for k, v in BASE.items() if k != "ipam"})
+        rc, out, err = both(bins, "podbgp-cni", {**ENV, "PODBGP_CNI_SOCKET": path}, conf)
+        assert rc == 1 and json.loads(out)["code"] == 7 and b"ipam" in err  # run here
+        assert b"Traceback" not in err
+    finally:
+        filler.close()
+        srv.close()
