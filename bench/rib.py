@@ -22,7 +22,7 @@ import tracemalloc
 import structlog
 
 from rib import PeerKind, PeerPolicy, PeerRef, Pool, Rib, RibConfig
-from rib.path import Path
+from rib.path import Path, paths_for
 
 BATCH = 500  # NLRI per UPDATE (ExaBGP groups a few hundred /26s per message)
 
@@ -70,19 +70,15 @@ def run(n: int, trace: bool) -> dict:
         # tie they form a 2-way ECMP set.
         peer, nh = peers[i], peers[i].address
         lp = 100 if peer.kind is PeerKind.IBGP else None
-        return [
-            [
-                Path(
-                    p,
-                    nh,
-                    peer,
-                    as_path=as_paths[i] if i or s < n // 2 else long_path,
-                    local_pref=lp,
-                )
-                for p in pfx[s : min(s + BATCH, hi)]
-            ]
-            for s in range(lo, hi, BATCH)
-        ]
+        out = []
+        for s in range(lo, hi, BATCH):
+            batch = pfx[s : min(s + BATCH, hi)]
+            # As the speaker does (bgpd.exabgp.parse): one template per UPDATE,
+            # its attributes shared by every prefix of the batch (rib.path.paths_for).
+            out.append(paths_for(batch, Path(batch[0], nh, peer, local_pref=lp,
+                                             as_path=as_paths[i] if i or s < n // 2
+                                             else long_path)))
+        return out
 
     t0 = time.perf_counter()
     updates = 0

@@ -190,6 +190,16 @@ def select_best(
         return (), BestReason.ONLY_PATH
     if n == 1:
         return (paths[0],), BestReason.ONLY_PATH
+    # The rules read attributes only (never the prefix, which all candidates share):
+    # run them on each path's PathAttrs, whose fields are plain slots, and map the
+    # answer back (a Path reads each attribute through a property, ~8x slower).
+    atts = [p.attrs for p in paths]
+    back = {id(a): p for a, p in zip(atts, paths, strict=True)}
+    members, reason = _select(atts, max_paths)
+    return tuple(back[id(a)] for a in members), reason
+
+
+def _select(paths: Sequence, max_paths: int) -> tuple[list, BestReason]:
     best = _deterministic_best(paths)
     rest = [p for p in paths if p is not best]
     members = [best]
@@ -200,11 +210,11 @@ def select_best(
     others = [p for p in rest if p not in members]
     if not others:
         reason = BestReason.ROUTER_ID if len(members) > 1 else BestReason.ONLY_PATH
-        return tuple(members), reason
+        return members, reason
     runner = _deterministic_best(others)
     ladder = LADDER if neighbour_as(runner) == neighbour_as(best) else _NO_MED
     _, reason = compare(best, runner, ladder)
-    return tuple(members), reason or BestReason.PEER_ADDRESS
+    return members, reason or BestReason.PEER_ADDRESS
 
 
 def _deterministic_best(paths: Sequence[Path]) -> Path:

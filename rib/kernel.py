@@ -85,7 +85,7 @@ def kernel_route(prefix: str, members: Sequence[Path], ctx: KernelContext) -> Ke
     if not members:
         return None
     cfg = ctx.config
-    best = members[0]
+    best = members[0].attrs  # one read of the shared attributes, then plain slots
     if best.peer.kind is PeerKind.LOCAL:
         if prefix in ctx.own_blocks:
             return KernelRoute(prefix, RouteKind.BLACKHOLE, (), None, False, cfg.route_metric)
@@ -110,7 +110,7 @@ def kernel_route(prefix: str, members: Sequence[Path], ctx: KernelContext) -> Ke
             hops = (nh,)
             hops = ctx.nh1_cache[nh] = ctx.nh_cache.setdefault(hops, hops)
     else:
-        hops = tuple(sorted({p.next_hop for p in members}))
+        hops = tuple(sorted({p.attrs.next_hop for p in members}))
         hops = ctx.nh_cache.setdefault(hops, hops)
     tunnel = False
     if pool is not None:

@@ -103,9 +103,9 @@ def import_reasons(
 ) -> list[RejectReason | None]:
     """``[import_reason(p, policy, ctx) for p in paths]``, computed per UPDATE.
 
-    The paths of one UPDATE share their attribute objects (``rib.path.paths_for``),
-    so the rules that read only attributes and the peer (own next hop, AS loop,
-    originator and cluster loop) run once per run of paths with the same objects,
+    The paths of one UPDATE share one ``PathAttrs`` (``rib.path.paths_for``), so the
+    rules that read only attributes and the peer (own next hop, AS loop,
+    originator and cluster loop) run once per run of paths with the same one,
     and IPv4 prefixes are parsed inline. Rule order and reasons are exactly
     ``import_reason``'s (tests/unit/test_rib_import.py checks the two agree).
     """
@@ -114,7 +114,7 @@ def import_reasons(
     own_blocks = ctx.own_blocks
     filters = policy.import_filters
     enabled = ctx.pools  # disabled pools route too
-    last = None  # the path whose attribute objects ``attr_reason`` was computed for
+    last = None  # the PathAttrs ``attr_reason`` was computed for
     attr_reason: RejectReason | None = None
     for path in paths:
         prefix = path.prefix
@@ -151,13 +151,9 @@ def import_reasons(
         if reason is not None:
             append(reason)
             continue
-        if last is None or not (
-            path.next_hop is last.next_hop and path.peer is last.peer
-            and path.as_path is last.as_path and path.originator_id is last.originator_id
-            and path.cluster_list is last.cluster_list
-        ):
+        if path.attrs is not last:
             attr_reason = _attr_reason(path, policy, ctx)
-            last = path
+            last = path.attrs
         if attr_reason is not None:
             append(attr_reason)
             continue

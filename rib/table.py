@@ -35,7 +35,7 @@ from rib.inputs import (
     parse_prefix,
 )
 from rib.kernel import KernelContext, KernelRoute, kernel_route
-from rib.path import LOCAL_PEER, Origin, Path, PeerKind, Withdraw
+from rib.path import LOCAL_PEER, Origin, Path, PathAttrs, PeerKind, Withdraw
 from rib.policy import (
     ExportAttrs,
     ExportContext,
@@ -282,6 +282,16 @@ class Rib:
         changes = Changes()
         peer.adj_out = {}
         touched: dict[str, _Before] = {}
+        # Paths of one UPDATE share their attributes: so do their stale copies.
+        stale_of: dict[PathAttrs, PathAttrs] = {}
+
+        def stale_copy(path: Path) -> Path:
+            attrs = path.attrs
+            s = stale_of.get(attrs)
+            if s is None:
+                s = stale_of[attrs] = dataclasses.replace(attrs, stale=True)
+            return Path.of(path.prefix, s)
+
         for part in peer.all():
             part.up = False
             part.end_of_rib = False
@@ -290,12 +300,12 @@ class Rib:
             for prefix, path in adj_in.items():
                 if path.stale:
                     continue
-                stale = dataclasses.replace(path, stale=True)
+                stale = stale_copy(path)
                 adj_in[prefix] = stale
                 if prefix not in rej:
                     self._replace_candidate(prefix, path, stale, touched)
             for prefix, path in part.orig.items():
-                part.orig[prefix] = dataclasses.replace(path, stale=True)
+                part.orig[prefix] = stale_copy(path)
         self._settle(touched, changes)
         return changes
 
@@ -539,8 +549,8 @@ class Rib:
             rule.operations, path.communities, path.large_communities, path.as_path,
             path.local_pref)
         orig[path.prefix] = path
-        return dataclasses.replace(path, communities=comms, large_communities=large,
-                                   as_path=as_path, local_pref=lp)
+        return path.replace(communities=comms, large_communities=large, as_path=as_path,
+                            local_pref=lp)
 
     def _reimport(
         self,
