@@ -75,3 +75,40 @@ def test_no_compaction_for_small_or_ongoing_drops() -> None:
     assert not hk.due(40_000, 45_000)  # still moving
     assert hk.due(40_000, 40_000)
     assert rss_bytes() > 0
+
+
+async def _drive(hk: Housekeeper) -> None:
+    task = asyncio.create_task(hk.run())
+    for _ in range(400):
+        await asyncio.sleep(0.002)
+        if task.done():
+            break
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_heap_trimmed_once_per_settled_growth(monkeypatch) -> None:
+    # issue 17: a flood's transient objects leave freed C-heap pages resident; once the
+    # count stops moving (two equal samples) the heap is trimmed, once per growth of
+    # min_drop or more, never while routes are still arriving, never for small growth.
+    import bgpd.ops.memory as memory
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "trim_heap", lambda: trims.append(1) or True)
+    seq = [0, 5_000, 30_000, 60_000, 60_000, 60_000, 60_000, 60_000,  # settled: trim
+           65_000, 65_000, 65_000,  # +5k only: no trim
+           90_000, 95_000, 95_000, 95_000]  # +35k from the last trim, settled: trim
+    sizes = iter(seq)
+    hk = Housekeeper(lambda: next(sizes), [], interval=0.001, min_drop=10_000)
+    await _drive(hk)
+    assert hk.trims == 2 and len(trims) == 2 and hk.compactions == 0
+    assert hk.trimmed_at == 95_000
+
+
+def test_trim_not_due_while_the_count_moves() -> None:
+    hk = Housekeeper(lambda: 0, [], min_drop=10_000)
+    assert not hk.trim_due(50_000, 40_000)
+    assert not hk.trim_due(50_000, 50_000)  # one unchanged sample: not yet
+    assert hk.trim_due(50_000, 50_000)
+    hk.trimmed_at = 45_000
+    assert not hk.trim_due(50_000, 50_000)  # grown 5,000 since: not enough
