@@ -45,6 +45,16 @@ def test_rib_compact_gives_back_a_floods_tables_and_keeps_the_content() -> None:
     assert [k.prefix for k in ch.kernel_add] == ["10.242.0.0/24"]
 
 
+async def _drive(hk: Housekeeper) -> None:
+    task = asyncio.create_task(hk.run())
+    for _ in range(400):
+        await asyncio.sleep(0.002)
+        if task.done():
+            break
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_housekeeper_compacts_once_after_a_large_stable_drop() -> None:
     sizes = iter([0, 30_000, 80_000, 80_000, 30_000, 20_000, 20_000, 20_000, 25_000])
     calls: list[str] = []
@@ -54,13 +64,7 @@ async def test_housekeeper_compacts_once_after_a_large_stable_drop() -> None:
 
     hk = Housekeeper(lambda: next(sizes), [lambda: calls.append("rib"), speaker_compact],
                      interval=0.001, min_drop=10_000)
-    task = asyncio.create_task(hk.run())
-    for _ in range(200):
-        await asyncio.sleep(0.002)
-        if task.done():
-            break
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await _drive(hk)
     # 80k peak, down to 20k and unchanged for one sample: compact, exactly once.
     assert calls == ["rib", "speaker"] and hk.compactions == 1
     assert hk.peak == 20_000 or hk.peak == 25_000
@@ -75,16 +79,6 @@ def test_no_compaction_for_small_or_ongoing_drops() -> None:
     assert not hk.due(40_000, 45_000)  # still moving
     assert hk.due(40_000, 40_000)
     assert rss_bytes() > 0
-
-
-async def _drive(hk: Housekeeper) -> None:
-    task = asyncio.create_task(hk.run())
-    for _ in range(400):
-        await asyncio.sleep(0.002)
-        if task.done():
-            break
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_heap_trimmed_once_per_settled_growth(monkeypatch) -> None:
