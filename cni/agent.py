@@ -28,6 +28,7 @@ import contextlib
 import io
 import json
 import os
+import queue
 import signal
 import socket
 import struct
@@ -36,6 +37,7 @@ import threading
 import time
 from typing import Any
 
+from cni import warm
 from cni.fast import DEFAULT_AGENT_SOCKET, MAX_MESSAGE, call, recv_exact, socket_from
 from cni.metrics import AgentStats
 
@@ -69,13 +71,77 @@ def _runner(plugin: str):
     return run
 
 
+class Workers:
+    """Threads that run plugin calls, each with its own long-lived event loop and etcd
+    clients (cni.warm). The most recently idle worker takes the next call (LIFO), so a
+    stream of pods keeps hitting the same warm workers (a pod ADD needs two: podbgp-cni
+    and, while it waits for its nested IPAM call, podbgp-ipam); beyond ``keep_idle``
+    idle workers a worker that finishes ends and closes its clients."""
+
+    def __init__(self, keep_idle: int = 8) -> None:
+        self.keep_idle = keep_idle
+        self._idle: list[queue.SimpleQueue] = []
+        self._lock = threading.Lock()
+        self.started = 0
+
+    def submit(self, job) -> None:
+        """Run ``job(ready)`` on a worker; ``ready()`` (called by the job before its
+        reply goes out, else after it returns) makes the worker idle again, so a call
+        made right after the reply finds it."""
+        with self._lock:
+            q = self._idle.pop() if self._idle else None
+            if q is None:
+                self.started += 1
+        if q is None:
+            q = queue.SimpleQueue()
+            threading.Thread(target=self._work, args=(q,), name="cni-agent-worker",
+                             daemon=True).start()
+        q.put(job)
+
+    def _work(self, q: queue.SimpleQueue) -> None:
+        warm.enable()
+        try:
+            while True:
+                job = q.get()
+                if job is None:
+                    return
+                state = {"idle": False, "end": False}
+
+                def ready(state=state) -> None:
+                    if state["idle"] or state["end"]:
+                        return
+                    with self._lock:
+                        if len(self._idle) >= self.keep_idle:
+                            state["end"] = True
+                        else:
+                            self._idle.append(q)  # the next job waits in q until we loop
+                            state["idle"] = True
+
+                try:
+                    job(ready)
+                finally:
+                    ready()
+                if state["end"]:
+                    return
+        finally:
+            warm.close()
+
+    def stop(self) -> None:
+        """End the idle workers (closing their clients); busy ones end after their call."""
+        with self._lock:
+            idle, self._idle, self.keep_idle = self._idle, [], 0
+        for q in idle:
+            q.put(None)
+
+
 class Agent:
-    """The server: one thread per connection, each running one plugin call."""
+    """The server: each connection is one plugin call, run by a worker (`Workers`)."""
 
     def __init__(self, path: str, max_concurrent: int = 64) -> None:
         self.path = path
         self.sock: socket.socket | None = None
         self.slots = threading.BoundedSemaphore(max_concurrent)
+        self.workers = Workers()
         self.served = 0
         self.stats = AgentStats()
         self._uid = os.getuid()
@@ -118,10 +184,11 @@ class Agent:
                     break
                 raise
             self.slots.acquire()
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+            self.workers.submit(lambda ready, conn=conn: self._handle(conn, ready))
 
     def stop(self) -> None:
         self._stop.set()
+        self.workers.stop()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -134,7 +201,7 @@ class Agent:
         _pid, uid, _gid = _CRED.unpack(raw)
         return uid in (0, self._uid)
 
-    def _handle(self, conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket, ready=lambda: None) -> None:
         try:
             with conn:
                 if not self._peer_allowed(conn):
@@ -161,6 +228,7 @@ class Agent:
                 self.stats.finished(plugin, env.get("CNI_COMMAND", ""), rc, out.getvalue(),
                                     time.monotonic() - start)
                 self.served += 1
+                ready()  # before the reply: the caller's next call may come at once
                 send_message(conn, {"rc": rc, "stdout": out.getvalue(),
                                     "stderr": err.getvalue()})
         except (OSError, ValueError, ConnectionError) as exc:

@@ -20,7 +20,6 @@ delegates DEL to IPAM; each step tolerates what is already gone.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ipaddress
 from collections.abc import Mapping
@@ -28,7 +27,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from cni import dataplane, delegate, logs, rtnl
+from cni import dataplane, delegate, logs, rtnl, warm
 from cni.mtu import auto_mtu
 from cni.netconf import NetConf, parse_netconf, pod_identity
 from cni.spec import (
@@ -68,12 +67,12 @@ COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
 
 
 async def _connect(conf: NetConf, env: Mapping[str, str]) -> Any:
-    from ipam.etcd import EtcdSettings, connect
+    from ipam.etcd import EtcdSettings
 
     settings = EtcdSettings(conf.etcd_endpoints, conf.etcd_ca, conf.etcd_cert, conf.etcd_key,
                             env)
     try:
-        return await connect(settings, timeout=5.0)
+        return await warm.connect(settings, timeout=5.0)
     except ValueError as exc:
         raise CNIError(E_BAD_CONFIG, f"etcd settings: {exc}") from None
     except ConnectionError as exc:
@@ -273,7 +272,7 @@ async def cmd_add(conf: NetConf, env: Mapping[str, str], stdin: str,
         raise
     finally:
         with contextlib.suppress(Exception):
-            await client.close()
+            await warm.release(client)
 
 
 async def cmd_del(conf: NetConf, env: Mapping[str, str], stdin: str,
@@ -298,7 +297,7 @@ async def cmd_del(conf: NetConf, env: Mapping[str, str], stdin: str,
                                                                                   cid))
             finally:
                 with contextlib.suppress(Exception):
-                    await client.close()
+                    await warm.release(client)
         except CNIError as exc:
             errors.append(exc)
     try:
@@ -335,7 +334,7 @@ async def cmd_check(conf: NetConf, env: Mapping[str, str], stdin: str,
         got = await _etcd("read WorkloadEndpoint", client.get(key.encode()))
     finally:
         with contextlib.suppress(Exception):
-            await client.close()
+            await warm.release(client)
     if got is None:
         raise CNIError(E_CHECK_MISMATCH, f"WorkloadEndpoint {key} is missing")
     try:
@@ -363,7 +362,7 @@ async def cmd_status(conf: NetConf, env: Mapping[str, str], stdin: str,
     except CNIError as exc:
         raise CNIError(E_NOT_AVAILABLE, f"not available: {exc.msg}", exc.details) from None
     with contextlib.suppress(Exception):
-        await client.close()
+        await warm.release(client)
     try:
         delegate.run_ipam(conf.ipam_type, "STATUS", stdin, env, stderr=stderr)
     except CNIError as exc:
@@ -396,7 +395,7 @@ async def cmd_gc(conf: NetConf, env: Mapping[str, str], stdin: str,
                 removed.append(wep.name)
     finally:
         with contextlib.suppress(Exception):
-            await client.close()
+            await warm.release(client)
     log.info("cni_gc", node=conf.nodename, endpoints_removed=removed)
     delegate.run_ipam(conf.ipam_type, "GC", stdin, env, stderr=stderr)
 
@@ -411,7 +410,7 @@ def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> i
     def handle(command: str) -> dict[str, Any] | None:
         conf = parse_netconf(stdin, env, command)
         logs.configure(conf.log_level)
-        return asyncio.run(_HANDLERS[command](conf, env, stdin, stderr))
+        return warm.run(_HANDLERS[command](conf, env, stdin, stderr))
 
     return run_command("podbgp-cni", COMMANDS, env, stdin, stdout, stderr, handle,
                        lambda command: log.exception("cni_internal_error", command=command))

@@ -63,7 +63,6 @@ free address, 101 an address in prevResult is not held by this container
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import ipaddress
@@ -77,7 +76,7 @@ from typing import Any, TextIO
 
 import structlog
 
-from cni import logs
+from cni import logs, warm
 from cni.spec import (
     E_BAD_CONFIG,
     E_BAD_ENV,
@@ -105,7 +104,7 @@ from ipam.allocator import (
     block_gateway,
     bridge_reserved,
 )
-from ipam.etcd import EtcdSettings, connect, parse_endpoints
+from ipam.etcd import EtcdSettings, parse_endpoints
 
 log = structlog.get_logger(__name__)
 
@@ -284,7 +283,7 @@ class _EtcdLost(Exception):
 
 async def _run_allocator(cfg: PluginConfig, fn):
     try:
-        client = await connect(cfg.etcd)
+        client = await warm.connect(cfg.etcd)
     except ValueError as exc:
         raise CNIError(E_BAD_CONFIG, str(exc)) from None
     except ConnectionError as exc:
@@ -310,7 +309,7 @@ async def _run_allocator(cfg: PluginConfig, fn):
             raise _EtcdLost(str(exc)) from None
         raise
     finally:
-        await client.close()
+        await warm.release(client)
 
 
 def _handle_id(cfg: PluginConfig, env: Mapping[str, str]) -> str:
@@ -444,16 +443,16 @@ def run(env: Mapping[str, str], stdin: str, stdout: TextIO, stderr: TextIO) -> i
         cfg = parse_config(stdin, env)
         logs.configure(cfg.log_level)
         if command == "ADD":
-            return asyncio.run(cmd_add(cfg, env))
+            return warm.run(cmd_add(cfg, env))
         if command == "DEL":
-            asyncio.run(cmd_del(cfg, env))
+            warm.run(cmd_del(cfg, env))
         elif command == "CHECK":
-            asyncio.run(cmd_check(cfg, env))
+            warm.run(cmd_check(cfg, env))
         elif command == "GC":
             with host_lock(cfg.lock_file):
-                asyncio.run(cmd_gc(cfg, env, json.loads(stdin)))
+                warm.run(cmd_gc(cfg, env, json.loads(stdin)))
         else:
-            asyncio.run(cmd_status(cfg, env))
+            warm.run(cmd_status(cfg, env))
         return None
 
     return run_command("podbgp-ipam", ("ADD", "DEL", "CHECK", "STATUS", "GC"), env, stdin,

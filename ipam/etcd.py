@@ -15,9 +15,11 @@ import aetcd
 
 from config.etcd_client import EtcdClient, parse_endpoints, read_credentials
 
-__all__ = ["DEFAULT_ENDPOINTS", "EtcdSettings", "connect", "parse_endpoints"]
+__all__ = ["CHECK_KEY", "DEFAULT_ENDPOINTS", "EtcdSettings", "connect", "parse_endpoints"]
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:2379"
+# Read to prove an endpoint answers (aetcd connects lazily); cni.warm reads it too.
+CHECK_KEY = b"/calico/ipam/v2/config"
 
 
 class EtcdSettings:
@@ -47,10 +49,14 @@ async def connect(settings: EtcdSettings, timeout: float = 10.0) -> aetcd.Client
     errors = []
     for host, port, tls in endpoints:
         scheme = "https" if tls else "http"
-        client = EtcdClient(host, port, creds, timeout=timeout)
+        # A channel of its own (not gRPC's process-wide subchannel pool): in the CNI agent
+        # a new client made right after etcd came back would otherwise share the old
+        # channels' subchannel, still in its reconnect backoff, and fail for seconds.
+        client = EtcdClient(host, port, creds, timeout=timeout,
+                            options={"grpc.use_local_subchannel_pool": 1})
         try:
             # A cheap read proves the endpoint answers; aetcd connects lazily.
-            await asyncio.wait_for(client.get(b"/calico/ipam/v2/config"), timeout)
+            await asyncio.wait_for(client.get(CHECK_KEY), timeout)
             return client
         except (TimeoutError, aetcd.exceptions.ClientError, OSError) as exc:
             errors.append(f"{scheme}://{host}:{port}: {exc or type(exc).__name__}")
