@@ -105,6 +105,7 @@ from ipam.allocator import (
     bridge_reserved,
 )
 from ipam.etcd import EtcdSettings, parse_endpoints
+from ipam.pools import load_pools
 
 log = structlog.get_logger(__name__)
 
@@ -291,7 +292,7 @@ async def _run_allocator(cfg: PluginConfig, fn):
     try:
         reserve = bridge_reserved if cfg.address_mode == "block" else None
         alloc = Allocator(client, release_grace=cfg.release_grace, reserve=reserve,
-                          max_node_blocks=cfg.max_node_blocks)
+                          max_node_blocks=cfg.max_node_blocks, pool_loader=_pools_once())
         return await fn(alloc)
     except IPAMConflictError as exc:
         raise CNIError(E_TRY_AGAIN, str(exc)) from None
@@ -310,6 +311,20 @@ async def _run_allocator(cfg: PluginConfig, fn):
         raise
     finally:
         await warm.release(client)
+
+
+def _pools_once():
+    """A pool loader that reads etcd's pools once per plugin call (per Allocator): an
+    ADD chooses its block from them and renders the routes of the same pools, instead
+    of reading and validating every pool twice. The next call reads them afresh."""
+    read: list = []
+
+    async def load(client):
+        if not read:
+            read.append(await load_pools(client))
+        return read[0]
+
+    return load
 
 
 def _handle_id(cfg: PluginConfig, env: Mapping[str, str]) -> str:

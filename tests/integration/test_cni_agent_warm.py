@@ -187,3 +187,42 @@ def test_concurrent_adds_through_two_agents_never_share_an_address(etcd, nodes):
     assert len(set(addrs)) == len(addrs) == 40
     out = etcd.etcdctl("get", "--prefix", "/calico/ipam/v2/handle/", "--keys-only").split()
     assert len(out) == 40
+
+
+def test_an_add_reads_the_pools_once_and_the_next_add_reads_them_again(etcd, tmp_path,
+                                                                        monkeypatch):
+    """The pools an ADD assigns from are the pools its result's routes name (block mode):
+    one read per call, never carried over to the next call."""
+    import io
+
+    import ipam.cni
+
+    reads = []
+    real = ipam.cni.load_pools
+
+    async def counting(client):
+        reads.append(1)
+        return await real(client)
+
+    monkeypatch.setattr(ipam.cni, "load_pools", counting)
+    put_pool(etcd, "p1", "10.65.0.0/16")
+    conf = {"cniVersion": "1.0.0", "name": "podnet", "type": "ptp",
+            "etcd_endpoints": etcd.endpoint, "nodename": "node1",
+            "ipam": {"type": "podbgp-ipam", "lock_file": str(tmp_path / "lock"),
+                     "address_mode": "block"}}
+
+    def add(cid):
+        out = io.StringIO()
+        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_IFNAME": "eth0",
+               "CNI_NETNS": "/x", "CNI_PATH": "/x"}
+        assert ipam.cni.run(env, json.dumps(conf), out, io.StringIO()) == 0, out.getvalue()
+        return json.loads(out.getvalue())
+
+    r1 = add("r1")
+    assert len(reads) == 1 and r1["routes"] == [{"dst": "10.65.0.0/16"}]
+    etcd.etcdctl("del", keys.resource_key("IPPool", "p1"))
+    put_pool(etcd, "p2", "10.66.0.0/16")
+    r2 = add("r2")
+    assert len(reads) == 2 and r2["routes"] == [{"dst": "10.66.0.0/16"}]
+    assert ipaddress.ip_interface(r2["ips"][0]["address"]).ip in ipaddress.ip_network(
+        "10.66.0.0/16")
