@@ -158,3 +158,13 @@ class _Collector:
         yield CounterMetricFamily("podbgp_cni_bad_requests", "Connections that sent no "
                                   "readable request (not a plugin of this package).",
                                   value=bad)
+        from cni import warm
+
+        clients = CounterMetricFamily("podbgp_cni_etcd_clients", "etcd clients the agent's "
+                                      "workers took for a call: reused (the worker's last "
+                                      "one, it answered its check read), opened (new), "
+                                      "dropped (a kept one that no longer answered).",
+                                      labels=["result"])
+        for result, n in sorted(warm.stats().items()):
+            clients.add_metric([result], n)
+        yield clients

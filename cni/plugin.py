@@ -7,7 +7,8 @@ hands it to the node's resident agent when one listens, or calls it here.
 ADD, in the order that makes a failure cheap to undo:
   1. validate configuration, CNI_* variables, pod identity and labels;
      open etcd (unreachable: code 11, nothing done yet);
-  2. delegate ADD to ``ipam.type`` (CNI_PATH); on failure delegate DEL;
+  2. delegate ADD to ``ipam.type`` (CNI_PATH), meanwhile read the pools and the
+     host's links for the MTU; on failure delegate DEL;
   3. build the pod interface (cni/dataplane.py), or find it already built
      by an earlier attempt of the same ADD;
   4. write the WorkloadEndpoint;
@@ -20,6 +21,7 @@ delegates DEL to IPAM; each step tolerates what is already gone.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 from collections.abc import Mapping
@@ -233,12 +235,22 @@ async def cmd_add(conf: NetConf, env: Mapping[str, str], stdin: str,
     ipam_done = built_here = wep_written = False
     wep_key = ""
     try:
-        pools = await _etcd("read IP pools", _pools(client)) if not conf.mtu else []
-        raw = delegate.run_ipam(conf.ipam_type, "ADD", stdin, env, stderr=stderr)
+        # The IPAM call (a process, mostly waiting for etcd) runs while this reads the
+        # pools and the host's links for the MTU; both are over before anything else.
+        ipam_call = asyncio.ensure_future(asyncio.to_thread(
+            delegate.run_ipam, conf.ipam_type, "ADD", stdin, env, stderr=stderr))
+        try:
+            pools = await _etcd("read IP pools", _pools(client)) if not conf.mtu else []
+            mtu = _pod_mtu(conf, pools)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await ipam_call  # finished before the rollback delegates DEL
+            raise
+        raw = await ipam_call
         ipam_done = True
         ipam_result = from_any_version(raw or {})
         plan = _plan(conf, env, _addresses(ipam_result), _pod_routes(conf, ipam_result),
-                     _pod_mtu(conf, pools), host_name)
+                     mtu, host_name)
         built = dataplane.existing(plan)
         if built is None:
             built = dataplane.setup(plan)
