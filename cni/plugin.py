@@ -30,7 +30,7 @@ from typing import Any, TextIO
 import structlog
 
 from cni import dataplane, delegate, logs, rtnl, warm
-from cni.mtu import auto_mtu
+from cni.mtu import MTU_IFACE_PATTERN, auto_mtu
 from cni.netconf import NetConf, parse_netconf, pod_identity
 from cni.spec import (
     E_BAD_CONFIG,
@@ -214,7 +214,7 @@ def _pod_mtu(conf: NetConf, pools: list[Any]) -> int:
     if conf.mtu:
         return conf.mtu
     with rtnl.open_rtnl() as host:
-        return auto_mtu(pools, host.links())
+        return auto_mtu(pools, host.links(MTU_IFACE_PATTERN.match))
 
 
 # ------------------------------------------------------------------ commands

@@ -22,7 +22,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -165,6 +165,19 @@ def _attrs(buf: bytes | memoryview, off: int, end: int) -> dict[int, bytes]:
         out[kind & 0x3FFF] = bytes(buf[off + _NLA.size: off + ln])
         off += _align(ln)
     return out
+
+
+def _link_name(buf: bytes | memoryview, off: int, end: int) -> str:
+    """IFLA_IFNAME of an ifinfomsg at ``off`` without parsing its other attributes."""
+    off += _IFINFO.size
+    while off + _NLA.size <= end:
+        ln, kind = _NLA.unpack_from(buf, off)
+        if ln < _NLA.size:
+            break
+        if kind & 0x3FFF == IFLA_IFNAME:
+            return _cstr(bytes(buf[off + _NLA.size: off + ln]))
+        off += _align(ln)
+    return ""
 
 
 def _cstr(raw: bytes) -> str:
@@ -377,11 +390,14 @@ class Rtnl:
                 return parse(buf, off + _HDR.size, end)
         return None
 
-    def links(self) -> list[Link]:
+    def links(self, name_match: Callable[[str], object] | None = None) -> list[Link]:
+        """Every link, or only those whose name ``name_match`` accepts (the others are
+        not parsed: a node's pod veths are most of its links)."""
         return [self._parse_link(buf, off, end)
                 for typ, buf, off, end in self.dump(RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0),
                                                     "list links")
-                if typ == RTM_NEWLINK]
+                if typ == RTM_NEWLINK
+                and (name_match is None or name_match(_link_name(buf, off, end)))]
 
     # ------------------------------------------------------------ addresses
 

@@ -242,3 +242,24 @@ async def test_fib_sync_leaves_pod_routes_alone_and_keeps_the_block_blackhole(no
             "10.65.0.5"}
     finally:
         await s.stop()
+
+
+def test_links_filtered_by_name_are_the_same_links(netns):
+    """Auto-MTU reads only the uplinks (cni.mtu's pattern): the links it gets with the
+    name filter are field for field those of the full dump, and a pod veth is not among
+    them (a node's pod veths are most of its links; they are not parsed)."""
+    from cni.mtu import MTU_IFACE_PATTERN, host_mtu
+
+    for cmd in (["link", "add", "eth7", "mtu", "1450", "type", "veth", "peer", "name", "p7"],
+                ["link", "set", "eth7", "up"],
+                ["link", "add", "cali1234", "mtu", "1400", "type", "veth", "peer", "name",
+                 "tmp9"],
+                ["link", "set", "cali1234", "up"],
+                ["link", "add", "ens3", "mtu", "9000", "type", "veth", "peer", "name", "p3"]):
+        subprocess.run(["ip", "-n", netns, *cmd], check=True)
+    with rtnl.in_netns(f"/var/run/netns/{netns}"), rtnl.open_rtnl() as host:
+        every = host.links()
+        some = host.links(MTU_IFACE_PATTERN.match)
+    assert sorted(link.name for link in some) == ["ens3", "eth7"]
+    assert some == [link for link in every if link.name in ("ens3", "eth7")]
+    assert host_mtu(some) == host_mtu(every) == 1450  # ens3 is down
