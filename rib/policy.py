@@ -277,7 +277,7 @@ def export_key(path: Path, target: PeerPolicy, ctx: ExportContext) -> tuple | No
     object per prefix and peer.
     """
     cfg = ctx.config
-    source = path.peer
+    source = path.attrs.peer
     tpeer = target.peer
     to_ebgp = tpeer.kind is PeerKind.EBGP
     originated = source.kind is PeerKind.LOCAL
@@ -328,8 +328,9 @@ def _with_operations(key: tuple | None, rule, to_ebgp: bool, local_as: int) -> t
 
 def _export_key(path: Path, target: PeerPolicy, ctx: ExportContext, originated: bool
                 ) -> tuple | None:
+    a = path.attrs  # the shared PathAttrs: plain slots (a Path reads through properties)
     cfg = ctx.config
-    source = path.peer
+    source = a.peer
     tpeer = target.peer
     to_ebgp = tpeer.kind is PeerKind.EBGP
     # Next hop (Calico nextHopMode): originated routes always carry ours.
@@ -337,7 +338,7 @@ def _export_key(path: Path, target: PeerPolicy, ctx: ExportContext, originated: 
     if originated or mode is NextHopMode.SELF or (mode is NextHopMode.AUTO and to_ebgp):
         next_hop = target.self_next_hop
     else:
-        next_hop = path.next_hop
+        next_hop = a.next_hop
     if to_ebgp:
         # RFC 4271 §5.1.2: prepend our AS; LOCAL_PREF (§5.1.5), ORIGINATOR_ID and
         # CLUSTER_LIST (RFC 4456 §8) stay inside the AS; a learned MED is not passed
@@ -345,29 +346,29 @@ def _export_key(path: Path, target: PeerPolicy, ctx: ExportContext, originated: 
         local_as = tpeer.local_asn or cfg.local_asn
         return (
             next_hop,
-            path.origin,
-            (local_as, *path.as_path),
+            a.origin,
+            (local_as, *a.as_path),
             None,
-            path.med if originated else None,
-            path.communities,
-            path.large_communities,
+            a.med if originated else None,
+            a.communities,
+            a.large_communities,
             None,
             (),
         )
-    local_pref = DEFAULT_LOCAL_PREF if path.local_pref is None else path.local_pref
+    local_pref = DEFAULT_LOCAL_PREF if a.local_pref is None else a.local_pref
     if originated or source.kind is PeerKind.EBGP:
-        return (next_hop, path.origin, path.as_path, local_pref, path.med,
-                path.communities, path.large_communities, None, ())
+        return (next_hop, a.origin, a.as_path, local_pref, a.med,
+                a.communities, a.large_communities, None, ())
     # Reflecting an iBGP route (RFC 4456 §8): ORIGINATOR_ID = the route's originator,
     # our cluster id prepended to CLUSTER_LIST; next hop kept unless the mode says Self.
     return (
         next_hop,
-        path.origin,
-        path.as_path,
+        a.origin,
+        a.as_path,
         local_pref,
-        path.med,
-        path.communities,
-        path.large_communities,
-        path.originator_id or source.router_id,
-        (cfg.cluster_id, *path.cluster_list),
+        a.med,
+        a.communities,
+        a.large_communities,
+        a.originator_id or source.router_id,
+        (cfg.cluster_id, *a.cluster_list),
     )

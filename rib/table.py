@@ -598,7 +598,7 @@ class Rib:
         to the peer it came from) differs between them, and is checked first."""
         policy = peer.policy
         if shared is not None:
-            source = best.peer
+            source = best.attrs.peer
             if source.kind is not PeerKind.LOCAL and source.address == policy.peer.address:
                 return None
             ec = peer.eclass
