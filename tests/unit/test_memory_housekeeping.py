@@ -106,3 +106,16 @@ def test_trim_not_due_while_the_count_moves() -> None:
     assert hk.trim_due(50_000, 50_000)
     hk.trimmed_at = 45_000
     assert not hk.trim_due(50_000, 50_000)  # grown 5,000 since: not enough
+
+
+async def test_heap_trimmed_once_after_start_up(monkeypatch) -> None:
+    # Start-up (imports, the first config load) leaves freed heap: one trim once the
+    # count has settled, even with no routes, and none after that while nothing grows.
+    import bgpd.ops.memory as memory
+
+    trims: list[int] = []
+    monkeypatch.setattr(memory, "trim_heap", lambda: trims.append(1) or True)
+    sizes = iter([0] * 12)
+    hk = Housekeeper(lambda: next(sizes), [], interval=0.001, min_drop=10_000)
+    await _drive(hk)
+    assert len(trims) == 1 and hk.trims == 1 and hk.compactions == 0
