@@ -82,6 +82,11 @@ with 1 to 50 peers, issue 18). ``Neighbor.previous`` now reads as an empty
 of it handles; the loop then finds nothing to change, which is right: the
 preamble has just applied the same configuration.
 
+Same hazard for group ``raw``: ``Peer.reconfigure`` replaces the live Neighbor at once,
+and podbgp-send bytes queued on the old object (answered ``done``, not yet written)
+went with it, unnoticed by the speaker. ``reconfigure`` now moves them (and the
+session's raw mode and write-in-progress flag) to the new object.
+
 Group ``write`` (latency; needs ``raw``). podbgp-send bytes waited for each
 session's own turn of ExaBGP's loop (one generator step per session: a
 withdrawal reflected to 200 clients was 200 steps before its last byte left).
@@ -832,15 +837,43 @@ def _patch_raw() -> None:
          "        if not self.neighbor.__dict__.get('_podbgp_raw_mode'):\n"
          "            self.neighbor.rib.outgoing.resend(enhanced, family)\n"),
     ], {})
+    # A reload that finds the peer unchanged makes the new Neighbor object the live one
+    # at once (Peer.reconfigure): what podbgp-send queued on the old one, acknowledged
+    # with ``done``, moves with it instead of being dropped with the old object.
+    original_reconfigure = Peer.__dict__["reconfigure"]
+    if list(inspect.signature(original_reconfigure).parameters) != ["self", "restart_neighbor"]:
+        raise PatchError("Peer.reconfigure: not (self, restart_neighbor)")
+
+    def reconfigure(self: Any, restart_neighbor: Any = None) -> None:
+        old = self.neighbor
+        original_reconfigure(self, restart_neighbor)
+        _carry_raw(old, self.neighbor)
+
+    Peer.reconfigure = reconfigure
     Command.register(RAW_COMMAND)(_podbgp_send)
     Command.register(HELLO_COMMAND, False)(_podbgp_hello)
+
+
+def _carry_raw(old: Any, new: Any) -> None:
+    """Move the session's podbgp-send state from the Neighbor object it replaced to the
+    new one: queued bytes (ahead of any the new one holds), a write in progress, raw mode."""
+    if new is None or new is old:
+        return
+    state = old.__dict__
+    queued = state.get("_podbgp_raw")
+    if queued:
+        new._podbgp_raw = bytearray(queued) + new.__dict__.get("_podbgp_raw", b"")
+        old._podbgp_raw = bytearray()
+    for name in ("_podbgp_busy", "_podbgp_raw_mode"):
+        if state.get(name):
+            setattr(new, name, True)
 
 
 def _raw_targets() -> list[tuple[Any, str]]:
     from exabgp.bgp.neighbor import Neighbor
     from exabgp.reactor.peer import Peer
 
-    return [(Peer, "_main"), (Peer, "resend"), (Neighbor, "reset_rib")]
+    return [(Peer, "_main"), (Peer, "resend"), (Peer, "reconfigure"), (Neighbor, "reset_rib")]
 
 
 # --------------------------------------------------------------- group "poll"

@@ -582,6 +582,54 @@ assert p["a"].neighbor._podbgp_raw_mode and not hasattr(p["d"].neighbor, "_podbg
     assert out.returncode == 0, out.stderr
 
 
+def test_raw_bytes_queued_before_a_reload_stay_with_the_session() -> None:
+    """A ``reload`` that finds a peer unchanged makes the new Neighbor object the live
+    one at once (ExaBGP's Peer.reconfigure). podbgp-send bytes ExaBGP had already
+    answered ``done`` for, queued on the old object and not yet written, were dropped
+    with it (and the speaker, holding the acknowledgement, never re-sends them). They
+    now move to the new object, ahead of anything queued after the reload, with the
+    session's raw mode and a write in progress."""
+    out = _run("""
+import base64, bgpd.exabgp.launch as launch
+from bgpd.exabgp import wire
+from rib.policy import ExportAttrs
+assert launch.patch()
+from exabgp.bgp.fsm import FSM
+from exabgp.bgp.neighbor import Neighbor
+from exabgp.protocol.ip import IP
+from exabgp.reactor.api import API
+from exabgp.reactor.peer import Peer
+def neighbor():
+    n = Neighbor()
+    n["peer-address"] = IP.create("10.0.0.2")
+    return n
+peer = Peer.__new__(Peer)
+peer.neighbor, peer._neighbor, peer.proto = neighbor(), None, object()
+peer.fsm = FSM(peer, FSM.ESTABLISHED)
+class Processes:
+    def answer_done(self, service, force=False): pass
+    def answer_error(self, service): raise AssertionError("error")
+class Reactor:
+    processes = Processes()
+    _peers = {"a": peer}
+reactor = Reactor()
+api = API.__new__(API)
+eor = wire.end_of_rib(False)
+data = wire.announce(ExportAttrs(next_hop="10.0.0.1"), ["10.1.0.0/24"], ibgp=True, ipv6=False)
+api.response(reactor, "podbgp", f"podbgp-send {base64.b64encode(eor).decode()} 10.0.0.2", False)
+old = peer.neighbor
+old._podbgp_busy = True  # the session's turn is writing earlier bytes
+peer.reconfigure(neighbor())  # the reload: same definition, new object
+assert peer.neighbor is not old
+api.response(reactor, "podbgp", f"podbgp-send {base64.b64encode(data).decode()} 10.0.0.2", False)
+n = peer.neighbor
+assert bytes(n.__dict__.get("_podbgp_raw", b"")) == eor + data, "acknowledged bytes lost"
+assert n._podbgp_busy and n._podbgp_raw_mode
+assert not old.__dict__.get("_podbgp_raw")  # moved, not copied: written once
+""")
+    assert out.returncode == 0, out.stderr
+
+
 def test_raw_bytes_go_out_at_once_only_when_nothing_of_the_session_is_pending() -> None:
     """podbgp-send writes a message straight to an idle session's socket (no turn of
     ExaBGP's loop per session), but never into the middle of another message, nor
