@@ -59,6 +59,9 @@ class ResourceConflict(DatastoreError):
 class DatastoreUnavailable(DatastoreError):
     """No endpoint answered (etcd) or the file cannot be read/written."""
 
+    # True when waiting may end it (etcd members answering without a leader yet).
+    transient: bool = False
+
 
 def reason_label(reason: str) -> str:
     """A short, stable label: the reason's head, without the quoted details."""

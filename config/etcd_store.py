@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import time
 import uuid
@@ -488,20 +489,19 @@ class EtcdDatastore:
         """``await fn()`` guarded, tried again while etcd answers UNAVAILABLE or has no
         leader yet, for up to READ_RETRY_BUDGET seconds."""
         deadline = time.monotonic() + READ_RETRY_BUDGET
-        for attempt in range(1_000_000):
+        for attempt in itertools.count():
             try:
                 return await self._guard(fn())
             except DatastoreUnavailable as e:
                 cause = e.__cause__
                 pause = READ_RETRY_PAUSES[min(attempt, len(READ_RETRY_PAUSES) - 1)]
-                retryable = getattr(e, "transient", False) or (
+                retryable = e.transient or (
                     isinstance(cause, grpc.aio.AioRpcError)
                     and cause.code() == grpc.StatusCode.UNAVAILABLE)
                 if not retryable or time.monotonic() + pause > deadline:
                     raise
                 log.info("etcd_read_retry", error=str(e), retry_in=pause)
                 await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
 
     async def get(self, kind: str, name: str, namespace: str | None = None) -> Any:
         kind = ckeys.normalize_kind(kind)
