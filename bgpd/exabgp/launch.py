@@ -103,7 +103,24 @@ Group ``lean`` (memory). asyncio imports ``ssl`` whenever it can; ExaBGP speaks
 no TLS, and ``ssl`` maps libssl and libcrypto (~4 MiB resident); ``_hashlib``
 (hashlib's OpenSSL half) maps libcrypto as well. Importing either raises
 ImportError in ExaBGP's process (asyncio runs without ssl, hashlib falls back
-to its builtin digests). Applied first, before ExaBGP's own imports.
+to its builtin digests). ``asyncio``, ``pdb`` and ``logging.handlers``, which
+ExaBGP imports at start-up but uses only for coroutine API callbacks (none in
+5.0.15, see group ``sync``), its debugger (``exabgp.pdb.enable``, a configuration
+error under ``exabgp.debug.configuration``) and syslog/file log destinations, are
+imported lazily (``_LazyModule``): the module object is there at once and its
+code runs, unchanged, the first time anything reads one of its attributes
+(issue 17: ~2 MiB of the idle process).
+Applied first, before ExaBGP's own imports.
+
+Group ``sync`` (CPU, and memory with ``lean``). ``ASYNC.run`` — ExaBGP's loop calls
+it on every turn that has API callbacks queued, e.g. each ``announce`` command's —
+ran the callbacks through ``asyncio.run``: a new event loop (epoll descriptor,
+self-pipe, default executor shutdown) per call, ~0.5 ms on this machine, although
+every callback ExaBGP 5.0.15 schedules is a generator and ``_run_async`` never
+awaits for one. Generators now run in a plain loop with ``_run_async``'s own rules
+(up to ``LIMIT`` steps a call, the next callback on StopIteration, an exception
+logged and reported to the service); a coroutine (none in 5.0.15) still goes
+through ``asyncio.run``, as before. ``_run_async``'s source is checked (SHA-256).
 
 Group ``channel`` (memory, and one copy less). ExaBGP starts the API process of
 its config (``run <python> -m bgpd.exabgp.relay SOCKET``) with ``subprocess.Popen``
@@ -136,6 +153,7 @@ import inspect
 import os
 import sys
 import textwrap
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -1032,16 +1050,127 @@ def _write_targets() -> list[tuple[Any, str]]:
 _UNUSED_MODULES = ("ssl", "_hashlib")
 
 
+# Imported by ExaBGP at start-up, used only on paths podbgp's use never takes (group
+# ``sync`` keeps asyncio unused): loaded on first use instead.
+_LAZY_MODULES = ("asyncio", "pdb", "logging.handlers")
+
+
+class _LazyModule(types.ModuleType):
+    """A module whose code runs the first time an attribute it does not have yet is
+    read. Unlike importlib.util.LazyLoader's modules (any attribute, ``__spec__``
+    included, loads them), the import system's own reads (``__spec__``, ``__path__``,
+    ``__file__``) do not: on Python 3.11 every later ``import X`` statement reads
+    ``X.__spec__``, which would load a LazyLoader module at once."""
+
+    def __getattr__(self, attr: str) -> Any:
+        spec = self.__spec__
+        self.__class__ = types.ModuleType  # executed once: the module is itself from now on
+        try:
+            spec.loader.exec_module(self)
+        except BaseException:
+            sys.modules.pop(spec.name, None)  # as a failed import leaves it
+            raise
+        return getattr(self, attr)
+
+
+def lazy_import(name: str) -> bool:
+    """Put a lazily executed ``name`` in sys.modules (``_LazyModule``). False if it is
+    already imported or cannot be found."""
+    import importlib.util
+
+    if name in sys.modules:
+        return False
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+        return False
+    module = importlib.util.module_from_spec(spec)
+    module.__class__ = _LazyModule
+    sys.modules[name] = module
+    parent, _, child = name.rpartition(".")
+    if parent:
+        setattr(sys.modules[parent], child, module)  # ``import a.b as c`` reads a.b
+    return True
+
+
 def _patch_lean() -> None:
-    """Importing these modules now raises ImportError (a module some import already
-    loaded stays: there is nothing left to save)."""
+    """Importing the unused modules now raises ImportError (a module some import already
+    loaded stays: there is nothing left to save); the lazy ones load on first use."""
     for name in _UNUSED_MODULES:
         if name not in sys.modules:
             sys.modules[name] = None  # type: ignore[assignment]
+    for name in _LAZY_MODULES:
+        lazy_import(name)
 
 
 def _lean_targets() -> list[tuple[Any, str]]:
     return []
+
+
+# --------------------------------------------------------------- group "sync"
+
+# ExaBGP 5.0.15's ASYNC._run_async, whose rules _run_generators keeps for generators.
+_RUN_ASYNC_SHA256 = "7640837abdd9df3e50e808f04422732537290b42d07fd9afa0ce8e8075dff859"
+
+
+def _is_coroutine(callback: Any) -> bool:
+    return inspect.iscoroutine(callback) or inspect.iscoroutinefunction(callback)
+
+
+def _run_generators(self: Any) -> bool:
+    """ASYNC._run_async for generator callbacks, without an event loop: up to LIMIT
+    steps, the next callback when one is exhausted, an exception logged and reported
+    to its service (``_notify_error``). A coroutine met on the way (ExaBGP 5.0.15
+    schedules none) is put back and the rest runs as before, through asyncio.run."""
+    from exabgp.logger import log
+
+    if not self._async:
+        return False
+    uid, callback = self._async.popleft()
+    for _ in range(self.LIMIT):
+        if _is_coroutine(callback):
+            self._async.appendleft((uid, callback))
+            import asyncio
+
+            return bool(asyncio.run(self._run_async()))
+        try:
+            next(callback)
+        except StopIteration:
+            if not self._async:
+                return False
+            uid, callback = self._async.popleft()
+        except Exception as exc:
+            log.error(lambda uid=uid: f'async | {uid} | problem with function', 'reactor')
+            for line in str(exc).split('\n'):
+                log.error(lambda line=line, uid=uid: f'async | {uid} | {line}', 'reactor')
+            self._notify_error(uid)
+            if not self._async:
+                return False
+            uid, callback = self._async.popleft()
+    self._async.appendleft((uid, callback))
+    return True
+
+
+def _patch_sync() -> None:
+    """ASYNC.run runs generator callbacks itself instead of in a new event loop each call."""
+    import hashlib
+
+    from exabgp.reactor.asynchronous import ASYNC
+
+    source = inspect.getsource(ASYNC._run_async)
+    if hashlib.sha256(source.encode()).hexdigest() != _RUN_ASYNC_SHA256:
+        raise PatchError("ASYNC._run_async: source differs from the one this patch follows")
+    ASYNC.run = _rewrite(ASYNC, "run", [
+        ("            # Only generators, run synchronously\n"
+         "            return asyncio.run(self._run_async())\n",
+         "            # Only generators, run synchronously\n"
+         "            return _podbgp_run_generators(self)\n"),
+    ], {"_podbgp_run_generators": _run_generators})
+
+
+def _sync_targets() -> list[tuple[Any, str]]:
+    from exabgp.reactor.asynchronous import ASYNC
+
+    return [(ASYNC, "run")]
 
 
 # ------------------------------------------------------------ group "channel"
@@ -1200,6 +1329,7 @@ def _channel_targets() -> list[tuple[Any, str]]:
 # name -> (apply, what it rebinds: restored if the group does not fit)
 GROUPS: dict[str, tuple[Callable[[], None], Callable[[], list[tuple[Any, str]]]]] = {
     "lean": (_patch_lean, _lean_targets),  # first: before anything imports asyncio
+    "sync": (_patch_sync, _sync_targets),
     "decode": (_patch_decode, _decode_targets),
     "api": (_patch_api, _api_targets),
     "notify": (_patch_notify, _notify_targets),

@@ -887,3 +887,145 @@ print(sys.modules.get("ssl") is not None)
 """)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["True", "True"]
+
+
+LAZY = """
+import sys, bgpd.exabgp.launch as launch
+assert launch.patch()
+import exabgp.application.server, exabgp.reactor.loop, exabgp.reactor.asynchronous
+import exabgp.logger.handler, exabgp.configuration.core.error
+lazy = lambda: [n for n in ("asyncio", "pdb", "logging.handlers")
+                if type(sys.modules[n]) is launch._LazyModule]
+print(*lazy())
+import logging.handlers as handlers
+print(handlers.RotatingFileHandler.__name__, *lazy())
+import asyncio
+print(asyncio.run(asyncio.sleep(0, "ran")), *lazy())
+"""
+
+
+def test_lean_group_defers_modules_exabgp_imports_but_does_not_use() -> None:
+    """Group "lean" (issue 17): after ExaBGP's server, reactor, logger and configuration
+    modules are imported, asyncio, pdb and logging.handlers have not run (their ~2 MiB
+    stay out of the idle process); the first attribute read loads each, whole: a
+    syslog/file log destination and asyncio work as before."""
+    out = _run(LAZY)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["asyncio pdb logging.handlers",
+                                       "RotatingFileHandler asyncio pdb",
+                                       "ran pdb"]
+
+
+def test_lazy_import_failure_leaves_no_half_module(tmp_path: Path) -> None:
+    """A lazily imported module whose code fails raises on first use, as its import would
+    have, and is not left in sys.modules half-initialised."""
+    (tmp_path / "podbgp_broken_mod.py").write_text("X = 1\nraise RuntimeError('broken')\n")
+    out = _run(f"""
+import sys; sys.path.insert(0, {str(tmp_path)!r})
+from bgpd.exabgp.launch import lazy_import
+assert lazy_import("podbgp_broken_mod") and not lazy_import("podbgp_broken_mod")
+import podbgp_broken_mod
+try:
+    podbgp_broken_mod.X
+except RuntimeError as e:
+    print("raised", e, "podbgp_broken_mod" in sys.modules)
+print(lazy_import("podbgp_no_such_module"))
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["raised broken False", "False"]
+
+
+# ASYNC's callbacks: generators of several lengths, one raising, one that ends at once;
+# the trace is every run()'s answer, each step taken, the services told of an error and
+# what is left queued, for ExaBGP's own ASYNC.run and for group "sync"'s.
+SYNC_TRACE = """
+import sys, bgpd.exabgp.launch as launch
+skip = set(sys.argv[1:])
+assert launch.patch(skip=skip)
+from exabgp.environment import getenv
+from exabgp.logger import log
+from exabgp.reactor.asynchronous import ASYNC
+log.init(getenv())
+steps, errors = [], []
+def gen(name, n, fail_at=None):
+    for i in range(n):
+        if i == fail_at:
+            raise ValueError(f"{name} failed\\nsecond line")
+        steps.append((name, i))
+        yield
+a = ASYNC()
+a.set_error_handler(errors.append)
+for uid, n, fail in (("a", 3, None), ("b", 70, None), ("c", 5, 2), ("d", 0, None),
+                     ("e", 120, None), ("f", 4, 0)):
+    a.schedule(uid, "cmd " + uid, gen(uid, n, fail))
+answers = []
+for _ in range(8):
+    answers.append(a.run())
+    a.schedule("late", "late", gen("late", 1)) if len(answers) == 3 else None
+print("T", answers)
+print("T", steps)
+print("T", errors, [uid for uid, _ in a._async])
+print("T", type(sys.modules["asyncio"]).__name__)
+"""
+
+
+def test_sync_group_runs_api_callbacks_as_exabgp_did_without_an_event_loop() -> None:
+    """Group "sync": ASYNC.run gives the same answers, runs the same generator steps in
+    the same order (LIMIT a call, the next callback on StopIteration, a failing one
+    reported to its service) and leaves the same queue as ExaBGP's asyncio.run version —
+    and asyncio is never even executed (lean's lazy module stays unloaded)."""
+    patched = subprocess.run([sys.executable, "-c", SYNC_TRACE], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             check=False)
+    original = subprocess.run([sys.executable, "-c", SYNC_TRACE, "sync"], capture_output=True,
+                              text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
+    assert patched.returncode == 0, patched.stderr
+    assert original.returncode == 0, original.stderr
+    ours, theirs = ([line[2:] for line in out.stdout.splitlines() if line.startswith("T ")]
+                    for out in (patched, original))
+    assert ours[:3] == theirs[:3]
+    assert ours[0] == "[True, True, True, True, False, False, False, False]"
+    assert ours[2] == "['c', 'f'] []"
+    assert ours[3] == "_LazyModule"  # never loaded: no event loop made
+    assert theirs[3] == "module"  # ExaBGP's version runs asyncio.run every call
+    # the same error lines logged (ExaBGP's logger, stdout or stderr)
+    logged = [sorted(line.split("|", 1)[-1] for line in (out.stdout + out.stderr).splitlines()
+                     if "async |" in line) for out in (patched, original)]
+    assert logged[0] == logged[1] and len(logged[0]) == 6
+
+
+COROUTINE = """
+import sys, bgpd.exabgp.launch as launch
+assert launch.patch(skip=set(sys.argv[1:]))
+from exabgp.reactor.asynchronous import ASYNC
+done = []
+async def co():
+    done.append("co")
+def gen(then=None):
+    done.append("gen")
+    if then:
+        a.schedule("c", "c", then)
+    yield
+a = ASYNC()
+a.schedule("g", "g", gen())
+a.schedule("c", "c", co)
+print(a.run(), done.count("gen"), done.count("co"), [uid for uid, _ in a._async])
+done.clear(); a.clear()
+a.schedule("g", "g", gen(co))  # a coroutine met while running generators
+print(a.run(), done.count("gen"), done.count("co") > 0)
+"""
+
+
+def test_sync_group_still_runs_a_coroutine_through_asyncio() -> None:
+    """A coroutine callback (ExaBGP 5.0.15 schedules none) goes the original way: queued
+    from the start, exactly as unpatched ExaBGP runs it; met while generators run, it is
+    handed to ExaBGP's asyncio version."""
+    outs = [subprocess.run([sys.executable, "-c", COROUTINE, *skip], capture_output=True,
+                           text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           check=False) for skip in ((), ("sync",))]
+    for out in outs:
+        assert out.returncode == 0, out.stderr
+    ours, theirs = (out.stdout.splitlines() for out in outs)
+    assert ours[0] == theirs[0] == "True 1 48 ['c']"  # ExaBGP re-calls it every step
+    assert ours[1] == "True 1 True"

@@ -113,8 +113,9 @@ def test_the_rules_see_real_imports() -> None:
 def test_the_daemon_imports_neither_pyroute2_nor_prometheus_client_nor_ssl() -> None:
     """Issue 17 (memory): the daemon's import graph, in a fresh interpreter as the bgpd
     console script starts it, loads no pyroute2 (fib_sync encodes its own messages) and
-    no prometheus_client (bgpd.ops.promtext), and ``ssl`` and ``_hashlib`` are refused by
-    bgpd.main, not loaded (etcd's TLS is grpc's own, tests/integration/test_etcd_store_tls.py;
+    no prometheus_client (bgpd.ops.promtext), no importlib.metadata (pydantic's plugin
+    loader is answered by bgpd.main; build_info reads exabgp.version), and ``ssl`` and
+    ``_hashlib`` are refused by bgpd.main, not loaded (etcd's TLS is grpc's own, tests/integration/test_etcd_store_tls.py;
     hashlib serves sha256/sha1 from its builtin modules): libcrypto is never mapped."""
     import subprocess
     import sys
@@ -126,7 +127,13 @@ def test_the_daemon_imports_neither_pyroute2_nor_prometheus_client_nor_ssl() -> 
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', "
         "'prometheus_client')), sys.modules.get('ssl'), sys.modules.get('_hashlib'))\n"
         "print(hashlib.sha256(b'abc').hexdigest(), hashlib.sha1(b'abc').hexdigest())\n"
-        "print(any('libcrypto' in line for line in open('/proc/self/maps')))")],
+        "print(any('libcrypto' in line for line in open('/proc/self/maps')))\n"
+        "import bgpd.exabgp, config.model, pydantic\n"
+        "class M(pydantic.BaseModel):\n    x: int\n"
+        "print(bgpd.exabgp.build_info()['exabgp_version'], M(x='7').x,\n"
+        "      type(M.__pydantic_validator__).__name__, 'importlib.metadata' in sys.modules)\n"
+        "import importlib.metadata\n"
+        "print(importlib.metadata.version('exabgp'))")],
         capture_output=True, text=True, timeout=120, check=True, cwd=REPO)
     lines = out.stdout.splitlines()
     assert lines[0] == "[] None None", out.stdout
@@ -134,3 +141,8 @@ def test_the_daemon_imports_neither_pyroute2_nor_prometheus_client_nor_ssl() -> 
     assert lines[1] == ("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad "
                         "a9993e364706816aba3e25717850c26c9cd0d89d")
     assert lines[2] == "False"  # libcrypto is not mapped at all
+    # pydantic finds no plugins without importlib.metadata (bgpd.main), validates as
+    # ever with its plain SchemaValidator, and the build label reads ExaBGP's own version
+    # module: the installed distribution's version, importlib.metadata never imported
+    version = lines[4]
+    assert lines[3] == f"{version} 7 SchemaValidator False", out.stdout
