@@ -510,7 +510,9 @@ class Sim:
             elif cmd == "check":
                 report("check", **self.check())
             elif cmd == "status":
-                report("status", **self.counters())
+                # `status ID`: the answer carries the ID, so a reader can tell it from the
+                # answer to an earlier status it did not read
+                report("status", **({"id": args[0]} if args else {}), **self.counters())
             else:
                 report("error", error=f"unknown command {cmd!r}")
         except (IndexError, ValueError) as e:

@@ -45,22 +45,34 @@ class Clients:
              "--port", str(port), "--asn", str(ASN), "--cluster-id", CLUSTER, "--hold", "3",
              "--keepalive", "2.9"],
             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-        self.lines: asyncio.Queue[dict] = asyncio.Queue()
+        self.asked = 0
         self.expect_sync("listening")
 
-    def expect_sync(self, event: str) -> dict:
+    def expect_sync(self, event: str, tag: str | None = None) -> dict:
+        """The next line of ``event`` (and, given ``tag``, answering the command of that id)."""
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             msg = json.loads(line)
-            if msg["event"] == event:
+            if msg["event"] == event and (tag is None or msg.get("id") == tag):
                 return msg
         raise AssertionError(f"clients exited before {event!r}")
 
-    async def ask(self, cmd: str, event: str, timeout: float = 30) -> dict:
+    def send(self, cmd: str) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(cmd + "\n")
         self.proc.stdin.flush()
+
+    async def expect(self, event: str, timeout: float = 30) -> dict:
         return await asyncio.wait_for(asyncio.to_thread(self.expect_sync, event), timeout)
+
+    async def status(self, timeout: float = 30) -> dict:
+        """The clients' counters now: the answer to THIS request, never one printed for an
+        earlier command and left unread (each request has its own id)."""
+        self.asked += 1
+        tag = str(self.asked)
+        self.send(f"status {tag}")
+        return await asyncio.wait_for(asyncio.to_thread(self.expect_sync, "status", tag),
+                                      timeout)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -93,7 +105,11 @@ async def test_reflected_routes_keepalives_and_withdrawal(tmp_path) -> None:
         reflected = {block(j): ExportAttrs(next_hop=a, local_pref=100, originator_id=a,
                                            cluster_list=(CLUSTER,))
                      for j, a in enumerate(addrs)}
-        conv_wait = asyncio.create_task(clients.ask("status", "converged", 60))
+        # "converged" is the clients' own report. (The wait used to send "status" too: when
+        # the clients converged before reading it, its answer came after "converged",
+        # stayed unread, and the status below read it, printed before End-of-RIB arrived:
+        # "0 of 20 clients got End-of-RIB", ~1 run in 20 under load.)
+        conv_wait = asyncio.create_task(clients.expect("converged", 60))
         await sp.update_exports_many({
             k: (True, {p: at for j, (p, at) in enumerate(reflected.items()) if j != i})
             for i, k in enumerate(keys)})
@@ -102,7 +118,7 @@ async def test_reflected_routes_keepalives_and_withdrawal(tmp_path) -> None:
         assert conv["bad"] == 0 and conv["resets"] == 0, conv
         # Idle past the 3 s hold time: parked peers still get their keepalives.
         await asyncio.sleep(4.5)
-        st = await clients.ask("status", "status")
+        st = await clients.status()
         assert (st["up"], st["resets"], st["notifications"]) == (N, 0, 0), st
         assert st["routes_held"] == N * (N - 1)
         assert st["eor_received"] == N, "End-of-RIB (sent as bytes, behind the routes) reached all"
@@ -114,7 +130,7 @@ async def test_reflected_routes_keepalives_and_withdrawal(tmp_path) -> None:
         t0 = time.monotonic()
         await sp.update_exports_many({k: (False, {block(0): None}) for k in keys[1:]})
         while True:
-            st = await clients.ask("status", "status")
+            st = await clients.status()
             if st["routes_held"] == N * (N - 1) - (N - 1):
                 break
             assert time.monotonic() - t0 < 5, st
@@ -122,4 +138,21 @@ async def test_reflected_routes_keepalives_and_withdrawal(tmp_path) -> None:
         assert sum(len(sp._exports[k].sent) for k in keys) == N * (N - 1) - (N - 1)
     finally:
         await sp.stop()
+        clients.close()
+
+
+async def test_a_status_answer_is_never_one_left_by_an_earlier_command() -> None:
+    """The clients answer every ``status`` they read; an answer nobody read stays in the
+    pipe. ``Clients.status`` must return the answer to its own request, not that one
+    (a stale answer made the test above fail with End-of-RIB at 0 of 20 clients)."""
+    (client_port,) = free_ports(1)
+    clients = Clients(client_port)
+    try:
+        clients.send("status")  # answered, never read
+        await asyncio.sleep(0.5)  # ... and printed by now
+        t0 = time.monotonic()
+        st = await clients.status()
+        assert st["t"] >= t0, "the answer to an earlier status"
+        assert st["clients"] == N and st["up"] == 0
+    finally:
         clients.close()
