@@ -87,6 +87,14 @@ and podbgp-send bytes queued on the old object (answered ``done``, not yet writt
 went with it, unnoticed by the speaker. ``reconfigure`` now moves them (and the
 session's raw mode and write-in-progress flag) to the new object.
 
+Also group ``raw``: ExaBGP picks a line's command by substring (``API.response``:
+``registered + ' ' in line``, names in reverse order), and ``version``, ``teardown``,
+``shutdown``, ``restart``, ``reset`` and ``reload`` are tried before ``podbgp-send``: a
+podbgp-send whose base64 payload ended in one of those words ran that command (a
+``reset`` answers nothing, which shifts every later answer the speaker pairs in order).
+``podbgp-send`` and ``podbgp-hello`` are now picked by their first word, before
+ExaBGP's matcher; every other line is matched as before.
+
 Group ``write`` (latency; needs ``raw``). podbgp-send bytes waited for each
 session's own turn of ExaBGP's loop (one generator step per session: a
 withdrawal reflected to 200 clients was 200 steps before its last byte left).
@@ -831,6 +839,7 @@ _MAIN_RAW = [
 
 def _patch_raw() -> None:
     from exabgp.bgp.neighbor import Neighbor
+    from exabgp.reactor.api import API
     from exabgp.reactor.api.command import Command
     from exabgp.reactor.peer import Peer
 
@@ -868,6 +877,22 @@ def _patch_raw() -> None:
         _carry_raw(old, self.neighbor)
 
     Peer.reconfigure = reconfigure
+    # ExaBGP's matcher takes a line for any command it contains followed by a space (a
+    # podbgp-send payload ending in 'reload', 'reset', ...: module doc): podbgp's own
+    # commands are picked by their first word before it sees the line.
+    original_response = API.__dict__["response"]
+    if list(inspect.signature(original_response).parameters) != \
+            ["self", "reactor", "service", "command", "use_json"]:
+        raise PatchError("API.response: not (self, reactor, service, command, use_json)")
+    own = (RAW_COMMAND, HELLO_COMMAND)
+
+    def response(self: Any, reactor: Any, service: str, command: str, use_json: bool) -> Any:
+        name = command.split(" ", 1)[0]
+        if name in own:
+            return self.callback["text"][name](self, reactor, service, command, use_json)
+        return original_response(self, reactor, service, command, use_json)
+
+    API.response = response
     Command.register(RAW_COMMAND)(_podbgp_send)
     Command.register(HELLO_COMMAND, False)(_podbgp_hello)
 
@@ -889,9 +914,11 @@ def _carry_raw(old: Any, new: Any) -> None:
 
 def _raw_targets() -> list[tuple[Any, str]]:
     from exabgp.bgp.neighbor import Neighbor
+    from exabgp.reactor.api import API
     from exabgp.reactor.peer import Peer
 
-    return [(Peer, "_main"), (Peer, "resend"), (Peer, "reconfigure"), (Neighbor, "reset_rib")]
+    return [(Peer, "_main"), (Peer, "resend"), (Peer, "reconfigure"), (Neighbor, "reset_rib"),
+            (API, "response")]
 
 
 # --------------------------------------------------------------- group "poll"

@@ -582,6 +582,64 @@ assert p["a"].neighbor._podbgp_raw_mode and not hasattr(p["d"].neighbor, "_podbg
     assert out.returncode == 0, out.stderr
 
 
+def test_raw_payload_ending_in_a_command_word_is_still_podbgp_send() -> None:
+    """ExaBGP 5.0.15 picks a line's command by substring (API.response:
+    ``registered + ' ' in line``, names in reverse order), so 'version', 'teardown',
+    'shutdown', 'restart', 'reset' and 'reload' are tried before 'podbgp-send'. A
+    podbgp-send whose base64 payload ends in one of those words, followed by the space
+    before the peer address, ran that command (a shutdown of ExaBGP, or 'reset': no
+    answer at all, which shifts every later answer). podbgp's own commands are now
+    picked by their first word."""
+    out = _run("""
+import base64, bgpd.exabgp.launch as launch
+assert launch.patch()
+from exabgp.bgp.fsm import FSM
+from exabgp.reactor.api import API
+from exabgp.reactor.api.command import Command
+class Neighbor(dict):
+    pass
+class Peer:
+    def __init__(self, address):
+        self.neighbor = Neighbor({"peer-address": address})
+        self.fsm, self.proto = FSM(None, FSM.ESTABLISHED), object()
+answers, ran = [], []
+class Processes:
+    def answer_done(self, service, force=False): answers.append("done")
+    def answer_error(self, service): answers.append("error")
+    def write(self, service, line): answers.append(line)
+class Signal:
+    RELOAD = RESTART = SHUTDOWN = "signal"
+    def __setattr__(self, name, value): ran.append(value)
+class Asynchronous:
+    def clear(self, service=None): ran.append("reset")
+class Reactor:
+    processes, signal, asynchronous = Processes(), Signal(), Asynchronous()
+    _peers = {"a": Peer("10.0.0.2")}
+    def teardown_peer(self, name, code): ran.append("teardown")
+reactor = Reactor()
+api = API.__new__(API)
+for word in ("reload", "reset", "restart", "shutdown", "version", "teardown"):
+    # an UPDATE (33 octets: base64 without padding) whose last attribute's value makes
+    # its base64 end in `word`: an unknown optional transitive attribute, 7 octets
+    tail = b"\\x00" + base64.b64decode("A" * (-len(word) % 4) + word)
+    data = b"\\xff" * 16 + bytes([0, 33, 2, 0, 0, 0, 10, 0xc0, 0xf0, 7]) + tail
+    b64 = base64.b64encode(data).decode()
+    line = f"podbgp-send {b64} 10.0.0.2"
+    assert b64.endswith(word) and launch._raw_messages_ok(data), b64
+    # ExaBGP's own matcher would take this line for `word`
+    assert next(r for r in Command.functions if r + " " in line) == word, line
+    answers.clear()
+    api.response(reactor, "podbgp", line, False)
+    assert answers == ["done"] and not ran, (word, answers, ran)
+    n = reactor._peers["a"].neighbor
+    assert bytes(n._podbgp_raw) == data, word
+    n._podbgp_raw = bytearray()
+api.response(reactor, "podbgp", "reload", False)  # anything else: ExaBGP's matcher, as before
+assert ran == ["signal"] and answers[-1] == "done", (ran, answers)
+""")
+    assert out.returncode == 0, out.stderr
+
+
 def test_raw_bytes_queued_before_a_reload_stay_with_the_session() -> None:
     """A ``reload`` that finds a peer unchanged makes the new Neighbor object the live
     one at once (ExaBGP's Peer.reconfigure). podbgp-send bytes ExaBGP had already
