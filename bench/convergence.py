@@ -30,7 +30,17 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from bench.common import Netns, fib_prefixes, median, require_root, rss_tree, table, write_json
+from bench.common import (
+    Netns,
+    cpu_seconds,
+    fib_prefixes,
+    median,
+    proc_tree,
+    require_root,
+    rss_tree,
+    table,
+    write_json,
+)
 from bench.duts import DUT_IP, DUTS, INJ_IP, LABELS, parse_duts_and_counts
 
 DEFAULT_K = (1_000, 20_000, 100_000)
@@ -47,6 +57,11 @@ class Trial:
     first_update_s: float = float("nan")  # first UPDATE sent -> all K in kernel
     withdraw_s: float = float("nan")  # first withdraw sent -> all gone
     rss_bytes: int = 0
+    # CPU seconds (user + system) from Established to all K in the kernel: robust to
+    # load where wall time is not. main = the DUT's first process (podbgp: the daemon),
+    # children = the rest of its tree (podbgp: ExaBGP; FRR: zebra's side is main).
+    cpu_main_s: float = float("nan")
+    cpu_children_s: float = float("nan")
     error: str = ""
 
 
@@ -142,9 +157,12 @@ def trial(dut: str, k: int, rep: int, timeout: float, profile_dir: str | None = 
             if profile_dir and dut == "podbgp":
                 spy = start_profiler(pids[0], f"{profile_dir}/podbgp-{k}.txt")
             t_est = inj.expect("established", 120)
+            cpu0 = cpu_split(pids[0])
             t_first = inj.expect("first_update", 10)
             t_in = poll_kernel(anchor, lambda n: n >= base + k, timeout, alive)
+            cpu1 = cpu_split(pids[0])
             tr.established_s, tr.first_update_s = t_in - t_est, t_in - t_first
+            tr.cpu_main_s, tr.cpu_children_s = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
             tr.rss_bytes = sum(rss_tree(p) for p in pids)
             if spy is not None:
                 stop_profiler(spy)
@@ -164,6 +182,12 @@ def trial(dut: str, k: int, rep: int, timeout: float, profile_dir: str | None = 
             with contextlib.suppress(OSError, ValueError):
                 inj.send("quit")
     return tr
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(CPU seconds of ``pid`` itself, of the rest of its tree)."""
+    main = cpu_seconds(pid, children=False)
+    return main, sum(cpu_seconds(p) for p in proc_tree(pid) if p != pid)
 
 
 def start_profiler(pid: int, out: str) -> subprocess.Popen | None:
@@ -201,6 +225,8 @@ def summarize(trials: list[Trial], duts: list[str], ks: list[int]) -> dict:
                 "first_update_s": median([t.first_update_s for t in ok]),
                 "withdraw_s": median([t.withdraw_s for t in ok]),
                 "rss_bytes": median([t.rss_bytes for t in ok]) if ok else 0,
+                "cpu_main_s": median([t.cpu_main_s for t in ok]),
+                "cpu_children_s": median([t.cpu_children_s for t in ok]),
             }
     return out
 
@@ -213,10 +239,12 @@ def report(summary: dict, trials: list[Trial], duts: list[str], ks: list[int]) -
             s = summary[f"{d}/{k}"]
             rows.append([LABELS[d], s["n"], s["established_s"], s["first_update_s"],
                          s["withdraw_s"], k / s["established_s"] if s["n"] else float("nan"),
-                         s["rss_bytes"] / 2**20 if s["n"] else float("nan")])
+                         s["rss_bytes"] / 2**20 if s["n"] else float("nan"),
+                         s["cpu_main_s"], s["cpu_children_s"]])
         lines.append(f"\nK = {k:,} routes (median of the successful trials; seconds)\n")
         lines.append(table(["DUT", "ok", "Established->kernel", "1st UPDATE->kernel",
-                            "withdraw->gone", "routes/s", "RSS MiB"], rows))
+                            "withdraw->gone", "routes/s", "RSS MiB", "CPU s (main)",
+                            "CPU s (children)"], rows))
     kmax = max(ks)
     head: dict = {}
     ref = "bird1" if "bird1" in duts else None

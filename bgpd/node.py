@@ -555,7 +555,7 @@ class Node:
         if self.rib is not None:
             for kr in self.kernel_intent().values():
                 try:
-                    desired.append(self._fib_routes.route(kr))
+                    desired.append(self._fib_routes.from_rib(kr))
                 except ValueError as e:
                     log.error("kernel_route_invalid", prefix=kr.prefix, error=str(e))
         self._fib_add.clear()
@@ -685,6 +685,7 @@ class Node:
         if not self.fib_started:
             return  # the first pass takes the RIB's whole intent
         adds, dels, conv = self._fib_add, self._fib_del, self._fib_routes
+        from_rib = conv.from_rib
         for kr in remove:
             prefix = kr.prefix
             adds.pop(prefix, None)
@@ -692,7 +693,7 @@ class Node:
         for kr in add:
             prefix = kr.prefix
             try:
-                route = conv.route(kr)
+                route = from_rib(kr)
             except ValueError as e:
                 log.error("kernel_route_invalid", prefix=prefix, error=str(e))
                 continue

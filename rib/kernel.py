@@ -91,6 +91,37 @@ def kernel_route(prefix: str, members: Sequence[Path], ctx: KernelContext) -> Ke
             return KernelRoute(prefix, RouteKind.BLACKHOLE, (), None, False, cfg.route_metric)
         return None  # service prefixes: kube-proxy's business
     pool = pool_for(ctx.pools, parse_prefix(prefix)) if ctx.pools else None
+    return _pool_route(prefix, members, pool, ctx)
+
+
+def lone_kernel_route(prefix: str, path: Path, ctx: KernelContext,
+                      memo: list) -> KernelRoute | None:
+    """``kernel_route(prefix, (path,), ctx)`` for a run of prefixes that each have one
+    candidate (a burst of new prefixes, one UPDATE's paths sharing one PathAttrs).
+
+    For a peer's path the route depends on the prefix only through its pool (and
+    the pool's family): the answer for the previous prefix with the same
+    attributes object and pool is reused with this prefix (``memo``: the caller's
+    empty list, kept for one RIB operation under one ``ctx``). A local path
+    (own blocks) takes ``kernel_route``."""
+    attrs = path.attrs
+    if attrs.peer.kind is PeerKind.LOCAL:
+        return kernel_route(prefix, (path,), ctx)
+    pool = pool_for(ctx.pools, parse_prefix(prefix)) if ctx.pools else None
+    if memo and memo[0] is attrs and memo[1] is pool:
+        fields_ = memo[2]
+        return None if fields_ is None else _kernel_route(prefix, *fields_)
+    route = _pool_route(prefix, (path,), pool, ctx)
+    memo[:] = (attrs, pool, None if route is None else (
+        route.kind, route.next_hops, route.device, route.onlink, route.metric))
+    return route
+
+
+def _pool_route(prefix: str, members: Sequence[Path], pool, ctx: KernelContext
+                ) -> KernelRoute | None:
+    """``kernel_route`` once the pool of a peer's ``prefix`` is known (None: none)."""
+    cfg = ctx.config
+    best = members[0].attrs
     cluster = ctx.cluster
     if pool is not None:
         if pool.vxlan_mode is not EncapMode.NEVER:

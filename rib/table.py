@@ -34,8 +34,8 @@ from rib.inputs import (
     first_rule,
     parse_prefix,
 )
-from rib.kernel import KernelContext, KernelRoute, kernel_route
-from rib.path import LOCAL_PEER, Origin, Path, PathAttrs, PeerKind, Withdraw
+from rib.kernel import KernelContext, KernelRoute, kernel_route, lone_kernel_route
+from rib.path import LOCAL_PEER, Origin, Path, PathAttrs, PeerKind, PeerRef, Withdraw
 from rib.policy import (
     ExportAttrs,
     ExportContext,
@@ -697,6 +697,16 @@ class Rib:
         shared: dict = {}  # (id(path), export class) -> (path, attributes), this operation
         best_append = changes.best.append
         add_append = changes.kernel_add.append
+        # lone_kernel_route's memos (one per kernel context): a run of prefixes with one
+        # candidate each and one shared PathAttrs (an UPDATE's) builds its routes alike
+        memo: list = []
+        old_memo: list = []
+        # Split horizon (``_attrs_for``: never back to the peer a path came from), decided
+        # once per source peer for the fast path below: to the peer it came from a new
+        # prefix has nothing to send, only an Adj-RIB-Out entry to withdraw if one is left.
+        split_src: PeerRef | None = None
+        send_to: list[_Peer] = up_peers
+        held_back: list[_Peer] = []
         for prefix, before in touched.items():
             dest = dests.get(prefix)
             if before is None and dest is not None and type(dest) is not _Dest:
@@ -704,9 +714,20 @@ class Rib:
                 # code below with its answers known (changed, nothing to remove).
                 members = (dest,)
                 best_append(best_change(prefix, None, dest, members, BestReason.ONLY_PATH))
-                for peer in up_peers:
+                src = dest.attrs.peer
+                if src is not split_src:
+                    split_src = src
+                    if src.kind is PeerKind.LOCAL:
+                        send_to, held_back = up_peers, []
+                    else:
+                        send_to = [p for p in up_peers if p.policy.peer.address != src.address]
+                        held_back = [p for p in up_peers if p.policy.peer.address == src.address]
+                for peer in send_to:
                     self._export_one(peer, prefix, dest, delta_get, shared)
-                route = kernel_route(prefix, members, kctx)
+                for peer in held_back:
+                    if prefix in peer.adj_out:
+                        self._export_one(peer, prefix, dest, delta_get, shared)
+                route = lone_kernel_route(prefix, dest, kctx, memo)
                 if route is not None:
                     add_append(route)
                 continue
@@ -741,8 +762,12 @@ class Rib:
             if new_best is not old_best:
                 for peer in up_peers:
                     self._export_one(peer, prefix, new_best, delta_get, shared)
-            route = kernel_route(prefix, members, kctx) if members else None
-            old_route = kernel_route(prefix, old_members, old_kctx) if old_members else None
+            route = (None if not members else
+                     lone_kernel_route(prefix, members[0], kctx, memo) if len(members) == 1
+                     else kernel_route(prefix, members, kctx))
+            old_route = (None if not old_members else
+                         lone_kernel_route(prefix, old_members[0], old_kctx, old_memo)
+                         if len(old_members) == 1 else kernel_route(prefix, old_members, old_kctx))
             if route is None:
                 if old_route is not None:
                     changes.kernel_remove.append(old_route)

@@ -243,3 +243,35 @@ def test_ipv6_vxlan_route_uses_the_v6_device():
     assert r.desired_routes()["fd10::40/122"] == KernelRoute(
         "fd10::40/122", next_hops=("fd10::41",), device="vxlan-v6.calico", onlink=True,
         metric=7)
+
+
+@pytest.mark.parametrize("cluster", [rib.ClusterRoutes(), STANDALONE,
+                                     rib.ClusterRoutes(ipip_ready=False),
+                                     rib.ClusterRoutes(no_encap=False, ipip=True)])
+def test_lone_kernel_route_reuses_only_what_the_prefix_cannot_change(cluster):
+    # A run of prefixes with one candidate each (an UPDATE's burst): the memo reuses
+    # the route built for the previous prefix with the same PathAttrs and pool. Every
+    # answer must be kernel_route's, whatever the pools (plain, IPIP always/
+    # CrossSubnet, VXLAN always/CrossSubnet, outside every pool), the peer (on/off
+    # subnet, no VTEP) and local paths (own block: blackhole; service: none).
+    from rib.kernel import kernel_route, lone_kernel_route
+
+    ctx = KernelContext(_with(cluster))
+    templates = {peer: Path("10.10.1.0/26", peer.address, peer) for peer in (A, B, FAR)}
+    local = Path("10.10.0.0/26", "", rib.LOCAL_PEER)
+    prefixes = [f"10.{p}.{i}.0/26" for i in range(1, 4) for p in (10, 20, 30, 40, 50, 60)]
+    memo: list = []
+    checked = 0
+    for order in (prefixes, sorted(prefixes), list(reversed(prefixes))):
+        for peer in (A, A, FAR, B, A):  # runs of one attrs object, then a change
+            for prefix in order:
+                path = templates[peer].replace(prefix=prefix)
+                assert path.attrs is templates[peer].attrs
+                got = lone_kernel_route(prefix, path, ctx, memo)
+                assert got == kernel_route(prefix, (path,), ctx), (prefix, peer)
+                checked += 1
+            for prefix in ("10.10.0.0/26", "10.20.0.0/26", "10.96.0.0/12"):
+                lp = local.replace(prefix=prefix)
+                assert lone_kernel_route(prefix, lp, ctx, memo) == kernel_route(
+                    prefix, (lp,), ctx)
+    assert checked == 3 * 5 * len(prefixes)

@@ -246,6 +246,13 @@ def test_fib_routes_fast_path_equals_validating_path(kr, table, metric) -> None:
     # with_defaults must not build a second object: the syncer keeps this one
     assert got.with_defaults(table, metric) is got
     assert conv.key(kr.prefix) == want.key
+    # the RIB's own intent (prefix not validated again) gives the same route
+    trusted = conv.from_rib(kr)
+    assert trusted == want
+    assert (trusted.table, trusted.metric, trusted.key, trusted.family, trusted.dst_len,
+            trusted.packed) == (want.table, want.metric, want.key, want.family,
+                                want.dst_len, want.packed)
+    assert trusted.with_defaults(table, metric) is trusted
 
 
 @pytest.mark.parametrize("kr", [
@@ -258,6 +265,17 @@ def test_fib_routes_fast_path_equals_validating_path(kr, table, metric) -> None:
 def test_fib_routes_bad_intent_raises_naming_it(kr) -> None:
     with pytest.raises(ValueError, match=r"dst|gateway|next hop|family"):
         FibRoutes(254, 20).route(kr)
+
+
+@pytest.mark.parametrize("kr", [
+    rib.KernelRoute("10.244.2.0/26", next_hops=("fd00::2",)),  # family differs
+    rib.KernelRoute("10.244.2.0/26", next_hops=("10.0.0.300",)),
+    rib.KernelRoute("10.244.2.0/26"),  # unicast without a next hop
+])
+def test_fib_routes_from_rib_still_validates_next_hops(kr) -> None:
+    # from_rib trusts only the prefix (validated by the parser and rib import)
+    with pytest.raises(ValueError, match=r"gateway|next hop|family"):
+        FibRoutes(254, 20).from_rib(kr)
 
 
 def test_reachable_by_gives_an_exact_route_to_the_peer_via_the_gateway() -> None:
