@@ -82,15 +82,26 @@ def wait_repaired(ns: str, dst: str, timeout: float = 10.0) -> float:
         mon.close()
 
 
-async def run(n: int) -> None:
-    ns = f"pbbench{uuid.uuid4().hex[:8]}"
+def gateway_ns(prefix: str, address: str) -> str:
+    """A fresh namespace whose veth0 has ``address`` (CIDR): gateways on its subnet
+    are reachable. The caller deletes it (``ip netns del``)."""
+    ns = f"{prefix}{uuid.uuid4().hex[:8]}"
     sh("ip", "netns", "add", ns)
     try:
         sh("ip", "-n", ns, "link", "set", "lo", "up")
         sh("ip", "-n", ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
         sh("ip", "-n", ns, "link", "set", "veth0", "up")
         sh("ip", "-n", ns, "link", "set", "veth1", "up")
-        sh("ip", "-n", ns, "addr", "add", "10.1.0.1/24", "dev", "veth0")
+        sh("ip", "-n", ns, "addr", "add", address, "dev", "veth0")
+    except BaseException:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        raise
+    return ns
+
+
+async def run(n: int) -> None:
+    ns = gateway_ns("pbbench", "10.1.0.1/24")
+    try:
         dsts = prefixes(n)
         churn = n // 10
         nh1, nh2 = (NextHop(GW1),), (NextHop(GW2),)

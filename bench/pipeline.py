@@ -29,10 +29,10 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 
 import structlog
 
+from bench.fib import gateway_ns
 from bgpd.exabgp.parse import parse_line
 from bgpd.translate import FibRoutes
 from fib_sync import FibSyncer
@@ -65,10 +65,6 @@ def exabgp_lines(pfx: list[str], withdraw: bool = False) -> list[str]:
                     f'"announce": {{ "ipv4 unicast": {{ "{INJ_IP}": [ {nlri} ] }} }}')
         out.append(head + body + " } } } }\n")
     return out
-
-
-def sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True)
 
 
 def make_rib() -> tuple[Rib, PeerRef, tuple]:
@@ -134,14 +130,8 @@ async def one(k: int, ns: str, profile: bool) -> dict[str, float]:
 
 
 async def run(k: int, reps: int, profile: bool) -> dict[str, float]:
-    ns = f"pbpipe{uuid.uuid4().hex[:8]}"
-    sh("ip", "netns", "add", ns)
+    ns = gateway_ns("pbpipe", f"{DUT_IP}/24")
     try:
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
-        sh("ip", "-n", ns, "link", "set", "veth0", "up")
-        sh("ip", "-n", ns, "link", "set", "veth1", "up")
-        sh("ip", "-n", ns, "addr", "add", f"{DUT_IP}/24", "dev", "veth0")
         trials = [await one(k, ns, profile and r == 0) for r in range(reps)]
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)

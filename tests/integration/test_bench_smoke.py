@@ -42,10 +42,16 @@ def test_convergence_quick_podbgp_and_bird2():
     rows = {}
     for label in ("podbgp", "BIRD 2"):
         m = re.search(rf"\|\s+{label} \|\s+(\d+) \|\s+([\d.]+) \|\s+([\d.]+) \|\s+([\d.]+) \|"
-                      rf"\s+([\d,]+) \|\s+([\d.,]+) \|", out)
+                      rf"\s+([\d,]+) \|\s+([\d.,]+) \|\s+([\d.]+) \|\s+([\d.]+) \|", out)
         assert m, f"no result row for {label}:\n{out}"
         rows[label] = [float(g.replace(",", "")) for g in m.groups()]
-    for label, (ok, est, first, wd, rate, rss_mib) in rows.items():
+    for label, (ok, est, first, wd, rate, rss_mib, cpu_main, cpu_children) in rows.items():
+        # CPU seconds from Established to all in the kernel, in clock ticks (10 ms; BIRD's
+        # 1,000 routes take less than one): two cores at most, so no more than twice the
+        # wall time plus a tick each; podbgp's Python works tens of ms for 1,000 routes
+        assert 0 <= cpu_main + cpu_children <= 2 * est + 0.03, (label, cpu_main, cpu_children)
+        if label == "podbgp":
+            assert cpu_main > 0, (label, cpu_main)
         assert ok == 1, label
         # Established precedes the first UPDATE: its interval is the longer one
         assert 0 < first <= est < 30, (label, est, first)
