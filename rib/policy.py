@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 from rib.bestpath import DEFAULT_LOCAL_PREF
 from rib.inputs import (
+    IPV4_HOST_MASKS,
+    IPV4_LENGTHS,
     FilterAction,
     NextHopMode,
     PeerPolicy,
@@ -99,7 +101,8 @@ def import_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectR
 
 def import_reasons(
     paths: Sequence[Path], policy: PeerPolicy, ctx: ImportContext,
-    *, _pton=socket.inet_pton, _af=socket.AF_INET,
+    *, _pton=socket.inet_pton, _af=socket.AF_INET, _len=IPV4_LENGTHS.get,
+    _host=IPV4_HOST_MASKS, _int=int.from_bytes,
 ) -> list[RejectReason | None]:
     """``[import_reason(p, policy, ctx) for p in paths]``, computed per UPDATE.
 
@@ -119,17 +122,19 @@ def import_reasons(
     for path in paths:
         prefix = path.prefix
         # parse_prefix's IPv4 fast path, inline (anything else: the function itself).
-        addr, sep, plen_s = prefix.partition("/")
+        # A canonical length ("0".."32") is one dict lookup; any other text (e.g. "026")
+        # goes to parse_prefix below, which decides as before.
+        addr, _, plen_s = prefix.partition("/")
         parsed = None
-        if sep and ":" not in addr and plen_s.isdigit():
+        plen = _len(plen_s)
+        if plen is not None and ":" not in addr:
             try:
                 packed = _pton(_af, addr)
             except OSError:
                 packed = None
-            plen = int(plen_s)
-            if packed is not None and plen <= 32:
-                net = int.from_bytes(packed, "big")
-                if net & ((1 << (32 - plen)) - 1):
+            if packed is not None:
+                net = _int(packed, "big")
+                if net & _host[plen]:
                     append(RejectReason.INVALID_PREFIX)
                     continue
                 parsed = (4, net, plen)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from rib import (
     LOCAL_PEER,
@@ -277,8 +279,30 @@ def test_batch_import_agrees_with_per_path_rules_across_shared_attribute_runs():
     ("10.244.1.1/26", -1),  # host bits
     ("10.244.01.0/26", -1), ("10.244.1.0/026", -1), ("10.244.1.0/33", -1),  # not canonical
     ("10.244.1.0", -1), ("fd00::/64", -1), (" 10.0.0.0/8", -1), ("10.0.0.0/", -1),
+    ("0.0.0.0/\u0663", -1), ("10.0.0.0/+8", -1), ("10.0.0.0/8/8", -1), ("1.0.0.0/0", -1),
+    ("10.0.0.0/8 ", -1), ("10.0.0.0/-0", -1),
 ])
 def test_canonical_ipv4_len(text, want):
     from rib.inputs import canonical_ipv4_len
 
+    assert canonical_ipv4_len(text) == want
+
+
+@given(st.one_of(
+    st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=4), st.integers(0, 33)),
+    st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=4).map(lambda a: a.exploded),
+              st.text("0123456789+- \u0663", max_size=4)),
+    st.text("0123456789./", max_size=20),
+))
+def test_canonical_ipv4_len_is_ipaddress_canonical_text(text):
+    # canonical: exactly the text ipaddress prints for the network it parses strictly
+    import ipaddress
+
+    from rib.inputs import canonical_ipv4_len
+
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+        want = net.prefixlen if str(net) == text else -1
+    except ValueError:
+        want = -1
     assert canonical_ipv4_len(text) == want
