@@ -38,6 +38,7 @@ import os
 
 from bgpd.ops import log as logsetup
 from bgpd.ops.lock import AlreadyRunning, InstanceLocks
+from bgpd.ops.memory import tune_malloc
 from bgpd.options import UsageError, parse_options
 
 
@@ -53,6 +54,7 @@ def tune_gc() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    tune_malloc()  # before any thread (bgpd.ops.memory: fewer arenas, big blocks mmap'ed)
     try:
         opts = parse_options(argv)
     except UsageError as e:

@@ -119,3 +119,77 @@ async def test_heap_trimmed_once_after_start_up(monkeypatch) -> None:
     hk = Housekeeper(lambda: next(sizes), [], interval=0.001, min_drop=10_000)
     await _drive(hk)
     assert len(trims) == 1 and hk.trims == 1 and hk.compactions == 0
+
+
+# Six threads allocating at once, then glibc's own report (malloc_info: one <heap> per
+# arena); then a 4 MiB block freed (glibc's dynamic mmap threshold rises to it) and a
+# 1 MiB block: on the brk heap with glibc's defaults, mmap'ed with the fixed threshold.
+ARENAS = """
+import ctypes, sys, threading
+from bgpd.ops.memory import tune_malloc
+print(tune_malloc({} if sys.argv[1] == "tuned" else {"PODBGP_MALLOC_DEFAULTS": "1"}))
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p; libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]; libc.open_memstream.restype = ctypes.c_void_p
+barrier = threading.Barrier(7)
+def work():
+    blocks = [ctypes.create_string_buffer(4096) for _ in range(50)]
+    barrier.wait(); barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(6)]
+for t in threads: t.start()
+barrier.wait()
+ptr, size = ctypes.c_char_p(), ctypes.c_size_t()
+fp = libc.open_memstream(ctypes.byref(ptr), ctypes.byref(size))
+libc.malloc_info(0, ctypes.c_void_p(fp)); libc.fclose(ctypes.c_void_p(fp))
+arenas = ptr.value.decode().count("<heap nr=")
+barrier.wait()
+for t in threads: t.join()
+big = libc.malloc(4 << 20); libc.free(big)
+mid = libc.malloc(1 << 20)
+heap = [tuple(int(x, 16) for x in line.split()[0].split("-"))
+        for line in open("/proc/self/maps") if "[heap]" in line]
+print(arenas, any(lo <= mid < hi for lo, hi in heap))
+"""
+
+
+def test_tune_malloc_caps_arenas_and_keeps_big_blocks_off_the_heap() -> None:
+    """bgpd's mallopt settings (issue 17): threads share two arenas (glibc's default gave
+    each of six threads its own here), and a 1 MiB block is mmap'ed even after a larger
+    block was freed (glibc's dynamic threshold would put it on the heap, where freed
+    room fragments); PODBGP_MALLOC_DEFAULTS=1 keeps glibc's behaviour."""
+    import subprocess
+
+    runs = {mode: subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True,
+                                 text=True, timeout=60, check=True).stdout.split("\n")
+            for mode in ("tuned", "default")}
+    from bgpd.ops.memory import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+
+    assert runs["tuned"][0] == str([M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD])
+    assert runs["tuned"][1] == "2 False"
+    assert runs["default"][0] == "[]"
+    arenas, on_heap = runs["default"][1].split()
+    assert int(arenas) > 2 and on_heap == "True"
+
+
+def test_tune_malloc_leaves_what_the_environment_sets() -> None:
+    """glibc applies MALLOC_*_ variables and GLIBC_TUNABLES itself at exec: bgpd does not
+    override them, setting only the others."""
+    from bgpd.ops.memory import M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, tune_malloc
+
+    assert tune_malloc({"MALLOC_ARENA_MAX": "4"}) == [M_MMAP_THRESHOLD, M_TRIM_THRESHOLD]
+    assert tune_malloc({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}) == [
+        M_ARENA_MAX, M_TRIM_THRESHOLD]
+    assert tune_malloc({"PODBGP_MALLOC_DEFAULTS": "1"}) == []
+
+
+def test_bgpd_main_tunes_malloc_before_anything_else(monkeypatch) -> None:
+    """bgpd.main.main applies the settings first, before options (and any thread)."""
+    import bgpd.main
+
+    calls = []
+    monkeypatch.setattr(bgpd.main, "tune_malloc", lambda: calls.append("tuned"))
+    monkeypatch.setattr(bgpd.main, "parse_options",
+                        lambda argv: calls.append("options") or (_ for _ in ()).throw(
+                            bgpd.main.UsageError("stop")))
+    assert bgpd.main.main(["--x"]) == 2
+    assert calls == ["tuned", "options"]
