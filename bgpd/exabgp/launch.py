@@ -114,10 +114,11 @@ ImportError in ExaBGP's process (asyncio runs without ssl, hashlib falls back
 to its builtin digests). ``asyncio``, ``pdb`` and ``logging.handlers``, which
 ExaBGP imports at start-up but uses only for coroutine API callbacks (none in
 5.0.15, see group ``sync``), its debugger (``exabgp.pdb.enable``, a configuration
-error under ``exabgp.debug.configuration``) and syslog/file log destinations, are
+error under ``exabgp.debug.configuration``) and syslog/file log destinations, and a
+dozen standard modules an idle ExaBGP never touches (``_LAZY_MODULES``), are
 imported lazily (``_LazyModule``): the module object is there at once and its
 code runs, unchanged, the first time anything reads one of its attributes
-(issue 17: ~2 MiB of the idle process).
+(issue 17: ~3 MiB of the idle process).
 Applied first, before ExaBGP's own imports.
 
 Group ``sync`` (CPU, and memory with ``lean``). ``ASYNC.run`` — ExaBGP's loop calls
@@ -1077,9 +1078,15 @@ def _write_targets() -> list[tuple[Any, str]]:
 _UNUSED_MODULES = ("ssl", "_hashlib")
 
 
-# Imported by ExaBGP at start-up, used only on paths podbgp's use never takes (group
-# ``sync`` keeps asyncio unused): loaded on first use instead.
-_LAZY_MODULES = ("asyncio", "pdb", "logging.handlers")
+# Imported by ExaBGP at start-up (or by the standard modules it imports), not used by
+# an idle ExaBGP under podbgp (group ``sync`` keeps asyncio unused; the others serve
+# its debugger, syslog/file logging, shutil's archives, inbound connections' ids...):
+# executed on first use instead. Found by making every standard module lazy in a
+# running idle ExaBGP and keeping those still unexecuted (issue 17); source modules
+# only (an extension module is loaded by its creation already).
+_LAZY_MODULES = ("asyncio", "pdb", "logging.handlers", "bisect", "bz2", "csv", "glob",
+                 "heapq", "lzma", "pickle", "pprint", "queue", "random", "stringprep",
+                 "uuid")
 
 
 class _LazyModule(types.ModuleType):
@@ -1102,14 +1109,15 @@ class _LazyModule(types.ModuleType):
 
 def lazy_import(name: str) -> bool:
     """Put a lazily executed ``name`` in sys.modules (``_LazyModule``). False if it is
-    already imported or cannot be found."""
+    already imported, cannot be found or is not a Python source module."""
+    import importlib.machinery
     import importlib.util
 
     if name in sys.modules:
         return False
     spec = importlib.util.find_spec(name)
-    if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-        return False
+    if spec is None or not isinstance(spec.loader, importlib.machinery.SourceFileLoader):
+        return False  # not found, or an extension/builtin/frozen module
     module = importlib.util.module_from_spec(spec)
     module.__class__ = _LazyModule
     sys.modules[name] = module
