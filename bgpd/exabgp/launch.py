@@ -95,6 +95,15 @@ podbgp-send whose base64 payload ended in one of those words ran that command (a
 ``podbgp-send`` and ``podbgp-hello`` are now picked by their first word, before
 ExaBGP's matcher; every other line is matched as before.
 
+Group ``order`` (a fix). The speaker pairs answers with its commands in order, but
+ExaBGP answers some commands at once (podbgp-send, teardown, reload, an ``announce
+eor`` naming no Established peer: ``error``) and others from a callback run after the
+turn's commands (``announce``/``withdraw attributes``, ``announce eor``): an answer
+could overtake an earlier command's (an ``error`` then paired with the wrong command:
+a refused End-of-RIB booked as sent). While callbacks are pending, the lines a command
+writes to its process at once are held and written by a callback queued in the
+command's place (ExaBGP runs callbacks in the order they were queued).
+
 Group ``write`` (latency; needs ``raw``). podbgp-send bytes waited for each
 session's own turn of ExaBGP's loop (one generator step per session: a
 withdrawal reflected to 200 clients was 200 steps before its last byte left).
@@ -1141,6 +1150,69 @@ def _lean_targets() -> list[tuple[Any, str]]:
     return []
 
 
+# -------------------------------------------------------------- group "order"
+
+
+def _emit(write: Callable[..., Any], held: list[tuple[str, str, Any]]) -> Any:
+    """An ASYNC callback (generator) that writes a command's held answer lines."""
+    for process, string, neighbor in held:
+        write(process, string, neighbor)
+    return
+    yield  # a generator: ASYNC runs it in its turn
+
+
+def _patch_order() -> None:
+    """A command's answer (``done``/``error`` and any line before it) is written after
+    the answers of every command read before it. ExaBGP answers some commands at once
+    (podbgp-send, teardown, reload, an ``announce eor`` naming no Established peer:
+    ``error``) and others from a callback it runs later (``announce``/``withdraw
+    attributes``, ``announce eor``), so an answer could overtake an earlier command's,
+    and the speaker, which pairs answers with commands in order, took one command's
+    ``error`` for another's. While callbacks are pending, the lines a command writes
+    to its own process at once are held and written by a callback queued where the
+    command's own callbacks go: ExaBGP runs callbacks in the order they were queued."""
+    from exabgp.reactor.api import API
+    from exabgp.reactor.asynchronous import ASYNC
+
+    original = API.__dict__["process"]
+    if list(inspect.signature(original).parameters) != ["self", "reactor", "service", "command"]:
+        raise PatchError("API.process: not (self, reactor, service, command)")
+    if "self._async = deque()" not in inspect.getsource(ASYNC.__init__):
+        raise PatchError("ASYNC: callbacks are not a deque in self._async")
+
+    def process(self: Any, reactor: Any, service: str, command: str) -> Any:
+        queued = getattr(reactor.asynchronous, "_async", None)
+        if not queued:  # nothing earlier still to answer
+            return original(self, reactor, service, command)
+        at = len(queued)
+        processes = reactor.processes
+        write = processes.write
+        held: list[tuple[str, str, Any]] = []
+
+        def hold(process: str, string: str, neighbor: Any = None) -> bool:
+            if process != service or string is None:
+                return write(process, string, neighbor)
+            held.append((process, string, neighbor))
+            return True
+
+        processes.write = hold
+        try:
+            return original(self, reactor, service, command)
+        finally:
+            del processes.write  # the class's again
+            if held:
+                queued = reactor.asynchronous._async  # (``reset`` replaces the deque)
+                queued.insert(min(at, len(queued)), (service, _emit(write, held)))
+
+    API.process = process
+
+
+def _order_targets() -> list[tuple[Any, str]]:
+    from exabgp.reactor.api import API
+
+    return [(API, "process")]
+
+
 # --------------------------------------------------------------- group "sync"
 
 # ExaBGP 5.0.15's ASYNC._run_async, whose rules _run_generators keeps for generators.
@@ -1369,6 +1441,7 @@ GROUPS: dict[str, tuple[Callable[[], None], Callable[[], list[tuple[Any, str]]]]
     "api": (_patch_api, _api_targets),
     "notify": (_patch_notify, _notify_targets),
     "raw": (_patch_raw, _raw_targets),
+    "order": (_patch_order, _order_targets),
     "poll": (_patch_poll, _poll_targets),
     "write": (_patch_write, _write_targets),  # after "raw" and "poll"
     "reload": (_patch_reload, _reload_targets),

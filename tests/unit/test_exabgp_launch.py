@@ -640,6 +640,91 @@ assert ran == ["signal"] and answers[-1] == "done", (ran, answers)
     assert out.returncode == 0, out.stderr
 
 
+# Real ExaBGP handlers, a loaded configuration, ExaBGP's own Processes (writing to a
+# recorder) and callback queue (ASYNC), the loop's order: every command read in one turn,
+# then the callbacks. argv[1]: "patched" or "plain".
+ORDER = r"""
+import base64, sys
+if sys.argv[1] == "patched":
+    import bgpd.exabgp.launch as launch
+    assert launch.patch(), "patch() refused"
+else:
+    import bgpd.exabgp.launch as launch
+    assert launch.patch(skip=["order"]), "patch() refused"
+from bgpd.exabgp import wire
+from exabgp.bgp.fsm import FSM
+from exabgp.environment import getenv
+from exabgp.logger import log
+from exabgp.configuration.configuration import Configuration
+from exabgp.reactor.api import API
+from exabgp.reactor.api.processes import Processes
+from exabgp.reactor.asynchronous import ASYNC
+env = getenv(); env.tcp.bind = ""; log.init(env)
+conf = " ".join(
+    f"neighbor {p} {{ router-id 10.0.0.1; local-address 10.0.0.1; local-as 65000; "
+    f"peer-as 65000; family {{ ipv4 unicast; }} }}" for p in ("10.0.0.2", "10.0.0.3"))
+configuration = Configuration([conf], text=True)
+assert configuration.reload(), configuration.error
+lines = []
+class Pipe:
+    def write(self, data): lines.append(data.decode().strip())
+    def flush(self): pass
+class Process:
+    stdin = Pipe()
+processes = Processes()
+processes._process["podbgp"], processes._ack["podbgp"] = Process(), True
+processes._ackjson["podbgp"] = False
+class Peer:  # what podbgp-send reads of a session
+    def __init__(self, name):
+        self.neighbor = configuration.neighbors[name]
+        self.fsm, self.proto = FSM(None, FSM.ESTABLISHED), object()
+class Reactor:
+    def __init__(self):
+        self.configuration, self.processes, self.asynchronous = configuration, processes, ASYNC()
+        self._peers = {name: Peer(name) for name in configuration.neighbors
+                       if "10.0.0.2" in name}
+    def peers(self, service=""): return list(configuration.neighbors)
+    def established_peers(self): return [n for n in configuration.neighbors if "10.0.0.2" in n]
+    def teardown_peer(self, name, code): pass
+reactor = Reactor()
+api = API(reactor)
+eor = base64.b64encode(wire.end_of_rib(False)).decode()
+for command in [
+        # answered from a callback: done
+        "neighbor 10.0.0.2 announce attributes next-hop 10.0.1.2 origin igp as-path [ ] "
+        "local-preference 100 nlri 10.1.0.0/26 10.1.0.64/26",
+        "neighbor 10.0.0.3 announce eor ipv4 unicast",  # not Established: error, at once
+        f"podbgp-send {eor} 10.0.0.2",  # done, at once
+        "neighbor 10.0.0.2 announce eor ipv4 unicast",  # done, from a callback
+        "neighbor 10.0.0.2 teardown 6"]:  # done, at once
+    api.process(reactor, "podbgp", command)
+while not reactor.asynchronous.ready():
+    reactor.asynchronous.run()
+api.process(reactor, "podbgp", "neighbor 10.0.0.3 announce eor ipv4 unicast")  # nothing pending
+print(" ".join(lines))
+"""
+
+
+def test_answers_come_in_the_order_of_the_commands() -> None:
+    """ExaBGP answers podbgp-send, teardown and an ``announce eor`` that names no
+    Established peer at once, but ``announce attributes`` and an ``announce eor`` that
+    does from a callback it runs after reading the turn's commands: unpatched, the
+    answers overtake each other, and the speaker, pairing them with its commands in
+    order, took the refused End-of-RIB's ``error`` for the routes' and podbgp-send's
+    ``done`` for the refused End-of-RIB (booked as sent: never sent again)."""
+    def answers(mode: str) -> list[str]:
+        out = subprocess.run([sys.executable, "-c", ORDER, mode], capture_output=True,
+                             text=True, timeout=120, check=False,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    in_order = ["done", "error", "done", "done", "done", "error"]
+    # unpatched: the three answered at once come first
+    assert answers("plain") == ["error", "done", "done", "done", "done", "error"]
+    assert answers("patched") == in_order
+
+
 def test_raw_bytes_queued_before_a_reload_stay_with_the_session() -> None:
     """A ``reload`` that finds a peer unchanged makes the new Neighbor object the live
     one at once (ExaBGP's Peer.reconfigure). podbgp-send bytes ExaBGP had already
