@@ -47,7 +47,9 @@ def tune_gc() -> None:
     a reference cycle, yet with the default thresholds (a young collection every 700
     allocations, full ones as the heap grows) the collector kept rescanning them:
     ~30% of the daemon's time in a 100k-route burst (bench.convergence). Collect
-    rarely, and keep start-up objects (modules, config) out of every scan."""
+    rarely, and keep start-up objects (modules, config) out of every scan. The
+    thresholds count allocations less deallocations, which steady churn keeps level:
+    the housekeeper (bgpd.ops.memory) collects the young generations every minute."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 10)

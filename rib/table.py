@@ -18,6 +18,7 @@ the new set when a set changes (a stored copy cost ~125 bytes per route).
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Hashable, Iterable, Mapping
 
 import structlog
@@ -61,8 +62,8 @@ class _Peer:
     the peer invents.
     """
 
-    __slots__ = ("accepted", "acct", "adj_in", "adj_out", "eclass", "end_of_rib", "orig",
-                 "policy", "rejected", "streams", "up")
+    __slots__ = ("__weakref__", "_owner", "accepted", "adj_in", "adj_out", "eclass",
+                 "end_of_rib", "orig", "policy", "rejected", "streams", "up")
 
     def __init__(self, policy: PeerPolicy, acct: _Peer | None = None) -> None:
         self.policy = policy
@@ -72,12 +73,23 @@ class _Peer:
         self.rejected: dict[str, RejectReason] = {}  # prefixes import policy dropped
         self.adj_out: dict[str, ExportAttrs] = {}  # what the peer has been told
         self.accepted = 0  # accepted paths (session and its streams), for max-prefix
-        self.acct: _Peer = self if acct is None else acct
+        # A stream's session, held weakly: no reference cycle (see ``acct``).
+        self._owner = None if acct is None else weakref.ref(acct)
         self.end_of_rib = False
         self.streams: dict[int, _Peer] = {}  # ADD-PATH identifier -> its paths
         # Paths an import rule's operations changed: adj_in holds the changed path (the
         # Loc-RIB candidate), ``orig`` what the peer sent (pre-policy views, re-import).
         self.orig: dict[str, Path] = {}
+
+    @property
+    def acct(self) -> _Peer:
+        """The session whose ``accepted`` counts this one's paths: itself, or an ADD-PATH
+        stream's session. Not a reference to itself (nor the stream's a strong one back):
+        a session ``peer_down`` drops is freed at once with its tables, not left to the
+        cyclic collector, which under steady churn need not run for hours (bgpd.main's
+        thresholds; issue 16's soak: each client reset left its ~30 KiB behind)."""
+        owner = self._owner
+        return self if owner is None else owner()
 
     def all(self) -> list[_Peer]:
         """The session's own state and its ADD-PATH streams."""
@@ -482,7 +494,8 @@ class Rib:
         if peer.orig:
             peer.orig.pop(prefix, None)
         if peer.rejected.pop(prefix, None) is None:
-            peer.acct.accepted -= 1
+            owner = peer._owner  # peer.acct, inline: once per withdrawn path
+            (peer if owner is None else owner()).accepted -= 1
             self._replace_candidate(prefix, path, None, touched)
 
     def _announce(

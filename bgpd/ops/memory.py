@@ -17,6 +17,14 @@ objects (parsed UPDATEs, the kernel's netlink batches) leave freed pages in the 
 heap that nothing else returns (``memory_trimmed``; issue 17 measured 2-9 MiB of
 bgpd's RSS at idle and at 100k routes).
 
+Under steady churn (a reflector whose clients reset in turn while a peer flaps
+a thousand routes every second: bench/soak) neither a large drop nor a large
+growth happens, yet the C heap fills with free pages: every ``churn_every``
+seconds ``run`` collects the young generations of cyclic garbage (bgpd.main's
+collector thresholds count allocations less deallocations, which churn keeps
+level: no collection ran in issue 16's 10-minute soak) and trims the heap if
+it holds ``churn_free`` bytes or more free (glibc's ``mallinfo2``; issue 16).
+
 What it cannot give back (docs/reliability.md): CPython's small-object
 allocator returns a 1 MiB arena only when every object in it is gone, so free
 room inside arenas that still hold a few live objects stays resident.
@@ -53,6 +61,22 @@ try:
     _PAGE = resource.getpagesize()
 except (ImportError, OSError):  # pragma: no cover - not Linux
     _PAGE = 4096
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+        "fordblks", "keepcost")]
+
+
+def heap_free_bytes() -> int:
+    """Free bytes inside the C heap (glibc 2.33+ ``mallinfo2().fordblks``; -1 elsewhere)."""
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return -1
+    fn.restype = _Mallinfo2
+    return int(fn().fordblks)
 
 
 def trim_heap() -> bool:
@@ -111,10 +135,15 @@ class Housekeeper:
     ``min_drop``, and did not change over the last sample."""
 
     def __init__(self, size: Callable[[], int], compactors: Iterable[Compactor], *,
-                 interval: float = 1.0, min_drop: int = 10_000, ratio: float = 0.5) -> None:
+                 interval: float = 1.0, min_drop: int = 10_000, ratio: float = 0.5,
+                 churn_every: float = 60.0, churn_free: int = 2 << 20) -> None:
         self.size = size
         self.compactors = list(compactors)
         self.interval, self.min_drop, self.ratio = interval, min_drop, ratio
+        # every this many samples: trim if the heap holds churn_free bytes free or more
+        self.churn_samples = max(1, round(churn_every / interval))
+        self.churn_free = churn_free
+        self._samples = 0
         self.compactions = 0
         self.trims = 0
         self.peak = 0
@@ -140,23 +169,36 @@ class Housekeeper:
             now = self.size()
             self.peak = max(self.peak, now)
             trim = self.trim_due(now, previous)
+            self._samples += 1
             if self.due(now, previous):
                 await self.compact(now)
             elif trim:
                 self.trim(now)
-            elif now < self.trimmed_at:
-                self.trimmed_at = now  # a later growth counts from the lowest point
+            else:
+                if now < self.trimmed_at:
+                    self.trimmed_at = now  # a later growth counts from the lowest point
+                if self._samples >= self.churn_samples:
+                    self._samples = 0
+                    # Cyclic garbage: bgpd.main's thresholds count allocations less
+                    # deallocations, which steady churn keeps level, so no collection
+                    # may run for hours (issue 16's soak: none in 10 minutes). The
+                    # young generations only: what lives on is the RIB, not rescanned.
+                    gc.collect(1)
+                    if heap_free_bytes() >= self.churn_free:
+                        self.trim(now, "churn")
             previous = now
 
-    def trim(self, now: int) -> None:
-        """Give the C heap's free pages back after a growth (no tables rebuilt)."""
+    def trim(self, now: int, reason: str = "growth") -> None:
+        """Give the C heap's free pages back after a growth or under churn (no tables
+        rebuilt)."""
         t0 = time.monotonic()
         before = rss_bytes()
         trimmed = trim_heap()
         after = rss_bytes()
         self.trims += 1
         self.trimmed_at = now
-        log.info("memory_trimmed", now=now, trimmed=trimmed,
+        self._samples = 0
+        log.info("memory_trimmed", reason=reason, now=now, trimmed=trimmed,
                  rss_before_mib=round(before / 2**20, 1), rss_after_mib=round(after / 2**20, 1),
                  seconds=round(time.monotonic() - t0, 3))
 
@@ -171,6 +213,7 @@ class Housekeeper:
         trimmed = trim_heap()
         after = rss_bytes()
         self.compactions += 1
+        self._samples = 0
         self.trimmed_at = self.size() if now is None else now
         log.info("memory_compacted", peak=self.peak, now=now, collected=collected,
                  trimmed=trimmed, rss_before_mib=round(before / 2**20, 1),
