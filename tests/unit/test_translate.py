@@ -255,23 +255,24 @@ def test_fib_routes_fast_path_equals_validating_path(kr, table, metric) -> None:
     assert trusted.with_defaults(table, metric) is trusted
 
 
-@pytest.mark.parametrize("kr", [
-    rib.KernelRoute("10.244.2.1/26", next_hops=("10.0.0.2",)),  # host bits
-    rib.KernelRoute("10.244.2.0/33", next_hops=("10.0.0.2",)),
+BAD_NEXT_HOPS = [
     rib.KernelRoute("10.244.2.0/26", next_hops=("fd00::2",)),  # family differs
     rib.KernelRoute("10.244.2.0/26", next_hops=("10.0.0.300",)),
     rib.KernelRoute("10.244.2.0/26"),  # unicast without a next hop
+]
+
+
+@pytest.mark.parametrize("kr", [
+    rib.KernelRoute("10.244.2.1/26", next_hops=("10.0.0.2",)),  # host bits
+    rib.KernelRoute("10.244.2.0/33", next_hops=("10.0.0.2",)),
+    *BAD_NEXT_HOPS,
 ])
 def test_fib_routes_bad_intent_raises_naming_it(kr) -> None:
     with pytest.raises(ValueError, match=r"dst|gateway|next hop|family"):
         FibRoutes(254, 20).route(kr)
 
 
-@pytest.mark.parametrize("kr", [
-    rib.KernelRoute("10.244.2.0/26", next_hops=("fd00::2",)),  # family differs
-    rib.KernelRoute("10.244.2.0/26", next_hops=("10.0.0.300",)),
-    rib.KernelRoute("10.244.2.0/26"),  # unicast without a next hop
-])
+@pytest.mark.parametrize("kr", BAD_NEXT_HOPS)
 def test_fib_routes_from_rib_still_validates_next_hops(kr) -> None:
     # from_rib trusts only the prefix (validated by the parser and rib import)
     with pytest.raises(ValueError, match=r"gateway|next hop|family"):
