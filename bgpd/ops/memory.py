@@ -69,11 +69,19 @@ class _Mallinfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
+def _libc(name: str) -> Callable | None:
+    """The C library's function ``name`` (None where there is no such function: not
+    glibc, or an older one)."""
+    try:
+        return getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def heap_free_bytes() -> int:
     """Free bytes inside the C heap (glibc 2.33+ ``mallinfo2().fordblks``; -1 elsewhere)."""
-    try:
-        fn = ctypes.CDLL(None).mallinfo2
-    except (OSError, AttributeError):
+    fn = _libc("mallinfo2")
+    if fn is None:
         return -1
     fn.restype = _Mallinfo2
     return int(fn().fordblks)
@@ -81,10 +89,8 @@ def heap_free_bytes() -> int:
 
 def trim_heap() -> bool:
     """glibc's malloc_trim(0): free heap pages go back to the kernel (False elsewhere)."""
-    try:
-        return bool(ctypes.CDLL(None).malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    fn = _libc("malloc_trim")
+    return fn is not None and bool(fn(0))
 
 
 # glibc's mallopt(3) parameters (malloc.h)
@@ -116,9 +122,8 @@ def tune_malloc(environ: dict[str, str] | None = None) -> list[int]:
     if env.get(DEFAULTS_ENV, "") not in ("", "0"):
         return []
     tunables = env.get("GLIBC_TUNABLES", "")
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc("mallopt")
+    if mallopt is None:
         return []
     done = []
     for param, value, (variable, tunable) in MALLOC_SETTINGS:
