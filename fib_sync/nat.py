@@ -23,7 +23,12 @@ Keeping it (the route discipline, for a table):
 - left in place on stop (established flows keep their conntrack NAT and new
   ones are still masqueraded across a restart) and adopted on start: the
   fingerprint and the sets last written are kept in a small state file, so a
-  restarted daemon that finds the table exactly as it left it writes nothing.
+  restarted daemon that finds the table exactly as it left it writes nothing;
+- not made while no pool is natOutgoing (a table without masquerade CIDRs
+  changes no packet): then ``sync()`` only asks the kernel over netlink whether
+  the table is there, and libnftables stays unloaded (issue 17: 1.3 MiB of an
+  idle daemon). A table that is there (a previous run's, say) is adopted and
+  kept as always: its masquerade sets are emptied, it is repaired if changed.
 """
 
 from __future__ import annotations
@@ -174,7 +179,12 @@ class NatTable:
 
     def sync(self, spec: NatSpec) -> str:
         """Make the table hold `spec`. Returns what was done: "unchanged",
-        "adopted", "sets", "created", "repaired". Raises NftError."""
+        "adopted", "sets", "created", "repaired", or "not needed" (no pool to
+        masquerade and no table: nothing is written, and the nft library is not
+        even loaded — one netlink question). Raises NftError."""
+        if not (spec.masq4 or spec.masq6) and not self.nft.table_exists(FAMILY, TABLE):
+            self.written, self.fp = None, None  # none of ours there, none wanted
+            return "not needed"
         state = self.nft.state(FAMILY, TABLE, self.fp)
         first = self.stats.table_writes + self.stats.set_updates + self.stats.adopted == 0
         try:
@@ -200,7 +210,7 @@ class NatTable:
         # A table this process (or, per the state file, the last one) wrote and
         # that is now missing or different: someone else did that.
         if (state is TableState.TAMPERED and self.fp is not None) or (
-                state is TableState.MISSING and not first):
+                state is TableState.MISSING and not first and self.written is not None):
             action = "repaired"
             self.stats.repairs += 1
             log.warning("nat_table_repaired", table=f"{FAMILY} {TABLE}",
@@ -266,7 +276,7 @@ class NatSyncer:
                 action = "error"
         self.last_action = action
         self.last_sync_epoch = time.time()
-        if self.on_change is not None and action not in ("unchanged", "adopted"):
+        if self.on_change is not None and action not in ("unchanged", "adopted", "not needed"):
             self.on_change(action)
         return action
 

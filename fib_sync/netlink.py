@@ -171,14 +171,14 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def _netlink_socket(netns: str | None) -> socket.socket:
-    """A NETLINK_ROUTE socket created in the named namespace (None: ours).
+def _netlink_socket(netns: str | None, protocol: int = NETLINK_ROUTE) -> socket.socket:
+    """A NETLINK_ROUTE (or `protocol`) socket created in the named namespace (None: ours).
 
     A socket stays in the namespace it was created in, and setns(2) moves only the
     calling thread: a short-lived thread enters the namespace, creates the socket
     and ends (no fork, no change to any other thread)."""
     if netns is None:
-        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     path = f"/var/run/netns/{netns}"
     out: list = []
 
@@ -198,7 +198,7 @@ def _netlink_socket(netns: str | None) -> socket.socket:
                 out.append(OSError(err, f"network namespace {netns!r}: setns: "
                                         f"{os.strerror(err)}"))
                 return
-            out.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE))
+            out.append(socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol))
         except OSError as e:
             out.append(e)
         finally:

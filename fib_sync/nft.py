@@ -30,10 +30,14 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import errno
 import hashlib
 import json
+import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
 import threading
 from collections.abc import Iterable
@@ -285,6 +289,57 @@ def _library() -> _Lib | None:
         return _lib
 
 
+# nf_tables over netlink, for `Nft.table_exists` (linux/netfilter/nfnetlink.h, nf_tables.h)
+_NETLINK_NETFILTER = 12
+_NFT_MSG_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
+_NFT_MSG_NEWTABLE = (10 << 8) | 0
+_NFTA_TABLE_NAME = 1
+_NLMSG_ERROR = 2
+_NLM_F_REQUEST_ACK = 0x1 | 0x4
+_NFPROTO = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
+
+
+def _nfnl_table_exists(netns: str | None, nfproto: int, name: str) -> bool:
+    """True if the kernel holds table `name` of family `nfproto`; False on ENOENT;
+    OSError for any other answer (or none within 5 s)."""
+    if netns is None:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
+    else:
+        from fib_sync.netlink import _netlink_socket  # a socket made inside the namespace
+
+        if not os.path.exists(f"/var/run/netns/{netns}"):
+            raise FileNotFoundError(f"network namespace {netns!r} does not exist")
+        sock = _netlink_socket(netns, _NETLINK_NETFILTER)
+    with sock:
+        sock.settimeout(5.0)
+        sock.bind((0, 0))
+        attr = name.encode() + b"\0"
+        nla = struct.pack("=HH", 4 + len(attr), _NFTA_TABLE_NAME) + attr
+        nla += b"\0" * (-len(nla) % 4)
+        body = struct.pack("=BBH", nfproto, 0, 0) + nla  # nfgenmsg: family, v0, res_id
+        sock.send(struct.pack("=IHHII", 16 + len(body), _NFT_MSG_GETTABLE,
+                              _NLM_F_REQUEST_ACK, 1, 0) + body)
+        found = False
+        while True:
+            data = sock.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
+                if length < 16 or seq != 1:
+                    off += max(length, 16) + (-max(length, 16) % 4)
+                    continue
+                if mtype == _NFT_MSG_NEWTABLE:
+                    found = True
+                elif mtype == _NLMSG_ERROR:
+                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                    if err == 0:
+                        return found
+                    if err == errno.ENOENT:
+                        return False
+                    raise OSError(err, f"nf_tables GETTABLE: {os.strerror(err)}")
+                off += length + (-length % 4)
+
+
 class Nft:
     """Runs nft in one network namespace (None: the caller's own).
 
@@ -300,7 +355,18 @@ class Nft:
         self.binary = binary or shutil.which("nft") or "/usr/sbin/nft"
         self.timeout = timeout
         want = netns is None and binary is None if in_process is None else in_process
-        self._lib = _library() if want and netns is None else None
+        self._want_lib = want and netns is None
+        self._lib_resolved = not self._want_lib
+        self._lib_handle: _Lib | None = None
+
+    @property
+    def _lib(self) -> _Lib | None:
+        """libnftables, loaded by the first command that needs it (not by the
+        constructor: a caller with nothing to do never maps the library)."""
+        if not self._lib_resolved:
+            self._lib_handle = _library()
+            self._lib_resolved = True
+        return self._lib_handle
 
     @property
     def in_process(self) -> bool:
@@ -404,6 +470,17 @@ class Nft:
 
     def exists(self, family: str, name: str) -> bool:
         return TableRef(family, name) in self.list_tables()
+
+    def table_exists(self, family: str, name: str) -> bool:
+        """Whether one of podbgp's tables exists, asked of the kernel directly
+        (nf_tables' GETTABLE over netlink): neither libnftables nor an `nft`
+        process, for a caller that only wants to know whether it has anything to
+        do. Falls back to `exists` when netlink gives no clear answer."""
+        self._require_owned("list", family, name)
+        try:
+            return _nfnl_table_exists(self.netns, _NFPROTO[family], name)
+        except OSError:
+            return self.exists(family, name)
 
     def fingerprint(self, family: str, name: str) -> str | None:
         return fingerprint(self.list_table(family, name))

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -121,3 +122,30 @@ def test_start_without_etcd_then_ready_with_sd_notify(lab: Lab, monkeypatch) -> 
         assert ready_at < stopping_at
     finally:
         listener.close()
+
+
+def test_idle_daemon_without_natoutgoing_maps_no_libnftables(lab: Lab) -> None:
+    """issue 17: a node whose pools masquerade nothing makes no NAT table and never
+    maps libnftables (+libnftnl, libgmp: 1.3 MiB RSS of an idle bgpd); the first
+    natOutgoing pool brings both."""
+    node = lab.start_daemon("node1")
+    assert node.proc is not None
+    ns = lab.nodes["node1"].ns
+
+    def nat_action() -> str | None:
+        return (lab.status("node1").get("dataplane") or {}).get("nat", {}).get("last_action")
+
+    def nat_table() -> bool:
+        return subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet",
+                               "podbgp-nat"], capture_output=True).returncode == 0
+
+    def mapped() -> bool:
+        with open(f"/proc/{node.proc.pid}/maps") as f:
+            return "libnftables" in f.read()
+
+    lab.wait_for(lambda: lab.ready("node1"), 60, "node1 ready")
+    lab.wait_for(lambda: nat_action() == "not needed", 30, "the NAT pass")
+    assert not nat_table() and not mapped(), lab.daemon_log("node1")
+    lab.apply(POOL.replace("vxlanMode: Never", "vxlanMode: Never, natOutgoing: true"))
+    lab.wait_for(nat_table, 30, "the NAT table for the natOutgoing pool")
+    assert nat_action() == "created" and mapped()

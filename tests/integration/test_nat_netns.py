@@ -171,3 +171,86 @@ def test_syncer_checks_periodically_and_stop_leaves_the_table(topo) -> None:
 
     asyncio.run(go())
     assert source_seen(pod, out, 7121) == "203.0.113.1"  # still masquerading after stop
+
+
+class CountingNft(Nft):
+    """The real driver, counting the commands it ran (through libnftables or `nft`)."""
+
+    def __init__(self, *a, **kw) -> None:
+        super().__init__(*a, **kw)
+        self.commands = 0
+
+    def _nft(self, *a, **kw) -> str:
+        self.commands += 1
+        return super()._nft(*a, **kw)
+
+
+def tables(ns: str) -> str:
+    return sh(ns, "nft", "list", "tables")
+
+
+NO_MASQ = NatSpec.from_pools([("10.244.0.0/16", False), ("10.250.0.0/16", False)])
+
+
+def test_no_natoutgoing_pool_makes_no_table_and_runs_no_nft(topo, workdir) -> None:
+    """issue 17: with no pool to masquerade and no table of ours, sync asks the kernel
+    (netlink) and does nothing else; a pool turned natOutgoing makes the table; turned
+    off again, the table stays with its masquerade sets emptied (never flushed)."""
+    pod, node, out = topo
+    nft = CountingNft(netns=node)
+    table = NatTable(nft, workdir / "nat.json")
+    assert table.sync(NO_MASQ) == "not needed" and table.check(NO_MASQ) == "not needed"
+    assert nft.commands == 0 and TABLE not in tables(node)
+    assert table.stats.table_writes == 0 and not (workdir / "nat.json").exists()
+    assert table.sync(NatSpec.from_pools(POOLS)) == "created"
+    assert source_seen(pod, out, 7131) == "203.0.113.1"
+    assert table.sync(NO_MASQ) == "sets"  # the stale masquerade CIDRs go, the table stays
+    assert source_seen(pod, out, 7132) == "10.244.1.5"
+    assert TABLE in tables(node) and table.check(NO_MASQ) == "unchanged"
+    # Deleted by someone while nothing is masqueraded: nothing to repair ...
+    sh(node, "nft", "delete", "table", FAMILY, TABLE)
+    assert table.check(NO_MASQ) == "not needed" and table.stats.repairs == 0
+    # ... and natOutgoing later creates it (a creation, not a repair).
+    assert table.sync(NatSpec.from_pools(POOLS)) == "created" and table.stats.repairs == 0
+    assert source_seen(pod, out, 7133) == "203.0.113.1"
+
+
+def test_table_left_by_a_previous_run_is_adopted_and_its_masquerade_removed(topo,
+                                                                          workdir) -> None:
+    pod, node, out = topo
+    state = workdir / "nat.json"
+    t1 = NatTable(Nft(netns=node), state)
+    assert t1.sync(NatSpec.from_pools(POOLS)) == "created"
+    # Restarted with no natOutgoing pool any more: the table is there, so it is ours to
+    # keep right: masquerade sets emptied in place (no rewrite of the table).
+    t2 = NatTable(Nft(netns=node), state)
+    t2.load_state()
+    assert t2.sync(NO_MASQ) == "sets" and t2.stats.table_writes == 0
+    assert source_seen(pod, out, 7141) == "10.244.1.5"
+    # Without a state file (it was lost): rewritten whole, masquerading nothing.
+    t3 = NatTable(Nft(netns=node))
+    assert t3.sync(NatSpec.from_pools(POOLS)) == "created"
+    t4 = NatTable(Nft(netns=node))
+    assert t4.sync(NO_MASQ) == "created" and TABLE in tables(node)
+    assert source_seen(pod, out, 7142) == "10.244.1.5"
+
+
+def test_idle_nat_table_maps_no_libnftables(netns_factory) -> None:
+    """issue 17: in its own namespace (the daemon's case) the driver would run nft
+    in-process; with nothing to masquerade libnftables is never mapped (1.3 MiB RSS of
+    an idle bgpd), and the first natOutgoing pool maps it."""
+    require_binary("nft")
+    ns = netns_factory("pbl")
+    code = (
+        "from fib_sync.nat import NatSpec, NatTable\n"
+        "from fib_sync.nft import Nft\n"
+        "def mapped():\n"
+        "    return 'libnftables' in open('/proc/self/maps').read()\n"
+        "t = NatTable(Nft())\n"
+        "print('=', t.sync(NatSpec.from_pools([('10.244.0.0/16', False)])), mapped())\n"
+        "print('=', t.sync(NatSpec.from_pools([('10.244.0.0/16', True)])), mapped(),"
+        " t.nft.in_process)\n")
+    out = [ln[2:] for ln in sh(ns, sys.executable, "-c", code).splitlines()
+           if ln.startswith("= ")]  # (structlog's lines are printed too)
+    assert out[0] == "not needed False", out
+    assert out[1] == "created True True", out

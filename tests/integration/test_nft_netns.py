@@ -131,6 +131,22 @@ def test_check_does_not_apply(drv):
         drv.check("table inet podbgp-t { chain c { ip saddr 10.0.0.300 accept } }")
 
 
+def test_table_exists_asks_netlink_and_agrees_with_the_listing(drv, netns):
+    """`table_exists` (nf_tables' GETTABLE over netlink, no library, no process) gives
+    `exists`' answer, family and name both counted."""
+    raw(netns, "add", "table", "ip", "podbgp-t")
+    raw(netns, "add", "table", "inet", "podbgp-u")
+    for family, name in (("ip", "podbgp-t"), ("inet", "podbgp-t"), ("ip6", "podbgp-t"),
+                         ("inet", "podbgp-u"), ("ip", "podbgp-u"), ("inet", "podbgp-tt"),
+                         ("netdev", "podbgp-t")):
+        assert drv.table_exists(family, name) == drv.exists(family, name) == (
+            (family, name) in (("ip", "podbgp-t"), ("inet", "podbgp-u"))), (family, name)
+    with pytest.raises(NotOwnedError):
+        drv.table_exists("ip", "filter")
+    with pytest.raises(NftError, match="podbgp-no-such-ns"):
+        Nft(netns="podbgp-no-such-ns").table_exists("inet", "podbgp-t")
+
+
 def test_missing_namespace_is_named():
     require_binary("nft")
     drv = Nft(netns="podbgp-no-such-ns")
