@@ -24,7 +24,20 @@ ExaBGP's CPU time is podbgp's convergence time.
 - ``NLRI.unpack_nlri`` caches the decoder class per (afi, safi) instead of
   formatting ``"ipv4/unicast"`` per NLRI;
 - ``JSON._update`` caches the family tuple per (class, afi, safi) and the
-  next-hop string per next-hop object within one UPDATE.
+  next-hop string per next-hop object within one UPDATE;
+- a plain IPv4 unicast UPDATE (NLRI in the classic fields only: no MP_REACH /
+  MP_UNREACH, no ADD-PATH on receive, DEBUG off) has its two NLRI fields checked
+  and turned into prefix text in one loop (``_v4_prefixes``), where ExaBGP built
+  an INET + CIDR object per prefix and formatted each again for the JSON; the
+  attributes are decoded by ExaBGP as before. ``JSON._update`` writes such an
+  UPDATE from that text (the same bytes). Its ``nlris`` are ExaBGP's own NLRI
+  objects, decoded from the kept raw fields on first use (RFC 7606
+  treat-as-withdraw in ``Protocol.read_message``, an Adj-RIB-In, a text encoder),
+  after which the JSON comes from them. A prefix length above 32 or a truncated
+  field sends the UPDATE through ExaBGP's loop, which raises its own NOTIFICATION;
+- ``Peer._main`` hands each NLRI to the Adj-RIB-In cache only when there is one
+  (``update_cache`` returned at once without it; podbgp runs ``adj-rib-in false``)
+  or DEBUG is on.
 
 Group ``api`` (sending to many neighbours). The speaker names every peer a
 route goes to in one command (``neighbor A , neighbor B ... announce
@@ -268,6 +281,94 @@ def _patch_logger() -> None:
         log.debug = eat
 
 
+# The fast path for plain IPv4 unicast UPDATEs (classic NLRI fields, no ADD-PATH, no
+# MP_REACH/MP_UNREACH): ExaBGP built an INET + CIDR object per prefix, sliced the bytes
+# per prefix, then formatted each prefix again for the JSON (nlri.json -> cidr.prefix ->
+# ntop). Here the two NLRI fields are checked and turned into prefix text in one loop;
+# the UPDATE keeps the raw fields and builds ExaBGP's NLRI objects only if something
+# reads ``nlris`` (treat-as-withdraw, an Adj-RIB-In, a text encoder, DEBUG).
+_V4_PAD = tuple(bytes(4 - size) for size in range(5))
+
+
+def _v4_prefixes(data: bytes) -> list[str] | None:
+    """The prefixes of an IPv4 unicast NLRI field (RFC 4271 4.3) as ExaBGP's
+    ``CIDR.prefix()`` writes them (host bits kept), or None where ExaBGP's own decoder
+    (INET.unpack_nlri) would raise: a length above 32 or fewer octets than it needs.
+    None sends the whole UPDATE through ExaBGP's code, which raises its own Notify."""
+    from socket import inet_ntoa
+
+    out: list[str] = []
+    append = out.append
+    pad = _V4_PAD
+    i, end = 0, len(data)
+    while i < end:
+        mask = data[i]
+        if mask > 32:
+            return None
+        size = (mask + 7) >> 3
+        j = i + 1 + size
+        if j > end:
+            return None
+        append(f"{inet_ntoa(data[i + 1:j] + pad[size])}/{mask}")
+        i = j
+    return out
+
+
+def _compact_update_class(update_cls: type) -> type:
+    from exabgp.bgp.message.action import Action
+    from exabgp.bgp.message.update.nlri import NLRI
+    from exabgp.protocol.family import AFI, SAFI
+
+    class CompactUpdate(update_cls):  # type: ignore[misc,valid-type]
+        """A received IPv4 unicast UPDATE whose prefixes are text already
+        (``podbgp_v4``: withdrawn, announced, next hop); ``nlris`` decodes the raw
+        fields with ExaBGP's own decoder on first use (then ``podbgp_v4`` is None:
+        whoever read ``nlris`` may change the NLRI, e.g. treat-as-withdraw)."""
+
+        def __init__(self, withdrawn: bytes, announced: bytes, attributes: Any, nexthop: Any,
+                     prefixes: tuple[list[str], list[str]]) -> None:
+            self.attributes = attributes
+            self.podbgp_v4: tuple[list[str], list[str], Any] | None = (*prefixes, nexthop)
+            self._podbgp_raw = (withdrawn, announced, nexthop)
+            self._podbgp_nlris: list[Any] | None = None
+
+        @property
+        def nlris(self) -> list[Any]:
+            if self._podbgp_nlris is None:
+                withdrawn, announced, nexthop = self._podbgp_raw
+                nlris = []
+                ipv4, unicast = AFI.ipv4, SAFI.unicast
+                while withdrawn:  # as Update.unpack_message (checked: cannot raise)
+                    nlri, withdrawn = NLRI.unpack_nlri(ipv4, unicast, withdrawn, Action.WITHDRAW, False)
+                    nlris.append(nlri)
+                while announced:
+                    nlri, announced = NLRI.unpack_nlri(ipv4, unicast, announced, Action.ANNOUNCE, False)
+                    nlri.nexthop = nexthop
+                    nlris.append(nlri)
+                self._podbgp_nlris = nlris
+                self.podbgp_v4 = None
+            return self._podbgp_nlris
+
+        @nlris.setter
+        def nlris(self, value: list[Any]) -> None:
+            self._podbgp_nlris = value
+            self.podbgp_v4 = None
+
+    CompactUpdate.__name__ = CompactUpdate.__qualname__ = "Update"
+    return CompactUpdate
+
+
+def _compact_update(cls: type) -> Callable[[bytes, bytes, Any, Any], Any]:
+    def compact(withdrawn: bytes, announced: bytes, attributes: Any, nexthop: Any) -> Any:
+        gone = _v4_prefixes(withdrawn)
+        new = _v4_prefixes(announced) if gone is not None else None
+        if new is None:
+            return None
+        return cls(withdrawn, announced, attributes, nexthop, (gone, new))
+
+    return compact
+
+
 def _patch_update() -> None:
     from exabgp.bgp.message.update import Update
 
@@ -278,7 +379,20 @@ def _patch_update() -> None:
         ("            log.debug(lambda nlri=nlri: 'announced NLRI {}'.format(nlri), 'routes')\n",
          "            " + _GUARD + "\n"
          "                log.debug(lambda nlri=nlri: 'announced NLRI {}'.format(nlri), 'routes')\n"),
-    ], {"_podbgp_option": _option()})
+        # Plain IPv4 unicast: prefixes as text in one loop (None: irregular, ExaBGP's
+        # loop below decodes it and raises as before). Not with DEBUG on (its per-NLRI
+        # lines and the decoded-UPDATE line come from the code below).
+        ("        nlris = []\n"
+         "        while withdrawn:\n",
+         "        if ((withdrawn or announced) and not addpath and MPURNLRI.ID not in attributes\n"
+         "                and MPRNLRI.ID not in attributes and not _podbgp_option.logit.get('DEBUG')):\n"
+         "            _podbgp_update = _podbgp_compact(withdrawn, announced, attributes, nexthop)\n"
+         "            if _podbgp_update is not None:\n"
+         "                return _podbgp_update\n"
+         "        nlris = []\n"
+         "        while withdrawn:\n"),
+    ], {"_podbgp_option": _option(),
+        "_podbgp_compact": _compact_update(_compact_update_class(Update))})
     Update.unpack_message = new
 
 
@@ -294,7 +408,15 @@ def _patch_peer() -> None:
            "                                lazyformat('   UPDATE #%d nlri ' % number, nlri, str),\n"
            "                                self.id(),\n"
            "                            )\n")
-    Peer._main = _rewrite(Peer, "_main", [(old, new)], {"_podbgp_option": _option()})
+    # update_cache returns at once without an Adj-RIB-In (podbgp's `adj-rib-in false`):
+    # the loop is skipped then, so a compact UPDATE's NLRI objects are never built.
+    loop = ("                    for nlri in message.nlris:\n"
+            "                        self.neighbor.rib.incoming.update_cache(")
+    skip = ("                    for nlri in (message.nlris if self.neighbor.rib.incoming.cache"
+            " or _podbgp_option.logit.get('DEBUG') else ()):\n"
+            "                        self.neighbor.rib.incoming.update_cache(")
+    Peer._main = _rewrite(Peer, "_main", [(old, new), (loop, skip)],
+                          {"_podbgp_option": _option()})
 
 
 def _patch_nlri() -> None:
@@ -375,8 +497,42 @@ def _patch_json() -> None:
            ".setdefault(nexthop, []).append(nlri)\n"
            "            if nlri.action == Action.WITHDRAW:  # pylint: disable=E1101\n"
            "                minus.setdefault(_podbgp_family_key(nlri, _podbgp_families), []).append(nlri)\n")
-    JSON._update = _rewrite(JSON, "_update", [(old, new)],
-                            {"_podbgp_family_key": _family_key, "_podbgp_families": {}})
+    # A compact UPDATE (group decode's fast path) is written from its prefix text.
+    first = ("    def _update(self, update):\n"
+             "        plus = {}\n")
+    compact = ("    def _update(self, update):\n"
+               "        _podbgp_v4 = getattr(update, 'podbgp_v4', None)\n"
+               "        if _podbgp_v4 is not None:\n"
+               "            return _podbgp_json_v4(self, update, _podbgp_v4)\n"
+               "        plus = {}\n")
+    JSON._update = _rewrite(JSON, "_update", [(old, new), (first, compact)],
+                            {"_podbgp_family_key": _family_key, "_podbgp_families": {},
+                             "_podbgp_json_v4": _json_v4})
+
+
+def _json_v4(self: Any, update: Any, v4: tuple[list[str], list[str], Any]) -> dict[str, str]:
+    """JSON._update's text for a compact UPDATE: the same bytes ExaBGP writes for its
+    NLRI objects (one "ipv4 unicast" family, one next hop; ``{ "nlri": "P" }`` or, with
+    exabgp.api.compact, ``"P"`` per prefix)."""
+    withdrawn, announced, nexthop = v4
+    if self.compact:
+        head, sep, tail = '"', '", "', '"'
+    else:
+        head, sep, tail = '{ "nlri": "', '" }, { "nlri": "', '" }'
+    nlri = ""
+    if announced:
+        try:
+            hop = str(nexthop)
+        except Exception:  # ExaBGP's own rule: 'null'
+            hop = "null"
+        nlri = f'"announce": {{ "ipv4 unicast": {{ "{hop}": [ {head}{sep.join(announced)}{tail} ] }} }}'
+    if withdrawn:
+        if nlri:
+            nlri += ", "
+        nlri += f'"withdraw": {{ "ipv4 unicast": [ {head}{sep.join(withdrawn)}{tail} ] }}'
+    attributes = "" if not update.attributes else f'"attribute": {{ {update.attributes.json()} }}'
+    text = f'"update": {{ {attributes}, {nlri} }}' if attributes else f'"update": {{ {nlri} }}'
+    return {"message": self._json(f"{{ {text} }}")}
 
 
 def _patch_decode() -> None:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from bgpd.exabgp import launch as exabgp_launch
@@ -1189,3 +1189,158 @@ def test_sync_group_still_runs_a_coroutine_through_asyncio() -> None:
     ours, theirs = (out.stdout.splitlines() for out in outs)
     assert ours[0] == theirs[0] == "True 1 48 ['c']"  # ExaBGP re-calls it every step
     assert ours[1] == "True 1 True"
+
+
+# -- group decode's fast path for plain IPv4 unicast UPDATEs, against ExaBGP's own decoder.
+# Each body is decoded as Protocol.read_message does (Update.unpack_message, then RFC 7606
+# treat-as-withdraw turns every NLRI into a withdrawal) and printed: the JSON event, or the
+# NOTIFICATION (code, subcode, data) ExaBGP would send; then the NLRI objects ExaBGP's
+# Peer._main and text encoder would see (str, action, next hop, index). Last line: how many
+# bodies took the compact path.
+RECEIVER = r"""
+import os, re, sys
+mode, conf = sys.argv[1], sys.argv[2]
+if mode == "patched":
+    import bgpd.exabgp.launch as launch
+    assert launch.patch(), "patch() refused"
+from exabgp.environment import getenv
+from exabgp.logger import log
+from exabgp.configuration.configuration import Configuration
+from exabgp.configuration.check import _negotiated
+from exabgp.bgp.message.action import Action
+from exabgp.bgp.message.notification import Notify
+from exabgp.bgp.message.update import Update
+from exabgp.bgp.message.update.attribute import Attribute
+from exabgp.bgp.message.direction import Direction
+from exabgp.reactor.api.response import Response
+env = getenv(); env.tcp.bind = ""; log.init(env)
+configuration = Configuration([conf], text=True)
+configuration.reload()
+neighbor = list(configuration.neighbors.values())[0]
+negotiated = _negotiated(neighbor)
+encoder = Response.JSON("5.0.0")
+compact = 0
+for body in sys.stdin.read().split():
+    try:
+        update = Update.unpack_message(bytes.fromhex(body), Direction.IN, negotiated)
+    except Notify as exc:
+        print("notify", exc.code, exc.subcode, repr(exc.data))
+        continue
+    except Exception as exc:
+        print("error", type(exc).__name__, exc)
+        continue
+    compact += getattr(update, "podbgp_v4", None) is not None
+    if update.TYPE == Update.TYPE and Attribute.CODE.INTERNAL_TREAT_AS_WITHDRAW in update.attributes:
+        for nlri in update.nlris:
+            nlri.action = Action.WITHDRAW
+    line = encoder.update(neighbor, "receive", update, None, "", "")
+    print(re.sub(r'"(time|pid|ppid)" ?: [0-9.]+', r'"\1": X', line))
+    print([(str(n), repr(n.action), str(getattr(n, "nexthop", "")), n.index()) for n in update.nlris])
+print("compact", compact)
+"""
+V4_NEIGHBOR = ("neighbor 10.99.0.3 { router-id 10.99.0.1; local-address 10.99.0.1; local-as 65000;"
+               " peer-as 65003; family { ipv4 unicast; ipv6 unicast; } }")
+ADDPATH_NEIGHBOR = V4_NEIGHBOR.replace("family", "capability { add-path send/receive; } family")
+
+
+def receive(mode: str, bodies: list[bytes], conf: str = V4_NEIGHBOR) -> tuple[list[str], int]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", RECEIVER, mode, conf],
+                         input="\n".join(b.hex() for b in bodies), capture_output=True,
+                         text=True, timeout=120, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    *lines, last = out.stdout.splitlines()
+    return lines, int(last.split()[1])
+
+
+_ORIGIN = _attr(0x40, 1, b"\x00")
+_AS_PATH = _attr(0x40, 2, struct.pack("!BBI", 2, 1, 65003))
+_NEXT_HOP = _attr(0x40, 3, bytes([10, 99, 0, 3]))
+_LOCAL_PREF = _attr(0x40, 5, struct.pack("!I", 100))
+# Attribute fields a peer may send, good and bad (RFC 4271 5, 6.3; RFC 7606 7.1-7.3; RFC 4760):
+ATTRIBUTE_FIELDS = [
+    _ORIGIN + _AS_PATH + _NEXT_HOP + _LOCAL_PREF,
+    _ORIGIN + _AS_PATH + _NEXT_HOP + _LOCAL_PREF + _attr(0xC0, 8, struct.pack("!HH", 65003, 7)),
+    _ORIGIN + _AS_PATH + _LOCAL_PREF,                                    # no NEXT_HOP
+    _ORIGIN + _AS_PATH + _NEXT_HOP + _attr(0xC0, 8, b"\x00\x01\x02"),  # COMMUNITY length 3:
+    _attr(0x40, 1, b"") + _AS_PATH + _NEXT_HOP,                          # ORIGIN length 0: both
+    _attr(0x40, 1, b"\x07") + _AS_PATH + _NEXT_HOP,                      # treat-as-withdraw
+    _attr(0x40, 1, b"\x00\x00") + _AS_PATH + _NEXT_HOP,                  # ORIGIN length 2
+    _ORIGIN + _AS_PATH + _attr(0x40, 3, bytes([10, 99, 0, 3, 1])),       # NEXT_HOP length 5
+    _ORIGIN + _AS_PATH + _NEXT_HOP + _NEXT_HOP,                          # NEXT_HOP twice
+    _ORIGIN + _AS_PATH + _NEXT_HOP + b"\x40\x05\x09\x00",                # LOCAL_PREF overruns
+    _ORIGIN + _AS_PATH + _NEXT_HOP + _attr(0x80, 14, struct.pack("!HBB", 1, 1, 4)
+                                           + bytes([10, 99, 0, 4]) + b"\x00\x18\x0a\x07\x07"),
+    _attr(0x80, 15, struct.pack("!HB", 1, 1) + b"\x18\x0a\x08\x08"),     # MP_UNREACH ipv4
+    _attr(0x80, 15, struct.pack("!HB", 2, 1)),                           # EOR ipv6
+    b"",
+]
+
+
+def _nlri_entry() -> st.SearchStrategy[bytes]:
+    good = st.integers(0, 32).flatmap(
+        lambda m: st.binary(min_size=(m + 7) // 8, max_size=(m + 7) // 8).map(lambda b: bytes([m]) + b))
+    too_long = st.tuples(st.integers(33, 255), st.binary(max_size=5)).map(lambda t: bytes([t[0]]) + t[1])
+    return st.one_of(good, good, good, too_long)
+
+
+@st.composite
+def _nlri_field(draw: st.DrawFn) -> bytes:
+    field = b"".join(draw(st.lists(_nlri_entry(), max_size=6)))
+    cut = draw(st.integers(0, 3)) if draw(st.integers(0, 5)) == 0 else 0
+    return field[:len(field) - cut] if cut else field
+
+
+@st.composite
+def _update_body(draw: st.DrawFn) -> bytes:
+    withdrawn = draw(_nlri_field())
+    attributes = draw(st.sampled_from(ATTRIBUTE_FIELDS))
+    announced = draw(_nlri_field())
+    wlen = len(withdrawn) + (draw(st.sampled_from([0, 0, 0, 0, 0, 0, 1, -1, 200])))
+    return (struct.pack("!H", max(wlen, 0) & 0xFFFF) + withdrawn
+            + struct.pack("!H", len(attributes)) + attributes + announced)
+
+
+_GOOD = ATTRIBUTE_FIELDS[0]
+# Fixed cases on both sides of each rule of INET.unpack_nlri, and RFC 7606 on valid NLRI.
+FIXED_BODIES = [
+    _update(b"", _GOOD, b"\x21\x0a\x00\x00\x00\x00"),           # length 33: NOTIFICATION 3/10
+    _update(b"\x28\x0a\x00\x00\x00\x00", b"", b""),                # withdrawn length 40
+    _update(b"", _GOOD, b"\x18\x0a\x01"),                           # /24 with 2 octets
+    _update(b"", _GOOD, b"\x18\x0a\x01\x00\x08"),                   # /8 with no octet
+    _update(b"", _GOOD, b"\x18\x0a\x01\x00\x00"),                   # /0 last: valid
+    _update(b"", _GOOD, b"\x17\x0a\x01\x01\x20\x0a\x01\x02\x03"),   # host bits kept, /32
+    _update(b"\x17\x0a\x01\x01", ATTRIBUTE_FIELDS[3], b"\x18\x0a\x02\x00"),  # treat-as-withdraw
+    _update(b"", ATTRIBUTE_FIELDS[2], b"\x18\x0a\x02\x00"),         # no NEXT_HOP
+]
+
+
+# Each example runs two ExaBGP interpreters: few examples, no shrinking (a failure prints
+# its bodies as they are).
+@settings(max_examples=3, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@given(bodies=st.lists(_update_body(), min_size=60, max_size=90))
+def test_fast_ipv4_path_answers_as_exabgps_decoder(bodies: list[bytes]) -> None:
+    # Same JSON, same NOTIFICATIONs (a bad prefix length, a truncated NLRI field, bad
+    # attributes), same treat-as-withdraw, same NLRI objects for whoever asks for them.
+    big = big_updates()[:3]  # 800-prefix IPv4 announce, withdraw, mixed: the fast path
+    patched, compact = receive("patched", FIXED_BODIES + bodies + big)
+    plain, none = receive("plain", FIXED_BODIES + bodies + big)
+    assert patched == plain
+    assert none == 0 and compact >= 3 + 3, compact
+    fixed = plain[:12]  # 4 NOTIFICATIONs, then 4 decoded (JSON + NLRI line each)
+    assert [line.split()[:3] for line in fixed[:4]] == [["notify", "3", "10"]] * 4, fixed
+    assert '"0.0.0.0/0"' in fixed[4] and '"10.1.1.0/23"' in fixed[6] and '"10.1.2.3/32"' in fixed[6]
+    assert '"withdraw": { "ipv4 unicast": [ { "nlri": "10.1.1.0/23" }, { "nlri": "10.2.0.0/24" }' \
+        in fixed[8] and '"announce"' not in fixed[8]
+
+
+def test_fast_ipv4_path_is_left_to_exabgp_with_add_path() -> None:
+    # ADD-PATH on receive puts a path identifier before each prefix: ExaBGP's decoder only.
+    nlri = b"\x00\x00\x00\x07" + _nlri("10.1.0.0/24") + b"\x00\x00\x00\x09" + _nlri("10.2.0.0/16")
+    attrs = ATTRIBUTE_FIELDS[0]
+    bodies = [_update(b"", attrs, nlri), _update(nlri, b"", b""), _update(b"", attrs, nlri[:-1])]
+    patched, compact = receive("patched", bodies, ADDPATH_NEIGHBOR)
+    plain, _ = receive("plain", bodies, ADDPATH_NEIGHBOR)
+    assert patched == plain
+    assert compact == 0
+    assert '"path-information": "0.0.0.7"' in patched[0] and patched[-1].startswith("notify 3 10")
