@@ -260,6 +260,7 @@ class CalicoModel(BaseModel):
         populate_by_name=True,
         alias_generator=to_camel,
         str_strip_whitespace=False,
+        defer_build=True,
     )
 
     @classmethod
@@ -777,7 +778,7 @@ class BGPConfigurationSpec(_Model):
 
 class BGPConfiguration(_Resource):
     kind: Literal["BGPConfiguration"] = "BGPConfiguration"
-    spec: BGPConfigurationSpec = BGPConfigurationSpec()
+    spec: BGPConfigurationSpec = Field(default_factory=BGPConfigurationSpec)
 
     @property
     def node(self) -> str | None:
@@ -957,7 +958,7 @@ class BGPPeerSpec(_Model):
 
 class BGPPeer(_Resource):
     kind: Literal["BGPPeer"] = "BGPPeer"
-    spec: BGPPeerSpec = BGPPeerSpec()
+    spec: BGPPeerSpec = Field(default_factory=BGPPeerSpec)
 
 
 # ------------------------------------------------------------------ BGPFilter
@@ -1126,7 +1127,7 @@ class BGPFilterSpec(_Model):
 
 class BGPFilter(_Resource):
     kind: Literal["BGPFilter"] = "BGPFilter"
-    spec: BGPFilterSpec = BGPFilterSpec()
+    spec: BGPFilterSpec = Field(default_factory=BGPFilterSpec)
 
 
 # ------------------------------------------------------------------ Node
@@ -1212,7 +1213,7 @@ class NodeStatus(_Model):
 
 class Node(_Resource):
     kind: Literal["Node"] = "Node"
-    spec: NodeSpec = NodeSpec()
+    spec: NodeSpec = Field(default_factory=NodeSpec)
     status: NodeStatus | None = None
 
     @model_validator(mode="before")

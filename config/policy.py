@@ -27,6 +27,7 @@ they are kept and never select a workload.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from typing import Annotated, Any, Literal
@@ -293,11 +294,11 @@ class Rule(_Model):
 
     @property
     def src(self) -> EntityRule:
-        return self.source or _EMPTY_ENTITY
+        return self.source or _empty_entity()
 
     @property
     def dst(self) -> EntityRule:
-        return self.destination or _EMPTY_ENTITY
+        return self.destination or _empty_entity()
 
     @model_validator(mode="after")
     def _checks(self) -> Rule:
@@ -356,7 +357,12 @@ class Rule(_Model):
         return self
 
 
-_EMPTY_ENTITY = EntityRule()
+@functools.cache
+def _empty_entity() -> EntityRule:
+    """The one empty EntityRule (a rule side that matches anything), made on first use:
+    making a model builds its validator (CalicoModel defers that), ~1.5 MiB an idle
+    daemon with no policy never needs (issue 17)."""
+    return EntityRule()
 
 
 def _check_rules(rules: tuple[Rule, ...] | None, alias: str) -> None:
@@ -522,7 +528,7 @@ class Profile(_Resource):
     Profiles ``kns.<namespace>`` (their labels, ``pcns.``-prefixed)."""
 
     kind: Literal["Profile"] = "Profile"
-    spec: ProfileSpec = ProfileSpec()
+    spec: ProfileSpec = Field(default_factory=ProfileSpec)
 
 
 POLICY_MODELS: dict[str, type[_Resource]] = {
