@@ -7,8 +7,8 @@ process, timed in CPU seconds (time.process_time: robust to load where wall time
 is not): ExaBGP's API lines for K /26 routes in UPDATEs of 800 NLRI (exactly the
 text ExaBGP 5.0.15 writes with exabgp.api.compact for bench.injector's UPDATEs)
 -> ``parse_line`` (bgpd.exabgp.parse) -> ``Rib.update`` per UPDATE -> the kernel
-routes (``FibRoutes.route``, what the node queues) -> ``FibSyncer.update`` into a
-fresh namespace (removed at the end), one call per UPDATE as the daemon's FIB
+routes (``FibRoutes.ikey``/``spec``, what the node queues) -> ``FibSyncer.update_specs``
+into a fresh namespace (removed at the end), one call per UPDATE as the daemon's FIB
 pump makes them. Each stage runs over all K before the next, so its CPU is its
 own; ``fib`` includes the kernel's work (system time), as in the daemon.
 ``--profile`` prints a cProfile of parse+rib+route (not fib: its pass runs in a
@@ -98,7 +98,7 @@ async def one(k: int, ns: str, profile: bool) -> dict[str, float]:
     changes = [rib.update(key, e.announced, e.withdrawn) for e in events]
     out["rib"] = cpu() - t
     t = cpu()
-    batches = [[conv.from_rib(kr) for kr in c.kernel_add] for c in changes]
+    batches = [{conv.ikey(kr.prefix): conv.spec(kr) for kr in c.kernel_add} for c in changes]
     out["route"] = cpu() - t
     if prof:
         prof.disable()
@@ -110,8 +110,8 @@ async def one(k: int, ns: str, profile: bool) -> dict[str, float]:
     try:
         t = cpu()
         for b in batches:
-            await syncer.update(b, wait=False)
-        await syncer.update((), wait=True)
+            await syncer.update_specs(b, wait=False)
+        await syncer.update_specs({}, wait=True)
         out["fib"] = cpu() - t
         assert syncer.stats.installed >= k, "all routes installed"
         # Withdraw (parse + rib + fib) for the record, and to leave the namespace empty.
@@ -119,8 +119,9 @@ async def one(k: int, ns: str, profile: bool) -> dict[str, float]:
         for line in wd_lines:
             e = parse_line(line, lookup)
             c = rib.update(key, e.announced, e.withdrawn)
-            await syncer.update((), [conv.key(kr.prefix) for kr in c.kernel_remove], wait=False)
-        await syncer.update((), wait=True)
+            await syncer.update_specs({}, [conv.ikey(kr.prefix) for kr in c.kernel_remove],
+                                      wait=False)
+        await syncer.update_specs({}, wait=True)
         out["withdraw_all"] = cpu() - t
     finally:
         await syncer.stop()

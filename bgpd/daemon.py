@@ -389,14 +389,14 @@ class Daemon:
                 await self._stop_speaker()
             elif isinstance(a, nd.FirstFibPass):
                 await self.fib.set_desired(a.routes, wait=True)
-                await self._carry_out(node.fib_synced(stale=len(self.fib.stale_routes)))
+                await self._carry_out(node.fib_synced(stale=self.fib.stale_count))
             elif isinstance(a, nd.Sweep):
                 # Every kernel change decided before convergence reaches the FIB before
                 # converged() releases the stale routes: a route re-confirmed by the
                 # last UPDATEs is never swept and re-added.
                 adds, dels = node.take_kernel()
                 if adds or dels:
-                    await self.fib.update(adds, dels, wait=False)
+                    await self.fib.update_specs(adds, dels, wait=False)
                 await self.fib.converged()
                 if self.dataplane is not None:
                     await self.dataplane.converged()
@@ -440,7 +440,7 @@ class Daemon:
             self._fib_wake.clear()
             adds, dels = self.node.take_kernel()
             if adds or dels:
-                await self.fib.update(adds, dels, wait=False)
+                await self.fib.update_specs(adds, dels, wait=False)
 
     async def _export_pump(self) -> None:
         while True:
@@ -466,7 +466,7 @@ class Daemon:
     # ============================================================== views
     def kernel_route_counts(self) -> dict[str, int]:
         counts = {"unicast": 0, "multipath": 0, "blackhole": 0}
-        for r in self.fib.desired_values():
+        for r in self.fib.desired_specs():
             if r.kind.value == "blackhole":
                 counts["blackhole"] += 1
             elif len(r.nexthops) > 1:
@@ -494,7 +494,7 @@ class Daemon:
             },
             "peers": node.peer_states(),
             "routes": {"loc_rib": node.rib_prefix_count(), "kernel": self.kernel_route_counts(),
-                       "stale": len(self.fib.stale_routes),
+                       "stale": self.fib.stale_count,
                        "failing": len(self.fib.failing_routes),
                        "conflicts": len(self.fib.conflicting_prefixes)},
             "dataplane": self.dataplane_status(),

@@ -235,8 +235,10 @@ class Node:
         # The outbox (see the module docstring).
         self._export_pending: dict[PeerKey, tuple[bool, dict[str, object]]] = {}
         self._fib_routes = FibRoutes(route_table, route_metric)
-        self._fib_add: dict[str, object] = {}  # prefix -> fib Route to install
-        self._fib_del: dict[str, tuple] = {}  # prefix -> fib key to remove
+        # By fib_sync internal key (FibRoutes.ikey: the prefix itself by default): what
+        # to install (the route's shared fib_sync RouteSpec), what to remove.
+        self._fib_add: dict[object, object] = {}
+        self._fib_del: dict[object, None] = {}
 
     # ================================================================ inputs
     def start(self) -> list[Action]:
@@ -427,15 +429,16 @@ class Node:
         pending, self._export_pending = self._export_pending, {}
         return Exports(pending, [k for k, (full, _) in pending.items() if full])
 
-    def take_kernel(self) -> tuple[list, list]:
-        """(fib Routes to install or replace, fib keys to remove) — none before the first
-        FIB pass, which takes the RIB's whole intent instead."""
+    def take_kernel(self) -> tuple[dict, list]:
+        """({fib internal key: RouteSpec} to install or replace, [fib internal keys] to
+        remove): FibSyncer.update_specs's arguments, handed over, not copied — none
+        before the first FIB pass, which takes the RIB's whole intent instead."""
         if not self.fib_ready or not (self._fib_add or self._fib_del):
-            return [], []
+            return {}, []
         adds, self._fib_add = self._fib_add, {}
         dels, self._fib_del = self._fib_del, {}
-        # Keys: a withdrawal needs no Route; the syncer ignores keys it does not hold.
-        return list(adds.values()), list(dels.values())
+        # Keys: a withdrawal needs no route; the syncer ignores keys it does not hold.
+        return adds, list(dels)
 
     # ================================================================= views
     def is_ready(self) -> bool:
@@ -685,17 +688,18 @@ class Node:
         if not self.fib_started:
             return  # the first pass takes the RIB's whole intent
         adds, dels, conv = self._fib_add, self._fib_del, self._fib_routes
-        from_rib = conv.from_rib
+        spec, ikey = conv.spec, conv.ikey
         for kr in remove:
-            prefix = kr.prefix
-            adds.pop(prefix, None)
-            dels[prefix] = conv.key(prefix)
+            key = ikey(kr.prefix)
+            adds.pop(key, None)
+            dels[key] = None
         for kr in add:
             prefix = kr.prefix
             try:
-                route = from_rib(kr)
+                s = spec(kr)
             except ValueError as e:
                 log.error("kernel_route_invalid", prefix=prefix, error=str(e))
                 continue
-            dels.pop(prefix, None)
-            adds[prefix] = route
+            key = ikey(prefix)
+            dels.pop(key, None)
+            adds[key] = s

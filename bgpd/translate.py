@@ -18,7 +18,15 @@ from bgpd.peers import LocalNode
 from bgpd.peerspec import PeerSpec
 from config.model import BGPFilterRule, community_value
 from config.snapshot import Snapshot
-from fib_sync.route import IPV6_DEFAULT_METRIC, trusted_route
+from fib_sync.route import (
+    IPV6_DEFAULT_METRIC,
+    IKey,
+    RouteSpec,
+    ikey,
+    route_spec,
+    spec_of,
+    trusted_route,
+)
 from rib.inputs import canonical_ipv4_len
 
 log = structlog.get_logger(__name__)
@@ -201,16 +209,45 @@ class FibRoutes:
     ``fib_route`` path, which raises ValueError naming the bad value.
     """
 
-    __slots__ = ("metric", "metric6", "table")
+    __slots__ = ("_memo", "metric", "metric6", "table")
 
     def __init__(self, table: int, metric: int) -> None:
         self.table = table
         self.metric = metric
         self.metric6 = metric or IPV6_DEFAULT_METRIC  # the kernel stores IPv6 metric 0 as 1024
+        # spec()'s last answer: (next hops, device, onlink, prefix length, RouteSpec)
+        self._memo: tuple = (None, None, None, None, None)
 
     def key(self, prefix: str) -> fib_sync.RouteKey:
         """The fib_sync key of the route for ``prefix``: what a withdrawal names."""
         return (self.table, prefix, self.metric6 if ":" in prefix else self.metric)
+
+    def ikey(self, prefix: str) -> IKey:
+        """``key(prefix)`` as fib_sync keeps it (the prefix itself for the main table
+        and the default metric)."""
+        return ikey(self.table, prefix, self.metric6 if ":" in prefix else self.metric)
+
+    def spec(self, kr: rib.KernelRoute, *, _unicast=rib.RouteKind.UNICAST,
+             _fib_unicast=fib_sync.RouteKind.UNICAST, _af=socket.AF_INET) -> RouteSpec:
+        """``spec_of(from_rib(kr))`` without the Route: what the daemon queues for the
+        FIB per route (fib_sync keeps a prefix's key and its shared spec, issue 17).
+        A run of routes via one next-hop set (one UPDATE's) gets the previous answer
+        back after an identity check; the RIB's prefixes are trusted as in
+        ``from_rib``."""
+        prefix = kr.prefix
+        hops = kr.next_hops
+        if type(hops) is tuple and hops and kr.kind is _unicast and ":" not in prefix:
+            plen = int(prefix[prefix.index("/") + 1:])
+            m_hops, m_dev, m_onlink, m_plen, m_spec = self._memo
+            if hops is m_hops and plen == m_plen and kr.device == m_dev and (
+                    kr.onlink == m_onlink):
+                return m_spec
+            nhs = _v4_nexthops(hops, kr.device, kr.onlink)
+            if nhs is not None:
+                spec = route_spec(_fib_unicast, nhs, self.table, self.metric, _af, plen)
+                self._memo = (hops, kr.device, kr.onlink, plen, spec)
+                return spec
+        return spec_of(self.route(kr))
 
     def route(self, kr: rib.KernelRoute) -> fib_sync.Route:
         prefix = kr.prefix

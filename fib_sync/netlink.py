@@ -28,16 +28,18 @@ import struct
 import threading
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .route import (
+    Item,
     NextHop,
     Route,
     RouteKey,
     RouteKind,
     intern_nexthops,
-    same_route,
+    items_of,
+    route_of,
     trusted_route,
 )
 
@@ -531,16 +533,9 @@ class NetlinkKernel:
         self.ifname = names
         self.ifindex = {v: k for k, v in names.items()}
 
-    def dump(
-        self, tables: Iterable[int], known: Mapping[RouteKey, Route] | None = None
-    ) -> dict[RouteKey, Route]:
+    def dump(self, tables: Iterable[int]) -> dict[RouteKey, Route]:
         """Our routes (rtm_protocol == ours) in `tables`, by internal key
-        (`Route._key`; `known` is keyed the same way).
-
-        `known` (the desired routes): a dumped route that already implements
-        the known route of its key (`same_route`) is returned AS that known
-        object, so the view shares routes with the desired set (no second
-        copy of 100k routes, and the next diff is an identity check).
+        (`Route._key`).
 
         The kernel filters by table (strict checking). Routes of other
         protocols are read too, only to note which prefixes they hold
@@ -551,9 +546,7 @@ class NetlinkKernel:
         foreign: dict[tuple[int, str], int] = {}
         foreign_metric: dict[tuple[int, str], int] = {}
         nh_cache: dict[tuple, tuple[NextHop, ...]] = {}
-        verdicts: dict[tuple[int, int], bool] = {}  # (id known nexthops, id dumped)
         proto = self.protocol
-        kget = known.get if known else None
         for table in sorted(set(tables)):
             rt_table = table if table < 256 else RT_TABLE_COMPAT
             for fam in (socket.AF_INET, socket.AF_INET6):
@@ -570,23 +563,8 @@ class NetlinkKernel:
                             foreign_metric[(k[0], k[1])] = k[2]
                         continue
                     route = self._fast_route(buf, off, ln, table, nh_cache)
-                    if route is None:
-                        continue
-                    key = route._key
-                    if kget is not None:
-                        want = kget(key)  # type: ignore[arg-type]
-                        if want is not None and want.kind is route.kind:
-                            wn, hn = want.nexthops, route.nexthops
-                            if wn is hn:
-                                route = want
-                            else:
-                                vk = (id(wn), id(hn))  # both alive during the dump
-                                ok = verdicts.get(vk)
-                                if ok is None:
-                                    ok = verdicts[vk] = same_route(want, route)
-                                if ok:
-                                    route = want
-                    out[route._key] = route  # type: ignore[index]
+                    if route is not None:
+                        out[route._key] = route  # type: ignore[index]
         self.foreign = foreign
         self.foreign_metric = foreign_metric
         return out
@@ -686,13 +664,13 @@ class NetlinkKernel:
         """Apply (op, route) pairs in order; return the ones the kernel refused.
 
         Raises StateUnknown if replies were lost (ENOBUFS)."""
-        runs: list[tuple[list[Route], list[Route], list[Route]]] = []
+        runs: list[tuple[list[Item], list[Item], list[Item]]] = []
         i, n = 0, len(ops)
         while i < n:
             op, j = ops[i][0], i
             while j < n and ops[j][0] == op:
                 j += 1
-            run = [r for _, r in ops[i:j]]
+            run = items_of(r for _, r in ops[i:j])
             runs.append((run, [], []) if op == DELETE else ([], run, []) if op == REPLACE
                         else ([], [], run))
             i = j
@@ -703,12 +681,14 @@ class NetlinkKernel:
     ) -> list[OpError]:
         """Delete, replace, add (in that order); return the routes the kernel
         refused. Raises StateUnknown if replies were lost (ENOBUFS)."""
-        return self.apply_stream([(delete, replace, add)])
+        return self.apply_stream([(items_of(delete), items_of(replace), items_of(add))])
 
     def apply_stream(
-        self, parts: Iterable[tuple[Sequence[Route], Sequence[Route], Sequence[Route]]]
+        self, parts: Iterable[tuple[Sequence[Item], Sequence[Item], Sequence[Item]]]
     ) -> list[OpError]:
-        """Apply (delete, replace, add) parts as `parts` yields them.
+        """Apply (delete, replace, add) parts as `parts` yields them: each a list
+        of (internal key, RouteSpec) items, what fib_sync keeps per route (no
+        Route is built for a route the kernel accepts).
 
         Pipelined: a sender thread sends one buffer (the kernel does its work
         inside send(), GIL released) while this thread encodes the next — and,
@@ -733,69 +713,59 @@ class NetlinkKernel:
         self._sender.drain()
         return batch.errors
 
-    def _encode(self, op: str, routes: Sequence[Route], batch: _Batch) -> None:
-        """Group `routes` by message shape and hand the batch whole runs.
+    def _encode(self, op: str, items: Sequence[Item], batch: _Batch) -> None:
+        """Group `items` by message shape and hand the batch whole runs.
 
         A run of routes sharing a template becomes ONE buffer (the template
         repeated) with destinations and sequence numbers written in by strided
         memoryview stores: no Python work per route beyond collecting its
         packed address. Routes with no template are encoded one by one."""
-        groups: dict[tuple, list[Route]] = {}
-        on_dev: dict[tuple, list[Route]] = {}  # lone gateway on a named device: gw patched
-        slow: list[Route] = []
+        groups: dict[tuple, list[Item]] = {}
+        on_dev: dict[tuple, list[Item]] = {}  # lone gateway on a named device: gw patched
+        slow: list[Item] = []
         is_delete = op == DELETE
-        cur: list[Route] | None = None
-        p_nh = p_len = p_metric = p_table = p_fam = None
-        for r in routes:
-            nh = r.nexthops
-            # Fast path: the same shape as the previous route (routes via one
-            # gateway share one interned next-hop tuple).
-            if (
-                cur is not None
-                and (is_delete or nh is p_nh)
-                and r.dst_len == p_len
-                and r.metric == p_metric
-                and r.table == p_table
-                and r.family == p_fam
-            ):
-                cur.append(r)
+        cur: list[Item] = slow
+        p_spec = None
+        for item in items:
+            s = item[1]
+            # Fast path: the same spec as the previous route (routes via one gateway
+            # share one interned spec), so the same list.
+            if s is p_spec:
+                cur.append(item)
                 continue
+            p_spec = s
+            nh = s.nexthops
             if not is_delete and len(nh) == 1 and (nh[0].dev is not None or nh[0].gateway is None):
                 n0 = nh[0]
                 if n0.gateway is not None:
-                    dk = (r.family, r.dst_len, r.table, r.metric, n0.dev, n0.onlink)
-                    run = on_dev.get(dk)
-                    if run is None:
-                        run = on_dev[dk] = []
-                    run.append(r)
+                    dk = (s.family, s.dst_len, s.table, s.metric, n0.dev, n0.onlink)
+                    cur = on_dev.get(dk)  # type: ignore[assignment]
+                    if cur is None:
+                        cur = on_dev[dk] = []
                 else:
-                    slow.append(r)
-                cur = None
-                continue
-            if not is_delete and len(nh) > 1:
-                slow.append(r)
-                cur = None
-                continue
-            p_nh, p_len, p_metric, p_table, p_fam = nh, r.dst_len, r.metric, r.table, r.family
-            gk = (p_fam, p_len, p_table, p_metric, None if is_delete else id(nh))
-            cur = groups.get(gk)
-            if cur is None:
-                cur = groups[gk] = []
-            cur.append(r)
+                    cur = slow
+            elif not is_delete and len(nh) > 1:
+                cur = slow
+            else:
+                gk = (s.family, s.dst_len, s.table, s.metric, None if is_delete else id(nh))
+                cur = groups.get(gk)  # type: ignore[assignment]
+                if cur is None:
+                    cur = groups[gk] = []
+            cur.append(item)
         for members in groups.values():
-            first = members[0]
+            first = route_of(*members[0])
             shape = template_shape(op, first)
             assert shape is not None
             tpl, doff = self._template(shape, op, first)
             batch.add_run(tpl, doff, op, members)
         for members in on_dev.values():
-            first = members[0]
+            first = route_of(*members[0])
             dev = first.nexthops[0].dev
             assert dev is not None
             index = self._device_index(dev)
             if index is None:
-                batch.errors.extend(OpError(op, r, errno.ENODEV, f"device {dev!r} not found")
-                                    for r in members)
+                batch.errors.extend(OpError(op, route_of(*it), errno.ENODEV,
+                                            f"device {dev!r} not found") for it in members)
                 continue
             shape = template_shape(op, first, index)
             tpl, doff = self._template(shape, op, first)
@@ -803,14 +773,15 @@ class NetlinkKernel:
             if goff is None:
                 goff = self._gateway_offsets[shape] = _dst_offset(tpl, RTA_GATEWAY)
             batch.add_run(tpl, doff, op, members, goff)
-        for r in slow:
+        for item in slow:
+            r = route_of(*item)
             try:
                 msg = self._encode_slow(op, r)
             except KeyError as e:
                 batch.errors.append(OpError(op, r, errno.ENODEV, str(e.args[0])))
                 continue
             msg += bytes(_align(len(msg)) - len(msg))
-            batch.add_one(bytearray(msg), op, r)
+            batch.add_one(bytearray(msg), op, item)
 
     def _encode_slow(self, op: str, route: Route) -> bytes:
         try:
@@ -834,7 +805,7 @@ class _Batch:
         self.sender = sender
         self.errors: list[OpError] = []
         self.pieces: list[bytearray] = []
-        self.segs: list[tuple[int, int, str, Sequence[Route], int]] = []
+        self.segs: list[tuple[int, int, str, Sequence[Item], int]] = []
         self.firsts: list[int] = []
         self.msgs = 0
         self.size = 0
@@ -849,14 +820,14 @@ class _Batch:
         k._seq += count
         return seq0
 
-    def add_run(self, tpl: bytes, doff: int, op: str, routes: Sequence[Route],
+    def add_run(self, tpl: bytes, doff: int, op: str, routes: Sequence[Item],
                 goff: int | None = None) -> None:
         """`routes` all share template `tpl` (RTA_DST payload at `doff`; with
         `goff`, each route's lone gateway is written at that offset too)."""
         ln = len(tpl)
         words = ln // 4
         dword = doff // 4
-        fam = routes[0].family  # a run shares its template: one family
+        fam = routes[0][1].family  # a run shares its template: one family
         alen = 4 if fam == socket.AF_INET else 16
         pton = socket.inet_pton
         start, n = 0, len(routes)
@@ -871,9 +842,9 @@ class _Batch:
             mv = memoryview(buf).cast("I")
             seq0 = self._seqs(count)
             mv[2::words] = array("I", range(seq0, seq0 + count))
-            dsts = memoryview(
-                b"".join([pton(fam, r.dst.partition("/")[0]) for r in part])
-            ).cast("I")
+            dsts = memoryview(b"".join([
+                pton(fam, (k if k.__class__ is str else k[1]).partition("/")[0])  # type: ignore[union-attr,index]
+                for k, _s in part])).cast("I")
             if alen == 4:
                 mv[dword::words] = dsts
             else:
@@ -882,7 +853,7 @@ class _Batch:
             dsts.release()
             if goff is not None:
                 gws = memoryview(
-                    b"".join([pton(fam, r.nexthops[0].gateway) for r in part])  # type: ignore[arg-type]
+                    b"".join([pton(fam, s.nexthops[0].gateway) for _k, s in part])  # type: ignore[arg-type]
                 ).cast("I")
                 gword = goff // 4
                 for w in range(alen // 4):
@@ -892,15 +863,15 @@ class _Batch:
             self._append(buf, (count - 1) * ln, seq0, count, op, part)
             start += count
 
-    def add_one(self, msg: bytearray, op: str, route: Route) -> None:
+    def add_one(self, msg: bytearray, op: str, item: Item) -> None:
         if self.msgs >= CHUNK or self.size + len(msg) > MAX_SEND:
             self.flush()
         seq0 = self._seqs(1)
         _U32.pack_into(msg, _SEQ_OFF, seq0)
-        self._append(msg, 0, seq0, 1, op, (route,))
+        self._append(msg, 0, seq0, 1, op, (item,))
 
     def _append(
-        self, buf: bytearray, last_off: int, seq0: int, count: int, op: str, routes: Sequence[Route]
+        self, buf: bytearray, last_off: int, seq0: int, count: int, op: str, routes: Sequence[Item]
     ) -> None:
         self.pieces.append(buf)
         self.segs.append((seq0, count, op, routes, 0))
@@ -1022,6 +993,7 @@ class _Sender:
                     continue  # not ours (a late reply to an earlier request)
                 err, text = parse_error(view, moff, ln, mflags)
                 if err:
-                    errors.append(OpError(op, routes[seq - s0], err, text or os.strerror(err)))
+                    errors.append(OpError(op, route_of(*routes[seq - s0]), err,
+                                          text or os.strerror(err)))
                 if seq == last_seq:
                     return

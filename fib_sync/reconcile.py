@@ -7,12 +7,15 @@ someone else. It is synchronous and knows nothing of asyncio: `FibSyncer` runs
 directly against `tests.helpers.fake_kernel.FakeKernel`.
 
 Routes are keyed by internal key (`Route._key`, see fib_sync.route) throughout:
-targets, the view, `failing`, `gone`, `only`; `fib_sync.route.keyed` builds such
-a mapping.
+targets, the view, `failing`, `gone`, `only`. Targets and the view map each key to
+its shared `RouteSpec` (not a `Route`: see fib_sync.route); `fib_sync.route.specs_keyed`
+builds such a mapping. Routes are built only for the parts handed to the kernel
+backend, a part at a time.
 
 The kernel backend protocol (NetlinkKernel, FakeKernel):
   dump(tables) -> dict[IKey, Route]      our tagged routes, by internal key
   apply_stream(iterable of (delete, replace, add)) -> [OpError]   may raise StateUnknown
+      (each a list of (internal key, RouteSpec) items; OpError.route is a Route)
 """
 
 from __future__ import annotations
@@ -26,18 +29,27 @@ from typing import Protocol
 import structlog
 
 from .netlink import ADD, DELETE, REPLACE, OpError, StateUnknown
-from .route import IKey, Route, RouteKind, diff_maps, full_key, internal_key
+from .route import (
+    IKey,
+    Item,
+    Route,
+    RouteKind,
+    RouteSpec,
+    diff_maps,
+    full_key,
+    internal_key,
+    route_of,
+    spec_of,
+)
 
 log = structlog.get_logger(__name__)
 
 
 class KernelBackend(Protocol):
-    def dump(
-        self, tables: Iterable[int], known: Mapping[IKey, Route] | None = None
-    ) -> dict[IKey, Route]: ...
+    def dump(self, tables: Iterable[int]) -> dict[IKey, Route]: ...
 
     def apply_stream(
-        self, parts: Iterable[tuple[list[Route], list[Route], list[Route]]]
+        self, parts: Iterable[tuple[list[Item], list[Item], list[Item]]]
     ) -> list[OpError]: ...
 
 
@@ -54,15 +66,15 @@ class _StreamedPlan:
 
     def __init__(
         self,
-        target: Mapping[IKey, Route],
-        view: dict[IKey, Route],
+        target: Mapping[IKey, RouteSpec],
+        view: dict[IKey, RouteSpec],
         only: set[IKey] | None,
     ) -> None:
         self.target, self.view = target, view
-        self.add: Mapping[IKey, Route] = {}
-        self.replace: dict[IKey, Route] = {}
-        self.delete: Mapping[IKey, Route] = {}
-        self.old: dict[IKey, Route] = {}
+        self.add: Mapping[IKey, RouteSpec] = {}
+        self.replace: dict[IKey, RouteSpec] = {}
+        self.delete: Mapping[IKey, RouteSpec] = {}
+        self.old: dict[IKey, RouteSpec] = {}
         self.keys: list[IKey] = []
         self.bulk = only is None and (not view or not target)
         if self.bulk:
@@ -75,20 +87,20 @@ class _StreamedPlan:
             self.keys = list(only)
         self.empty = not (self.add or self.delete or self.keys)
 
-    def parts(self) -> Iterator[tuple[list[Route], list[Route], list[Route]]]:
+    def parts(self) -> Iterator[tuple[list[Item], list[Item], list[Item]]]:
         view = self.view
         if self.bulk:
             if self.delete:  # the whole view: the pass empties it afterwards
-                yield list(self.delete.values()), [], []
+                yield list(self.delete.items()), [], []
             if self.add:
-                keys, routes = list(self.add), list(self.add.values())
-                for i in range(0, len(keys), BULK_PART):
-                    part = routes[i : i + BULK_PART]
+                items = list(self.add.items())
+                for i in range(0, len(items), BULK_PART):
+                    part = items[i : i + BULK_PART]
                     yield [], [], part
-                    view.update(zip(keys[i : i + BULK_PART], part, strict=True))
+                    view.update(part)
             return
         if self.delete:
-            yield list(self.delete.values()), [], []
+            yield list(self.delete.items()), [], []
             for k in self.delete:
                 del view[k]
         keys, target = self.keys, self.target
@@ -96,7 +108,7 @@ class _StreamedPlan:
         for i in range(0, len(keys), PART):
             a, r, d, same = diff_maps(target, view, keys[i : i + PART], old)
             if a or r or d:
-                yield list(d.values()), list(r.values()), list(a.values())
+                yield list(d.items()), list(r.items()), list(a.items())
                 add.update(a)  # type: ignore[attr-defined]
                 replace.update(r)
                 delete.update(d)  # type: ignore[attr-defined]
@@ -149,15 +161,20 @@ class Reconciler:
     def __init__(self, kernel: KernelBackend, stats: FibStats | None = None) -> None:
         self.kernel = kernel
         self.stats = stats or FibStats()
-        self.view: dict[IKey, Route] | None = None  # None: never read
+        self.view: dict[IKey, RouteSpec] | None = None  # None: never read
         self.failing: dict[IKey, tuple[int, str]] = {}
         self.conflicts: dict[tuple[int, str], str] = {}  # (table, dst) -> holder
 
-    def adopt(self, tables: Iterable[int]) -> dict[IKey, Route]:
+    def adopt(self, tables: Iterable[int]) -> dict[IKey, RouteSpec]:
         """Read our tagged routes (start-up): they become the view, nothing changes."""
-        self.view = self.kernel.dump(tables)
+        self.view = self._read(tables)
         self.stats.adopted += len(self.view)
         return dict(self.view)
+
+    def _read(self, tables: Iterable[int]) -> dict[IKey, RouteSpec]:
+        """The kernel's routes of ours, as the view keeps them (a dump's Routes go
+        with this call)."""
+        return {k: spec_of(r) for k, r in self.kernel.dump(tables).items()}
 
     def note_conflict(self, key: IKey | tuple[int, str], holder: str) -> None:
         """A route of another protocol holds a prefix we want (same table):
@@ -175,7 +192,7 @@ class Reconciler:
 
     def run_pass(
         self,
-        target: Mapping[IKey, Route],
+        target: Mapping[IKey, RouteSpec],
         tables: Iterable[int],
         full: bool = False,
         gone: Iterable[IKey] = (),
@@ -199,7 +216,7 @@ class Reconciler:
             del self.failing[k]
         if full or self.view is None:
             old = self.view
-            self.view = self.kernel.dump(tables, target)
+            self.view = self._read(tables)
             report.dumped = True
             st.full_resyncs += 1
             if old is not None:
@@ -238,17 +255,17 @@ class Reconciler:
             elif err.op == REPLACE:
                 view[key] = plan.old[key]  # type: ignore[index]
             else:
-                view[key] = err.route  # type: ignore[index]
+                view[key] = spec_of(err.route)  # type: ignore[index]
             self._refused(err, key, report, view, repairs)  # type: ignore[arg-type]
         r_add, r_rep, r_del = refused[ADD], refused[REPLACE], refused[DELETE]
         if delete:
             stale = {internal_key(k) for k in stale_keys}
             n_swept = 0
             if stale:
-                for key, route in delete.items():
+                for key, spec in delete.items():
                     if key in stale and key not in r_del:
                         n_swept += 1
-                        report.swept.append(route)
+                        report.swept.append(route_of(key, spec))
             done = len(delete) - len(r_del)
             st.swept += n_swept
             st.deleted += done - n_swept
@@ -314,14 +331,13 @@ class Reconciler:
             table, dst, metric = full_key(key)
             log.info("fib_route_recovered", table=table, dst=dst, metric=metric)
 
-    def _check_foreign(self, target: Mapping[IKey, Route], foreign: Mapping) -> None:
+    def _check_foreign(self, target: Mapping[IKey, RouteSpec], foreign: Mapping) -> None:
         """After a full read: note new conflicts, drop those that went away."""
-        # From the routes, not the (internal) keys: r.table/r.metric are always set here.
-        wanted = {(r.table, r.dst) for r in target.values()} if (
-            foreign or self.conflicts) else set()
+        wanted = {full_key(k)[:2] for k in target} if (foreign or self.conflicts) else set()
         metrics = getattr(self.kernel, "foreign_metric", {})
         blackholes = (
-            {(r.table, r.dst): r.metric for r in target.values() if r.kind is RouteKind.BLACKHOLE}
+            {(t, dst): m for k, s in target.items() if s.kind is RouteKind.BLACKHOLE
+             for t, dst, m in (full_key(k),)}
             if foreign else {}
         )
         for prefix, proto in foreign.items():

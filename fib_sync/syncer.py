@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 
@@ -49,9 +49,13 @@ from .route import (
     IKey,
     Route,
     RouteKey,
+    RouteSpec,
     full_key,
     ikey,
     internal_key,
+    route_of,
+    routes_of,
+    spec_of,
 )
 
 log = structlog.get_logger(__name__)
@@ -113,8 +117,9 @@ class FibSyncer(PassLoop):
         self._kernel = _kernel
         self._reconciler: Reconciler | None = None
         self._init_loop("fib_sync")
-        # Keyed by internal key (fib_sync.route): dst alone for main/DEFAULT_METRIC.
-        self._desired: dict[IKey, Route] = {}
+        # Keyed by internal key (fib_sync.route): dst alone for main/DEFAULT_METRIC;
+        # each route's shared RouteSpec, not a Route (issue 17: 96 bytes a route).
+        self._desired: dict[IKey, RouteSpec] = {}
         self._desired_tables: set[int] = {table}  # tables of desired routes (a superset)
         # Metrics of desired routes (a superset; usually one): whether a foreign
         # route's prefix is wanted is then a few key lookups, without a set of
@@ -122,7 +127,7 @@ class FibSyncer(PassLoop):
         self._desired_metrics: set[int] = {metric}
         self._whole = True  # the desired set changed as a whole: diff everything
         self._changed: set[IKey] = set()  # keys changed by update()
-        self._stale: dict[IKey, Route] = {}
+        self._stale: dict[IKey, RouteSpec] = {}
         self._repair_only = False
         self._gone: set[IKey] = set()
         self._sweep: set[IKey] = set()  # stale keys released by converged()
@@ -175,7 +180,7 @@ class FibSyncer(PassLoop):
         """Replace the whole desired set. With `wait`, return once a pass that
         started after this call has finished (the kernel holds the routes, or
         they are counted as failed/conflicting and will be retried)."""
-        desired: dict[IKey, Route] = {}
+        desired: dict[IKey, RouteSpec] = {}
         table, metric = self.table, self.metric
         tables = {table}
         metrics = {metric}
@@ -186,13 +191,14 @@ class FibSyncer(PassLoop):
             if r.table is None or r.metric is None:
                 r = r.with_defaults(table, metric)
             k = r._key
+            spec = spec_of(r)
             other = get(k)  # type: ignore[arg-type]
-            if other is not None and other != r:
+            if other is not None and other is not spec and other != spec:
                 raise ValueError(
                     f"desired routes: two different routes for {r.dst} "
-                    f"table {r.table} metric {r.metric}: {other} and {r}"
+                    f"table {r.table} metric {r.metric}: {route_of(k, other)} and {r}"  # type: ignore[arg-type]
                 )
-            desired[k] = r  # type: ignore[index]
+            desired[k] = spec  # type: ignore[index]
             if r.table != table:
                 tables.add(r.table)  # type: ignore[arg-type]
             if r.metric != metric:
@@ -237,7 +243,7 @@ class FibSyncer(PassLoop):
             if r.table is None or r.metric is None:
                 r = r.with_defaults(table, metric)
             k = r._key
-            desired[k] = r  # type: ignore[index]
+            desired[k] = spec_of(r)  # type: ignore[index]
             changed.add(k)  # type: ignore[arg-type]
             if r.table != table:
                 tables.add(r.table)  # type: ignore[arg-type]
@@ -245,6 +251,40 @@ class FibSyncer(PassLoop):
                 metrics.add(r.metric)  # type: ignore[arg-type]
             if stale:
                 stale.pop(k, None)  # type: ignore[call-overload]
+        if self._started:
+            await self._request(wait=wait)
+
+    async def update_specs(
+        self,
+        specs: Mapping[IKey, RouteSpec],
+        withdraw: Iterable[IKey] = (),
+        *,
+        wait: bool = True,
+    ) -> None:
+        """``update`` in the form fib_sync keeps routes: internal key -> shared
+        RouteSpec (table and metric set) to add or replace, internal keys to remove.
+        The daemon's route path: no Route is built per route on the way in."""
+        desired = self._desired
+        changed = self._changed
+        for k in withdraw:
+            desired.pop(k, None)
+            changed.add(k)
+        desired.update(specs)
+        changed.update(specs)
+        table, metric = self.table, self.metric
+        tables, metrics = self._desired_tables, self._desired_metrics
+        last = None
+        for s in specs.values():
+            if s is not last:  # specs are shared: a run of routes is one check
+                last = s
+                if s.table != table:
+                    tables.add(s.table)
+                if s.metric != metric:
+                    metrics.add(s.metric)
+        stale = self._stale
+        if stale:
+            for k in specs:
+                stale.pop(k, None)
         if self._started:
             await self._request(wait=wait)
 
@@ -276,15 +316,24 @@ class FibSyncer(PassLoop):
 
     @property
     def desired_routes(self) -> dict[RouteKey, Route]:
-        return {full_key(k): r for k, r in self._desired.items()}
+        return {full_key(k): route_of(k, s) for k, s in self._desired.items()}
 
     def desired_values(self) -> list[Route]:
         """The desired routes without their keys (no key triple built per route)."""
+        return routes_of(self._desired.items())
+
+    def desired_specs(self) -> list[RouteSpec]:
+        """What the desired routes are but their destinations (``kind``, ``nexthops``,
+        ...), one entry a route, shared: counting them by kind builds no Route."""
         return list(self._desired.values())
 
     @property
+    def stale_count(self) -> int:
+        return len(self._stale)
+
+    @property
     def stale_routes(self) -> dict[RouteKey, Route]:
-        return {full_key(k): r for k, r in self._stale.items()}
+        return {full_key(k): route_of(k, s) for k, s in self._stale.items()}
 
     @property
     def failing_routes(self) -> dict[RouteKey, tuple[int, str]]:
@@ -367,7 +416,7 @@ class FibSyncer(PassLoop):
             self._repair_only = True if self._gen == self._done_gen else self._repair_only
             self._wake.set()
 
-    def _target(self) -> dict[IKey, Route]:
+    def _target(self) -> dict[IKey, RouteSpec]:
         """Desired routes plus adopted routes not yet re-confirmed or swept."""
         if not self._stale:
             return self._desired

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fib_sync import NextHop, Route, RouteKind, diff
 from fib_sync.reconcile import Reconciler
-from fib_sync.route import full_key, keyed
+from fib_sync.route import keyed, routes_of, specs_keyed
 from tests.helpers.fake_kernel import FakeKernel
 
 P = 201
@@ -49,20 +49,23 @@ def test_one_diff_and_apply_reaches_desired(desired, actual, foreign):
         k.put(rt, P)  # ours wins the key where both drew it
     foreign_left = {key: v for key, v in k.routes.items() if v[1] != P}
     rec = Reconciler(k)
-    rec.run_pass(desired, [254], full=True)
+    rec.run_pass(specs_keyed(desired), [254], full=True)
     reachable = {rt.key: rt for rt in desired.values() if rt.key not in foreign_left}
     # Same keys, and equal as the kernel compares them: a desired next hop without a
     # device matches the kernel's route via that gateway on whatever device it resolved.
     assert k.ours().keys() == reachable.keys()
     assert not diff(reachable, k.ours())
-    assert not diff(desired, rec.view).replace and not diff(desired, rec.view).delete
+    view = routes_of(rec.view.items())  # the view as Routes: what it says the kernel holds
+    assert not diff(desired, view).replace and not diff(desired, view).delete
     # Foreign routes are never touched.
     assert {key: v for key, v in k.routes.items() if v[1] != P} == foreign_left
     # Every desired key held by a foreign route is reported as a conflict.
     assert {(rt.table, rt.dst) for rt in desired.values() if rt.key in foreign_left} <= set(
         rec.conflicts)
-    assert all(full_key(key) == rt.key for key, rt in rec.view.items())
+    # The view says exactly what the kernel holds (keys, kinds, next hops).
+    assert {rt.key for rt in view} == k.ours().keys()
+    assert not diff(view, k.ours()) and not diff(k.ours(), view).delete
     ops = k.applied_ops
-    rec.run_pass(desired, [254])
+    rec.run_pass(specs_keyed(desired), [254])
     adds_blocked = len(desired) - len(reachable)
     assert k.applied_ops - ops == adds_blocked  # only the blocked adds are retried

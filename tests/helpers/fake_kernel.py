@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from fib_sync.netlink import ADD, DELETE, REPLACE, OpError, StateUnknown
-from fib_sync.route import Route, RouteKey
+from fib_sync.route import Item, Route, RouteKey, route_of
 
 
 class FakeKernel:
@@ -34,10 +34,8 @@ class FakeKernel:
     def ours(self) -> dict[RouteKey, Route]:
         return {k: r for k, (r, p) in self.routes.items() if p == self.protocol}
 
-    def dump(
-        self, tables: Iterable[int], known: Mapping[RouteKey, Route] | None = None
-    ) -> dict:
-        """Our routes in `tables` (`known` is the real kernel's sharing hint: unused)."""
+    def dump(self, tables: Iterable[int]) -> dict:
+        """Our routes in `tables`."""
         self.dumps += 1
         tables = set(tables)
         self.foreign = {
@@ -49,12 +47,14 @@ class FakeKernel:
         return {r._key: r for k, r in self.ours().items() if k[0] in tables}
 
     def apply_stream(
-        self, parts: Iterable[tuple[list[Route], list[Route], list[Route]]]
+        self, parts: Iterable[tuple[list[Item], list[Item], list[Item]]]
     ) -> list[OpError]:
+        """As NetlinkKernel's: parts of (internal key, RouteSpec) items."""
         ops = []
         for delete, replace, add in parts:
-            ops += [(DELETE, r) for r in delete] + [(REPLACE, r) for r in replace]
-            ops += [(ADD, r) for r in add]
+            ops += [(DELETE, route_of(*i)) for i in delete]
+            ops += [(REPLACE, route_of(*i)) for i in replace]
+            ops += [(ADD, route_of(*i)) for i in add]
         return self.apply(ops)
 
     def apply(self, ops: list[tuple[str, Route]]) -> list[OpError]:

@@ -12,7 +12,7 @@ kernel lost, and why, so invariants can be checked on it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bgpd import events as ev
@@ -21,7 +21,7 @@ from bgpd.peerspec import PeerSpec
 from bgpd.speaker import default_peer_ref
 from bgpd.translate import FibRoutes
 from fib_sync import Route
-from fib_sync.route import DEFAULT_METRIC, RT_TABLE_MAIN
+from fib_sync.route import DEFAULT_METRIC, RT_TABLE_MAIN, IKey, RouteSpec, full_key, route_of
 from rib.path import Path, PeerRef, Withdraw, paths_for
 
 PeerKey = tuple[str, int]
@@ -56,11 +56,13 @@ class FibModel:
                 del self.stale[p]
         self._note_lost(before, "withdrawn")
 
-    def update(self, adds: Iterable[Route], dels: Iterable[tuple]) -> None:
+    def update(self, adds: Mapping[IKey, RouteSpec], dels: Iterable[IKey]) -> None:
+        """FibSyncer.update_specs's arguments (what Node.take_kernel hands over)."""
         before = self.kernel()
         for key in dels:
-            self.desired.pop(key[1], None)
-        for r in adds:
+            self.desired.pop(full_key(key)[1], None)
+        for key, spec in adds.items():
+            r = route_of(key, spec)
             self.desired[r.dst] = r
             self.stale.pop(r.dst, None)
         self._note_lost(before, "withdrawn")

@@ -18,6 +18,7 @@ import pytest
 
 from fib_sync import FibSyncer, NextHop, Route, RouteKind, diff
 from fib_sync.netlink import NamespaceMissing
+from fib_sync.route import route_of
 from tests.conftest import require_root, unique_name
 from tests.helpers.wait import until
 
@@ -355,8 +356,9 @@ async def test_many_routes_over_several_sends_map_each_refusal_to_its_route(lab)
     assert s.stats.replaced == len(changes) - 1
     # By internal key; kernel_routes() by RouteKey. Copied in the syncer's own
     # executor thread: a retry pass (bad/bad2 keep failing) may be changing it.
+    # The view keeps (internal key -> shared RouteSpec): as Routes to compare.
     view = await asyncio.get_running_loop().run_in_executor(
-        s._executor, lambda: dict(s._reconciler.view))
+        s._executor, lambda: {k: route_of(k, v) for k, v in s._reconciler.view.items()})
     dumped = await s.kernel_routes()
     assert {r.key for r in view.values()} == set(dumped)
     assert all(k == r._key for k, r in view.items())

@@ -11,7 +11,14 @@ import pytest
 
 from fib_sync import FibSyncer, NextHop, Route, RouteKind, diff
 from fib_sync.reconcile import Reconciler
-from fib_sync.route import full_key, internal_key, keyed, trusted_route
+from fib_sync.route import (
+    full_key,
+    internal_key,
+    keyed,
+    spec_of,
+    specs_keyed,
+    trusted_route,
+)
 from tests.helpers.fake_kernel import FakeKernel
 from tests.helpers.wait import until
 
@@ -148,7 +155,7 @@ def test_diff_metric_is_part_of_identity():
 
 
 def target(*routes: Route) -> dict:
-    return keyed(routes)  # Reconciler speaks internal keys
+    return specs_keyed(routes)  # Reconciler speaks internal keys and shared specs
 
 
 def test_failed_route_is_counted_once_others_apply_and_retry_succeeds():
@@ -200,14 +207,14 @@ def test_routes_of_other_protocols_are_never_deleted():
 def test_lost_replies_force_a_full_read_then_converge():
     k = FakeKernel(P)
     rec = Reconciler(k)
-    routes = target(*(r(f"10.0.{i}.0/26") for i in range(10)))
+    routes = [r(f"10.0.{i}.0/26") for i in range(10)]
     k.lose_replies = 1
-    rep = rec.run_pass(routes, [254])
+    rep = rec.run_pass(target(*routes), [254])
     assert rep.state_unknown and rec.view is None
     dumps = k.dumps
-    rec.run_pass(routes, [254])
+    rec.run_pass(target(*routes), [254])
     assert k.dumps == dumps + 1  # re-read, not guessed
-    assert set(k.ours()) == {r.key for r in routes.values()}
+    assert set(k.ours()) == {r.key for r in routes}
     assert not diff(routes, k.ours())
 
 
@@ -316,3 +323,86 @@ async def test_syncer_update_applies_only_the_changes():
         assert (254, "10.0.7.0/26", 20) in k.routes and s.stats.repairs == 1
     finally:
         await s.stop()
+
+
+# -------------------------------------------- what fib_sync keeps per route (issue 17)
+
+
+def _live_routes() -> int:
+    import gc
+
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is Route)
+
+
+async def test_syncer_keeps_shared_specs_not_a_route_per_route():
+    """The desired set, the reconciler's view and adopted stale routes keep each route
+    as its key and a RouteSpec shared by every route via the same next hops: no Route
+    object per route lives on after a pass (a Route cost 96 bytes a route, issue 17)."""
+    n = 2000
+    k = FakeKernel(P)
+    adopted = [r(f"10.{100 + i // 1024}.{(i // 4) % 256}.{(i % 4) * 64}/26", gw="10.1.0.9")
+               for i in range(n)]
+    for rt in adopted:
+        k.put(rt, P)
+    s = FibSyncer(protocol=P, _kernel=k)
+    await s.start()
+    try:
+        routes = [r(f"10.{i // 1024}.{(i // 4) % 256}.{(i % 4) * 64}/26",
+                    gw="10.1.0.2" if i % 2 else "10.1.0.3") for i in range(n)]
+        await s.update(routes[: n // 2])
+        await s.update_specs({rt._key: spec_of(rt) for rt in routes[n // 2:]})
+        assert len(k.ours()) == 2 * n  # stale adopted + desired
+        held = (s._desired, s._reconciler.view, s._stale)  # type: ignore[union-attr]
+        specs = {id(v) for table in held for v in table.values()}
+        assert len(specs) == 3  # two gateways + the adopted routes' one
+        del routes, adopted
+        k.routes.clear()  # the fake kernel's own copies are not the syncer's
+        assert _live_routes() < 50
+    finally:
+        await s.stop()
+
+
+async def test_update_specs_and_update_reach_the_same_kernel_state():
+    """The daemon's path (Node.take_kernel -> update_specs: keys and shared specs)
+    leaves the kernel exactly as update() with the Routes does, withdrawals and
+    replacements included."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    gws = st.sampled_from(["10.1.0.2", "10.1.0.3", None])
+    dsts = st.integers(0, 30).map(lambda i: f"10.0.{i}.0/26")
+    op = st.tuples(dsts, gws, st.sampled_from([20, 30]))
+
+    @settings(max_examples=60, deadline=None)
+    @given(batches=st.lists(st.lists(op, max_size=12), min_size=1, max_size=5))
+    def check(batches):
+        async def run(specs: bool) -> dict:
+            k = FakeKernel(P)
+            s = FibSyncer(protocol=P, _kernel=k)
+            await s.start()
+            try:
+                for batch in batches:
+                    adds = {}
+                    dels = []
+                    for dst, gw, metric in batch:
+                        if gw is None:
+                            dels.append((254, dst, metric))
+                        else:
+                            rt = r(dst, gw=gw, metric=metric)
+                            adds[rt._key] = rt
+                    if specs:
+                        await s.update_specs({key: spec_of(rt) for key, rt in adds.items()},
+                                             [internal_key(d) for d in dels])
+                    else:
+                        await s.update(list(adds.values()), dels)
+                return k.ours(), s.desired_routes
+            finally:
+                await s.stop()
+
+        with_routes = asyncio.run(run(False))
+        with_specs = asyncio.run(run(True))
+        assert with_specs == with_routes
+        assert with_specs[0] == with_specs[1]  # the kernel holds exactly the desired set
+
+    await asyncio.get_running_loop().run_in_executor(None, check)

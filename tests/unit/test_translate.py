@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fib_sync
 import rib
@@ -19,6 +21,7 @@ from bgpd.translate import (
 from config.model import Affinity
 from config.parse import parse_resource
 from config.snapshot import Snapshot
+from fib_sync.route import internal_key, route_of, spec_of
 
 ME = LocalNode(name="n1", asn=64512, router_id="10.0.0.1", ipv4="10.0.0.1", ipv6="fd00::1",
                cluster_id="1.1.1.1")
@@ -253,6 +256,39 @@ def test_fib_routes_fast_path_equals_validating_path(kr, table, metric) -> None:
             trusted.packed) == (want.table, want.metric, want.key, want.family,
                                 want.dst_len, want.packed)
     assert trusted.with_defaults(table, metric) is trusted
+    # what the node queues for the FIB: the internal key and the shared spec
+    key, spec = conv.ikey(kr.prefix), conv.spec(kr)
+    assert key == internal_key(want.key) and spec == spec_of(want)
+    again = route_of(key, spec)
+    assert again == want and (again.key, again.family, again.dst_len) == (
+        want.key, want.family, want.dst_len)
+
+
+HOPS = [("10.0.0.2",), ("10.0.0.3",), ("10.0.0.2", "10.0.0.3"), ("fd00::2",)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from([None, "tunl0"]), st.booleans(),
+                          st.sampled_from([24, 26, 32]), st.booleans()), max_size=20))
+def test_fib_routes_spec_over_runs_equals_the_validating_path(runs) -> None:
+    """FibRoutes.spec remembers its last answer for a run of routes via one next-hop
+    tuple (one UPDATE's): every route in any sequence still gets the spec of its own
+    validated route — the memo never answers for another length, device, onlink or
+    kind."""
+    conv = FibRoutes(254, 20)
+    shared = [tuple(h) for h in HOPS]  # one object per next-hop set, as KernelContext's
+    for i, (h, dev, onlink, plen, blackhole) in enumerate(runs):
+        prefix = f"10.{i}.0.0/{plen}"
+        kr = (rib.KernelRoute(prefix, rib.RouteKind.BLACKHOLE) if blackhole else
+              rib.KernelRoute(prefix, next_hops=shared[h], device=dev, onlink=onlink and
+                              dev is not None))
+        try:
+            want = spec_of(conv.route(kr))
+        except ValueError:
+            with pytest.raises(ValueError):
+                conv.spec(kr)
+            continue
+        assert conv.spec(kr) == want
 
 
 BAD_NEXT_HOPS = [
@@ -274,9 +310,11 @@ def test_fib_routes_bad_intent_raises_naming_it(kr) -> None:
 
 @pytest.mark.parametrize("kr", BAD_NEXT_HOPS)
 def test_fib_routes_from_rib_still_validates_next_hops(kr) -> None:
-    # from_rib trusts only the prefix (validated by the parser and rib import)
+    # from_rib and spec trust only the prefix (validated by the parser and rib import)
     with pytest.raises(ValueError, match=r"gateway|next hop|family"):
         FibRoutes(254, 20).from_rib(kr)
+    with pytest.raises(ValueError, match=r"gateway|next hop|family"):
+        FibRoutes(254, 20).spec(kr)
 
 
 def test_reachable_by_gives_an_exact_route_to_the_peer_via_the_gateway() -> None:
