@@ -73,7 +73,7 @@ def make_rib() -> tuple[Rib, PeerRef, tuple]:
                        pools=(Pool("10.0.0.0/8", block_size=26),))
     peer = PeerRef(INJ_IP, INJ_AS, INJ_IP, PeerKind.EBGP)
     key = (INJ_IP, 179)
-    rib = Rib(config)
+    rib = Rib(config, record_best=False)  # as the daemon (bgpd.node)
     rib.peer_up(PeerPolicy(key=key, peer=peer, local_address=DUT_IP))
     return rib, peer, key
 

@@ -511,7 +511,7 @@ class Node:
         return policy
 
     def _start_rib(self, snap, me: LocalNode) -> None:
-        self.rib = rib.Rib(self._rib_config(snap, me))
+        self.rib = rib.Rib(self._rib_config(snap, me), record_best=False)  # nothing reads them
         if self.fib_started:
             # Originated routes (own blocks as blackholes...) of a fresh table; before
             # the first pass they go with it instead.

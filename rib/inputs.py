@@ -92,13 +92,27 @@ def canonical_ipv4_len(prefix: str, _pton=_inet_pton, _af=_AF_INET, _len=IPV4_LE
     return plen
 
 
-def parse_prefix(prefix: str) -> tuple[int, int, int]:
+def parse_prefix(prefix: str, _pton=_inet_pton, _af=_AF_INET, _len=IPV4_LENGTHS.get,
+                 _host=IPV4_HOST_MASKS, _int=int.from_bytes) -> tuple[int, int, int]:
     """``"10.0.0.0/26"`` -> (version, network as int, length). Raises ValueError.
 
     IPv4 is parsed by hand because ``ipaddress.ip_network`` costs several µs per
-    call and import policy runs it for every received path.
+    call and import policy runs it for every received path. Canonical IPv4 text
+    (what the RIB holds: the kernel-route builder parses every new prefix again)
+    takes one dict lookup for the length and a precomputed host mask; any other
+    text the general code below, which decides as before.
     """
     addr, sep, plen_s = prefix.partition("/")
+    plen = _len(plen_s)
+    if plen is not None:
+        try:
+            net = _int(_pton(_af, addr), "big")
+        except OSError:
+            pass
+        else:
+            if net & _host[plen]:
+                raise ValueError(f"prefix {prefix!r}: host bits set")
+            return 4, net, plen
     if not sep:
         raise ValueError(f"prefix {prefix!r}: missing /length")
     if ":" not in addr:

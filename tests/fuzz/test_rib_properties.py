@@ -247,3 +247,49 @@ def test_batch_import_equals_per_path_import(config, i, groups):
     batch = [q for template, extra in groups
              for q in paths_for([template.prefix, *extra], template)]
     assert import_reasons(batch, policy, ctx) == [import_reason(q, policy, ctx) for q in batch]
+
+
+def _run_op(rib: Rib, op) -> list[Changes]:
+    """One OPS entry on ``rib`` (peers brought up as needed): the Changes it gave."""
+    kind, out = op[0], []
+
+    def up(i: int) -> None:
+        if not rib.is_up(POLICIES[i].key):
+            out.append(rib.peer_up(POLICIES[i]))
+
+    if kind == "announce":
+        by_peer: dict[int, list[Path]] = {}
+        for p in op[1]:
+            by_peer.setdefault(PEERS.index(p.peer), []).append(p)
+        for i, ps in by_peer.items():
+            up(i)
+            out.append(rib.announce(POLICIES[i].key, ps))
+    elif kind == "config":
+        out.append(rib.set_config(op[1]))
+    elif kind == "down":
+        out.append(rib.peer_down(POLICIES[op[1]].key))
+    else:
+        up(op[1])
+        call = {"withdraw": lambda k: rib.withdraw(k, op[2]), "stale": rib.mark_stale,
+                "eor": rib.end_of_rib}[kind]
+        out.append(call(POLICIES[op[1]].key))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(CONFIGS), st.lists(OPS, max_size=25))
+def test_a_rib_without_best_records_changes_the_same_otherwise(config, ops):
+    # The daemon's Rib(record_best=False) (issue 17): no BestChange objects, every other
+    # part of every Changes the same as the recording RIB's, the same Loc-RIB.
+    ribs = [Rib(config), Rib(config, record_best=False)]
+    for rib in ribs:
+        for pol in POLICIES:
+            rib.peer_up(pol)
+    for op in ops:
+        full, lean = (_run_op(rib, op) for rib in ribs)
+        assert len(full) == len(lean)
+        for a, b in zip(full, lean, strict=True):
+            assert b.best == []
+            assert (a.kernel_add, a.kernel_remove, a.exports, a.rejected, a.teardown) == \
+                (b.kernel_add, b.kernel_remove, b.exports, b.rejected, b.teardown)
+        assert ribs[0].loc_rib() == ribs[1].loc_rib()

@@ -306,3 +306,34 @@ def test_canonical_ipv4_len_is_ipaddress_canonical_text(text):
     except ValueError:
         want = -1
     assert canonical_ipv4_len(text) == want
+
+
+@given(st.one_of(
+    st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=4), st.integers(0, 33)),
+    st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=4).map(lambda a: a.exploded),
+              st.text("0123456789+- \u0663", max_size=4)),
+    st.text("0123456789./", max_size=20),
+))
+def test_parse_prefix_ipv4_is_the_dotted_quad_and_any_digit_length(text):
+    # parse_prefix's IPv4 rule (the kernel-route builder and import filters run it per
+    # prefix): a dotted quad without leading zeros, a length of digits up to 32 (also
+    # "026" and non-ASCII digits, as before its canonical fast path), no host bits.
+    import ipaddress
+
+    from rib.inputs import parse_prefix
+
+    addr, sep, plen_s = text.partition("/")
+    want: object = ValueError
+    if sep and plen_s.isdigit() and int(plen_s) <= 32:
+        try:
+            net = int(ipaddress.IPv4Address(addr))
+        except ValueError:
+            pass
+        else:
+            plen = int(plen_s)
+            want = ValueError if net & ((1 << (32 - plen)) - 1) else (4, net, plen)
+    try:
+        got: object = parse_prefix(text)
+    except ValueError:
+        got = ValueError
+    assert got == want
