@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from rib.bestpath import DEFAULT_LOCAL_PREF
@@ -59,7 +59,7 @@ class RejectReason(enum.StrEnum):
 class ImportContext:
     """Per-config precomputation for ``import_reason`` (parsed own blocks, pools)."""
 
-    __slots__ = ("cluster_id", "config", "lent", "own_blocks", "pools")
+    __slots__ = ("cluster_id", "config", "lent", "own_blocks", "own_v4", "pools", "pools_v4")
 
     def __init__(self, config: RibConfig) -> None:
         self.config = config
@@ -67,6 +67,16 @@ class ImportContext:
         self.lent = dict(config.lent)  # /32 of an own block -> the holder's address
         self.pools = tuple(sorted(config.pools, key=lambda p: -p.parsed[2]))
         self.cluster_id = config.cluster_id or config.router_id
+        # ``contains`` for IPv4 prefixes, unrolled for import_reasons' loop: per IPv4
+        # block/pool (length, host bits to shift out, network >> those bits)
+        self.own_v4 = _v4_tests(self.own_blocks)
+        self.pools_v4 = _v4_tests(p.parsed for p in self.pools)
+
+
+def _v4_tests(parsed: Iterable[tuple[int, int, int]]) -> tuple[tuple[int, int, int], ...]:
+    """(length, shift, network >> shift) of each IPv4 prefix: an IPv4 (net, plen) is
+    inside it iff ``plen >= length and net >> shift == network >> shift``."""
+    return tuple((plen, 32 - plen, net >> (32 - plen)) for v, net, plen in parsed if v == 4)
 
 
 def import_reason(path: Path, policy: PeerPolicy, ctx: ImportContext) -> RejectReason | None:
@@ -117,6 +127,7 @@ def import_reasons(
     own_blocks = ctx.own_blocks
     filters = policy.import_filters
     enabled = ctx.pools  # disabled pools route too
+    own_v4, pools_v4 = ctx.own_v4, ctx.pools_v4
     last = None  # the PathAttrs ``attr_reason`` was computed for
     attr_reason: RejectReason | None = None
     for path in paths:
@@ -144,15 +155,23 @@ def import_reasons(
             except ValueError:
                 append(RejectReason.INVALID_PREFIX)
                 continue
-        if parsed[2] == 0:
+        version, net, plen = parsed
+        if plen == 0:
             append(RejectReason.DEFAULT_ROUTE)
             continue
         reason = None
-        for block in own_blocks:
-            if contains(block, parsed):
-                if not _lent_from_holder(path, ctx):
-                    reason = RejectReason.OWN_BLOCK
-                break
+        if version == 4:
+            for length, shift, block_net in own_v4:
+                if plen >= length and net >> shift == block_net:
+                    if not _lent_from_holder(path, ctx):
+                        reason = RejectReason.OWN_BLOCK
+                    break
+        else:
+            for block in own_blocks:
+                if contains(block, parsed):
+                    if not _lent_from_holder(path, ctx):
+                        reason = RejectReason.OWN_BLOCK
+                    break
         if reason is not None:
             append(reason)
             continue
@@ -170,12 +189,20 @@ def import_reasons(
             if action is FilterAction.REJECT:
                 append(RejectReason.FILTER_REJECT)
                 continue
-        for pool in enabled:
-            if contains(pool.parsed, parsed):
-                break
+        if version == 4:
+            for length, shift, pool_net in pools_v4:
+                if plen >= length and net >> shift == pool_net:
+                    break
+            else:
+                append(_outside_pools(parsed, ctx))
+                continue
         else:
-            append(_outside_pools(parsed, ctx))
-            continue
+            for pool in enabled:
+                if contains(pool.parsed, parsed):
+                    break
+            else:
+                append(_outside_pools(parsed, ctx))
+                continue
         append(None)
     return out
 

@@ -337,3 +337,24 @@ def test_parse_prefix_ipv4_is_the_dotted_quad_and_any_digit_length(text):
     except ValueError:
         got = ValueError
     assert got == want
+
+
+@given(st.lists(st.tuples(st.sampled_from([0x0AF40000, 0x0AFA0000, 0x0A000000, 0x0AF40040]),
+                          st.integers(0, 32), st.integers(0, (1 << 16) - 1)),
+                min_size=1, max_size=40))
+def test_batch_import_agrees_at_pool_and_block_edges(items):
+    # import_reasons' unrolled IPv4 containment (own blocks, pools) against import_reason's
+    # ``contains``: prefixes equal to, inside, around and beside the pools and the block.
+    import ipaddress
+
+    from rib.path import paths_for
+    from rib.policy import ImportContext, import_reason, import_reasons
+
+    prefixes = []
+    for base, plen, offset in items:
+        net = (base | offset) & ~((1 << (32 - plen)) - 1) & 0xFFFFFFFF
+        prefixes.append(f"{ipaddress.IPv4Address(net)}/{plen}")
+    ctx = ImportContext(CONFIG)
+    policy = PeerPolicy(key=IBGP.address, peer=IBGP)
+    batch = paths_for(prefixes, p())
+    assert import_reasons(batch, policy, ctx) == [import_reason(x, policy, ctx) for x in batch]
