@@ -143,6 +143,14 @@ code runs, unchanged, the first time anything reads one of its attributes
 (issue 17: ~3 MiB of the idle process).
 Applied first, before ExaBGP's own imports.
 
+Group ``ports`` (memory). ExaBGP 5.0.15's ``exabgp/protocol/ip/port.py`` is IANA's
+port-name table, ``Port.names`` (4,929 entries) and its reverse ``Port.codes``, built
+when the module is imported (~0.85 MiB resident in an idle ExaBGP) and read only to
+name FlowSpec ports, which podbgp never negotiates. The module (SHA-256 checked) is
+compiled with each table a `_LazyTable`: a read-only mapping made, by the module's
+own expressions, on first use (the table's text is kept zlib-compressed, ~45 KiB).
+Line numbers are unchanged. Applied before ExaBGP's own imports.
+
 Group ``sync`` (CPU, and memory with ``lean``). ``ASYNC.run`` — ExaBGP's loop calls
 it on every turn that has API callbacks queued, e.g. each ``announce`` command's —
 ran the callbacks through ``asyncio.run``: a new event loop (epoll descriptor,
@@ -185,7 +193,7 @@ import os
 import sys
 import textwrap
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 PINNED_VERSION = "5.0.15"
@@ -1306,6 +1314,138 @@ def _lean_targets() -> list[tuple[Any, str]]:
     return []
 
 
+# -------------------------------------------------------------- group "ports"
+
+_PORT_MODULE = "exabgp.protocol.ip.port"
+_PORT_SHA256 = "8d3c5261c32e7c5e1e23f5ec0457a28dc345dd3054b56eb092dc104a1f32ada7"
+_PORT_NAMES = "    names = {\n"
+_PORT_CODES = "    codes = dict([(inst, name) for (name, inst) in names.items()])\n"
+
+
+class _LazyTable(Mapping):
+    """A read-only mapping whose dict ``build()`` makes on first use."""
+
+    def __init__(self, build: Callable[[], dict]) -> None:
+        self._build: Callable[[], dict] | None = build
+        self._table: dict | None = None
+
+    def _data(self) -> dict:
+        if self._table is None:
+            assert self._build is not None
+            self._table, self._build = self._build(), None
+        return self._table
+
+    @property
+    def built(self) -> bool:
+        return self._table is not None
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self._data().get(key, default)
+
+    def __repr__(self) -> str:
+        return repr(self._data())
+
+
+# One entry of port.py's names table, as every one of its lines is written (checked).
+_PORT_ENTRY = r"^        (\d+): '([^'\\\n]*)',$"
+
+
+def _port_names(names_text: bytes) -> dict[int, str]:
+    """The names table from its compressed lines: what the dict display evaluates to
+    (same pairs in the same order; a repeated port keeps its first place, last name)."""
+    import re
+    import zlib
+
+    text = zlib.decompress(names_text).decode()
+    return dict((int(port), name) for port, name in re.findall(_PORT_ENTRY, text, re.M))
+
+
+def _port_tables(names_text: bytes) -> tuple[_LazyTable, _LazyTable]:
+    """Port.names and Port.codes as port.py builds them, each on first use."""
+    names = _LazyTable(lambda: _port_names(names_text))
+    codes = _LazyTable(lambda: dict([(inst, name) for (name, inst) in names.items()]))
+    return names, codes
+
+
+def _lean_port_source(source: str) -> tuple[str, bytes]:
+    """port.py with ``names`` and ``codes`` read from ``_podbgp_tables`` (same line
+    numbers), and the names table's text, compressed. PatchError if it is not 5.0.15's."""
+    import hashlib
+    import zlib
+
+    if hashlib.sha256(source.encode()).hexdigest() != _PORT_SHA256:
+        raise PatchError(f"{_PORT_MODULE}: not the source this patch was written for")
+    lines = source.splitlines(keepends=True)
+    start = lines.index(_PORT_NAMES)
+    end = lines.index("    }\n", start)
+    codes = lines.index(_PORT_CODES, end)
+    # (every line between is one `N: 'name',` entry: the SHA-256 pins it, a test reads it)
+    entries = "".join(lines[start + 1:end])
+    lines[start:end + 1] = ["    names = _podbgp_tables[0]\n"] + ["\n"] * (end - start)
+    lines[codes] = "    codes = _podbgp_tables[1]\n"
+    return "".join(lines), zlib.compress(entries.encode(), 1)
+
+
+class _PortFinder:
+    """A meta path finder for exabgp.protocol.ip.port (only): compiled with lazy tables."""
+
+    def __init__(self, path: str, source: str, names_text: bytes) -> None:
+        self.path, self.source, self.names_text = path, source, names_text
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != _PORT_MODULE:
+            return None
+        import importlib.util
+        from importlib.machinery import SourceFileLoader
+
+        finder = self
+
+        class Loader(SourceFileLoader):
+            def get_code(self, fullname: str) -> Any:
+                return compile(finder.source, self.path, "exec", dont_inherit=True)
+
+            def exec_module(self, module: types.ModuleType) -> None:
+                module._podbgp_tables = _port_tables(finder.names_text)  # type: ignore[attr-defined]
+                try:
+                    super().exec_module(module)
+                finally:
+                    del module._podbgp_tables  # type: ignore[attr-defined]
+                    sys.meta_path[:] = [f for f in sys.meta_path if f is not finder]
+
+        return importlib.util.spec_from_file_location(name, self.path,
+                                                      loader=Loader(name, self.path))
+
+
+def _patch_ports() -> None:
+    import importlib.util
+
+    if _PORT_MODULE in sys.modules:
+        return  # already imported: nothing left to save
+    spec = importlib.util.find_spec("exabgp")  # the package is not imported by this
+    if spec is None or not spec.submodule_search_locations:
+        raise PatchError("exabgp: package not found")
+    path = os.path.join(spec.submodule_search_locations[0], "protocol", "ip", "port.py")
+    with open(path, encoding="utf-8") as f:
+        source, names_text = _lean_port_source(f.read())
+    sys.meta_path.insert(0, _PortFinder(path, source, names_text))
+
+
+def _ports_targets() -> list[tuple[Any, str]]:
+    return []
+
+
 # -------------------------------------------------------------- group "order"
 
 
@@ -1592,6 +1732,7 @@ def _channel_targets() -> list[tuple[Any, str]]:
 # name -> (apply, what it rebinds: restored if the group does not fit)
 GROUPS: dict[str, tuple[Callable[[], None], Callable[[], list[tuple[Any, str]]]]] = {
     "lean": (_patch_lean, _lean_targets),  # first: before anything imports asyncio
+    "ports": (_patch_ports, _ports_targets),  # before anything imports exabgp.protocol.ip
     "sync": (_patch_sync, _sync_targets),
     "decode": (_patch_decode, _decode_targets),
     "api": (_patch_api, _api_targets),

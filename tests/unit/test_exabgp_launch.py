@@ -1076,6 +1076,73 @@ def test_lean_group_defers_modules_exabgp_imports_but_does_not_use() -> None:
                          "False False"]
 
 
+PORTS = """
+import sys, bgpd.exabgp.launch as launch
+assert launch.patch(skip=set(sys.argv[1:]))
+import exabgp.application.server, exabgp.reactor.loop
+from exabgp.environment import getenv
+from exabgp.logger import log
+from exabgp.configuration.configuration import Configuration
+env = getenv(); env.tcp.bind = ""; log.init(env)
+Configuration(["neighbor 10.99.0.3 { router-id 10.99.0.1; local-address 10.99.0.1; "
+               "local-as 65000; peer-as 65003; family { ipv4 unicast; } }"], text=True).reload()
+from exabgp.protocol.ip.port import Port
+from exabgp.bgp.message.update.nlri import flow
+built = lambda: [getattr(t, "built", "dict") for t in (Port.names, Port.codes)]
+print(type(Port.names).__name__, *built())
+print(Port(80).name(), Port.named("http"), Port.named("SSH"), Port(65000).name(), str(Port(22)),
+      flow.FlowDestinationPort(0x01, 443), *built())
+# the module as ExaBGP's own source builds it
+orig = {"__name__": "port_orig"}
+exec(compile(open(sys.modules["exabgp.protocol.ip.port"].__file__).read(), "port.py", "exec"),
+     orig)
+O = orig["Port"]
+print(list(Port.names.items()) == list(O.names.items()),
+      list(Port.codes.items()) == list(O.codes.items()), len(Port.names), len(Port.codes),
+      Port.name.__code__.co_firstlineno == O.name.__code__.co_firstlineno)
+"""
+
+
+def test_ports_group_builds_the_port_name_tables_on_first_use() -> None:
+    """Group "ports" (issue 17): ExaBGP's IANA port-name table (Port.names, Port.codes:
+    ~0.85 MiB of an idle ExaBGP, read only to name FlowSpec ports) is not built by the
+    imports and a configuration load; the first use builds both, equal item for item
+    (and in order) to what port.py's own code builds; unpatched they are plain dicts."""
+    out = subprocess.run([sys.executable, "-c", PORTS], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "_LazyTable False False"
+    assert lines[1] == "http 80 22 65000 22 =443 True True"
+    assert lines[2] == "True True 4928 4899 True"
+    out = subprocess.run([sys.executable, "-c", PORTS, "ports"], capture_output=True,
+                         text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["dict dict dict", "http 80 22 65000 22 =443 dict dict",
+                                       "True True 4928 4899 True"]
+
+
+def test_ports_group_reads_every_entry_and_refuses_other_source() -> None:
+    """The names table is read back from its lines by one pattern: every line between
+    ``names = {`` and ``}`` of the pinned port.py is one entry it reads; any other
+    source is refused (the group is then left out, ExaBGP builds its own table)."""
+    import re
+
+    import exabgp.protocol.ip.port as port
+
+    source = Path(port.__file__).read_text()
+    lines = source.splitlines(keepends=True)
+    start = lines.index(exabgp_launch._PORT_NAMES)
+    end = lines.index("    }\n", start)
+    entries = "".join(lines[start + 1:end])
+    assert len(re.findall(exabgp_launch._PORT_ENTRY, entries, re.M)) == end - start - 1 > 4000
+    new, blob = exabgp_launch._lean_port_source(source)
+    assert len(new.splitlines()) == len(lines) and len(blob) < 64 * 1024
+    assert exabgp_launch._port_names(blob) == port.Port.names
+    with pytest.raises(exabgp_launch.PatchError, match=r"exabgp\.protocol\.ip\.port"):
+        exabgp_launch._lean_port_source(source.replace("'http'", "'www'"))
+
+
 def test_lazy_import_failure_leaves_no_half_module(tmp_path: Path) -> None:
     """A lazily imported module whose code fails raises on first use, as its import would
     have, and is not left in sys.modules half-initialised."""
