@@ -527,6 +527,20 @@ class Rib:
         for path, reason in zip(paths, import_reasons(paths, policy, ictx), strict=True):
             prefix = path.prefix
             old = adj_in.get(prefix)
+            # One string object per prefix in every table (issue 17): a prefix this RIB
+            # already holds keeps the string it holds it by (the parser's are fresh
+            # per UPDATE; interning them cost a 100k-entry table of its own).
+            if old is not None:
+                if old.prefix is not prefix:  # re-announced
+                    prefix = old.prefix
+                    path = Path.of(prefix, path.attrs)
+            else:
+                held = dests.get(prefix)
+                if held is not None:  # another peer's (or stream's) candidate
+                    known = held.paths[0].prefix if type(held) is _Dest else held.prefix
+                    if known is not prefix:
+                        prefix = known
+                        path = Path.of(prefix, path.attrs)
             was_accepted = old is not None and prefix not in rejected
             if ops:
                 path = self._import_operations(path, policy, orig)

@@ -269,7 +269,7 @@ def _path_id(value: object) -> int | None:
 
 def _nlris(entries: object, what: str, errors: list[UpdateError],
            ids: dict[int, int] | None = None,
-           _canonical=canonical_ipv4_len, _intern=sys.intern) -> list[str]:
+           _canonical=canonical_ipv4_len) -> list[str]:
     """The prefixes of one NLRI list, each on its own: host bits set beyond the
     length are cleared (RFC 4271 §4.3: they are irrelevant) and counted; an entry
     that is no prefix at all is dropped and counted; the others are kept.
@@ -284,8 +284,9 @@ def _nlris(entries: object, what: str, errors: list[UpdateError],
     append = out.append
     for entry in entries:
         # exabgp.api.compact: the prefix itself; canonical IPv4 text is the hot path.
+        # Not interned: the RIB stores a prefix it holds by the string it has (issue 17).
         if type(entry) is str and _canonical(entry) >= 0:
-            append(_intern(entry))
+            append(entry)
             continue
         text = entry if type(entry) is str else (
             entry.get("nlri") if isinstance(entry, dict) else None)

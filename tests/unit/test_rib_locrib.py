@@ -88,3 +88,34 @@ def test_same_peer_replaces_its_lone_path():
     assert [(c.old, c.new) for c in ch.best] == [(first, second)]
     assert not ch.kernel_add  # same next hop: the kernel route is unchanged
     assert rib.best(PFX) is second and rib.prefix_count() == 1
+
+
+def _fresh(text: str) -> str:
+    """An equal string that is a new object (what the parser hands over per UPDATE)."""
+    return "".join(list(text))
+
+
+@pytest.mark.parametrize("max_paths", [1, 2])
+def test_one_string_object_per_prefix_in_every_table(max_paths):
+    """Each UPDATE's prefixes are new string objects (the parser does not intern them,
+    issue 17): a prefix the RIB holds keeps the one string it holds it by — a
+    re-announcement, another peer's path, a rejected then accepted path — so no table
+    and no Path keeps a second copy (64 bytes a prefix)."""
+    rib = make_rib(max_paths)
+    first = _fresh(PFX)
+    rib.announce(A.address, [Path(first, A.address, A, as_path=(A.asn,))])
+    # A re-announces with other attributes, B sends the prefix, A again: all fresh text.
+    rib.announce(A.address, [Path(_fresh(PFX), A.address, A, as_path=(A.asn, 7))])
+    rib.announce(B.address, [Path(_fresh(PFX), B.address, B, as_path=(B.asn,))])
+    rib.announce(A.address, [Path(_fresh(PFX), A.address, A, as_path=(A.asn,))])
+    held = [p for peer in (A, B) for p in rib.adj_rib_in(peer.address)]
+    held += [p.prefix for peer in (A, B) for p in rib.adj_rib_in(peer.address).values()]
+    held += [*rib.loc_rib(), *(p.prefix for ps in rib.loc_rib().values() for p in ps)]
+    assert len(held) == 2 + 2 + 1 + max_paths
+    assert all(s is first for s in held)
+    # B leaves and comes back: the prefix is still A's, so still that string.
+    rib.withdraw(B.address, [_fresh(PFX)])
+    rib.announce(B.address, [Path(_fresh(PFX), B.address, B, as_path=(B.asn,))])
+    assert all(p.prefix is first for peer in (A, B)
+               for p in rib.adj_rib_in(peer.address).values())
+    assert all(p is first for p in rib.loc_rib())
