@@ -8,16 +8,16 @@ reason; no other exception escapes these functions for any input.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
-from config import k8s, keys
+from config import keys
 from config.errors import ConfigError, FieldProblem
 from config.model import (
     API_VERSION,
@@ -28,7 +28,6 @@ from config.model import (
     Resource,
     _loose_bool,
 )
-from config.policy import POLICY_MODELS
 
 __all__ = [
     "parse_affinity",
@@ -43,8 +42,28 @@ __all__ = [
 ]
 
 _AFFINITY_STATES = ("confirmed", "pending", "pendingDeletion", "")
-# Every kind parse_resource knows: the routing resources and the policy ones.
-_MODELS = {**MODELS, **POLICY_MODELS}
+# Every kind parse_resource knows: the routing resources and the policy ones. The
+# policy kinds' models (config.policy) and the Kubernetes documents' (config.k8s), and
+# yaml for YAML text, are imported on first use: a routing daemon reading etcd needs
+# none of them (issue 17: ~1.3 MiB of an idle bgpd). tests/unit/test_config_parse.py
+# holds these names to config.policy.POLICY_MODELS and config.k8s.FOREIGN_KINDS.
+_POLICY_KINDS = ("NetworkPolicy", "GlobalNetworkPolicy", "Profile")
+_FOREIGN_KINDS = frozenset({("networking.k8s.io/v1", "NetworkPolicy"), ("v1", "Namespace")})
+_KINDS = (*MODELS, *_POLICY_KINDS)
+
+
+def _model(kind: str) -> Any:
+    model = MODELS.get(kind)
+    if model is None and kind in _POLICY_KINDS:
+        from config.policy import POLICY_MODELS
+
+        model = POLICY_MODELS[kind]
+    return model
+
+
+def _is_foreign(obj: Mapping[str, Any]) -> bool:
+    api, kind = obj.get("apiVersion"), obj.get("kind")
+    return isinstance(api, str) and isinstance(kind, str) and (api, kind) in _FOREIGN_KINDS
 
 
 def _path(loc: tuple[Any, ...]) -> str:
@@ -165,12 +184,14 @@ def parse_resource(obj: Mapping[str, Any], *, strict: bool = False) -> Resource:
         path, value = bad
         raise ConfigError(kind if isinstance(kind, str) else "?", name, path, value,
                           "not a finite number (JSON has no NaN or Infinity)")
-    if k8s.is_foreign(obj):
+    if _is_foreign(obj):
+        from config import k8s
+
         return k8s.convert(obj, _problems, unknown_fields if strict else None)
-    model = _MODELS.get(kind) if isinstance(kind, str) else None
+    model = _model(kind) if isinstance(kind, str) else None
     if model is None:
         raise ConfigError(
-            "?", name, "kind", kind, f"unknown kind (expected one of {', '.join(_MODELS)})"
+            "?", name, "kind", kind, f"unknown kind (expected one of {', '.join(_KINDS)})"
         )
     api = obj.get("apiVersion", API_VERSION)
     if api != API_VERSION:
@@ -186,11 +207,11 @@ def parse_resource(obj: Mapping[str, Any], *, strict: bool = False) -> Resource:
     except RecursionError:
         raise ConfigError(kind, name, "", reason="document nested too deeply") from None
     if strict and res.kind == "NetworkPolicy" and res.metadata.name.startswith(
-            k8s.KNP_PREFIX):
+            _knp_prefix()):
         # calicoctl refuses these: in etcd mode the prefix multiplexes Kubernetes
         # NetworkPolicies (written from networking.k8s.io/v1 documents) with Calico's.
         raise ConfigError(kind, name, "metadata.name", name,
-                          f"names starting with {k8s.KNP_PREFIX!r} are reserved for Kubernetes "
+                          f"names starting with {_knp_prefix()!r} are reserved for Kubernetes "
                           "NetworkPolicies: apply the networking.k8s.io/v1 document instead")
     if strict:
         unknown = unknown_fields(res)
@@ -200,6 +221,12 @@ def parse_resource(obj: Mapping[str, Any], *, strict: bool = False) -> Resource:
             raise ConfigError(kind, name, first.field, first.value, first.reason,
                               problems=problems)
     return res  # type: ignore[return-value]
+
+
+def _knp_prefix() -> str:
+    from config.k8s import KNP_PREFIX
+
+    return KNP_PREFIX
 
 
 def _non_finite(obj: Any, prefix: str = "") -> tuple[str, float] | None:
@@ -297,40 +324,48 @@ def parse_namespaced_json(key: str, raw: bytes | str) -> Any:
     return res
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader without YAML 1.1's base-60 numbers, floats and timestamps.
+@functools.cache
+def _yaml_loader() -> Any:
+    """yaml's SafeLoader without YAML 1.1's base-60 numbers, floats and timestamps
+    (made, and yaml imported, on first use).
 
     Calico reads YAML with Go's yaml library, which has no base-60: a community
     ``5663:12`` must stay a string, not become the integer 339792. No podbgp
     field is a float, so an unquoted dotted AS number ``1.10`` stays the string
     "1.10" (= 65546) instead of the float 1.1.
     """
+    import yaml
 
+    class _Loader(yaml.SafeLoader):
+        pass
 
-_Loader.yaml_implicit_resolvers = {
-    first: [
-        (tag, regexp)
-        for tag, regexp in resolvers
-        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
-                       "tag:yaml.org,2002:timestamp")
-    ]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:int",
-    re.compile(
-        r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""",
-        re.X,
-    ),
-    list("-+0123456789"),
-)
+    _Loader.yaml_implicit_resolvers = {
+        first: [
+            (tag, regexp)
+            for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                           "tag:yaml.org,2002:timestamp")
+        ]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    _Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:int",
+        re.compile(
+            r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""",
+            re.X,
+        ),
+        list("-+0123456789"),
+    )
+    return _Loader
 
 
 def load_yaml_documents(text: str | bytes) -> list[Any]:
     """The decoded documents of a (multi-document) YAML text, ``kind: List`` items
     expanded and empty documents skipped; raises `ConfigError` for unreadable YAML."""
+    import yaml
+
     try:
-        docs = list(yaml.load_all(_decode(text), Loader=_Loader))
+        docs = list(yaml.load_all(_decode(text), Loader=_yaml_loader()))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -354,7 +389,7 @@ def load_yaml_documents(text: str | bytes) -> list[Any]:
 
 def _is_list(kind: Any) -> bool:
     return kind == "List" or (isinstance(kind, str) and kind.endswith("List")
-                              and kind[:-len("List")] in (*_MODELS, "Namespace"))
+                              and kind[:-len("List")] in (*_KINDS, "Namespace"))
 
 
 def parse_document(doc: Any, number: int, *, strict: bool = False) -> Resource:

@@ -313,3 +313,15 @@ def test_parse_resource_rejects_non_mappings():
     for bad in (None, [], "IPPool", 3):
         with pytest.raises(ConfigError):
             parse_resource(bad)
+
+
+def test_the_lazily_imported_kinds_are_the_policy_and_kubernetes_modules_own() -> None:
+    """config.parse names the kinds whose models it imports on first use (issue 17):
+    they must be exactly config.policy's and config.k8s's, in the same order (the
+    "expected one of" message lists them)."""
+    from config import k8s, parse, policy
+    from config.model import MODELS
+
+    assert tuple(policy.POLICY_MODELS) == parse._POLICY_KINDS
+    assert set(k8s.FOREIGN_KINDS) == parse._FOREIGN_KINDS
+    assert tuple({**MODELS, **policy.POLICY_MODELS}) == parse._KINDS
