@@ -196,10 +196,11 @@ import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+# the speaker's names for what this module adds (PARENT_ENV: die_with_parent's)
+from bgpd.exabgp.commands import HELLO_COMMAND, PARENT_ENV, RAW_COMMAND
+
 PINNED_VERSION = "5.0.15"
 UNPATCHED_ENV = "PODBGP_EXABGP_UNPATCHED"
-# The PID of the daemon that spawned this ExaBGP: ExaBGP dies with it (die_with_parent).
-PARENT_ENV = "PODBGP_EXABGP_PARENT"
 PR_SET_PDEATHSIG = 1
 
 
@@ -830,8 +831,6 @@ def _api_targets() -> list[tuple[Any, str]]:
 
 # ---------------------------------------------------------------- group "raw"
 
-RAW_COMMAND = "podbgp-send"
-HELLO_COMMAND = "podbgp-hello"
 _MARKER = b"\xff" * 16
 _RAW_TYPES = (2, 5)  # UPDATE, ROUTE-REFRESH (RFC 7313 BoRR/EoRR)
 _RAW_MAX = 4096  # no message longer than a session without extended messages allows

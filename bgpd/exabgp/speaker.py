@@ -39,8 +39,8 @@ import structlog
 
 from bgpd import events as ev
 from bgpd.exabgp import wire
+from bgpd.exabgp.commands import HELLO_COMMAND, PARENT_ENV, RAW_COMMAND
 from bgpd.exabgp.conf import check_peers, render_config, render_env
-from bgpd.exabgp.launch import HELLO_COMMAND, PARENT_ENV, RAW_COMMAND
 from bgpd.exabgp.parse import parse_line
 from bgpd.peerspec import PeerSpec
 from bgpd.speaker import default_peer_ref
