@@ -288,12 +288,17 @@ def test_canonical_ipv4_len(text, want):
     assert canonical_ipv4_len(text) == want
 
 
-@given(st.one_of(
+# IPv4 prefix text, canonical or nearly: lengths 0-33, exploded (leading-zero) quads, signs,
+# spaces and non-ASCII digits in the length, and digit/dot soup.
+IPV4_PREFIX_TEXT = st.one_of(
     st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=4), st.integers(0, 33)),
     st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=4).map(lambda a: a.exploded),
               st.text("0123456789+- \u0663", max_size=4)),
     st.text("0123456789./", max_size=20),
-))
+)
+
+
+@given(IPV4_PREFIX_TEXT)
 def test_canonical_ipv4_len_is_ipaddress_canonical_text(text):
     # canonical: exactly the text ipaddress prints for the network it parses strictly
     import ipaddress
@@ -308,12 +313,7 @@ def test_canonical_ipv4_len_is_ipaddress_canonical_text(text):
     assert canonical_ipv4_len(text) == want
 
 
-@given(st.one_of(
-    st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=4), st.integers(0, 33)),
-    st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=4).map(lambda a: a.exploded),
-              st.text("0123456789+- \u0663", max_size=4)),
-    st.text("0123456789./", max_size=20),
-))
+@given(IPV4_PREFIX_TEXT)
 def test_parse_prefix_ipv4_is_the_dotted_quad_and_any_digit_length(text):
     # parse_prefix's IPv4 rule (the kernel-route builder and import filters run it per
     # prefix): a dotted quad without leading zeros, a length of digits up to 32 (also
