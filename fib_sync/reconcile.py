@@ -24,6 +24,7 @@ import errno
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Protocol
 
 import structlog
@@ -93,9 +94,10 @@ class _StreamedPlan:
             if self.delete:  # the whole view: the pass empties it afterwards
                 yield list(self.delete.items()), [], []
             if self.add:
-                items = list(self.add.items())
-                for i in range(0, len(items), BULK_PART):
-                    part = items[i : i + BULK_PART]
+                # A part's (key, spec) items at a time, not 100k of them at once: the
+                # target is the pass's own snapshot here (nothing changes it meanwhile).
+                items = iter(self.add.items())
+                while part := list(islice(items, BULK_PART)):
                     yield [], [], part
                     view.update(part)
             return
