@@ -12,6 +12,15 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("bgpd", "rib", "fib_sync", "config", "ipam", "policy")
 
 
+def fresh(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter from the repository."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True, cwd=REPO).stdout
+
+
 def modules(package: str) -> list[Path]:
     return sorted(p for p in (REPO / package).rglob("*.py"))
 
@@ -154,10 +163,7 @@ def test_config_models_build_their_validators_on_first_use() -> None:
     holds validators only for the kinds its datastore has shown it (~1 MiB less idle:
     policy, BGPFilter, ... never built); the first use builds one and validates as
     ever."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", (
+    out = fresh(
         "import sys, inspect, pydantic\n"
         "import bgpd.main, bgpd.daemon, config.file_store, config.etcd_store, config.parse\n"
         "import config.policy, config.k8s, ipam.model\n"
@@ -172,12 +178,11 @@ def test_config_models_build_their_validators_on_first_use() -> None:
         "p = config.parse.parse_resource({'apiVersion': 'projectcalico.org/v3',"
         " 'kind': 'Profile', 'metadata': {'name': 'x'}})\n"
         "print(p.spec == config.policy.ProfileSpec(), config.policy.Rule(action='Allow').src"
-        " == config.policy.EntityRule(), 'Profile' in built())\n")],
-        capture_output=True, text=True, timeout=120, check=True, cwd=REPO)
-    lines = out.stdout.splitlines()
-    assert lines[0] == "[]", out.stdout
-    assert lines[1] == "['IPPool'] 10.0.0.0/16", out.stdout
-    assert lines[2] == "True True True", out.stdout
+        " == config.policy.EntityRule(), 'Profile' in built())\n")
+    lines = out.splitlines()
+    assert lines[0] == "[]", out
+    assert lines[1] == "['IPPool'] 10.0.0.0/16", out
+    assert lines[2] == "True True True", out
 
 
 def test_an_etcd_daemon_imports_no_yaml_and_no_policy_models_until_used() -> None:
@@ -186,10 +191,7 @@ def test_an_etcd_daemon_imports_no_yaml_and_no_policy_models_until_used() -> Non
     none of them (~1.3 MiB); each loads when its kind or YAML text comes. The daemon
     never imports ExaBGP's launcher (bgpd.exabgp.commands holds the names they share:
     ~0.4 MiB)."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", (
+    out = fresh(
         "import sys\n"
         "import bgpd.main, bgpd.daemon, bgpd.exabgp.speaker, config.etcd_store\n"
         "import config.parse as p\n"
@@ -200,8 +202,7 @@ def test_an_etcd_daemon_imports_no_yaml_and_no_policy_models_until_used() -> Non
         "print(now())\n"
         "p.parse_resource({'apiVersion': 'v1', 'kind': 'Namespace', 'metadata': {'name': 'n'}})\n"
         "print(now())\n"
-        "print(p.load_yaml_documents('a: 5663:12'), now())\n")],
-        capture_output=True, text=True, timeout=120, check=True, cwd=REPO)
-    assert out.stdout.splitlines() == [
+        "print(p.load_yaml_documents('a: 5663:12'), now())\n")
+    assert out.splitlines() == [
         "[] False", "['config.policy']", "['config.policy', 'config.k8s']",
-        "[{'a': '5663:12'}] ['yaml', 'config.policy', 'config.k8s']"], out.stdout
+        "[{'a': '5663:12'}] ['yaml', 'config.policy', 'config.k8s']"], out
