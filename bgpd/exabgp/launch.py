@@ -297,19 +297,38 @@ def _patch_logger() -> None:
 # the UPDATE keeps the raw fields and builds ExaBGP's NLRI objects only if something
 # reads ``nlris`` (treat-as-withdraw, an Adj-RIB-In, a text encoder, DEBUG).
 _V4_PAD = tuple(bytes(4 - size) for size in range(5))
+_V4_SUFFIX = tuple(f"/{mask}" for mask in range(33))
 
 
 def _v4_prefixes(data: bytes) -> list[str] | None:
     """The prefixes of an IPv4 unicast NLRI field (RFC 4271 4.3) as ExaBGP's
     ``CIDR.prefix()`` writes them (host bits kept), or None where ExaBGP's own decoder
     (INET.unpack_nlri) would raise: a length above 32 or fewer octets than it needs.
-    None sends the whole UPDATE through ExaBGP's code, which raises its own Notify."""
+    None sends the whole UPDATE through ExaBGP's code, which raises its own Notify.
+
+    A field of prefixes of one length (a peer's /26 blocks) is read in one
+    comprehension: its length octets are every (1 + size)-th octet, all equal, and the
+    field a whole number of entries — exactly what the general loop would find."""
     from socket import inet_ntoa
 
+    end = len(data)
+    if not end:
+        return []
+    mask = data[0]
+    if mask <= 32:
+        size = (mask + 7) >> 3
+        step = size + 1
+        # every step-th octet the same length, and as many of them as whole entries
+        # (a cut last entry makes data[::step] one longer than end // step)
+        if data[::step] == bytes((mask,)) * (end // step):
+            suffix, pad = _V4_SUFFIX[mask], _V4_PAD[size]
+            if size == 4:
+                return [inet_ntoa(data[i + 1:i + 5]) + suffix for i in range(0, end, 5)]
+            return [inet_ntoa(data[i + 1:i + step] + pad) + suffix for i in range(0, end, step)]
     out: list[str] = []
     append = out.append
-    pad = _V4_PAD
-    i, end = 0, len(data)
+    pads, suffixes = _V4_PAD, _V4_SUFFIX
+    i = 0
     while i < end:
         mask = data[i]
         if mask > 32:
@@ -318,7 +337,7 @@ def _v4_prefixes(data: bytes) -> list[str] | None:
         j = i + 1 + size
         if j > end:
             return None
-        append(f"{inet_ntoa(data[i + 1:j] + pad[size])}/{mask}")
+        append(inet_ntoa(data[i + 1:j] + pads[size]) + suffixes[mask])
         i = j
     return out
 

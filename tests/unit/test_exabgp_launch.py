@@ -1379,6 +1379,13 @@ FIXED_BODIES = [
     _update(b"", _GOOD, b"\x17\x0a\x01\x01\x20\x0a\x01\x02\x03"),   # host bits kept, /32
     _update(b"\x17\x0a\x01\x01", ATTRIBUTE_FIELDS[3], b"\x18\x0a\x02\x00"),  # treat-as-withdraw
     _update(b"", ATTRIBUTE_FIELDS[2], b"\x18\x0a\x02\x00"),         # no NEXT_HOP
+    # Fields of one prefix length (read in one step): /24s, /32s, three /0, /17s with host
+    # bits; a run whose last entry is cut short (NOTIFICATION) or whose lengths differ.
+    _update(b"\x18\x0a\x03\x00" * 3, _GOOD, b"\x18\x0a\x04\x00\x18\x0a\x05\x00"),
+    _update(b"", _GOOD, b"\x20\x0a\x00\x00\x01\x20\x0a\x00\x00\x02"),
+    _update(b"\x00\x00\x00", _GOOD, b"\x11\x0a\x06\xff\x11\x0a\x07\x80"),
+    _update(b"", _GOOD, b"\x18\x0a\x08\x00\x18\x0a\x09"),
+    _update(b"", _GOOD, b"\x18\x0a\x08\x00\x20\x0a\x09\x00\x01\x18\x0a\x0a\x00"),
 ]
 
 
@@ -1393,9 +1400,13 @@ def test_fast_ipv4_path_answers_as_exabgps_decoder(bodies: list[bytes]) -> None:
     patched, compact = receive("patched", FIXED_BODIES + bodies + big)
     plain, none = receive("plain", FIXED_BODIES + bodies + big)
     assert patched == plain
-    assert none == 0 and compact >= 3 + 3, compact
+    assert none == 0 and compact >= 3 + 3 + 4, compact
     fixed = plain[:12]  # 4 NOTIFICATIONs, then 4 decoded (JSON + NLRI line each)
     assert [line.split()[:3] for line in fixed[:4]] == [["notify", "3", "10"]] * 4, fixed
+    runs = plain[12:21]  # 3 decoded, the cut run's NOTIFICATION, the mixed run decoded
+    assert runs[6].split()[:3] == ["notify", "3", "10"] and not runs[7].startswith("notify")
+    assert '"10.0.0.2/32" } ]' in runs[2] and '"0.0.0.0/0" } ]' in runs[4]
+    assert '"10.7.128.0/17" } ]' in runs[4] and '"10.9.0.1/32" }, ' in runs[7]
     assert '"0.0.0.0/0"' in fixed[4] and '"10.1.1.0/23"' in fixed[6] and '"10.1.2.3/32"' in fixed[6]
     assert '"withdraw": { "ipv4 unicast": [ { "nlri": "10.1.1.0/23" }, { "nlri": "10.2.0.0/24" }' \
         in fixed[8] and '"announce"' not in fixed[8]
