@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import socket
 import struct
 import subprocess
@@ -352,7 +351,7 @@ class Nft:
     def __init__(self, netns: str | None = None, binary: str | None = None,
                  timeout: float = 30.0, in_process: bool | None = None) -> None:
         self.netns = netns
-        self.binary = binary or shutil.which("nft") or "/usr/sbin/nft"
+        self._binary = binary
         self.timeout = timeout
         want = netns is None and binary is None if in_process is None else in_process
         self._want_lib = want and netns is None
@@ -371,6 +370,16 @@ class Nft:
     @property
     def in_process(self) -> bool:
         return self._lib is not None
+
+    @property
+    def binary(self) -> str:
+        """The `nft` program, looked up on first use (shutil, which imports bz2 and
+        lzma, stays out of a daemon that never runs it: issue 17)."""
+        if self._binary is None:
+            import shutil
+
+            self._binary = shutil.which("nft") or "/usr/sbin/nft"
+        return self._binary
 
     def _cmd(self, *args: str) -> list[str]:
         cmd = [self.binary, *args]

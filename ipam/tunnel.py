@@ -28,12 +28,14 @@ import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ipam.allocator import Allocator, IPAMError
 from ipam.model import handle_key
+
+if TYPE_CHECKING:  # the allocator is the caller's: a daemon with no IPAM never imports it
+    from ipam.allocator import Allocator
 
 log = structlog.get_logger(__name__)
 
@@ -227,5 +229,7 @@ async def publish(store: Any, node_name: str, fields: Mapping[str, str | None],
         log.info("node_tunnel_fields_published", node=node_name,
                  **{k: v for k, v in fields.items()})
         return True
+    from ipam.allocator import IPAMError
+
     raise IPAMError(f"Node {node_name}: changed concurrently {attempts} times; "
                     "tunnel fields not published")

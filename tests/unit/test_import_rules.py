@@ -190,13 +190,17 @@ def test_an_etcd_daemon_imports_no_yaml_and_no_policy_models_until_used() -> Non
     bgpctl), config.policy and config.k8s on first use, so a daemon reading etcd loads
     none of them (~1.3 MiB); each loads when its kind or YAML text comes. The daemon
     never imports ExaBGP's launcher (bgpd.exabgp.commands holds the names they share:
-    ~0.4 MiB)."""
+    ~0.4 MiB), nor shutil (with bz2 and lzma: fib_sync.nft looks `nft` up on first
+    use) nor the IPAM allocator (ipam.tunnel needs it only from its caller)."""
     out = fresh(
         "import sys\n"
         "import bgpd.main, bgpd.daemon, bgpd.exabgp.speaker, config.etcd_store\n"
         "import config.parse as p\n"
         "now = lambda: [m for m in ('yaml', 'config.policy', 'config.k8s') if m in sys.modules]\n"
         "print(now(), 'bgpd.exabgp.launch' in sys.modules)\n"
+        "print([m for m in ('shutil', 'bz2', 'lzma', 'ipam.allocator') if m in sys.modules])\n"
+        "from fib_sync.nft import Nft\n"
+        "print(Nft().binary.endswith('nft'), 'shutil' in sys.modules)\n"
         "p.parse_resource({'apiVersion': 'projectcalico.org/v3', 'kind': 'GlobalNetworkPolicy',"
         " 'metadata': {'name': 'g'}, 'spec': {}})\n"
         "print(now())\n"
@@ -204,5 +208,5 @@ def test_an_etcd_daemon_imports_no_yaml_and_no_policy_models_until_used() -> Non
         "print(now())\n"
         "print(p.load_yaml_documents('a: 5663:12'), now())\n")
     assert out.splitlines() == [
-        "[] False", "['config.policy']", "['config.policy', 'config.k8s']",
+        "[] False", "[]", "True True", "['config.policy']", "['config.policy', 'config.k8s']",
         "[{'a': '5663:12'}] ['yaml', 'config.policy', 'config.k8s']"], out
