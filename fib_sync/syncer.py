@@ -264,6 +264,19 @@ class FibSyncer(PassLoop):
         """``update`` in the form fib_sync keeps routes: internal key -> shared
         RouteSpec (table and metric set) to add or replace, internal keys to remove.
         The daemon's route path: no Route is built per route on the way in."""
+        table, metric = self.table, self.metric
+        tables, metrics = self._desired_tables, self._desired_metrics
+        last = None
+        for s in specs.values():
+            if s is not last:  # specs are shared: a run of routes is one check
+                last = s
+                if type(s) is not RouteSpec or s.table is None or s.metric is None:
+                    raise TypeError(f"desired route spec {s!r}: not a fib_sync RouteSpec "
+                                    "with its table and metric")
+                if s.table != table:
+                    tables.add(s.table)
+                if s.metric != metric:
+                    metrics.add(s.metric)
         desired = self._desired
         changed = self._changed
         for k in withdraw:
@@ -271,16 +284,6 @@ class FibSyncer(PassLoop):
             changed.add(k)
         desired.update(specs)
         changed.update(specs)
-        table, metric = self.table, self.metric
-        tables, metrics = self._desired_tables, self._desired_metrics
-        last = None
-        for s in specs.values():
-            if s is not last:  # specs are shared: a run of routes is one check
-                last = s
-                if s.table != table:
-                    tables.add(s.table)
-                if s.metric != metric:
-                    metrics.add(s.metric)
         stale = self._stale
         if stale:
             for k in specs:

@@ -302,6 +302,11 @@ async def test_syncer_rejects_duplicate_keys_and_bad_options():
         FibSyncer(table=0)
     with pytest.raises(TypeError, match=r"not a fib_sync\.Route"):
         await s.set_desired(["10.0.0.0/26"])
+    with pytest.raises(TypeError, match="not a fib_sync RouteSpec"):
+        await s.update_specs({"10.0.0.0/26": r("10.0.0.0/26")})  # a Route is no spec
+    with pytest.raises(TypeError, match="not a fib_sync RouteSpec"):
+        await s.update_specs({"10.0.0.0/26": spec_of(Route("10.0.0.0/26", nexthops=GW))})
+    assert not s.desired_routes  # nothing half-applied
 
 
 async def test_syncer_update_applies_only_the_changes():
