@@ -124,10 +124,11 @@ class Daemon:
                 opts.node, settings, store=self.store, etcd=etcd,
                 protocol=opts.route_protocol, resync_interval=opts.resync_interval,
                 state_dir=opts.state_dir, on_cluster_routes=self._cluster_routes_changed)
-        # After a large withdrawal: compact the RIB's and the speaker's tables, give the
-        # heap back (bgpd.ops.memory).
+        # After a large withdrawal: compact the RIB's, the FIB's and the speaker's tables,
+        # give the heap back (bgpd.ops.memory).
         self.housekeeper = Housekeeper(self.rib_path_count, (
             lambda: self.rib.compact() if self.rib is not None else None,
+            self.fib.compact,
             # compact() is optional in the speaker interface (bgpd.speaker)
             lambda: getattr(self.speaker, "compact", lambda: None)()))
         self.metrics = Metrics(self)

@@ -178,6 +178,13 @@ class Reconciler:
         with this call)."""
         return {k: spec_of(r) for k, r in self.kernel.dump(tables).items()}
 
+    def compact(self) -> None:
+        """Rebuild the view and the failure books at their current size (see
+        FibSyncer.compact). Run where passes run, never during one."""
+        if self.view is not None:
+            self.view = dict(self.view)
+        self.failing = dict(self.failing)
+
     def note_conflict(self, key: IKey | tuple[int, str], holder: str) -> None:
         """A route of another protocol holds a prefix we want (same table):
         log once, count once, leave it alone. If it holds our exact key the

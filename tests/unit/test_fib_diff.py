@@ -411,3 +411,31 @@ async def test_update_specs_and_update_reach_the_same_kernel_state():
         assert with_specs[0] == with_specs[1]  # the kernel holds exactly the desired set
 
     await asyncio.get_running_loop().run_in_executor(None, check)
+
+
+async def test_compact_gives_back_the_tables_of_a_withdrawn_flood_and_changes_nothing():
+    """After a large withdrawal the desired set and the view are rebuilt at their size
+    (a dict keeps its largest size: the hostile peer's 200,000-route flood left ~15 MB
+    in these two); the kernel, the desired routes and the next passes are unchanged."""
+    import sys
+
+    k = FakeKernel(P)
+    s = FibSyncer(protocol=P, _kernel=k)
+    await s.start()
+    try:
+        flood = [r(f"10.{i // 1024}.{(i // 4) % 256}.{(i % 4) * 64}/26") for i in range(20_000)]
+        await s.update_specs({rt._key: spec_of(rt) for rt in flood})
+        await s.update_specs({}, [rt._key for rt in flood[10:]])
+        assert len(k.ours()) == 10
+        rec = s._reconciler
+        assert rec is not None and rec.view is not None
+        big = sys.getsizeof(s._desired) + sys.getsizeof(rec.view)
+        want, view = s.desired_routes, dict(rec.view)
+        await s.compact()
+        assert sys.getsizeof(s._desired) + sys.getsizeof(rec.view) < big / 50
+        assert s.desired_routes == want and rec.view == view and len(k.ours()) == 10
+        await s.update([r("10.200.0.0/26")], [flood[0].key])  # passes go on as before
+        assert set(k.ours()) == {rt.key for rt in flood[1:10]} | {(254, "10.200.0.0/26", 20)}
+    finally:
+        await s.stop()
+    await s.compact()  # after stop: the tables only
