@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import struct
 import subprocess
 import threading
@@ -293,50 +292,44 @@ _NETLINK_NETFILTER = 12
 _NFT_MSG_GETTABLE = (10 << 8) | 1  # NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETTABLE
 _NFT_MSG_NEWTABLE = (10 << 8) | 0
 _NFTA_TABLE_NAME = 1
-_NLMSG_ERROR = 2
 _NLM_F_REQUEST_ACK = 0x1 | 0x4
 _NFPROTO = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
 
 
 def _nfnl_table_exists(netns: str | None, nfproto: int, name: str) -> bool:
     """True if the kernel holds table `name` of family `nfproto`; False on ENOENT;
-    OSError for any other answer (or none within 5 s)."""
-    if netns is None:
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, _NETLINK_NETFILTER)
-    else:
-        from fib_sync.netlink import _netlink_socket  # a socket made inside the namespace
+    OSError for any other answer (or none within 5 s). The socket, attribute and
+    message walking are fib_sync.netlink's (loaded by the daemon anyway)."""
+    from fib_sync.netlink import (
+        _HDR,
+        NLMSG_ERROR,
+        _netlink_socket,
+        _nla,
+        iter_messages,
+        parse_error,
+    )
 
-        if not os.path.exists(f"/var/run/netns/{netns}"):
-            raise FileNotFoundError(f"network namespace {netns!r} does not exist")
-        sock = _netlink_socket(netns, _NETLINK_NETFILTER)
-    with sock:
+    with _netlink_socket(netns, _NETLINK_NETFILTER) as sock:
         sock.settimeout(5.0)
         sock.bind((0, 0))
-        attr = name.encode() + b"\0"
-        nla = struct.pack("=HH", 4 + len(attr), _NFTA_TABLE_NAME) + attr
-        nla += b"\0" * (-len(nla) % 4)
-        body = struct.pack("=BBH", nfproto, 0, 0) + nla  # nfgenmsg: family, v0, res_id
-        sock.send(struct.pack("=IHHII", 16 + len(body), _NFT_MSG_GETTABLE,
-                              _NLM_F_REQUEST_ACK, 1, 0) + body)
+        # nfgenmsg (family, version 0, res_id 0), then the table's name
+        body = struct.pack("=BBH", nfproto, 0, 0) + _nla(_NFTA_TABLE_NAME, name.encode() + b"\0")
+        sock.send(_HDR.pack(16 + len(body), _NFT_MSG_GETTABLE, _NLM_F_REQUEST_ACK, 1, 0) + body)
         found = False
         while True:
             data = sock.recv(65536)
-            off = 0
-            while off + 16 <= len(data):
-                length, mtype, _flags, seq, _pid = struct.unpack_from("=IHHII", data, off)
-                if length < 16 or seq != 1:
-                    off += max(length, 16) + (-max(length, 16) % 4)
+            for off, ln, typ, flags, seq in iter_messages(data, len(data)):
+                if seq != 1:
                     continue
-                if mtype == _NFT_MSG_NEWTABLE:
+                if typ == _NFT_MSG_NEWTABLE:
                     found = True
-                elif mtype == _NLMSG_ERROR:
-                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                elif typ == NLMSG_ERROR:
+                    err, _text = parse_error(data, off, ln, flags)
                     if err == 0:
                         return found
                     if err == errno.ENOENT:
                         return False
                     raise OSError(err, f"nf_tables GETTABLE: {os.strerror(err)}")
-                off += length + (-length % 4)
 
 
 class Nft:
