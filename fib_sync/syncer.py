@@ -224,35 +224,16 @@ class FibSyncer(PassLoop):
         `withdraw` (routes or keys). Only the touched keys are diffed, so a
         small change to a 100k-route set costs what the change costs."""
         table, metric = self.table, self.metric
-        # In place: a copy per call made a burst of deltas quadratic in the set size.
-        # A pass reading this dict in the executor only looks keys up (it gets a
-        # copy whenever it must iterate: full or whole passes).
-        desired = self._desired
-        changed = self._changed
-        for w in withdraw:
-            k = w.with_defaults(table, metric)._key if isinstance(w, Route) else internal_key(
-                tuple(w))
-            desired.pop(k, None)  # type: ignore[call-overload]
-            changed.add(k)  # type: ignore[arg-type]
-        stale = self._stale
-        tables = self._desired_tables  # only grows here: an extra table costs a dump
-        metrics = self._desired_metrics
+        specs: dict[IKey, RouteSpec] = {}
         for r in routes:
             if type(r) is not Route and not isinstance(r, Route):
                 raise TypeError(f"desired route {r!r}: not a fib_sync.Route")
             if r.table is None or r.metric is None:
                 r = r.with_defaults(table, metric)
-            k = r._key
-            desired[k] = spec_of(r)  # type: ignore[index]
-            changed.add(k)  # type: ignore[arg-type]
-            if r.table != table:
-                tables.add(r.table)  # type: ignore[arg-type]
-            if r.metric != metric:
-                metrics.add(r.metric)  # type: ignore[arg-type]
-            if stale:
-                stale.pop(k, None)  # type: ignore[call-overload]
-        if self._started:
-            await self._request(wait=wait)
+            specs[r._key] = spec_of(r)  # type: ignore[index]
+        keys = [w.with_defaults(table, metric)._key if isinstance(w, Route)
+                else internal_key(tuple(w)) for w in withdraw]
+        await self.update_specs(specs, keys, wait=wait)  # type: ignore[arg-type]
 
     async def update_specs(
         self,
@@ -277,6 +258,9 @@ class FibSyncer(PassLoop):
                     tables.add(s.table)
                 if s.metric != metric:
                     metrics.add(s.metric)
+        # In place: a copy per call made a burst of deltas quadratic in the set size.
+        # A pass reading this dict in the executor only looks keys up (it gets a
+        # copy whenever it must iterate: full or whole passes).
         desired = self._desired
         changed = self._changed
         for k in withdraw:
