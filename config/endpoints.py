@@ -37,10 +37,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
-
 from config import keys
 from config.errors import ConfigError
+from config.lite import BeforeValidator, Field, ValidationError, field_validator
 from config.model import API_VERSION, CIDR, CalicoModel, CalicoResource, Metadata, Str
 from config.model import check_labels as model_check_labels
 

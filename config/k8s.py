@@ -31,9 +31,8 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, model_validator
-
 from config.errors import ConfigError, FieldProblem
+from config.lite import BeforeValidator, Field, ValidationError, model_validator
 from config.model import (
     API_VERSION,
     Int,

@@ -22,18 +22,17 @@ import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import (
+from config.lite import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PydanticCustomError,
     field_validator,
     model_serializer,
     model_validator,
+    to_camel,
 )
-from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
-
 from config.selector import SelectorError, parse_selector
 
 API_VERSION = "projectcalico.org/v3"

@@ -15,10 +15,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
-
 from config import keys
 from config.errors import ConfigError, FieldProblem
+from config.lite import BaseModel, ValidationError
 from config.model import (
     API_VERSION,
     MODELS,

@@ -32,8 +32,7 @@ import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, field_serializer, field_validator, model_validator
-
+from config.lite import BeforeValidator, Field, field_serializer, field_validator, model_validator
 from config.model import (
     Int,
     Metadata,
