@@ -7,7 +7,6 @@ backend (docs/architecture.md, "The speaker interface").
 from __future__ import annotations
 
 import sys
-import types
 
 # This process speaks no TLS (etcd's goes through grpc's own), yet asyncio (and
 # structlog through it) imports ``ssl`` whenever it can, mapping libssl and libcrypto:
@@ -20,17 +19,6 @@ if "ssl" not in sys.modules:
 if "_hashlib" not in sys.modules:
     sys.modules["_hashlib"] = None  # type: ignore[assignment]
 
-
-# pydantic looks for plugins (entry-point group ``pydantic``) when it builds the first
-# model: its loader imports importlib.metadata (with email, zipfile, csv, tempfile) and
-# scans every installed distribution's metadata, ~1.5 MiB resident for a daemon that
-# has no pydantic plugin (issue 17). The loader's one function, ``get_plugins``,
-# answers "none" here, as ``PYDANTIC_DISABLE_PLUGINS=__all__`` does, without that
-# import. Before anything imports pydantic.
-if "pydantic.plugin._loader" not in sys.modules:
-    _loader = types.ModuleType("pydantic.plugin._loader", "podbgp: no pydantic plugins")
-    _loader.get_plugins = lambda: ()  # type: ignore[attr-defined]
-    sys.modules["pydantic.plugin._loader"] = _loader
 
 import asyncio
 import gc

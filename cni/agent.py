@@ -1,7 +1,7 @@
 """The node's CNI agent: runs podbgp's CNI plugins warm, behind a unix socket.
 
 Owned by cni/. A CNI plugin is a fresh process per pod event; podbgp's
-plugins are Python, and importing what they use (aetcd/gRPC, pydantic
+plugins are Python, and importing what they use (aetcd/gRPC, the config
 models, structlog) costs ~1 s of CPU per run here, far more than the work.
 With ``podbgp-cni agent`` running on the node, the ``podbgp-cni`` and
 ``podbgp-ipam`` executables only forward their environment and stdin to it

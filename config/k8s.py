@@ -399,7 +399,7 @@ def is_foreign(obj: Mapping[str, Any]) -> bool:
 def convert(obj: Mapping[str, Any], problems_of: Any, unknown_of: Any = None) -> Any:
     """Validate a Kubernetes document and return the Calico resource it becomes.
 
-    ``problems_of`` turns a pydantic ValidationError into FieldProblems
+    ``problems_of`` turns a (config.lite) ValidationError into FieldProblems
     (config.parse's, passed in to keep one error mapping); ``unknown_of``
     (config.parse.unknown_fields, given when strict) lists fields the document
     has and the model does not: refused, as the API server's strict field

@@ -1,13 +1,16 @@
 """Typed, immutable models of Calico's ``projectcalico.org/v3`` resources.
 
 Owned by config/. Instances are built only by `config.parse` (which turns
-pydantic's errors into `ConfigError`) and are never mutated: a new etcd value
+validation errors into `ConfigError`) and are never mutated: a new etcd value
 or file edit produces new instances inside a new `Snapshot`. Field names are
 snake_case attributes with Calico's camelCase as aliases; unknown fields are
 rejected; Calico's defaults and validation rules are applied here, including
 the leniencies real Calico data needs (AS numbers as strings or dotted,
 ``peerIP`` with a port, ``spec: null``, ``serviceClusterIPs: [{}]``, YAML
 booleans as label values, BlockAffinity ``deleted: "false"``).
+
+The models are written in pydantic v2's API and validated by `config.lite` (the
+subset of pydantic they use; the daemon loads no pydantic, issue 17).
 
 Validation errors raised from model validators carry the offending field in
 the error context (``PydanticCustomError`` ctx ``field``/``value``) so that
