@@ -178,7 +178,7 @@ MDWE_PROBE = textwrap.dedent(
     except OSError:
         pass
     import asyncio, ssl, json
-    import grpc, aetcd, pyroute2, prometheus_client, structlog, yaml, pydantic, exabgp
+    import grpc, aetcd, pyroute2, prometheus_client, structlog, yaml, exabgp
     from pyroute2 import IPRoute
     with IPRoute() as ipr:
         assert ipr.get_links(), "no links over rtnetlink"
