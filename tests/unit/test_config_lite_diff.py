@@ -48,8 +48,10 @@ from __future__ import annotations
 
 import copy
 import datetime
+import difflib
 import functools
 import json
+import pprint
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -192,6 +194,16 @@ def validated(side: SimpleNamespace, cls: type, data: Any) -> tuple:
             typed(_call(lambda: inst.model_dump(mode="json", by_alias=True, exclude_none=True))),
             typed(_call(lambda: inst.model_dump(by_alias=True))),
             typed(inst.model_extra), typed(inst.__pydantic_extra__))
+
+
+def assert_same(got: Any, want: Any, label: str) -> None:
+    """got (config.lite) == want (pydantic), or a readable diff of the two outcomes."""
+    if got == want:
+        return
+    a = pprint.pformat(want, width=110).splitlines()
+    b = pprint.pformat(got, width=110).splitlines()
+    diff = "\n".join(difflib.unified_diff(a, b, "pydantic", "config.lite", lineterm="", n=3))
+    raise AssertionError(f"{label}\n{diff[:8000]}")
 
 
 # ------------------------------------------------------------------ inputs
@@ -352,7 +364,7 @@ def assert_same_parse(sides: tuple, doc: Any, where: str = "") -> None:
     got, want = _parse_outcomes(real, copy.deepcopy(doc)), _parse_outcomes(ref, copy.deepcopy(doc))
     for what, g, w in zip(("strict=False", "strict=True", "parse_endpoint"), got, want,
                           strict=True):
-        assert g == w, f"{where} {what}: input {doc!r}"
+        assert_same(g, w, f"{where} {what}: input {doc!r}")
 
 
 def test_seed_documents_parse_alike(sides):
@@ -364,9 +376,9 @@ def test_seed_documents_parse_alike(sides):
 def test_yaml_texts_parse_alike(sides, strict):
     real, ref = sides
     for where, text in YAML_TEXTS:
-        assert (outcome(real, lambda t=text: real.parse.parse_yaml_documents(t, strict=strict))
-                == outcome(ref, lambda t=text: ref.parse.parse_yaml_documents(t, strict=strict))
-                ), where
+        assert_same(outcome(real, lambda t=text: real.parse.parse_yaml_documents(t, strict=strict)),
+                    outcome(ref, lambda t=text: ref.parse.parse_yaml_documents(t, strict=strict)),
+                    where)
 
 
 def _json_outcome(side: SimpleNamespace, fn: str, key: str, raw: str, kind: Any) -> tuple:
@@ -399,7 +411,7 @@ def test_etcd_values_parse_alike(sides):
         for key in paths:
             for fn in ("parse_json", "parse_namespaced_json"):
                 g, w = (_json_outcome(side, fn, key, raw, kind) for side in sides)
-                assert g == w, f"{where} {fn}({key!r})"
+                assert_same(g, w, f"{where} {fn}({key!r})")
                 checked += g[0] == "ok"
     assert checked > 100
 
@@ -455,6 +467,30 @@ def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
 
+def _respellings(v: Any) -> list[Any]:
+    """Other spellings of ``v`` a hand-written or foreign document might use."""
+    if isinstance(v, bool):
+        return [str(v).lower(), str(v), int(v), float(v), None]
+    if isinstance(v, int):
+        return [str(v), f" {v} ", float(v), v + 1, -v, bool(v), 2**64 + v, None]
+    if isinstance(v, float):
+        return [int(v), str(v), v + 0.5, None]
+    if isinstance(v, str):
+        out = [f" {v}", f"{v} ", v.upper(), v.lower(), v.capitalize(), v + "x", v[:-1], "",
+               v.encode(), None]
+        if v.lstrip("-").isdigit():
+            out += [int(v), float(v)]
+        if v.lower() in ("true", "false"):
+            out.append(v.lower() == "true")
+        return out
+    if isinstance(v, list):
+        return [v[:1], v * 2, [], [None], v[::-1], None, tuple(v), set(map(repr, v))]
+    if isinstance(v, dict):
+        return [{}, dict(list(v.items())[1:]), dict(reversed(list(v.items()))), None,
+                {k: None for k in v}]
+    return ["", 0, [], {}, "null"]
+
+
 @st.composite
 def mutated(draw: Any) -> tuple[str, Any]:
     where, doc = draw(st.sampled_from(SEEDS))
@@ -467,16 +503,19 @@ def mutated(draw: Any) -> tuple[str, Any]:
                  if head or p not in (("kind",), ("apiVersion",))] or [()]
         path = draw(st.sampled_from(paths))
         node = _get(doc, path)
-        op = draw(st.sampled_from(["replace", "replace", "copy", "delete", "add", "alias-twin",
-                                   "wrap", "swap"]))
-        if op == "replace":
+        op = draw(st.sampled_from(["replace", "retype", "retype", "copy", "delete", "add",
+                                   "alias-twin", "wrap", "swap"]))
+        if op == "retype":  # the same value spelled otherwise: where coercions differ
+            doc = _set(doc, path, draw(st.sampled_from(_respellings(node))))
+        elif op == "replace":
             doc = _set(doc, path, draw(values))
         elif op == "copy":  # another value of the same document: often the right shape
             doc = _set(doc, path, copy.deepcopy(_get(doc, draw(st.sampled_from(paths)))))
         elif op == "delete" and path:
             del _get(doc, path[:-1])[path[-1]]
         elif op == "add" and isinstance(node, dict):
-            node[draw(st.sampled_from(_FIELD_NAMES) | st.text(max_size=8))] = draw(values)
+            node[draw(st.sampled_from(_FIELD_NAMES) | st.text(max_size=8))] = draw(
+                st.none() | values)  # null: written back though exclude_none
         elif op == "alias-twin" and isinstance(node, dict) and node:
             # the same field twice: camelCase (the alias) and snake_case (the name)
             key = draw(st.sampled_from(sorted(map(str, node))))
@@ -585,8 +624,8 @@ def test_model_validate_alike(sides, name):
     real, ref = sides
     rcls, pcls = real.classes[name], ref.classes[name]
     for data in _field_inputs(rcls, _valid_inputs().get(name, [])):
-        assert (validated(real, rcls, copy.deepcopy(data))
-                == validated(ref, pcls, copy.deepcopy(data))), f"{name}.model_validate({data!r})"
+        assert_same(validated(real, rcls, copy.deepcopy(data)),
+                    validated(ref, pcls, copy.deepcopy(data)), f"{name}.model_validate({data!r})")
 
 
 @pytest.mark.parametrize("name", REAL_CLASSES)
@@ -666,6 +705,6 @@ def test_result_behaviours_alike(sides):
                      else ref.parse.parse_resource)
         g = _behaviours(real, got, other_got, doc, parse_real)
         w = _behaviours(ref, want, other_want, doc, parse_ref)
-        assert g == w, f"{where}: input {doc!r}"
+        assert_same(g, w, f"{where}: input {doc!r}")
         assert g[0] is True  # two validations of one input are equal
 
