@@ -73,7 +73,7 @@ import config.parse
 import config.policy
 from config import keys
 from config.errors import ConfigError
-from tests.helpers import calico_examples, confd
+from tests.helpers import calico_examples, confd, pydantic_ref
 from tests.helpers.pydantic_ref import load_reference, unload_reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -334,6 +334,7 @@ def test_reference_is_pydantic(sides):
         assert issubclass(cls, pydantic.BaseModel), name
         assert cls is not real.classes[name]
     assert ref.ValidationError is pydantic.ValidationError
+    assert set(config.lite.__all__) <= set(pydantic_ref.__all__)  # every name has its original
     assert ref.parse.ConfigError is ConfigError  # config.errors is shared, not copied
     assert ref.parse.parse_resource is not real.parse.parse_resource
 
