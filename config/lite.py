@@ -321,6 +321,12 @@ def _v_bool(value: Any) -> bool:
     if value is True or value is False:
         return value
     if isinstance(value, (int, float)):
+        # pydantic reads a number as a 64-bit integer first: a fraction or a wider one
+        # is not a boolean at all, another integer is one it cannot interpret
+        if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+            raise _err("bool_type", "Input should be a valid boolean", value)
+        if not -(2**63) <= value < 2**63:
+            raise _err("bool_type", "Input should be a valid boolean", value)
         if value == 0:
             return False
         if value == 1:
@@ -523,7 +529,7 @@ def _ser(value: Any, json: bool, by_alias: bool, exclude_none: bool) -> Any:
     if isinstance(value, (_dt.date, _dt.time)):
         return value.isoformat()
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value).decode(errors="replace")
+        return bytes(value).decode()  # UnicodeDecodeError (a ValueError) as pydantic refuses it
     return value
 
 
@@ -578,7 +584,11 @@ class _Built:
 
 def _after(func: Any, cls: type, inner: Any) -> Any:
     def check(value: Any) -> Any:
-        return _call(func, cls, inner(value))
+        checked = inner(value)
+        try:
+            return _call(func, cls, checked)
+        except _Fail as exc:  # pydantic names the value the field was given, not the checked one
+            raise _Fail([(k, loc, m, value, c) for k, loc, m, _, c in exc.errors]) from None
 
     return check
 
