@@ -28,7 +28,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -273,6 +272,10 @@ class FileDatastore:
         text = yaml.safe_dump_all(docs, default_flow_style=False, sort_keys=False,
                                   explicit_start=True)
         directory = self.path.parent
+        # tempfile (with shutil, random, bz2, lzma: ~0.5 MiB) only when a write comes: a
+        # daemon reading the file never writes it (issue 17)
+        import tempfile
+
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
         except OSError as e:

@@ -212,3 +212,32 @@ def test_an_etcd_daemon_imports_no_yaml_and_no_policy_models_until_used() -> Non
     assert out.splitlines() == [
         "[] False", "[]", "True True", "['config.policy']", "['config.policy', 'config.k8s']",
         "[{'a': '5663:12'}] ['yaml', 'config.policy', 'config.k8s']"], out
+
+
+def test_a_file_datastore_daemon_imports_tempfile_only_to_write(tmp_path: Path) -> None:
+    """Issue 17 (memory): a daemon on the file datastore reads the file and never writes
+    it, so tempfile (with shutil, random, bz2, lzma: ~0.5 MiB) is imported by the first
+    write (bgpctl, IPAM), which still lands whole through a temporary file."""
+    path = tmp_path / "podbgp.yaml"
+    out = fresh(
+        "import asyncio, sys\n"
+        "import bgpd.main, bgpd.daemon, bgpd.exabgp.speaker, config.file_store, config.parse\n"
+        "now = lambda: [m for m in ('tempfile', 'shutil', 'bz2', 'lzma') if m in sys.modules]\n"
+        "print(now())\n"
+        f"store = config.file_store.FileDatastore({str(path)!r})\n"
+        "pool = config.parse.parse_resource({'apiVersion': 'projectcalico.org/v3',"
+        " 'kind': 'IPPool', 'metadata': {'name': 'p'}, 'spec': {'cidr': '10.0.0.0/16'}})\n"
+        "async def main():\n"
+        "    await store.start()\n"
+        "    await store.wait_loaded(5)\n"
+        "    print(now())\n"
+        "    await store.create(pool)\n"
+        "    print(now(), [r.spec.cidr for r in await store.list('IPPool')])\n"
+        "    await store.close()\n"
+        "asyncio.run(main())\n")
+    printed = [line for line in out.splitlines() if line.startswith("[")]  # not the logs
+    assert printed == [
+        "[]", "[]", "['tempfile', 'shutil', 'bz2', 'lzma'] ['10.0.0.0/16']"], out
+    assert "cidr: 10.0.0.0/16" in path.read_text()
+    # no temporary file left beside the file and its lock
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".podbgp.yaml.lock", "podbgp.yaml"]
