@@ -1,4 +1,4 @@
-"""The validation engine of config/'s models: the part of pydantic 2.x they use, in ~600 lines.
+"""The validation engine of config/'s models: the part of pydantic 2.x they use.
 
 Owned by config/. Every model module (config.model, config.policy, config.k8s,
 config.endpoints) and config.parse import their validation names from here, never from

@@ -21,6 +21,7 @@ from config.parse import (
     to_calico_dict,
 )
 from config.selector import SelectorError, parse_selector
+from tests.helpers import docpaths
 
 SETTINGS = settings(max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "300")), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -65,25 +66,8 @@ SEEDS = [
 ]
 
 
-def _paths(obj, prefix=()):
-    yield prefix
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _paths(v, (*prefix, k))
-    elif isinstance(obj, list):
-        for i, v in enumerate(obj):
-            yield from _paths(v, (*prefix, i))
-
-
 def _set(obj, path, value):
-    if not path:
-        return value
-    obj = copy.deepcopy(obj)
-    node = obj
-    for part in path[:-1]:
-        node = node[part]
-    node[path[-1]] = value
-    return obj
+    return docpaths.put(copy.deepcopy(obj), path, value)
 
 
 def _check(obj):
@@ -110,11 +94,11 @@ def test_random_documents(doc, kind):
 @given(st.data())
 def test_mutated_valid_documents(data):
     seed = data.draw(st.sampled_from(SEEDS))
-    paths = list(_paths(seed))
+    paths = list(docpaths.paths(seed))
     for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
         path = data.draw(st.sampled_from(paths))
         seed = _set(seed, path, data.draw(json_values))
-        paths = list(_paths(seed))
+        paths = list(docpaths.paths(seed))
     _check(seed)
 
 

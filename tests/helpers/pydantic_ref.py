@@ -19,37 +19,18 @@ import sys
 import types
 from pathlib import Path
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_serializer,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
-from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+import pydantic
+import pydantic.alias_generators
+import pydantic_core
 
-__all__ = [
-    "MODULES",
-    "PACKAGE",
-    "BaseModel",
-    "BeforeValidator",
-    "ConfigDict",
-    "Field",
-    "PydanticCustomError",
-    "ValidationError",
-    "field_serializer",
-    "field_validator",
-    "load_reference",
-    "model_serializer",
-    "model_validator",
-    "to_camel",
-    "unload_reference",
-]
+from config import lite
+
+# Each name config.lite exports, taken from pydantic (an AttributeError here: config.lite
+# exports a name pydantic does not have), and this module's own.
+_FROM = {"to_camel": pydantic.alias_generators, "PydanticCustomError": pydantic_core}
+for _name in lite.__all__:
+    globals()[_name] = getattr(_FROM.get(_name, pydantic), _name)
+__all__ = [*lite.__all__, "MODULES", "PACKAGE", "load_reference", "unload_reference"]
 
 PACKAGE = "_ref_config"
 # In dependency order: each imports (at module level) only those before it.

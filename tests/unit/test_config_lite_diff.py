@@ -73,7 +73,7 @@ import config.parse
 import config.policy
 from config import keys
 from config.errors import ConfigError
-from tests.helpers import calico_examples, confd, pydantic_ref
+from tests.helpers import calico_examples, confd, docpaths, pydantic_ref
 from tests.helpers.pydantic_ref import load_reference, unload_reference
 
 REPO = Path(__file__).resolve().parents[2]
@@ -439,29 +439,6 @@ values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3)
                                         inner, max_size=3), max_leaves=8)
 
 
-def _paths(node: Any, here: tuple = ()) -> Iterator[tuple]:
-    yield here
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, (*here, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, (*here, i))
-
-
-def _get(node: Any, path: tuple) -> Any:
-    for part in path:
-        node = node[part]
-    return node
-
-
-def _set(root: Any, path: tuple, value: Any) -> Any:
-    if not path:
-        return value
-    _get(root, path[:-1])[path[-1]] = value
-    return root
-
-
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
@@ -498,20 +475,20 @@ def mutated(draw: Any) -> tuple[str, Any]:
         # below the document's root (a non-mapping document is refused before any model),
         # and seldom its kind or apiVersion (refused before any model too)
         head = draw(st.integers(0, 9)) == 0
-        paths = [p for p in list(_paths(doc))[1:]
+        paths = [p for p in list(docpaths.paths(doc))[1:]
                  if head or p not in (("kind",), ("apiVersion",))] or [()]
         path = draw(st.sampled_from(paths))
-        node = _get(doc, path)
+        node = docpaths.get(doc, path)
         op = draw(st.sampled_from(["replace", "retype", "retype", "copy", "delete", "add",
                                    "alias-twin", "wrap", "swap"]))
         if op == "retype":  # the same value spelled otherwise: where coercions differ
-            doc = _set(doc, path, draw(st.sampled_from(_respellings(node))))
+            doc = docpaths.put(doc, path, draw(st.sampled_from(_respellings(node))))
         elif op == "replace":
-            doc = _set(doc, path, draw(values))
+            doc = docpaths.put(doc, path, draw(values))
         elif op == "copy":  # another value of the same document: often the right shape
-            doc = _set(doc, path, copy.deepcopy(_get(doc, draw(st.sampled_from(paths)))))
+            doc = docpaths.put(doc, path, copy.deepcopy(docpaths.get(doc, draw(st.sampled_from(paths)))))
         elif op == "delete" and path:
-            del _get(doc, path[:-1])[path[-1]]
+            del docpaths.get(doc, path[:-1])[path[-1]]
         elif op == "add" and isinstance(node, dict):
             node[draw(st.sampled_from(_FIELD_NAMES) | st.text(max_size=8))] = draw(
                 st.none() | values)  # null: written back though exclude_none
@@ -521,11 +498,11 @@ def mutated(draw: Any) -> tuple[str, Any]:
             twin = _snake(key) if _snake(key) != key else pydantic_to_camel(key)
             node[twin] = draw(st.just(copy.deepcopy(node.get(key))) | values)
         elif op == "wrap":
-            doc = _set(doc, path, [node])
+            doc = docpaths.put(doc, path, [node])
         elif op == "swap" and isinstance(node, dict):
-            doc = _set(doc, path, draw(st.sampled_from([list(node.values()), list(node), [node]])))
+            doc = docpaths.put(doc, path, draw(st.sampled_from([list(node.values()), list(node), [node]])))
         elif op == "swap" and isinstance(node, list):
-            doc = _set(doc, path, {str(i): v for i, v in enumerate(node)} if draw(st.booleans())
+            doc = docpaths.put(doc, path, {str(i): v for i, v in enumerate(node)} if draw(st.booleans())
                        else dict.fromkeys(map(str, node), None) if all(
                            isinstance(v, (str, int)) for v in node) else {})
     return where, doc
