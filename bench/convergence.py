@@ -81,13 +81,20 @@ class Injector:
                 self.lines.put((tag, rest))
         self.lines.put(("eof", ""))
 
-    def expect(self, tag: str, timeout: float) -> float:
+    def expect(self, tag: str, timeout: float, alive: Callable[[], None] | None = None) -> float:
+        """The injector's time of ``tag``; ``alive`` (a DUT check) is asked every second
+        meanwhile, so a DUT that died at start fails the trial at once, not at the timeout."""
         deadline = time.monotonic() + timeout
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"injector: no {tag!r} within {timeout:.0f}s")
             try:
-                got, rest = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+                got, rest = self.lines.get(timeout=min(left, 1.0))
             except queue.Empty:
-                raise TimeoutError(f"injector: no {tag!r} within {timeout:.0f}s") from None
+                if alive is not None:
+                    alive()
+                continue
             if got == tag:
                 return float(rest)
             if got in ("eof", "error", "notification", "closed"):
@@ -156,7 +163,7 @@ def trial(dut: str, k: int, rep: int, timeout: float, profile_dir: str | None = 
 
             if profile_dir and dut == "podbgp":
                 spy = start_profiler(pids[0], f"{profile_dir}/podbgp-{k}.txt")
-            t_est = inj.expect("established", 120)
+            t_est = inj.expect("established", 120, alive)
             cpu0 = cpu_split(pids[0])
             t_first = inj.expect("first_update", 10)
             t_in = poll_kernel(anchor, lambda n: n >= base + k, timeout, alive)

@@ -88,8 +88,8 @@ def trial(dut: str, k: int, rep: int, settle: float, timeout: float) -> Sample:
 
             alive = dut_alive_check(env, dut, pids)
 
-            inj.expect("established", 120)
-            inj.expect("sent", 60)
+            inj.expect("established", 120, alive)
+            inj.expect("sent", 60, alive)
             poll_kernel(anchor, lambda n: n >= base + k, timeout, alive)
             time.sleep(settle)
             alive()
