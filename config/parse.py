@@ -179,10 +179,14 @@ def parse_resource(obj: Mapping[str, Any], *, strict: bool = False) -> Resource:
         raise ConfigError(kind if isinstance(kind, str) else "?", name, "", reason="document nested too deeply") from None
     if bad is not None:
         # Calico's Go decoder refuses NaN/Infinity; a field we do not model would
-        # otherwise be written back as null (JSON cannot hold them).
+        # otherwise be written back as null (JSON cannot hold them). Likewise YAML's
+        # !!binary that is not UTF-8 text: no JSON string holds it, so it could not be
+        # written back as read.
         path, value = bad
-        raise ConfigError(kind if isinstance(kind, str) else "?", name, path, value,
-                          "not a finite number (JSON has no NaN or Infinity)")
+        reason = ("not a finite number (JSON has no NaN or Infinity)"
+                  if isinstance(value, float) else
+                  "binary data that is not UTF-8 text (JSON cannot hold it)")
+        raise ConfigError(kind if isinstance(kind, str) else "?", name, path, value, reason)
     if _is_foreign(obj):
         from config import k8s
 
@@ -228,10 +232,17 @@ def _knp_prefix() -> str:
     return KNP_PREFIX
 
 
-def _non_finite(obj: Any, prefix: str = "") -> tuple[str, float] | None:
-    """The first NaN/Infinity in a decoded document, as (dotted path, value)."""
+def _non_finite(obj: Any, prefix: str = "") -> tuple[str, Any] | None:
+    """The first NaN/Infinity, or bytes that are not UTF-8, in a decoded document, as
+    (dotted path, value): what JSON cannot hold."""
     if isinstance(obj, float):
         return None if math.isfinite(obj) else (prefix, obj)
+    if isinstance(obj, (bytes, bytearray)):
+        try:
+            bytes(obj).decode()
+        except UnicodeDecodeError:
+            return (prefix, obj)
+        return None
     items: Any = (obj.items() if isinstance(obj, Mapping)
                   else enumerate(obj) if isinstance(obj, list) else ())
     for key, value in items:
