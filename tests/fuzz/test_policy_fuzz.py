@@ -16,7 +16,8 @@ from config.parse import parse_resource, to_calico_dict
 from policy.engine import Engine, endpoint_from_parts
 from policy.rules import normalize_policy, normalize_profile
 from policy.ruleset import render_full
-from tests.fuzz.test_config_fuzz import _paths, _set
+from tests.fuzz.test_config_fuzz import _set
+from tests.helpers import docpaths
 
 SETTINGS = settings(max_examples=300, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -80,7 +81,7 @@ def _compile(res) -> None:
 def test_mutated_policy_documents(data):
     doc = data.draw(st.sampled_from(SEEDS))
     for _ in range(data.draw(st.integers(min_value=1, max_value=3))):
-        paths = list(_paths(doc))
+        paths = list(docpaths.paths(doc))
         doc = _set(doc, data.draw(st.sampled_from(paths)), data.draw(json_values))
     for strict in (False, True):
         try:
