@@ -128,18 +128,21 @@ class ValidationError(ValueError):
     __repr__ = __str__
 
 
-def _call(func: Any, *args: Any) -> Any:
-    """``func(*args)``, its ValueError/AssertionError/custom error made a _Fail at loc ()."""
+def _call(func: Any, *args: Any, shown: Any = _MISSING) -> Any:
+    """``func(*args)``, its ValueError/AssertionError/custom error made a _Fail at loc ()
+    whose input is ``shown`` (by default the value handed to ``func``: ``args[-1]``)."""
     try:
         return func(*args)
-    except PydanticCustomError as exc:
-        raise _err(exc.type, exc.message(), args[-1], exc.context) from None
     except _Fail:
         raise
-    except AssertionError as exc:
-        raise _err("assertion_error", f"Assertion failed, {exc}", args[-1], {"error": exc}) from None
-    except ValueError as exc:
-        raise _err("value_error", f"Value error, {exc}", args[-1], {"error": exc}) from None
+    except (PydanticCustomError, AssertionError, ValueError) as exc:
+        value = args[-1] if shown is _MISSING else shown
+        if isinstance(exc, PydanticCustomError):
+            raise _err(exc.type, exc.message(), value, exc.context) from None
+        if isinstance(exc, AssertionError):
+            raise _err("assertion_error", f"Assertion failed, {exc}", value,
+                       {"error": exc}) from None
+        raise _err("value_error", f"Value error, {exc}", value, {"error": exc}) from None
 
 
 # ------------------------------------------------------------------ public markers
@@ -547,7 +550,7 @@ def _ser_key(key: Any) -> Any:
 class _Built:
     """A model class's compiled form: fields in order with their checks, and its hooks."""
 
-    __slots__ = ("field_ser", "fields", "model_after", "model_before", "model_ser", "names")
+    __slots__ = ("field_ser", "fields", "model_after", "model_before", "model_ser")
 
     def __init__(self, cls: type) -> None:
         hints = typing.get_type_hints(cls, include_extras=True)
@@ -572,7 +575,6 @@ class _Built:
                 if dec.mode == "before":
                     func = _before_cls(_bound(dec.func), cls, func)
             self.fields.append((name, info.alias or name, func, info))
-        self.names = frozenset(cls.__lite_fields__)
         self.model_before = [_bound(d.func) for d in reversed(decorated)
                              if d.kind == "model" and d.mode == "before"]
         self.model_after = [d.func for d in decorated if d.kind == "model" and d.mode == "after"]
@@ -584,11 +586,8 @@ class _Built:
 
 def _after(func: Any, cls: type, inner: Any) -> Any:
     def check(value: Any) -> Any:
-        checked = inner(value)
-        try:
-            return _call(func, cls, checked)
-        except _Fail as exc:  # pydantic names the value the field was given, not the checked one
-            raise _Fail([(k, loc, m, value, c) for k, loc, m, _, c in exc.errors]) from None
+        # pydantic names the value the field was given, not the checked one
+        return _call(func, cls, inner(value), shown=value)
 
     return check
 
@@ -724,19 +723,8 @@ class BaseModel(metaclass=_ModelMeta):
         _set(obj, "__dict__", values)
         _set(obj, "__pydantic_extra__", extra)
         _set(obj, "__pydantic_fields_set__", fields_set)
-        for func in built.model_after:
-            try:
-                obj = func(obj)
-            except PydanticCustomError as exc:
-                raise _err(exc.type, exc.message(), original, exc.context) from None
-            except AssertionError as exc:
-                raise _err("assertion_error", f"Assertion failed, {exc}", original,
-                           {"error": exc}) from None
-            except ValueError as exc:
-                if isinstance(exc, _Fail):
-                    raise
-                raise _err("value_error", f"Value error, {exc}", original,
-                           {"error": exc}) from None
+        for func in built.model_after:  # an error names the model's input, as pydantic's
+            obj = _call(func, obj, shown=original)
         return obj
 
     # ---------------------------------------------------------------- pydantic's API
