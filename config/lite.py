@@ -33,9 +33,9 @@ examples and for generated mutations of them.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 import re
-import sys
 import types
 import typing
 from typing import Any
@@ -359,8 +359,8 @@ _SCALARS: dict[Any, Any] = {
     str: _v_str, int: _v_int, float: _v_float, bool: _v_bool, type(None): _v_none,
     Any: _v_any, object: _v_any,
 }
-# pydantic's strict checks, for a union's first ("exact type") pass.
-_EXACT: dict[Any, Any] = {str: str, int: int, float: float, bool: bool}
+# The types a union may hold; a union's first ("exact type") pass is pydantic's strict check.
+_EXACT = (str, int, float, bool)
 
 
 def _literal(values: tuple[Any, ...]) -> Any:
@@ -440,7 +440,7 @@ def _union(members: list[tuple[str, Any, Any]]) -> Any:
 
     def check(value: Any) -> Any:
         for _, exact, func in members:
-            if exact is not None and type(value) is exact:
+            if type(value) is exact:
                 return func(value)
         errors: list = []
         for tag, _, func in members:
@@ -495,7 +495,7 @@ def _compile(tp: Any, where: str) -> Any:
             for a in rest:
                 if a not in _EXACT:
                     raise TypeError(f"config.lite: {where}: union member {a!r} is not supported")
-                members.append((a.__name__, _EXACT[a], _compile(a, where)))
+                members.append((a.__name__, a, _compile(a, where)))
             inner = _union(members)
         return _nullable(inner) if len(rest) < len(args) else inner
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -570,10 +570,10 @@ class _Built:
             decs = fvals.get(name, [])
             for dec in decs:  # after-validators wrap the check, in definition order
                 if dec.mode == "after":
-                    func = _after(_bound(dec.func), cls, func)
+                    func = _after(functools.partial(_bound(dec.func), cls), func)
             for dec in decs:  # each before-validator wraps all: the last one defined runs first
                 if dec.mode == "before":
-                    func = _before_cls(_bound(dec.func), cls, func)
+                    func = _before(functools.partial(_bound(dec.func), cls), func)
             self.fields.append((name, info.alias or name, func, info))
         self.model_before = [_bound(d.func) for d in reversed(decorated)
                              if d.kind == "model" and d.mode == "before"]
@@ -584,17 +584,10 @@ class _Built:
                           for name in d.fields}
 
 
-def _after(func: Any, cls: type, inner: Any) -> Any:
+def _after(func: Any, inner: Any) -> Any:
     def check(value: Any) -> Any:
         # pydantic names the value the field was given, not the checked one
-        return _call(func, cls, inner(value), shown=value)
-
-    return check
-
-
-def _before_cls(func: Any, cls: type, inner: Any) -> Any:
-    def check(value: Any) -> Any:
-        return inner(_call(func, cls, value))
+        return _call(func, inner(value), shown=value)
 
     return check
 
@@ -718,11 +711,7 @@ class BaseModel(metaclass=_ModelMeta):
                                    v, None))
         if errors:
             raise _Fail(errors)
-        obj = cls.__new__(cls)
-        _set = object.__setattr__
-        _set(obj, "__dict__", values)
-        _set(obj, "__pydantic_extra__", extra)
-        _set(obj, "__pydantic_fields_set__", fields_set)
+        obj = _instance(cls, values, extra, fields_set)
         for func in built.model_after:  # an error names the model's input, as pydantic's
             obj = _call(func, obj, shown=original)
         return obj
@@ -764,24 +753,18 @@ class BaseModel(metaclass=_ModelMeta):
                 data[name] = info.default
             elif info.default_factory is not None:
                 data[name] = info.default_factory()
-        obj = cls.__new__(cls)
-        _set = object.__setattr__
-        _set(obj, "__dict__", data)
         extra = None
         if cls.__lite_config__.get("extra") == "allow":
             extra = {k: v for k, v in values.items() if k not in taken}
-        _set(obj, "__pydantic_extra__", extra)
         if _fields_set is None:
             _fields_set = {name for name, alias, _, _ in built.fields
                            if alias in values or name in values}
-        _set(obj, "__pydantic_fields_set__", set(_fields_set))
-        return obj
+        return _instance(cls, data, extra, set(_fields_set))
 
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
         if deep:
             raise TypeError("config.lite: model_copy(deep=True) is not supported")
         cls = type(self)
-        obj = cls.__new__(cls)
         data = dict(self.__dict__)
         extra = dict(self.__pydantic_extra__) if self.__pydantic_extra__ is not None else None
         fields_set = set(self.__pydantic_fields_set__)
@@ -793,11 +776,7 @@ class BaseModel(metaclass=_ModelMeta):
                 extra[key] = value
             else:
                 data[key] = value
-        _set = object.__setattr__
-        _set(obj, "__dict__", data)
-        _set(obj, "__pydantic_extra__", extra)
-        _set(obj, "__pydantic_fields_set__", fields_set)
-        return obj
+        return _instance(cls, data, extra, fields_set)
 
     def model_dump(self, *, mode: str = "python", by_alias: bool | None = None,
                    exclude_none: bool = False) -> dict[str, Any]:
@@ -889,19 +868,17 @@ class BaseModel(metaclass=_ModelMeta):
         return self.model_copy()
 
     def __reduce__(self) -> Any:
-        return (_rebuild, (type(self), self.__dict__, self.__pydantic_extra__,
+        return (_instance, (type(self), self.__dict__, self.__pydantic_extra__,
                            self.__pydantic_fields_set__))
 
 
-def _rebuild(cls: type, data: dict, extra: dict | None, fields_set: set) -> Any:
+def _instance(cls: type, data: dict, extra: dict | None, fields_set: set) -> Any:
+    """A model instance of its field values, unknown fields and the fields given (taken
+    as they are: the caller hands fresh ones), without validation."""
     obj = cls.__new__(cls)
     _set = object.__setattr__
-    _set(obj, "__dict__", dict(data))
+    _set(obj, "__dict__", data)
     _set(obj, "__pydantic_extra__", extra)
-    _set(obj, "__pydantic_fields_set__", set(fields_set))
+    _set(obj, "__pydantic_fields_set__", fields_set)
     return obj
 
-
-# Validators are built on first use (what pydantic's `defer_build` does); nothing here
-# needs the module namespace once imported.
-del sys
